@@ -1,4 +1,7 @@
 fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipveil"));
-    println!("object: {} bytes", obj.len());
+    println!(
+        "entry object: {} bytes, lab object: {} bytes",
+        sipveil_edge::dataplane::objects::ENTRY_OBJECT.len(),
+        sipveil_edge::dataplane::objects::LAB_OBJECT.len()
+    );
 }
