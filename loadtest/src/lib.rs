@@ -1,1 +1,16 @@
-//! Load generators.
+//! Load generators and the relay benchmark harness.
+//!
+//! - [`rtp`]: the RTP packets `sv-rtp` sends (real RFC 3550 headers, a probe in the payload).
+//! - [`sender`] / [`receiver`]: paced or flat-out multi-stream sending; per-stream accounting of
+//!   loss, reordering, duplicates and one-way latency.
+//! - [`stats`], [`hlog`]: the accounting rules and HdrHistogram interval logs.
+//! - [`report`]: the JSON report of a run and the check that a run lost nothing.
+
+pub mod clock;
+pub mod hlog;
+pub mod net;
+pub mod receiver;
+pub mod report;
+pub mod rtp;
+pub mod sender;
+pub mod stats;
