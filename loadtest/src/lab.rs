@@ -271,11 +271,21 @@ pub enum LabError {
     /// Neither `two-arm` nor `one-arm`.
     UnknownShape(String),
     /// A command could not be started.
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     /// A command exited unsuccessfully.
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     /// A file operation failed.
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// The lab was built but does not verify.
     Verify(Vec<String>),
 }
@@ -425,10 +435,7 @@ impl Lab {
         require_root()?;
         let lock = LabLock::acquire()?;
         up_locked(shape, sipveil)?;
-        Ok(LabSession {
-            shape,
-            _lock: lock,
-        })
+        Ok(LabSession { shape, _lock: lock })
     }
 }
 
@@ -548,8 +555,18 @@ fn build(shape: Shape, sipveil: &Path) -> Result<(), LabError> {
     for pair in shape.pairs() {
         let (inner, outer) = (pair.inner, pair.outer);
         ip(&[
-            "link", "add", inner.iface, "netns", inner.ns, "type", "veth", "peer", "name",
-            outer.iface, "netns", outer.ns,
+            "link",
+            "add",
+            inner.iface,
+            "netns",
+            inner.ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            outer.iface,
+            "netns",
+            outer.ns,
         ])?;
         for end in [inner, outer] {
             let cidr = format!("{}/{}", end.addr, end.prefix);
@@ -567,7 +584,15 @@ fn build(shape: Shape, sipveil: &Path) -> Result<(), LabError> {
             Some((net, prefix)) => format!("{net}/{prefix}"),
             None => "default".to_owned(),
         };
-        ip(&["-n", route.ns, "route", "add", &dest, "via", &route.via.to_string()])?;
+        ip(&[
+            "-n",
+            route.ns,
+            "route",
+            "add",
+            &dest,
+            "via",
+            &route.via.to_string(),
+        ])?;
     }
     for end in shape.peer_ends() {
         attach_peer_program(sipveil, end)?;
@@ -741,7 +766,8 @@ fn end_status(end: End, ns_present: bool) -> EndStatus {
     if !ns_present {
         return status;
     }
-    let Ok(link) = run(Command::new("ip").args(["-n", end.ns, "-o", "link", "show", "dev", end.iface]))
+    let Ok(link) =
+        run(Command::new("ip").args(["-n", end.ns, "-o", "link", "show", "dev", end.iface]))
     else {
         return status;
     };
@@ -750,8 +776,9 @@ fn end_status(end: End, ns_present: bool) -> EndStatus {
     // Driver mode shows as the `xdp` keyword (generic mode would be `xdpgeneric`).
     status.xdp = link.split_whitespace().any(|word| word == "xdp");
     let cidr = format!("inet {}/{} ", end.addr, end.prefix);
-    status.has_addr = run(Command::new("ip").args(["-n", end.ns, "-o", "-4", "addr", "show", "dev", end.iface]))
-        .is_ok_and(|addrs| addrs.contains(&cidr));
+    status.has_addr =
+        run(Command::new("ip").args(["-n", end.ns, "-o", "-4", "addr", "show", "dev", end.iface]))
+            .is_ok_and(|addrs| addrs.contains(&cidr));
     status
 }
 

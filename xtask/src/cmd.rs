@@ -8,7 +8,11 @@ pub fn show(cmd: &Command) -> String {
     let mut line = String::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
-            line.push_str(&format!("{}={} ", key.to_string_lossy(), value.to_string_lossy()));
+            line.push_str(&format!(
+                "{}={} ",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
         }
     }
     line.push_str(&cmd.get_program().to_string_lossy());

@@ -18,7 +18,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "captures while debugging the lab"),
     ("tshark", "decoding SIP/RTP captures"),
     ("sip-tester", "SIPp scenarios (loadtest, tests)"),
-    ("rtpengine-daemon", "the peer the relay benchmark compares against"),
+    (
+        "rtpengine-daemon",
+        "the peer the relay benchmark compares against",
+    ),
     ("kamailio", "the SIP proxy peer in comparisons"),
     ("baresip", "a real SIP client for end-to-end tests"),
     ("bpftool", "inspecting loaded programs and maps"),
@@ -89,12 +92,24 @@ fn rust_components() -> Result<()> {
     let toolchains = rustup_lines(&["toolchain", "list"])?;
     if !toolchains.iter().any(|line| line.starts_with("nightly-")) {
         println!("setup: installing the nightly toolchain (eBPF builds need it)");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let nightly = rustup_lines(&["component", "list", "--installed", "--toolchain", "nightly"])?;
     if !nightly.iter().any(|line| line.starts_with("rust-src")) {
         println!("setup: adding rust-src to nightly (-Z build-std=core for bpfel-unknown-none)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     // `cargo xtask test` runs fmt and clippy with the default toolchain.
     let default = rustup_lines(&["component", "list", "--installed"])?;
@@ -137,7 +152,10 @@ fn nightly_libllvm() -> Result<Vec<PathBuf>> {
         }
     }
     if found.is_empty() {
-        bail!("no libLLVM* in {}: is the nightly toolchain complete?", lib.display());
+        bail!(
+            "no libLLVM* in {}: is the nightly toolchain complete?",
+            lib.display()
+        );
     }
     found.sort();
     Ok(found)
