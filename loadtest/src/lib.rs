@@ -5,9 +5,11 @@
 //!   loss, reordering, duplicates and one-way latency.
 //! - [`stats`], [`hlog`]: the accounting rules and HdrHistogram interval logs.
 //! - [`report`]: the JSON report of a run and the check that a run lost nothing.
+//! - [`lab`]: the lab namespaces of docs/contracts.md (std only; xtask includes it by path).
 
 pub mod clock;
 pub mod hlog;
+pub mod lab;
 pub mod net;
 pub mod receiver;
 pub mod report;
