@@ -5,14 +5,18 @@
 //!   loss, reordering, duplicates and one-way latency.
 //! - [`stats`], [`hlog`]: the accounting rules and HdrHistogram interval logs.
 //! - [`report`]: the JSON report of a run and the check that a run lost nothing.
+//! - [`bencode`], [`rtpengine`]: rtpengine's ng control protocol (for the comparison runs).
 //! - [`lab`]: the lab namespaces of docs/contracts.md (std only; xtask includes it by path).
 
+pub mod bencode;
 pub mod clock;
 pub mod hlog;
 pub mod lab;
 pub mod net;
+pub mod procs;
 pub mod receiver;
 pub mod report;
 pub mod rtp;
+pub mod rtpengine;
 pub mod sender;
 pub mod stats;

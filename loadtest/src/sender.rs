@@ -45,6 +45,9 @@ pub struct SendConfig {
     pub tag: u32,
     /// End-of-stream packets per stream after the run (carrying the sent count), 0 for none.
     pub end_packets: u32,
+    /// Linear ramp from 0 to the full rate over this time (paced modes), so a relay that drops
+    /// bursts (rtpengine) is not hit by a step.
+    pub ramp: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -135,11 +138,12 @@ pub fn run_sender(
             let dsts = &cfg.dsts;
             let batch = cfg.batch.max(1);
             let tag = cfg.tag;
+            let ramp_ns = cfg.ramp.as_nanos() as f64;
             // Offset each thread's schedule so threads interleave instead of sending together.
             let start = t0 + total_rate.map_or(0, |r| (t as f64 * 1e9 / r) as u64);
             handles.push(scope.spawn(move || {
                 send_thread(
-                    &sock, &streams, dsts, rate, start, deadline, budget, batch, tag, stop,
+                    &sock, &streams, dsts, rate, ramp_ns, start, deadline, budget, batch, tag, stop,
                 )
             }));
         }
@@ -187,6 +191,7 @@ fn send_thread(
     streams: &[u32],
     dsts: &[SocketAddrV4],
     rate: Option<f64>,
+    ramp_ns: f64,
     start: u64,
     deadline: u64,
     budget: u64,
@@ -198,7 +203,10 @@ fn send_thread(
     let mut batch = SendBatch::with_capacity(batch_len);
     let mut slot: u64 = 0; // packets sent by this thread
     let mut errors = 0u64;
-    let ns_per_slot = rate.map(|r| 1e9 / r);
+    let schedule = rate.map(|r| Schedule {
+        per_ns: r / 1e9,
+        ramp_ns,
+    });
     let ended_by = loop {
         if slot >= budget {
             break "max_packets";
@@ -210,17 +218,16 @@ fn send_thread(
         if now >= deadline {
             break "duration";
         }
-        let due = match ns_per_slot {
-            // slots whose time has come: floor((now - start) / spacing) + 1
-            Some(sp) if now >= start => ((now - start) as f64 / sp) as u64 + 1,
+        let due = match &schedule {
+            Some(sch) if now >= start => sch.due((now - start) as f64),
             Some(_) => 0,
             None => u64::MAX,
         }
         .min(budget);
         if due <= slot {
             // Sleep until the next slot (coarse sleep, then spin the last stretch).
-            if let Some(sp) = ns_per_slot {
-                let next_at = start + (slot as f64 * sp) as u64;
+            if let Some(sch) = &schedule {
+                let next_at = start.saturating_add(sch.time_of(slot) as u64);
                 let wait = next_at
                     .saturating_sub(now)
                     .min(deadline.saturating_sub(now));
@@ -282,6 +289,36 @@ fn send_thread(
     }
 }
 
+/// When slots are due: `per_ns` packets per ns at full rate, reached linearly over `ramp_ns`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    per_ns: f64,
+    ramp_ns: f64,
+}
+
+impl Schedule {
+    /// Slots due by `t` ns after the start (slot 0 is due at 0).
+    fn due(&self, t: f64) -> u64 {
+        let n = if self.ramp_ns > 0.0 && t < self.ramp_ns {
+            self.per_ns * t * t / (2.0 * self.ramp_ns)
+        } else {
+            self.per_ns * (t - self.ramp_ns / 2.0)
+        };
+        n.max(0.0) as u64 + 1
+    }
+
+    /// When slot `j` is due, in ns after the start.
+    fn time_of(&self, j: u64) -> f64 {
+        let j = j as f64;
+        let ramp_slots = self.per_ns * self.ramp_ns / 2.0;
+        if self.ramp_ns > 0.0 && j < ramp_slots {
+            (2.0 * self.ramp_ns * j / self.per_ns).sqrt()
+        } else {
+            j / self.per_ns + self.ramp_ns / 2.0
+        }
+    }
+}
+
 /// Sends `cfg.end_packets` rounds of end-of-stream packets, 2 ms apart; returns failed calls.
 fn send_end_packets(sock: &UdpSocket, cfg: &SendConfig, sent: &[u64]) -> u64 {
     let batch_len = cfg.batch.max(1);
@@ -320,4 +357,41 @@ fn send_end_packets(sock: &UdpSocket, cfg: &SendConfig, sent: &[u64]) -> u64 {
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_schedule_spaces_slots_evenly() {
+        let s = Schedule {
+            per_ns: 1000.0 / 1e9,
+            ramp_ns: 0.0,
+        };
+        assert_eq!(s.due(0.0), 1);
+        assert_eq!(s.due(999_999.0), 1);
+        assert_eq!(s.due(1_000_000.0), 2);
+        assert_eq!(s.due(1e9), 1001);
+        assert!((s.time_of(500) - 5e8).abs() < 1.0);
+    }
+
+    #[test]
+    fn ramp_sends_half_the_packets_of_the_ramp_time_then_full_rate() {
+        let s = Schedule {
+            per_ns: 1000.0 / 1e9,
+            ramp_ns: 2e9,
+        };
+        // after the 2 s ramp: 1000 pps * 2 s / 2 = 1000 packets (+ slot 0)
+        assert_eq!(s.due(2e9), 1001);
+        // one more second at full rate
+        assert_eq!(s.due(3e9), 2001);
+        // a quarter of the ramp area after half the ramp time
+        assert_eq!(s.due(1e9), 251);
+        // time_of inverts due
+        for j in [1u64, 10, 250, 999, 1000, 1500, 5000] {
+            let t = s.time_of(j);
+            assert_eq!(s.due(t + 1.0), j + 1, "slot {j} at {t}");
+        }
+    }
 }

@@ -111,6 +111,9 @@ struct SendArgs {
     /// End-of-stream packets per stream, carrying the stream's sent count.
     #[arg(long, default_value_t = 3)]
     end_packets: u32,
+    /// Ramp the rate up linearly over this many seconds (paced modes).
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
 }
 
 #[derive(Args)]
@@ -204,6 +207,11 @@ fn send_config(a: &SendArgs) -> Result<SendConfig> {
         batch: a.batch.clamp(1, 1024),
         tag: a.tag,
         end_packets: a.end_packets,
+        ramp: if a.ramp > 0.0 {
+            secs(a.ramp)?
+        } else {
+            Duration::ZERO
+        },
     })
 }
 
