@@ -1,0 +1,350 @@
+//! Requests, responses and printing.
+//!
+//! A parsed message keeps the original bytes: printing an unchanged message
+//! returns them as-is (a refcount bump, no allocation). Any mutation drops
+//! that cache; printing then rebuilds from the start line, the raw header
+//! lines (untouched lines stay byte-identical) and the body.
+
+use bytes::Bytes;
+
+use crate::error::{BuildError, ViewError};
+use crate::header_name::HeaderName;
+use crate::headers::{Header, Headers};
+use crate::method::Method;
+use crate::status::StatusCode;
+use crate::uri::Uri;
+use crate::views::{CSeq, NameAddr, Via, parse_call_id};
+
+/// Errors from the convenience accessors for the core header fields.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The field is absent.
+    Missing(HeaderName),
+    /// The field is malformed.
+    Invalid(HeaderName, ViewError),
+}
+
+macro_rules! common {
+    ($t:ty) => {
+        impl $t {
+            /// Header fields in order.
+            pub fn headers(&self) -> &Headers {
+                &self.headers
+            }
+
+            /// Mutable header fields. Drops the byte-identical print cache.
+            pub fn headers_mut(&mut self) -> &mut Headers {
+                self.raw = None;
+                &mut self.headers
+            }
+
+            /// The body (a slice of the original buffer for parsed messages).
+            pub fn body(&self) -> &Bytes {
+                &self.body
+            }
+
+            /// Replace the body; Content-Length is rewritten in place (or
+            /// appended). With `content_type` the Content-Type is set too;
+            /// an empty body without type removes Content-Type.
+            pub fn set_body(
+                &mut self,
+                content_type: Option<&[u8]>,
+                body: Bytes,
+            ) -> Result<(), BuildError> {
+                let mut n = Vec::with_capacity(20);
+                crate::text::push_u64(&mut n, body.len() as u64);
+                let cl = Header::new(HeaderName::ContentLength, &n)?;
+                let ct = match content_type {
+                    Some(ct) => Some(Header::new(HeaderName::ContentType, ct)?),
+                    None => None,
+                };
+                self.raw = None;
+                if let Some(ct) = ct {
+                    self.headers.set(ct);
+                } else if body.is_empty() {
+                    self.headers.remove_all(&HeaderName::ContentType);
+                }
+                self.headers.set(cl);
+                self.body = body;
+                Ok(())
+            }
+
+            /// The original bytes, if the message is unchanged since parsing/building.
+            pub fn raw(&self) -> Option<&Bytes> {
+                self.raw.as_ref()
+            }
+
+            /// The message on the wire. Unchanged messages: the original bytes
+            /// (no allocation); otherwise one buffer is built.
+            pub fn to_bytes(&self) -> Bytes {
+                match &self.raw {
+                    Some(r) => r.clone(),
+                    None => {
+                        let mut v = Vec::with_capacity(self.encoded_len());
+                        self.write_to(&mut v);
+                        Bytes::from(v)
+                    }
+                }
+            }
+
+            /// Append the wire form to `out`.
+            pub fn write_to(&self, out: &mut Vec<u8>) {
+                if let Some(r) = &self.raw {
+                    out.extend_from_slice(r);
+                    return;
+                }
+                out.extend_from_slice(&self.start_line);
+                out.extend_from_slice(b"\r\n");
+                self.headers.write_to(out);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&self.body);
+            }
+
+            /// Length of the wire form.
+            pub fn encoded_len(&self) -> usize {
+                match &self.raw {
+                    Some(r) => r.len(),
+                    None => {
+                        self.start_line.len() + 2 + self.headers.encoded_len() + 2 + self.body.len()
+                    }
+                }
+            }
+
+            /// The start line as written (without CRLF).
+            pub fn start_line(&self) -> &Bytes {
+                &self.start_line
+            }
+
+            /// Call-ID value.
+            pub fn call_id(&self) -> Result<Bytes, HeaderError> {
+                let v = self
+                    .headers
+                    .get_value(&HeaderName::CallId)
+                    .ok_or(HeaderError::Missing(HeaderName::CallId))?;
+                parse_call_id(v).map_err(|e| HeaderError::Invalid(HeaderName::CallId, e))
+            }
+
+            /// CSeq.
+            pub fn cseq(&self) -> Result<CSeq, HeaderError> {
+                let v = self
+                    .headers
+                    .get_value(&HeaderName::CSeq)
+                    .ok_or(HeaderError::Missing(HeaderName::CSeq))?;
+                CSeq::parse(v).map_err(|e| HeaderError::Invalid(HeaderName::CSeq, e))
+            }
+
+            /// From.
+            pub fn from(&self) -> Result<NameAddr, HeaderError> {
+                self.name_addr(HeaderName::From)
+            }
+
+            /// To.
+            pub fn to(&self) -> Result<NameAddr, HeaderError> {
+                self.name_addr(HeaderName::To)
+            }
+
+            /// From tag.
+            pub fn from_tag(&self) -> Option<Bytes> {
+                self.from().ok().and_then(|n| n.tag())
+            }
+
+            /// To tag.
+            pub fn to_tag(&self) -> Option<Bytes> {
+                self.to().ok().and_then(|n| n.tag())
+            }
+
+            fn name_addr(&self, name: HeaderName) -> Result<NameAddr, HeaderError> {
+                match self.headers.get_value(&name) {
+                    None => Err(HeaderError::Missing(name)),
+                    Some(v) => NameAddr::parse(v).map_err(|e| HeaderError::Invalid(name, e)),
+                }
+            }
+
+            /// The topmost Via value.
+            pub fn top_via(&self) -> Result<Via, HeaderError> {
+                let v = self
+                    .headers
+                    .values(&HeaderName::Via)
+                    .next()
+                    .ok_or(HeaderError::Missing(HeaderName::Via))?;
+                Via::parse(&v).map_err(|e| HeaderError::Invalid(HeaderName::Via, e))
+            }
+
+            /// All Via values, top first (malformed ones yield errors).
+            pub fn vias(&self) -> impl Iterator<Item = Result<Via, ViewError>> + '_ {
+                self.headers
+                    .values(&HeaderName::Via)
+                    .map(|v| Via::parse(&v))
+            }
+
+            /// Values of a name-addr list field (Route, Record-Route, Contact,
+            /// P-Asserted-Identity...), in order.
+            pub fn name_addrs<'a>(
+                &'a self,
+                name: &'a HeaderName,
+            ) -> impl Iterator<Item = Result<NameAddr, ViewError>> + 'a {
+                self.headers.values(name).map(|v| NameAddr::parse(&v))
+            }
+        }
+    };
+}
+
+/// A SIP request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) start_line: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) body: Bytes,
+    pub(crate) raw: Option<Bytes>,
+}
+
+/// A SIP response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: Bytes,
+    pub(crate) start_line: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) body: Bytes,
+    pub(crate) raw: Option<Bytes>,
+}
+
+common!(Request);
+common!(Response);
+
+impl Request {
+    /// Method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Request-URI.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Replace the Request-URI (rewrites the start line).
+    pub fn set_uri(&mut self, uri: Uri) {
+        let mut l = Vec::with_capacity(self.method.as_bytes().len() + uri.as_bytes().len() + 9);
+        l.extend_from_slice(self.method.as_bytes());
+        l.push(b' ');
+        l.extend_from_slice(uri.as_bytes());
+        l.extend_from_slice(b" SIP/2.0");
+        self.start_line = Bytes::from(l);
+        self.uri = uri;
+        self.raw = None;
+    }
+
+    /// Max-Forwards, if present and valid.
+    pub fn max_forwards(&self) -> Option<u8> {
+        self.headers
+            .get_value(&HeaderName::MaxForwards)
+            .and_then(|v| crate::views::parse_max_forwards(v).ok())
+    }
+}
+
+impl Response {
+    /// Status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Reason phrase as written (may be empty, may be UTF-8).
+    pub fn reason(&self) -> &Bytes {
+        &self.reason
+    }
+}
+
+/// A request or a response.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// Request.
+    Request(Request),
+    /// Response.
+    Response(Response),
+}
+
+impl Message {
+    /// The request, if this is one.
+    pub fn as_request(&self) -> Option<&Request> {
+        match self {
+            Message::Request(r) => Some(r),
+            Message::Response(_) => None,
+        }
+    }
+
+    /// The response, if this is one.
+    pub fn as_response(&self) -> Option<&Response> {
+        match self {
+            Message::Response(r) => Some(r),
+            Message::Request(_) => None,
+        }
+    }
+
+    /// Header fields.
+    pub fn headers(&self) -> &Headers {
+        match self {
+            Message::Request(r) => r.headers(),
+            Message::Response(r) => r.headers(),
+        }
+    }
+
+    /// Mutable header fields (drops the print cache).
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        match self {
+            Message::Request(r) => r.headers_mut(),
+            Message::Response(r) => r.headers_mut(),
+        }
+    }
+
+    /// Body.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Message::Request(r) => r.body(),
+            Message::Response(r) => r.body(),
+        }
+    }
+
+    /// Wire form (no allocation when unchanged).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Message::Request(r) => r.to_bytes(),
+            Message::Response(r) => r.to_bytes(),
+        }
+    }
+
+    /// Append the wire form to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Request(r) => r.write_to(out),
+            Message::Response(r) => r.write_to(out),
+        }
+    }
+
+    /// Call-ID.
+    pub fn call_id(&self) -> Result<Bytes, HeaderError> {
+        match self {
+            Message::Request(r) => r.call_id(),
+            Message::Response(r) => r.call_id(),
+        }
+    }
+
+    /// CSeq.
+    pub fn cseq(&self) -> Result<CSeq, HeaderError> {
+        match self {
+            Message::Request(r) => r.cseq(),
+            Message::Response(r) => r.cseq(),
+        }
+    }
+
+    /// Top Via.
+    pub fn top_via(&self) -> Result<Via, HeaderError> {
+        match self {
+            Message::Request(r) => r.top_via(),
+            Message::Response(r) => r.top_via(),
+        }
+    }
+}

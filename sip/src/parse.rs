@@ -1,0 +1,398 @@
+//! Message parser shared by the datagram entry point and the stream framer.
+//!
+//! Allocation: one `Vec<Header>` sized exactly to the number of header
+//! fields (counted in a first pass). Everything else is a `Bytes` slice of
+//! the input (refcount increments only; a `Bytes` made from a `Vec` is
+//! promoted to a shared buffer on its first slice, which is one more small
+//! allocation inside `bytes`).
+
+use bytes::Bytes;
+
+use crate::error::{Origin, ParseError, ParseErrorKind as K};
+use crate::header_name::HeaderName;
+use crate::headers::{Header, Headers};
+use crate::limits::Limits;
+use crate::message::{Message, Request, Response};
+use crate::method::Method;
+use crate::status::StatusCode;
+use crate::text::{CommaValues, eq_ic, is_token, trim_range};
+use crate::uri::{Scheme, Uri};
+use crate::views::{
+    CSeq, Contact, MediaType, NameAddr, Via, parse_call_id, parse_content_length,
+    parse_max_forwards,
+};
+
+/// Parse one UDP datagram. Leading CRLFs are skipped; when Content-Length is
+/// present, octets after the body are ignored (RFC 3261 §18.3); when absent,
+/// the body runs to the end of the datagram.
+pub fn parse_datagram(buf: Bytes, limits: &Limits) -> Result<Message, ParseError> {
+    parse_message(buf, limits, false)
+}
+
+/// Parse one complete message framed by a stream transport (Content-Length required).
+pub(crate) fn parse_message(
+    buf: Bytes,
+    limits: &Limits,
+    stream: bool,
+) -> Result<Message, ParseError> {
+    let b = &buf[..];
+    let mut start = 0;
+    while start < b.len() && (b[start] == b'\r' || b[start] == b'\n') {
+        start += 1;
+    }
+    if start == b.len() {
+        return Err(ParseError::new(K::Empty, Origin::Unknown));
+    }
+    parse_inner(&buf, start, limits, stream).map_err(|k| ParseError::new(k, classify(&b[start..])))
+}
+
+/// Find the end of the line starting at `i`: `(content_end, next_line_start)`.
+fn line_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    let lf = b[i..].iter().position(|&c| c == b'\n')? + i;
+    let end = if lf > i && b[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Some((end, lf + 1))
+}
+
+fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Result<Message, K> {
+    let b = &buf[..];
+    if b.len() - start > limits.max_message_size {
+        return Err(K::MessageTooLarge {
+            limit: limits.max_message_size,
+        });
+    }
+    let (sl_end, hdr_start) = line_at(b, start).ok_or(K::UnterminatedHeaders)?;
+
+    // Pass 1: find the empty line and count fields.
+    let mut count = 0usize;
+    let mut i = hdr_start;
+    let body_start;
+    loop {
+        let (end, next) = line_at(b, i).ok_or(K::UnterminatedHeaders)?;
+        if end == i {
+            body_start = next;
+            break;
+        }
+        if b[i] != b' ' && b[i] != b'\t' {
+            count += 1;
+            if count > limits.max_headers {
+                return Err(K::TooManyHeaders {
+                    limit: limits.max_headers,
+                });
+            }
+        }
+        i = next;
+    }
+
+    // Pass 2: build the index.
+    let mut list: Vec<Header> = Vec::with_capacity(count);
+    let mut cur: Option<(usize, usize)> = None; // (line start, content end)
+    let mut i = hdr_start;
+    while i < body_start {
+        let Some((end, next)) = line_at(b, i) else {
+            break;
+        };
+        if end == i {
+            break;
+        }
+        if b[i] == b' ' || b[i] == b'\t' {
+            match cur.as_mut() {
+                Some(c) => c.1 = end,
+                None => return Err(K::BadHeaderLine),
+            }
+        } else {
+            if let Some((s, e)) = cur.take() {
+                list.push(make_header(buf, s, e, limits)?);
+            }
+            cur = Some((i, end));
+        }
+        i = next;
+    }
+    if let Some((s, e)) = cur {
+        list.push(make_header(buf, s, e, limits)?);
+    }
+    let headers = Headers::from_vec(list);
+
+    // Start line.
+    let sl = &b[start..sl_end];
+    let is_response = sl.len() >= 4 && eq_ic(&sl[..4], b"SIP/");
+    let start_line = buf.slice(start..sl_end);
+
+    // Body.
+    let mut cl: Option<usize> = None;
+    for h in headers.get_all(&HeaderName::ContentLength) {
+        if cl.is_some() || h.value().contains(&b',') {
+            return Err(K::DuplicateHeader(HeaderName::ContentLength));
+        }
+        cl = Some(
+            parse_content_length(h.value())
+                .map_err(|e| K::InvalidHeader(HeaderName::ContentLength, e))?,
+        );
+    }
+    let available = b.len() - body_start;
+    let body_len = match (cl, stream) {
+        (Some(n), _) => n,
+        (None, true) => return Err(K::ContentLengthRequired),
+        (None, false) => available,
+    };
+    if body_len > limits.max_body_size {
+        return Err(K::BodyTooLarge {
+            limit: limits.max_body_size,
+        });
+    }
+    if body_len > available {
+        return Err(K::ContentLengthExceedsBody {
+            declared: body_len,
+            available,
+        });
+    }
+    let end = body_start + body_len;
+    let body = buf.slice(body_start..end);
+    let raw = Some(buf.slice(start..end));
+
+    if is_response {
+        let (status, reason) = parse_status_line(&start_line)?;
+        validate(&headers, limits, None)?;
+        Ok(Message::Response(Response {
+            status,
+            reason,
+            start_line,
+            headers,
+            body,
+            raw,
+        }))
+    } else {
+        let (method, uri) = parse_request_line(&start_line, limits)?;
+        validate(&headers, limits, Some(&method))?;
+        Ok(Message::Request(Request {
+            method,
+            uri,
+            start_line,
+            headers,
+            body,
+            raw,
+        }))
+    }
+}
+
+fn make_header(buf: &Bytes, s: usize, e: usize, limits: &Limits) -> Result<Header, K> {
+    if e - s > limits.max_header_len {
+        return Err(K::HeaderTooLong {
+            limit: limits.max_header_len,
+        });
+    }
+    let b = &buf[s..e];
+    let colon = b.iter().position(|&c| c == b':').ok_or(K::BadHeaderLine)?;
+    let mut ne = colon;
+    while ne > 0 && (b[ne - 1] == b' ' || b[ne - 1] == b'\t') {
+        ne -= 1;
+    }
+    let name_raw = &b[..ne];
+    if name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c)) {
+        return Err(K::BadHeaderLine);
+    }
+    let name = match HeaderName::known(name_raw) {
+        Some(n) => n,
+        None => HeaderName::Other(buf.slice(s..s + ne)),
+    };
+    let (vs, ve) = trim_range(&b[colon + 1..]);
+    let value = buf.slice(s + colon + 1 + vs..s + colon + 1 + ve);
+    Ok(Header::from_parts(name, buf.slice(s..e), value))
+}
+
+fn parse_version(v: &[u8]) -> Result<(), K> {
+    if eq_ic(v, b"SIP/2.0") {
+        return Ok(());
+    }
+    // SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT
+    let ok_shape = v.len() > 4
+        && eq_ic(&v[..4], b"SIP/")
+        && v[4..].iter().filter(|&&c| c == b'.').count() == 1
+        && v[4..].iter().all(|&c| c.is_ascii_digit() || c == b'.')
+        && v[4] != b'.'
+        && v.last() != Some(&b'.');
+    if ok_shape {
+        Err(K::UnsupportedVersion)
+    } else {
+        Err(K::BadRequestLine)
+    }
+}
+
+fn parse_request_line(sl: &Bytes, limits: &Limits) -> Result<(Method, Uri), K> {
+    let b = &sl[..];
+    let p1 = b.iter().position(|&c| c == b' ').ok_or(K::BadRequestLine)?;
+    let p2 = b[p1 + 1..]
+        .iter()
+        .position(|&c| c == b' ')
+        .map(|p| p + p1 + 1)
+        .ok_or(K::BadRequestLine)?;
+    let version = &b[p2 + 1..];
+    if p2 == p1 + 1 || version.is_empty() || version.iter().any(|&c| c == b' ' || c == b'\t') {
+        return Err(K::BadRequestLine);
+    }
+    let method = Method::parse(sl.slice(..p1)).ok_or(K::BadMethod)?;
+    parse_version(version)?;
+    if p2 - p1 - 1 > limits.max_uri_len {
+        return Err(K::UriTooLong {
+            limit: limits.max_uri_len,
+        });
+    }
+    let uri = Uri::parse(sl.slice(p1 + 1..p2)).map_err(K::BadRequestUri)?;
+    match uri.scheme() {
+        Scheme::Sip | Scheme::Sips | Scheme::Tel => {}
+        Scheme::Other(_) => return Err(K::UnsupportedUriScheme),
+    }
+    if uri.headers().is_some() {
+        return Err(K::HeadersInRequestUri);
+    }
+    Ok((method, uri))
+}
+
+fn parse_status_line(sl: &Bytes) -> Result<(StatusCode, Bytes), K> {
+    let b = &sl[..];
+    let p1 = b.iter().position(|&c| c == b' ').ok_or(K::BadStatusLine)?;
+    if !eq_ic(&b[..p1], b"SIP/2.0") {
+        return match parse_version(&b[..p1]) {
+            Err(K::UnsupportedVersion) => Err(K::UnsupportedVersion),
+            _ => Err(K::BadStatusLine),
+        };
+    }
+    let cs = p1 + 1;
+    let mut ce = cs;
+    while ce < b.len() && b[ce].is_ascii_digit() {
+        ce += 1;
+    }
+    if ce - cs != 3 {
+        return Err(K::BadStatusCode);
+    }
+    let code = crate::text::parse_u32(&b[cs..ce]).ok_or(K::BadStatusCode)?;
+    let status = u16::try_from(code)
+        .ok()
+        .and_then(StatusCode::new)
+        .ok_or(K::BadStatusCode)?;
+    let reason = match b.get(ce) {
+        None => sl.slice(ce..),
+        Some(b' ') => sl.slice(ce + 1..),
+        Some(_) => return Err(K::BadStatusCode),
+    };
+    if reason.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+        return Err(K::BadStatusLine);
+    }
+    Ok((status, reason))
+}
+
+/// Exactly one field named `name`, else Missing/Duplicate.
+fn single<'a>(headers: &'a Headers, name: HeaderName) -> Result<&'a Bytes, K> {
+    let mut it = headers.get_all(&name);
+    let first = it.next().ok_or_else(|| K::MissingHeader(name.clone()))?;
+    if it.next().is_some() {
+        return Err(K::DuplicateHeader(name));
+    }
+    Ok(first.value())
+}
+
+/// Checks on the fields every element relies on (RFC 3261 §8.1.1, §8.2.2, §20).
+fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Result<(), K> {
+    // Via: present, every value parses, within limit.
+    let mut nvia = 0usize;
+    for v in headers.values(&HeaderName::Via) {
+        nvia += 1;
+        if nvia > limits.max_vias {
+            return Err(K::TooManyVias {
+                limit: limits.max_vias,
+            });
+        }
+        Via::parse(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+    }
+    if nvia == 0 {
+        return Err(K::MissingHeader(HeaderName::Via));
+    }
+    let cseq = CSeq::parse(single(headers, HeaderName::CSeq)?)
+        .map_err(|e| K::InvalidHeader(HeaderName::CSeq, e))?;
+    if let Some(m) = method
+        && &cseq.method != m
+    {
+        return Err(K::CSeqMethodMismatch);
+    }
+    parse_call_id(single(headers, HeaderName::CallId)?)
+        .map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
+    for name in [HeaderName::From, HeaderName::To] {
+        let v = single(headers, name.clone())?;
+        NameAddr::parse(v).map_err(|e| K::InvalidHeader(name, e))?;
+    }
+    let mut mf = headers.get_all(&HeaderName::MaxForwards);
+    if let Some(h) = mf.next() {
+        if mf.next().is_some() {
+            return Err(K::DuplicateHeader(HeaderName::MaxForwards));
+        }
+        parse_max_forwards(h.value()).map_err(|e| K::InvalidHeader(HeaderName::MaxForwards, e))?;
+    }
+    for name in [HeaderName::Route, HeaderName::RecordRoute] {
+        let mut n = 0usize;
+        for v in headers.values(&name) {
+            n += 1;
+            if n > limits.max_routes {
+                return Err(K::TooManyRoutes {
+                    limit: limits.max_routes,
+                });
+            }
+            NameAddr::parse(&v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
+        }
+    }
+    for v in headers.values(&HeaderName::Contact) {
+        Contact::parse(&v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
+    }
+    let mut ct = headers.get_all(&HeaderName::ContentType);
+    if let Some(h) = ct.next() {
+        if ct.next().is_some() {
+            return Err(K::DuplicateHeader(HeaderName::ContentType));
+        }
+        MediaType::parse(h.value()).map_err(|e| K::InvalidHeader(HeaderName::ContentType, e))?;
+    }
+    Ok(())
+}
+
+/// After a failure: does the input look like a request we can answer?
+pub(crate) fn classify(b: &[u8]) -> Origin {
+    if b.len() >= 4 && eq_ic(&b[..4], b"SIP/") {
+        return Origin::Response;
+    }
+    let Some((sl_end, mut i)) = line_at(b, 0) else {
+        return Origin::Unknown;
+    };
+    let sl = &b[..sl_end];
+    let Some(sp) = sl.iter().position(|&c| c == b' ') else {
+        return Origin::Unknown;
+    };
+    if sp == 0 || !sl[..sp].iter().all(|&c| is_token(c)) {
+        return Origin::Unknown;
+    }
+    if &sl[..sp] == b"ACK" {
+        return Origin::UnanswerableRequest;
+    }
+    while let Some((end, next)) = line_at(b, i) {
+        if end == i {
+            break;
+        }
+        let line = &b[i..end];
+        if let Some(colon) = line.iter().position(|&c| c == b':') {
+            let (ns, ne) = trim_range(&line[..colon]);
+            if HeaderName::Via.matches(&line[ns..ne]) {
+                let value = Bytes::copy_from_slice(&line[colon + 1..]);
+                let usable = CommaValues::new(value)
+                    .next()
+                    .is_some_and(|first| Via::parse_lenient(&first).is_ok());
+                return if usable {
+                    Origin::AnswerableRequest
+                } else {
+                    Origin::UnanswerableRequest
+                };
+            }
+        }
+        i = next;
+    }
+    Origin::UnanswerableRequest
+}

@@ -1,0 +1,316 @@
+//! Small lexical helpers shared by the parsers (RFC 3261 §25 character classes).
+//! Everything here works on byte slices and never allocates.
+
+use bytes::Bytes;
+
+/// `token` characters (RFC 3261 §25.1).
+pub(crate) fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+/// Linear white space, including the CR/LF of a folded line.
+pub(crate) fn is_lws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// `unreserved` = alphanum / mark.
+pub(crate) fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        )
+}
+
+/// A non-empty run of token characters.
+pub(crate) fn all_token(b: &[u8]) -> bool {
+    !b.is_empty() && b.iter().all(|&c| is_token(c))
+}
+
+/// Range of `b` without leading/trailing LWS.
+pub(crate) fn trim_range(b: &[u8]) -> (usize, usize) {
+    let mut s = 0;
+    let mut e = b.len();
+    while s < e && is_lws(b[s]) {
+        s += 1;
+    }
+    while e > s && is_lws(b[e - 1]) {
+        e -= 1;
+    }
+    (s, e)
+}
+
+/// `b` without leading/trailing LWS, as a slice of the same buffer.
+pub(crate) fn trimmed(b: &Bytes) -> Bytes {
+    let (s, e) = trim_range(b);
+    b.slice(s..e)
+}
+
+/// Index of the first non-LWS byte at or after `i`.
+pub(crate) fn skip_lws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_lws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Strict `1*DIGIT` as u64; `None` on empty, non-digit or overflow.
+pub(crate) fn parse_u64(b: &[u8]) -> Option<u64> {
+    if b.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Strict `1*DIGIT` as u32.
+pub(crate) fn parse_u32(b: &[u8]) -> Option<u32> {
+    parse_u64(b).and_then(|n| u32::try_from(n).ok())
+}
+
+/// Given `b[i] == '"'`, the index just past the closing quote
+/// (quoted-pair aware), or `None` if unterminated.
+pub(crate) fn end_of_quoted(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// First index `>= from` of `needle` outside quoted strings and `<...>`.
+pub(crate) fn find_top_level(b: &[u8], from: usize, needle: u8) -> Option<usize> {
+    let mut i = from;
+    let mut angle = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == needle && !angle {
+            return Some(i);
+        }
+        match c {
+            b'"' if !angle => match end_of_quoted(b, i) {
+                Some(e) => {
+                    i = e;
+                    continue;
+                }
+                None => return None,
+            },
+            b'<' => angle = true,
+            b'>' => angle = false,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// ASCII case-insensitive equality.
+pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether every `%` in `b` starts a valid `%HH` escape.
+pub(crate) fn escapes_valid(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (b.get(i + 1).copied(), b.get(i + 2).copied()) {
+                (Some(h), Some(l)) if hex_val(h).is_some() && hex_val(l).is_some() => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// Iterator over the bytes of `b` with `%HH` escapes decoded (invalid escapes pass through).
+pub(crate) struct Unescape<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Iterator for Unescape<'_> {
+    type Item = u8;
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.b.get(self.i)?;
+        if c == b'%'
+            && let (Some(h), Some(l)) = (
+                self.b.get(self.i + 1).and_then(|&x| hex_val(x)),
+                self.b.get(self.i + 2).and_then(|&x| hex_val(x)),
+            )
+        {
+            self.i += 3;
+            return Some(h * 16 + l);
+        }
+        self.i += 1;
+        Some(c)
+    }
+}
+
+/// Decode `%HH` escapes lazily.
+pub(crate) fn unescape(b: &[u8]) -> Unescape<'_> {
+    Unescape { b, i: 0 }
+}
+
+/// Compare two escaped strings after unescaping; optionally ASCII case-insensitive.
+pub(crate) fn eq_unescaped(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
+    let mut x = unescape(a);
+    let mut y = unescape(b);
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) => {
+                let same = if ignore_case {
+                    p.eq_ignore_ascii_case(&q)
+                } else {
+                    p == q
+                };
+                if !same {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Append the decimal form of `n`.
+pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Splits a header value at top-level commas (outside quotes and `<>`),
+/// yielding each element trimmed. A blank value yields nothing.
+#[derive(Clone, Debug)]
+pub struct CommaValues {
+    src: Bytes,
+    pos: usize,
+    done: bool,
+}
+
+impl CommaValues {
+    /// Split `src`.
+    pub fn new(src: Bytes) -> Self {
+        let (s, e) = trim_range(&src);
+        let done = s == e;
+        CommaValues { src, pos: 0, done }
+    }
+}
+
+impl Iterator for CommaValues {
+    type Item = Bytes;
+    fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let end = match find_top_level(&self.src, self.pos, b',') {
+            Some(c) => c,
+            None => {
+                self.done = true;
+                self.src.len()
+            }
+        };
+        let piece = self.src.slice(self.pos..end);
+        self.pos = end + 1;
+        Some(trimmed(&piece))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_split_respects_quotes_and_angles() {
+        let v = Bytes::from_static(b"\"a, b\" <sip:x@y;p=1,2>;q=1 , <sip:z@w>,,");
+        let parts: Vec<Bytes> = CommaValues::new(v).collect();
+        assert_eq!(
+            parts,
+            vec![
+                Bytes::from_static(b"\"a, b\" <sip:x@y;p=1,2>;q=1"),
+                Bytes::from_static(b"<sip:z@w>"),
+                Bytes::new(),
+                Bytes::new(),
+            ]
+        );
+        assert_eq!(CommaValues::new(Bytes::from_static(b"  ")).count(), 0);
+    }
+
+    #[test]
+    fn unescape_compare() {
+        assert!(eq_unescaped(b"%61lice", b"alice", false));
+        assert!(!eq_unescaped(b"%41lice", b"alice", false));
+        assert!(eq_unescaped(b"%41lice", b"alice", true));
+        assert!(escapes_valid(b"a%00b"));
+        assert!(!escapes_valid(b"a%0"));
+        assert!(!escapes_valid(b"%zz"));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_u32(b"-1"), None);
+        assert_eq!(parse_u32(b""), None);
+        let mut v = Vec::new();
+        push_u64(&mut v, 0);
+        push_u64(&mut v, 1234);
+        assert_eq!(v, b"01234");
+    }
+}
+
+/// A header value is safe to emit: no NUL, and CR/LF only as folding
+/// (`CRLF` followed by SP or HT), so it cannot inject a header or end the section.
+pub(crate) fn safe_header_value(v: &[u8]) -> bool {
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            0 => return false,
+            b'\r' => {
+                if v.get(i + 1) != Some(&b'\n') || !matches!(v.get(i + 2), Some(b' ' | b'\t')) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'\n' => return false,
+            _ => i += 1,
+        }
+    }
+    true
+}

@@ -1,0 +1,15 @@
+//! Typed views over raw header values, built on demand from slices of the
+//! message (no copies; only list-returning helpers allocate a `Vec`).
+
+mod auth;
+mod misc;
+mod name_addr;
+mod via;
+
+pub use auth::{Auth, AuthParams};
+pub use misc::{
+    CSeq, MediaType, Privacy, parse_allow, parse_call_id, parse_content_length, parse_expires,
+    parse_max_forwards, parse_token_list,
+};
+pub use name_addr::{Contact, NameAddr, parse_delta_seconds, parse_qvalue};
+pub use via::{Transport, Via};

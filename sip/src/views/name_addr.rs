@@ -1,0 +1,315 @@
+//! name-addr / addr-spec with parameters: From, To, Contact, Route,
+//! Record-Route, P-Asserted-Identity, P-Preferred-Identity, Refer-To...
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use crate::error::ViewError;
+use crate::params::Params;
+use crate::text::{end_of_quoted, find_top_level, is_lws, is_token, parse_u32, skip_lws, trimmed};
+use crate::uri::Uri;
+
+/// `[display-name] <URI> *(;param)` or `addr-spec *(;param)`.
+#[derive(Clone, Debug)]
+pub struct NameAddr {
+    display: Option<Bytes>,
+    quoted: bool,
+    uri: Uri,
+    bracketed: bool,
+    params: Params,
+}
+
+impl NameAddr {
+    /// Parse one value.
+    pub fn parse(value: &Bytes) -> Result<NameAddr, ViewError> {
+        let v = trimmed(value);
+        if v.is_empty() {
+            return Err(ViewError::Empty);
+        }
+        let b = &v[..];
+        let mut display = None;
+        let mut quoted = false;
+        let lt;
+        if b[0] == b'"' {
+            let e = end_of_quoted(b, 0).ok_or(ViewError::UnterminatedQuote)?;
+            display = Some(v.slice(1..e - 1));
+            quoted = true;
+            let i = skip_lws(b, e);
+            if b.get(i) != Some(&b'<') {
+                return Err(ViewError::BadDisplayName);
+            }
+            lt = Some(i);
+        } else {
+            lt = find_top_level(b, 0, b'<').filter(|&p| {
+                // '<' must come before any top-level ';' to start a name-addr.
+                find_top_level(b, 0, b';').is_none_or(|s| p < s)
+            });
+            if let Some(p) = lt {
+                let d = &b[..p];
+                if !d.iter().all(|&c| is_token(c) || is_lws(c)) {
+                    return Err(ViewError::BadDisplayName);
+                }
+                let dt = trimmed(&v.slice(..p));
+                if !dt.is_empty() {
+                    display = Some(dt);
+                }
+            }
+        }
+        let (uri_raw, after, bracketed) = match lt {
+            Some(p) => {
+                let gt = b[p..]
+                    .iter()
+                    .position(|&c| c == b'>')
+                    .map(|x| x + p)
+                    .ok_or(ViewError::UnterminatedAngle)?;
+                let inner = &b[p + 1..gt];
+                if inner.iter().any(|&c| is_lws(c)) {
+                    return Err(ViewError::WhitespaceInAddrSpec);
+                }
+                (v.slice(p + 1..gt), gt + 1, true)
+            }
+            None => {
+                let end = find_top_level(b, 0, b';').unwrap_or(b.len());
+                let u = trimmed(&v.slice(..end));
+                if u.iter().any(|&c| is_lws(c)) {
+                    return Err(ViewError::WhitespaceInAddrSpec);
+                }
+                if u.iter().any(|&c| matches!(c, b'?' | b',')) {
+                    return Err(ViewError::UnbracketedUriWithHeaders);
+                }
+                (u, end, false)
+            }
+        };
+        let uri = Uri::parse(uri_raw).map_err(ViewError::BadUri)?;
+        let rest = skip_lws(b, after);
+        if rest < b.len() && b[rest] != b';' {
+            return Err(ViewError::TrailingGarbage);
+        }
+        let params = Params::new(v.slice(rest..));
+        if !params.well_formed() {
+            return Err(ViewError::BadParam);
+        }
+        Ok(NameAddr {
+            display,
+            quoted,
+            uri,
+            bracketed,
+            params,
+        })
+    }
+
+    /// Display name as written (inside the quotes for a quoted string, escapes kept).
+    pub fn display_name_raw(&self) -> Option<&Bytes> {
+        self.display.as_ref()
+    }
+
+    /// Display name with quoted-pair escapes resolved (allocates only if escapes are present).
+    pub fn display_name(&self) -> Option<Cow<'_, [u8]>> {
+        let d = self.display.as_ref()?;
+        if !self.quoted || !d.contains(&b'\\') {
+            return Some(Cow::Borrowed(&d[..]));
+        }
+        let mut out = Vec::with_capacity(d.len());
+        let mut it = d.iter();
+        while let Some(&c) = it.next() {
+            if c == b'\\' {
+                if let Some(&n) = it.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        Some(Cow::Owned(out))
+    }
+
+    /// Whether the display name was a quoted string.
+    pub fn is_display_quoted(&self) -> bool {
+        self.quoted
+    }
+
+    /// The URI.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Whether the URI was enclosed in `<>`.
+    pub fn is_bracketed(&self) -> bool {
+        self.bracketed
+    }
+
+    /// Header parameters (after the URI).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// `tag` parameter (From/To).
+    pub fn tag(&self) -> Option<Bytes> {
+        self.params.value("tag")
+    }
+
+    /// Contact `expires` parameter.
+    pub fn expires(&self) -> Option<u32> {
+        self.params
+            .value("expires")
+            .and_then(|v| parse_delta_seconds(&v))
+    }
+
+    /// Contact `q` in thousandths (0..=1000).
+    pub fn q_millis(&self) -> Option<u16> {
+        parse_qvalue(&self.params.value("q")?)
+    }
+
+    /// Contact `+sip.instance` (RFC 5626), without quotes.
+    pub fn sip_instance(&self) -> Option<Bytes> {
+        self.params.value("+sip.instance")
+    }
+
+    /// Contact `reg-id` (RFC 5626).
+    pub fn reg_id(&self) -> Option<u32> {
+        self.params.value("reg-id").and_then(|v| parse_u32(&v))
+    }
+}
+
+/// delta-seconds; values too large for u32 saturate (RFC 3261 §20.19 leniency).
+pub fn parse_delta_seconds(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(parse_u32(b).unwrap_or(u32::MAX))
+}
+
+/// qvalue `0[.ddd]` / `1[.000]` in thousandths.
+pub fn parse_qvalue(b: &[u8]) -> Option<u16> {
+    let (int, frac) = match b.iter().position(|&c| c == b'.') {
+        Some(p) => (&b[..p], &b[p + 1..]),
+        None => (b, &b""[..]),
+    };
+    if int.len() != 1 || frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut f: u16 = 0;
+    for i in 0..3 {
+        f = f * 10 + frac.get(i).map_or(0, |&c| u16::from(c - b'0'));
+    }
+    match int[0] {
+        b'0' => Some(f),
+        b'1' if f == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// One Contact value.
+#[derive(Clone, Debug)]
+pub enum Contact {
+    /// `*` (REGISTER removal of all bindings).
+    Wildcard,
+    /// An address with parameters.
+    Address(NameAddr),
+}
+
+impl Contact {
+    /// Parse one Contact value.
+    pub fn parse(v: &Bytes) -> Result<Contact, ViewError> {
+        if trimmed(v)[..] == b"*"[..] {
+            return Ok(Contact::Wildcard);
+        }
+        NameAddr::parse(v).map(Contact::Address)
+    }
+
+    /// The address, unless wildcard.
+    pub fn address(&self) -> Option<&NameAddr> {
+        match self {
+            Contact::Wildcard => None,
+            Contact::Address(a) => Some(a),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn na(s: &[u8]) -> Result<NameAddr, ViewError> {
+        NameAddr::parse(&Bytes::copy_from_slice(s))
+    }
+
+    #[test]
+    fn forms() {
+        let a = na(b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>;tag=98asjd8")
+            .expect("ok");
+        assert_eq!(a.display_name().as_deref(), Some(&b"J Rosenberg \\\""[..]));
+        assert_eq!(a.tag().as_deref(), Some(&b"98asjd8"[..]));
+        assert!(a.is_bracketed());
+
+        let b = na(b"caller<sip:caller@example.com>;tag=323").expect("ok");
+        assert_eq!(b.display_name().as_deref(), Some(&b"caller"[..]));
+
+        let c = na(b"sip:user@example.com;tag=1").expect("ok");
+        assert!(!c.is_bracketed());
+        assert_eq!(c.tag().as_deref(), Some(&b"1"[..]));
+        assert!(c.uri().params().is_empty());
+
+        let d = na(b"Joe Bloggs <sip:j@b.example;transport=tcp>;expires=60;q=0.7;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1").expect("ok");
+        assert_eq!(d.display_name().as_deref(), Some(&b"Joe Bloggs"[..]));
+        assert_eq!(d.expires(), Some(60));
+        assert_eq!(d.q_millis(), Some(700));
+        assert_eq!(d.reg_id(), Some(1));
+        assert_eq!(
+            d.sip_instance().as_deref(),
+            Some(&b"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"[..])
+        );
+        assert_eq!(
+            d.uri().params().value("transport").as_deref(),
+            Some(&b"tcp"[..])
+        );
+        let e = na(b"isbn:2983792873").expect("other scheme");
+        assert!(e.display_name().is_none());
+        assert!(matches!(
+            Contact::parse(&Bytes::from_static(b" * ")),
+            Ok(Contact::Wildcard)
+        ));
+    }
+
+    #[test]
+    fn invalid() {
+        assert_eq!(
+            na(b"\"Mr. J. User <sip:j.user@example.com>").err(),
+            Some(ViewError::UnterminatedQuote)
+        );
+        assert_eq!(
+            na(b"\"W\" < sip:t@example.org >").err(),
+            Some(ViewError::WhitespaceInAddrSpec)
+        );
+        assert_eq!(
+            na(b"Bell, Alexander <sip:a@example.com>").err(),
+            Some(ViewError::BadDisplayName)
+        );
+        assert_eq!(
+            na(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").err(),
+            Some(ViewError::UnbracketedUriWithHeaders)
+        );
+        assert_eq!(na(b"<sip:a@b").err(), Some(ViewError::UnterminatedAngle));
+        assert_eq!(na(b"<sip:a@b>;;").err(), Some(ViewError::BadParam));
+        assert_eq!(na(b"<sip:a@b> x").err(), Some(ViewError::TrailingGarbage));
+        assert!(matches!(
+            na(b"<sip:a@b:x>").err(),
+            Some(ViewError::BadUri(_))
+        ));
+    }
+
+    #[test]
+    fn qvalues() {
+        assert_eq!(parse_qvalue(b"1"), Some(1000));
+        assert_eq!(parse_qvalue(b"1.000"), Some(1000));
+        assert_eq!(parse_qvalue(b"1.5"), None);
+        assert_eq!(parse_qvalue(b"0.05"), Some(50));
+        assert_eq!(parse_qvalue(b"0.0001"), None);
+        assert_eq!(
+            parse_delta_seconds(b"1000000000000000000000"),
+            Some(u32::MAX)
+        );
+        assert_eq!(parse_delta_seconds(b"-1"), None);
+    }
+}
