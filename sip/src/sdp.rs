@@ -51,30 +51,66 @@ pub enum SdpError {
     /// `v=` carries something other than `0`.
     UnsupportedVersion,
     /// A second `v=` line appeared.
-    DuplicateVersion { line: usize },
+    DuplicateVersion {
+        /// 1-based line number.
+        line: usize,
+    },
     /// A line is not of the form `<letter>=<value>`.
-    MalformedLine { line: usize },
+    MalformedLine {
+        /// 1-based line number.
+        line: usize,
+    },
     /// An empty line appeared before the end of the body.
-    EmptyLine { line: usize },
+    EmptyLine {
+        /// 1-based line number.
+        line: usize,
+    },
     /// A carriage return that does not end a line.
-    BareCarriageReturn { line: usize },
+    BareCarriageReturn {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `o=` does not have the six fields `username sess-id sess-version nettype addrtype address`.
-    MalformedOrigin { line: usize },
+    MalformedOrigin {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `c=` does not have the three fields `nettype addrtype address`.
-    MalformedConnection { line: usize },
+    MalformedConnection {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `t=` is not two decimal numbers.
-    MalformedTiming { line: usize },
+    MalformedTiming {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `b=` is not `<bwtype>:<bandwidth>`.
-    MalformedBandwidth { line: usize },
+    MalformedBandwidth {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `m=` is not `media port[/count] proto fmt...`.
-    MalformedMedia { line: usize },
+    MalformedMedia {
+        /// 1-based line number.
+        line: usize,
+    },
     /// A port (`m=` port or port count) is not a decimal number in 0..=65535.
-    InvalidPort { line: usize },
+    InvalidPort {
+        /// 1-based line number.
+        line: usize,
+    },
     /// `a=rtcp` is not `port [nettype addrtype address]`.
-    MalformedRtcp { line: usize },
+    MalformedRtcp {
+        /// 1-based line number.
+        line: usize,
+    },
     /// A value handed to the rewrite API would produce an invalid line (empty, or containing
     /// a space, CR, LF or NUL where a token is required).
-    InvalidRewriteValue { field: &'static str },
+    InvalidRewriteValue {
+        /// Which value.
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for SdpError {
@@ -175,9 +211,13 @@ impl Line {
 /// A media direction attribute (RFC 3264).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// `a=sendrecv` (the default).
     SendRecv,
+    /// `a=sendonly`.
     SendOnly,
+    /// `a=recvonly`.
     RecvOnly,
+    /// `a=inactive`.
     Inactive,
 }
 
@@ -206,6 +246,7 @@ impl Direction {
 /// A borrowed view of `a=<name>[:<value>]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attribute<'a> {
+    /// The name, before any colon.
     pub name: &'a [u8],
     /// `None` for a property attribute (`a=rtcp-mux`), `Some` (possibly empty) after a colon.
     pub value: Option<&'a [u8]>,
@@ -260,11 +301,17 @@ pub const ICE_ATTRIBUTES: &[AttributePattern<'static>] = &[
 /// A borrowed view of `o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin<'a> {
+    /// `<username>` (`-` when the user is not named).
     pub username: &'a [u8],
+    /// `<sess-id>`.
     pub session_id: &'a [u8],
+    /// `<sess-version>`.
     pub session_version: &'a [u8],
+    /// `<nettype>`, normally `IN`.
     pub net_type: &'a [u8],
+    /// `<addrtype>`: `IP4` or `IP6`.
     pub addr_type: &'a [u8],
+    /// `<unicast-address>`.
     pub address: &'a [u8],
 }
 
@@ -287,7 +334,9 @@ impl<'a> Origin<'a> {
 /// address part of `a=rtcp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection<'a> {
+    /// `<nettype>`, normally `IN`.
     pub net_type: &'a [u8],
+    /// `<addrtype>`: `IP4` or `IP6`.
     pub addr_type: &'a [u8],
     /// The address as written, including a multicast `/ttl[/count]` suffix when present.
     pub address: &'a [u8],
@@ -314,7 +363,9 @@ impl<'a> Connection<'a> {
 /// A borrowed view of `a=rtcp:<port> [<nettype> <addrtype> <address>]` (RFC 3605).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rtcp<'a> {
+    /// The RTCP port.
     pub port: u16,
+    /// The RTCP address, when given.
     pub connection: Option<Connection<'a>>,
 }
 
@@ -336,10 +387,13 @@ impl<'a> Rtcp<'a> {
 /// address type follows the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginRewrite<'a> {
+    /// New `<username>` (`-` hides it).
     pub username: &'a [u8],
+    /// New `<sess-id>`.
     pub session_id: &'a [u8],
     /// `None` keeps the version the description already has (or `0` when it had no `o=`).
     pub session_version: Option<&'a [u8]>,
+    /// New address; the address type follows it.
     pub address: IpAddr,
 }
 
