@@ -288,6 +288,8 @@ pub enum LabError {
     },
     /// The lab was built but does not verify.
     Verify(Vec<String>),
+    /// The daemon did not start, or its control socket misbehaved.
+    Daemon(String),
 }
 
 impl fmt::Display for LabError {
@@ -307,6 +309,7 @@ impl fmt::Display for LabError {
             LabError::Verify(problems) => {
                 write!(f, "the lab does not verify: {}", problems.join("; "))
             }
+            LabError::Daemon(text) => write!(f, "sipveil daemon: {text}"),
         }
     }
 }
@@ -798,16 +801,19 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
     run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-q", "-w", &setting])).map(drop)
 }
 
+/// A command line for messages.
+fn describe(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
 /// Runs a command quietly and returns its stdout; an unsuccessful exit is an error with stderr.
 fn run(cmd: &mut Command) -> Result<String, LabError> {
-    let command = {
-        let mut line = cmd.get_program().to_string_lossy().into_owned();
-        for arg in cmd.get_args() {
-            line.push(' ');
-            line.push_str(&arg.to_string_lossy());
-        }
-        line
-    };
+    let command = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -823,6 +829,219 @@ fn run(cmd: &mut Command) -> Result<String, LabError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The daemon's control socket for [`LAB_INSTANCE`].
+pub const LAB_CONTROL_SOCKET: &str = "/run/sipveil/lab.sock";
+/// The relay port range the lab configuration gives the daemon (even/odd pairs).
+pub const LAB_PORTS: (u16, u16) = (30000, 39999);
+
+impl Shape {
+    /// A daemon configuration (edge/README.md "Config") for this shape: the edge's interfaces and
+    /// addresses, instance [`LAB_INSTANCE`], ports [`LAB_PORTS`]. `xdp` is `auto`, `driver`,
+    /// `generic` or `off`.
+    pub fn daemon_config(self, xdp: &str) -> String {
+        let interfaces: Vec<String> = self
+            .edge_ifaces()
+            .iter()
+            .map(|iface| format!("\"{iface}\""))
+            .collect();
+        let addresses = match self {
+            Shape::TwoArm => format!(
+                "{{ a = \"{}\", b = \"{}\" }}",
+                self.edge_toward_a(),
+                self.edge_toward_b()
+            ),
+            Shape::OneArm => format!("[\"{}\"]", self.edge_toward_a()),
+        };
+        format!(
+            "# sipveil configuration for the {shape} lab (written by the lab module)\n\
+             [dataplane]\n\
+             interfaces = [{interfaces}]\n\
+             xdp = \"{xdp}\"\n\
+             instance = \"{LAB_INSTANCE}\"\n\
+             \n\
+             [media]\n\
+             port_min = {port_min}\n\
+             port_max = {port_max}\n\
+             idle_timeout_secs = 120\n\
+             addresses = {addresses}\n\
+             workers = 1\n\
+             \n\
+             [control]\n\
+             socket = \"{LAB_CONTROL_SOCKET}\"\n",
+            shape = self,
+            interfaces = interfaces.join(", "),
+            port_min = LAB_PORTS.0,
+            port_max = LAB_PORTS.1,
+        )
+    }
+}
+
+/// A `sipveil run` process started in [`NS_EDGE`] (the daemon enters the namespace itself).
+///
+/// Dropping it kills the process (SIGKILL): the XDP program and the flows stay, as after a crash.
+pub struct Daemon {
+    child: std::process::Child,
+    /// The daemon's ready line (`{"ready":true,...}`).
+    pub ready: String,
+}
+
+impl Daemon {
+    /// Starts `sipveil run --config CONFIG --netns sv-edge EXTRA...` and waits up to `timeout`
+    /// for its ready line on stdout.
+    pub fn start(
+        sipveil: &Path,
+        config: &Path,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<Daemon, LabError> {
+        let mut cmd = Command::new(sipveil);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--netns", NS_EDGE])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let command = describe(&cmd);
+        let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::Daemon(format!("`{command}`: no stdout pipe")));
+        };
+        let (lines, ready_line) = std::sync::mpsc::channel();
+        // Reads the ready line, then keeps draining stdout so the daemon never blocks on it.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let mut sent = false;
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if !sent && line.contains("\"ready\":true") {
+                    sent = lines.send(line.trim().to_owned()).is_ok();
+                }
+                line.clear();
+            }
+        });
+        let failure = match ready_line.recv_timeout(timeout) {
+            Ok(ready) => return Ok(Daemon { child, ready }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                format!("`{command}` printed no ready line within {timeout:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                format!("`{command}` exited before it was ready (its stderr says why)")
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(LabError::Daemon(failure))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL when it has not exited within `timeout`. True when it exited on
+    /// SIGTERM with status 0.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = run(Command::new("kill").args(["-TERM", &pid]));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// SIGKILL, as a crash would: nothing of the daemon's shutdown runs.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A client of the daemon's control socket: one JSON request per line, one answer per line.
+pub struct Control {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Control {
+    /// Connects to `socket` (usually [`LAB_CONTROL_SOCKET`]).
+    pub fn connect(socket: &Path) -> Result<Control, LabError> {
+        let stream =
+            std::os::unix::net::UnixStream::connect(socket).map_err(|source| LabError::Io {
+                what: format!("connecting to {}", socket.display()),
+                source,
+            })?;
+        Ok(Control {
+            reader: std::io::BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request (a JSON object without the newline) and returns the answer line.
+    pub fn request(&mut self, json: &str) -> Result<String, LabError> {
+        use std::io::{BufRead, Write};
+        let io = |source| LabError::Io {
+            what: "control socket".to_owned(),
+            source,
+        };
+        let stream = self.reader.get_mut();
+        stream.write_all(json.as_bytes()).map_err(io)?;
+        stream.write_all(b"\n").map_err(io)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer).map_err(io)? == 0 {
+            return Err(LabError::Daemon(
+                "the control socket closed without an answer".to_owned(),
+            ));
+        }
+        Ok(answer.trim().to_owned())
+    }
+}
+
+/// `ip netns exec NS sv-rtp peer ...`: one side of bidirectional calls. It sends stream *i* to
+/// `dsts[i]` from `bind` and receives what the edge relays to `bind`; `streams` streams each way.
+pub fn rtp_peer(
+    sv_rtp: &Path,
+    ns: &str,
+    bind: std::net::SocketAddrV4,
+    dsts: &[std::net::SocketAddrV4],
+    seconds: u32,
+    tag: u32,
+    json: &Path,
+) -> Command {
+    let dsts: Vec<String> = dsts.iter().map(ToString::to_string).collect();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(sv_rtp)
+        .args(["peer", "--bind", &bind.to_string()])
+        .args(["--dst", &dsts.join(",")])
+        .args(["--streams", &dsts.len().to_string()])
+        .args(["--expect-streams", &dsts.len().to_string()])
+        .args(["--duration", &seconds.to_string()])
+        .args(["--tag", &tag.to_string()])
+        .arg("--json")
+        .arg(json);
+    cmd
 }
 
 /// The directory of the running executable's profile (`target/<profile>/`), where cargo puts

@@ -1,12 +1,15 @@
 //! `cargo xtask …`: the project's automation (see README.md).
 mod cmd;
+mod demo;
 #[path = "../../loadtest/src/lab.rs"]
 #[expect(
     dead_code,
     reason = "the lab module is shared with tests and benches; xtask uses part of it"
 )]
 mod lab;
+mod metal;
 mod setup;
+mod test;
 mod workspace;
 
 use anyhow::Result;
@@ -24,11 +27,50 @@ struct Cli {
 enum Task {
     /// Install what the project needs (Debian packages, nightly + rust-src, bpf-linker, cargo-fuzz).
     Setup,
+    /// Setup, then build the workspace in release mode (the eBPF objects are embedded in `sipveil`).
+    Build,
     /// The lab namespaces of docs/contracts.md.
     Lab {
         #[command(subcommand)]
         action: LabAction,
     },
+    /// Bare metal: build and run `sipveil run` on an interface (foreground; Ctrl-C stops the
+    /// daemon, the XDP program stays attached until `cargo xtask unload`).
+    Run {
+        #[arg(long)]
+        iface: String,
+        /// Configuration file (default: one written for IFACE with its first IPv4 address).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Bare metal: detach and unpin (`sipveil unload`).
+    Unload {
+        /// Only this interface's link (default: everything of the instance).
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Lab up, daemon, RTP both ways through the relay, summary; the lab is torn down after.
+    Demo {
+        /// Relays to open (one RTP stream each way per relay).
+        #[arg(long, default_value_t = 2)]
+        streams: u32,
+        /// Seconds of RTP.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Leave the lab up at the end.
+        #[arg(long)]
+        keep_lab: bool,
+    },
+    /// Build in release mode and run the relay benchmark harness `sv-bench-relay` with ARGS.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole check as CI runs it: setup, fmt, clippy, tests, bounded fuzzing; prints
+    /// `N passed, N failed, N skipped`.
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -50,7 +92,24 @@ enum LabAction {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::ensure(setup::Needs::BuildAndFuzz),
+        Task::Build => {
+            setup::ensure(setup::Needs::Build)?;
+            cmd::run(workspace::cargo().args(["build", "--release", "--workspace"]))
+        }
         Task::Lab { action } => lab_command(action),
+        Task::Run { iface, config } => metal::run(&iface, config),
+        Task::Unload { iface, instance } => metal::unload(iface.as_deref(), &instance),
+        Task::Demo {
+            streams,
+            seconds,
+            keep_lab,
+        } => demo::run_demo(demo::Options {
+            streams,
+            seconds,
+            keep_lab,
+        }),
+        Task::Bench { args } => metal::bench(&args),
+        Task::Test => test::run(),
     }
 }
 
