@@ -203,7 +203,12 @@ impl Fsm {
     }
 
     /// Applies `input`; on success appends the actions to `out`.
-    pub fn step(&mut self, input: Input, cfg: &Config, out: &mut Vec<Action>) -> Result<(), Refused> {
+    pub fn step(
+        &mut self,
+        input: Input,
+        cfg: &Config,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
         if self.state == State::Terminated {
             // Nothing reaches a removed transaction; absorbing is the safe answer.
             out.push(Action::Absorb);
@@ -229,7 +234,13 @@ impl Fsm {
 
     /// Enter a wait state of `wait`; on a reliable transport the wait is zero
     /// (§17: D, I, J, K), so terminate right away.
-    fn wait_or_terminate(&mut self, state: State, timer: Timer, wait: Duration, out: &mut Vec<Action>) {
+    fn wait_or_terminate(
+        &mut self,
+        state: State,
+        timer: Timer,
+        wait: Duration,
+        out: &mut Vec<Action>,
+    ) {
         if self.reliable || wait.is_zero() {
             self.terminate(out);
         } else {
@@ -238,7 +249,12 @@ impl Fsm {
         }
     }
 
-    fn client_invite(&mut self, input: Input, cfg: &Config, out: &mut Vec<Action>) -> Result<(), Refused> {
+    fn client_invite(
+        &mut self,
+        input: Input,
+        cfg: &Config,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
         use State::*;
         match (self.state, input) {
             (Calling, Input::Start) => {
@@ -287,17 +303,30 @@ impl Fsm {
             (Completed, Input::Response(_)) => out.push(Action::Absorb),
             (Accepted, Input::Response(Class::Success)) => out.push(Action::ToTu),
             (Accepted, Input::Response(_)) => out.push(Action::Absorb),
-            (Completed, Input::Timer(Timer::D)) | (Accepted, Input::Timer(Timer::M)) => self.terminate(out),
+            (Completed, Input::Timer(Timer::D)) | (Accepted, Input::Timer(Timer::M)) => {
+                self.terminate(out)
+            }
             (_, Input::Timer(_)) => {} // a stale timer for a state already left
             (_, Input::Start | Input::Response(_)) => out.push(Action::Absorb),
-            (_, Input::RequestRetransmit | Input::Ack | Input::TuResponse(_) | Input::TransportError) => {
+            (
+                _,
+                Input::RequestRetransmit
+                | Input::Ack
+                | Input::TuResponse(_)
+                | Input::TransportError,
+            ) => {
                 return Err(Refused::WrongKind(self.kind));
             }
         }
         Ok(())
     }
 
-    fn client_non_invite(&mut self, input: Input, cfg: &Config, out: &mut Vec<Action>) -> Result<(), Refused> {
+    fn client_non_invite(
+        &mut self,
+        input: Input,
+        cfg: &Config,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
         use State::*;
         match (self.state, input) {
             (Trying, Input::Start) => {
@@ -337,14 +366,25 @@ impl Fsm {
             (Completed, Input::Timer(Timer::K)) => self.terminate(out),
             (_, Input::Timer(_)) => {}
             (_, Input::Start | Input::Response(_)) => out.push(Action::Absorb),
-            (_, Input::RequestRetransmit | Input::Ack | Input::TuResponse(_) | Input::TransportError) => {
+            (
+                _,
+                Input::RequestRetransmit
+                | Input::Ack
+                | Input::TuResponse(_)
+                | Input::TransportError,
+            ) => {
                 return Err(Refused::WrongKind(self.kind));
             }
         }
         Ok(())
     }
 
-    fn server_invite(&mut self, input: Input, cfg: &Config, out: &mut Vec<Action>) -> Result<(), Refused> {
+    fn server_invite(
+        &mut self,
+        input: Input,
+        cfg: &Config,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
         use State::*;
         match (self.state, input) {
             (Proceeding, Input::Start) => match cfg.auto_trying {
@@ -412,15 +452,24 @@ impl Fsm {
             }
             (Accepted, Input::Ack) => out.push(Action::ToTu),
             (_, Input::Ack) => out.push(Action::Absorb),
-            (Confirmed, Input::Timer(Timer::I)) | (Accepted, Input::Timer(Timer::L)) => self.terminate(out),
+            (Confirmed, Input::Timer(Timer::I)) | (Accepted, Input::Timer(Timer::L)) => {
+                self.terminate(out)
+            }
             (_, Input::Timer(_)) => {}
             (_, Input::Start | Input::RequestRetransmit) => out.push(Action::Absorb),
-            (_, Input::Response(_) | Input::TransportError) => return Err(Refused::WrongKind(self.kind)),
+            (_, Input::Response(_) | Input::TransportError) => {
+                return Err(Refused::WrongKind(self.kind));
+            }
         }
         Ok(())
     }
 
-    fn server_non_invite(&mut self, input: Input, cfg: &Config, out: &mut Vec<Action>) -> Result<(), Refused> {
+    fn server_non_invite(
+        &mut self,
+        input: Input,
+        cfg: &Config,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refused> {
         use State::*;
         match (self.state, input) {
             (Trying, Input::Start) => {}
@@ -489,7 +538,10 @@ mod tests {
         }
         // 1 s, 2 s, 4 s, 8 s, 16 s: past T2 = 4 s, as §17.1.1.2 prescribes for INVITE.
         assert_eq!(intervals, [1000, 2000, 4000, 8000, 16000]);
-        assert_eq!(run(&mut f, Input::Timer(Timer::B)), [Action::ReportTimeout, Action::Terminate]);
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::B)),
+            [Action::ReportTimeout, Action::Terminate]
+        );
         assert_eq!(f.state(), State::Terminated);
     }
 
@@ -517,7 +569,10 @@ mod tests {
     fn client_invite_failure_then_retransmitted_final_resends_ack() {
         let mut f = Fsm::new(Kind::ClientInvite, false);
         run(&mut f, Input::Start);
-        assert_eq!(run(&mut f, Input::Response(Class::Provisional)).last(), Some(&Action::ToTu));
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Provisional)).last(),
+            Some(&Action::ToTu)
+        );
         assert_eq!(f.state(), State::Proceeding);
         // A stale Timer A fire after Proceeding does nothing.
         assert_eq!(run(&mut f, Input::Timer(Timer::A)), []);
@@ -531,8 +586,14 @@ mod tests {
             ]
         );
         assert_eq!(f.state(), State::Completed);
-        assert_eq!(run(&mut f, Input::Response(Class::Failure)), [Action::SendAck, Action::Absorb]);
-        assert_eq!(run(&mut f, Input::Response(Class::Provisional)), [Action::Absorb]);
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Failure)),
+            [Action::SendAck, Action::Absorb]
+        );
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Provisional)),
+            [Action::Absorb]
+        );
         assert_eq!(run(&mut f, Input::Timer(Timer::D)), [Action::Terminate]);
     }
 
@@ -544,7 +605,10 @@ mod tests {
         assert_eq!(&out[2..], [Action::ToTu, Action::Arm(Timer::M, T1 * 64)]);
         assert_eq!(f.state(), State::Accepted);
         assert_eq!(run(&mut f, Input::Response(Class::Success)), [Action::ToTu]);
-        assert_eq!(run(&mut f, Input::Response(Class::Failure)), [Action::Absorb]);
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Failure)),
+            [Action::Absorb]
+        );
         assert_eq!(run(&mut f, Input::Timer(Timer::M)), [Action::Terminate]);
     }
 
@@ -561,17 +625,25 @@ mod tests {
         );
         let mut intervals = Vec::new();
         for _ in 0..5 {
-            if let [Action::SendRequest, Action::Arm(Timer::E, d)] = run(&mut f, Input::Timer(Timer::E))[..] {
+            if let [Action::SendRequest, Action::Arm(Timer::E, d)] =
+                run(&mut f, Input::Timer(Timer::E))[..]
+            {
                 intervals.push(d.as_millis());
             } else {
                 panic!("timer E must retransmit and re-arm");
             }
         }
         assert_eq!(intervals, [1000, 2000, 4000, 4000, 4000]);
-        assert_eq!(run(&mut f, Input::Response(Class::Provisional)), [Action::ToTu]);
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Provisional)),
+            [Action::ToTu]
+        );
         assert_eq!(
             run(&mut f, Input::Timer(Timer::E)),
-            [Action::SendRequest, Action::Arm(Timer::E, Duration::from_secs(4))]
+            [
+                Action::SendRequest,
+                Action::Arm(Timer::E, Duration::from_secs(4))
+            ]
         );
         let out = run(&mut f, Input::Response(Class::Success));
         assert_eq!(
@@ -583,7 +655,10 @@ mod tests {
                 Action::Arm(Timer::K, Duration::from_secs(5))
             ]
         );
-        assert_eq!(run(&mut f, Input::Response(Class::Success)), [Action::Absorb]);
+        assert_eq!(
+            run(&mut f, Input::Response(Class::Success)),
+            [Action::Absorb]
+        );
         assert_eq!(run(&mut f, Input::Timer(Timer::K)), [Action::Terminate]);
     }
 
@@ -594,7 +669,10 @@ mod tests {
             run(&mut f, Input::Start),
             [Action::SendRequest, Action::Arm(Timer::F, T1 * 64)]
         );
-        assert_eq!(run(&mut f, Input::Timer(Timer::F)), [Action::ReportTimeout, Action::Terminate]);
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::F)),
+            [Action::ReportTimeout, Action::Terminate]
+        );
     }
 
     #[test]
@@ -606,7 +684,10 @@ mod tests {
         );
         // No response yet: a retransmitted INVITE is absorbed silently.
         assert_eq!(run(&mut f, Input::RequestRetransmit), [Action::Absorb]);
-        assert_eq!(run(&mut f, Input::Timer(Timer::Trying)), [Action::SendTrying]);
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::Trying)),
+            [Action::SendTrying]
+        );
         assert_eq!(
             run(&mut f, Input::RequestRetransmit),
             [Action::ResendResponse, Action::Absorb]
@@ -623,7 +704,9 @@ mod tests {
         );
         let mut intervals = Vec::new();
         for _ in 0..5 {
-            if let [Action::ResendResponse, Action::Arm(Timer::G, d)] = run(&mut f, Input::Timer(Timer::G))[..] {
+            if let [Action::ResendResponse, Action::Arm(Timer::G, d)] =
+                run(&mut f, Input::Timer(Timer::G))[..]
+            {
                 intervals.push(d.as_millis());
             } else {
                 panic!("timer G must resend and re-arm");
@@ -634,7 +717,10 @@ mod tests {
             f.step(Input::TuResponse(Class::Failure), &cfg(), &mut Vec::new()),
             Err(Refused::ResponseNotAllowed(State::Completed))
         );
-        assert_eq!(run(&mut f, Input::Timer(Timer::H)), [Action::ReportTimeout, Action::Terminate]);
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::H)),
+            [Action::ReportTimeout, Action::Terminate]
+        );
     }
 
     #[test]
@@ -696,7 +782,10 @@ mod tests {
             ]
         );
         assert_eq!(run(&mut f, Input::RequestRetransmit), [Action::Absorb]);
-        assert_eq!(run(&mut f, Input::TuResponse(Class::Success)), [Action::SendResponse]);
+        assert_eq!(
+            run(&mut f, Input::TuResponse(Class::Success)),
+            [Action::SendResponse]
+        );
         assert_eq!(
             f.step(Input::TuResponse(Class::Failure), &cfg(), &mut Vec::new()),
             Err(Refused::ResponseNotAllowed(State::Accepted))
@@ -710,7 +799,10 @@ mod tests {
         let mut f = Fsm::new(Kind::ServerNonInvite, false);
         assert_eq!(run(&mut f, Input::Start), []);
         assert_eq!(run(&mut f, Input::RequestRetransmit), [Action::Absorb]);
-        assert_eq!(run(&mut f, Input::TuResponse(Class::Provisional)), [Action::SendResponse]);
+        assert_eq!(
+            run(&mut f, Input::TuResponse(Class::Provisional)),
+            [Action::SendResponse]
+        );
         assert_eq!(
             run(&mut f, Input::RequestRetransmit),
             [Action::ResendResponse, Action::Absorb]

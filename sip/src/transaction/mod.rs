@@ -1,3 +1,722 @@
-//! RFC 3261 §17 transactions (scaffold).
+//! SIP transactions (RFC 3261 §17, with the RFC 6026 fix for INVITE 2xx),
+//! sans-IO.
+//!
+//! [`TransactionLayer`] owns every client and server transaction of one
+//! endpoint. It reads no clock, owns no socket and draws no random numbers:
+//! the driver passes `now`, hands in received messages and drains what the
+//! layer wants sent, the TU events and the next deadline. The calls, and
+//! when a driver makes them:
+//!
+//! | call | when |
+//! |---|---|
+//! | [`handle_incoming`](TransactionLayer::handle_incoming) | for every parsed message received; act on the returned [`Incoming`] |
+//! | [`send_request`](TransactionLayer::send_request) | the TU starts a request (not ACK) |
+//! | [`send_response`](TransactionLayer::send_response) | the TU answers a request it got as [`Incoming::Request`] |
+//! | [`send_stateless`](TransactionLayer::send_stateless) | ACK for a 2xx, or anything the TU forwards without a transaction |
+//! | [`handle_transport_error`](TransactionLayer::handle_transport_error) | a [`Transmit`] carrying a transaction id could not be sent |
+//! | [`handle_timeout`](TransactionLayer::handle_timeout) | once `now` reaches [`poll_timeout`](TransactionLayer::poll_timeout) |
+//! | [`poll_transmit`](TransactionLayer::poll_transmit) | after every `handle_*`/`send_*`, until `None` |
+//! | [`poll_event`](TransactionLayer::poll_event) | after every `handle_*`/`send_*`, until `None` |
+//! | [`poll_timeout`](TransactionLayer::poll_timeout) | after draining; (re)arm the driver's single timer with it |
+//!
+//! Retransmissions are absorbed here: a repeated request is answered from
+//! the transaction with its last response, a repeated response is not shown
+//! to the TU twice (except INVITE 2xx, which the TU must see to re-ACK), and
+//! the ACK for a non-2xx final response is generated here.
+//!
+//! Matching follows §17.1.3 (client: branch + CSeq method) and §17.2.3
+//! (server: branch with magic cookie + sent-by + method, ACK matching its
+//! INVITE; otherwise the RFC 2543 rule on Request-URI, tags, Call-ID, CSeq
+//! and top Via). A CANCEL gets its own server transaction, and
+//! [`Incoming::Request::cancels`] names the INVITE transaction it matches
+//! (§9.2).
+//!
+//! Responses of a server transaction go back to the peer the request came
+//! from (the same connection on a reliable transport; RFC 3581 `rport`
+//! behaviour on UDP). A driver that wants §18.2.2 `received`/sent-by routing
+//! maps the peer itself.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+
 pub mod fsm;
+pub mod key;
 pub mod time;
+mod wire;
+
+pub use fsm::{Kind, State, Timer};
+pub use key::{BranchGenerator, MAGIC_COOKIE};
+pub use time::{Config, ConfigError, Instant};
+pub use wire::{FactsError, build_ack, build_cancel, build_trying, response_to};
+
+use fsm::{Action, Class, Fsm, Input, Refused};
+use key::{ClientKey, ServerKey};
+
+use crate::{Message, Request, Response};
+
+/// Names one transaction for as long as it lives; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransactionId(u64);
+
+impl TransactionId {
+    /// The number behind the id (for logs).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TransactionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tx{}", self.0)
+    }
+}
+
+/// Where a message came from or goes to: the driver's peer/transport id and
+/// whether that transport is reliable (TCP, TLS, SCTP: no retransmissions,
+/// zero wait timers) or not (UDP).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Remote<P> {
+    pub peer: P,
+    pub reliable: bool,
+}
+
+impl<P> Remote<P> {
+    /// An unreliable (datagram) peer.
+    pub fn unreliable(peer: P) -> Self {
+        Remote {
+            peer,
+            reliable: false,
+        }
+    }
+
+    /// A reliable (stream) peer.
+    pub fn reliable(peer: P) -> Self {
+        Remote {
+            peer,
+            reliable: true,
+        }
+    }
+}
+
+/// Bytes the driver must send to `peer`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit<P> {
+    pub peer: P,
+    /// One complete SIP message.
+    pub payload: Bytes,
+    /// The transaction that sent it; report a send failure with
+    /// [`TransactionLayer::handle_transport_error`]. `None` for stateless sends.
+    pub transaction: Option<TransactionId>,
+}
+
+/// What a received message means for the TU.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A new request created server transaction `key`. The TU answers it with
+    /// [`TransactionLayer::send_response`]. For a CANCEL, `cancels` is the
+    /// INVITE server transaction it matches (§9.2); `None` means the TU
+    /// should answer 481.
+    Request {
+        key: TransactionId,
+        request: Request,
+        cancels: Option<TransactionId>,
+    },
+    /// An ACK the TU must see: the ACK for a 2xx (`transaction` is the INVITE
+    /// server transaction when it is still in Accepted, else `None`), or one
+    /// that matches nothing. ACKs for non-2xx finals are absorbed instead.
+    Ack {
+        request: Request,
+        transaction: Option<TransactionId>,
+    },
+    /// A response for client transaction `key` (provisional, final, or a 2xx
+    /// retransmission of an INVITE, which the TU answers with a new ACK).
+    Response {
+        key: TransactionId,
+        response: Response,
+    },
+    /// A retransmission handled by transaction `key` (answered, or dropped).
+    Absorbed { key: TransactionId },
+    /// A response that matches no client transaction. A UA discards it
+    /// (§8.1.3.1); a stateless proxy may forward it.
+    StrayResponse { response: Response },
+    /// The message lacks what matching needs (top Via, CSeq, Call-ID…).
+    /// RFC 3261 §16.3/§18.1.2: a response is discarded; a request that has a
+    /// top Via can be answered 400 statelessly by the TU.
+    Invalid { message: Message, error: FactsError },
+}
+
+/// Something the TU learns without having asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Timer B or F (client: no final response in time) or Timer H (server
+    /// INVITE: the ACK for our non-2xx never came). The TU treats a client
+    /// timeout as a 408.
+    Timeout { key: TransactionId },
+    /// The driver reported that sending for this transaction failed; treat
+    /// like a 503 (client) or give up (server).
+    TransportError { key: TransactionId },
+    /// The transaction is gone; its id will never appear again.
+    Terminated { key: TransactionId },
+}
+
+/// Why a `send_*` call was refused. Nothing was sent and no state changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No live transaction has this id (it may have terminated).
+    UnknownTransaction(TransactionId),
+    /// `send_response` on a client transaction.
+    NotAServerTransaction(TransactionId),
+    /// `cancel` on something other than a client INVITE transaction.
+    NotAClientInvite(TransactionId),
+    /// ACK is never a transaction; use [`TransactionLayer::send_stateless`].
+    AckIsNotATransaction,
+    /// The request has no usable top Via / CSeq / Call-ID.
+    Facts(FactsError),
+    /// The top Via branch lacks the `z9hG4bK` magic cookie (§8.1.1.7).
+    BranchWithoutMagicCookie,
+    /// Another client transaction already uses this branch and method.
+    DuplicateBranch,
+    /// The status code is outside 100–699.
+    InvalidStatus(u16),
+    /// The transaction's state forbids this response (e.g. a second final).
+    ResponseNotAllowed(State),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::UnknownTransaction(id) => write!(f, "no live transaction {id}"),
+            SendError::NotAServerTransaction(id) => write!(f, "{id} is a client transaction"),
+            SendError::NotAClientInvite(id) => write!(f, "{id} is not a client INVITE transaction"),
+            SendError::AckIsNotATransaction => {
+                f.write_str("ACK is sent statelessly, not as a transaction")
+            }
+            SendError::Facts(e) => write!(f, "request cannot be matched: {e}"),
+            SendError::BranchWithoutMagicCookie => {
+                f.write_str("top Via branch lacks the z9hG4bK magic cookie")
+            }
+            SendError::DuplicateBranch => {
+                f.write_str("a client transaction already uses this branch")
+            }
+            SendError::InvalidStatus(s) => write!(f, "status code {s} is outside 100-699"),
+            SendError::ResponseNotAllowed(s) => write!(f, "response not allowed in state {s:?}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+struct Tx<P> {
+    fsm: Fsm,
+    peer: P,
+    /// Client: the request we sent. Server: the request that created it.
+    request: Request,
+    /// Client: the encoded request, retransmitted as is.
+    request_bytes: Bytes,
+    /// Client INVITE: the ACK for the non-2xx final, resent for copies of it.
+    ack: Option<Bytes>,
+    /// Server: the last response sent.
+    last_response: Option<Bytes>,
+    client_key: Option<ClientKey>,
+    server_keys: Vec<ServerKey>,
+    armed: Vec<(Timer, Instant)>,
+}
+
+/// What the actions of one step meant for the message that caused it.
+#[derive(Default)]
+struct Outcome {
+    to_tu: bool,
+}
+
+/// All transactions of one SIP endpoint. `P` identifies a peer/transport to
+/// the driver (an address, a connection id); the layer only copies it.
+pub struct TransactionLayer<P> {
+    config: Config,
+    branches: BranchGenerator,
+    next_id: u64,
+    txs: HashMap<TransactionId, Tx<P>>,
+    clients: HashMap<ClientKey, TransactionId>,
+    servers: HashMap<ServerKey, TransactionId>,
+    timers: BTreeSet<(Instant, TransactionId, Timer)>,
+    transmits: VecDeque<Transmit<P>>,
+    events: VecDeque<Event>,
+    scratch: Vec<Action>,
+}
+
+impl<P: Clone> TransactionLayer<P> {
+    /// A layer with `config` timers; `branch_seed` seeds
+    /// [`new_branch`](Self::new_branch) (take it from the OS RNG in the
+    /// driver, a constant in tests).
+    pub fn new(config: Config, branch_seed: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(TransactionLayer {
+            config,
+            branches: BranchGenerator::new(branch_seed),
+            next_id: 0,
+            txs: HashMap::new(),
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The timer configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A fresh RFC 3261 branch (`z9hG4bK…`) for the top Via of a request the
+    /// TU is about to send.
+    pub fn new_branch(&mut self) -> String {
+        self.branches.next_branch()
+    }
+
+    /// Number of live transactions.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Whether no transaction is alive.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    /// Kind and state of a live transaction.
+    pub fn state(&self, key: TransactionId) -> Option<(Kind, State)> {
+        self.txs.get(&key).map(|t| (t.fsm.kind(), t.fsm.state()))
+    }
+
+    /// The request of a live transaction (client: as sent; server: as received).
+    pub fn request(&self, key: TransactionId) -> Option<&Request> {
+        self.txs.get(&key).map(|t| &t.request)
+    }
+
+    /// Starts a client transaction for `request` (any method but ACK) towards
+    /// `remote` and queues its first transmission. The top Via must carry an
+    /// RFC 3261 branch, e.g. from [`new_branch`](Self::new_branch).
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        remote: Remote<P>,
+        request: Request,
+    ) -> Result<TransactionId, SendError> {
+        let facts = wire::request_facts(&request).map_err(SendError::Facts)?;
+        if facts.method.as_ref() == b"ACK" {
+            return Err(SendError::AckIsNotATransaction);
+        }
+        let branch = facts.branch.ok_or(SendError::BranchWithoutMagicCookie)?;
+        if !key::is_rfc3261_branch(&branch) {
+            return Err(SendError::BranchWithoutMagicCookie);
+        }
+        let ckey = ClientKey::for_request(branch, facts.method.clone());
+        if self.clients.contains_key(&ckey) {
+            return Err(SendError::DuplicateBranch);
+        }
+        let kind = if facts.method.as_ref() == b"INVITE" {
+            Kind::ClientInvite
+        } else {
+            Kind::ClientNonInvite
+        };
+        let id = self.allocate_id();
+        let request_bytes = wire::encode_request(&request);
+        self.clients.insert(ckey.clone(), id);
+        self.txs.insert(
+            id,
+            Tx {
+                fsm: Fsm::new(kind, remote.reliable),
+                peer: remote.peer,
+                request,
+                request_bytes,
+                ack: None,
+                last_response: None,
+                client_key: Some(ckey),
+                server_keys: Vec::new(),
+                armed: Vec::new(),
+            },
+        );
+        self.step(now, id, Input::Start, None);
+        Ok(id)
+    }
+
+    /// Sends `response` through server transaction `key` (which retransmits
+    /// it as the transport requires and answers request copies with it).
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        key: TransactionId,
+        response: Response,
+    ) -> Result<(), SendError> {
+        let tx = self
+            .txs
+            .get_mut(&key)
+            .ok_or(SendError::UnknownTransaction(key))?;
+        if tx.fsm.kind().is_client() {
+            return Err(SendError::NotAServerTransaction(key));
+        }
+        let status = wire::status_code(&response);
+        let class = Class::of(status).ok_or(SendError::InvalidStatus(status))?;
+        let mut actions = std::mem::take(&mut self.scratch);
+        actions.clear();
+        let result = tx
+            .fsm
+            .step(Input::TuResponse(class), &self.config, &mut actions);
+        if let Err(refused) = result {
+            self.scratch = actions;
+            return Err(match refused {
+                Refused::ResponseNotAllowed(s) => SendError::ResponseNotAllowed(s),
+                Refused::WrongKind(_) => SendError::NotAServerTransaction(key),
+            });
+        }
+        tx.last_response = Some(wire::encode_response(&response));
+        if class != Class::Provisional {
+            // RFC 2543 peers ACK with the To tag of our final response.
+            let ack_keys: Vec<ServerKey> = tx
+                .server_keys
+                .iter()
+                .filter_map(|k| k.ack_key(wire::to_tag(&response)))
+                .collect();
+            for k in ack_keys {
+                self.servers.insert(k.clone(), key);
+                tx.server_keys.push(k);
+            }
+        }
+        self.apply(now, key, &mut actions, None);
+        self.scratch = actions;
+        Ok(())
+    }
+
+    /// Queues `message` for `peer` outside any transaction: the ACK for a
+    /// 2xx (§13.2.2.4), a stateless reply or a stateless forward.
+    pub fn send_stateless(&mut self, peer: P, message: &Message) {
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: wire::encode(message),
+            transaction: None,
+        });
+    }
+
+    /// Builds the CANCEL for client INVITE transaction `key` (§9.1). Send it
+    /// with [`send_request`](Self::send_request); RFC 3261 asks to wait for
+    /// a provisional response first.
+    pub fn cancel(&self, key: TransactionId) -> Result<Request, SendError> {
+        let tx = self
+            .txs
+            .get(&key)
+            .ok_or(SendError::UnknownTransaction(key))?;
+        if tx.fsm.kind() != Kind::ClientInvite {
+            return Err(SendError::NotAClientInvite(key));
+        }
+        build_cancel(&tx.request).map_err(SendError::Facts)
+    }
+
+    /// Ends transaction `key` now without further transmissions (e.g. the TU
+    /// gives up on an INVITE 64·T1 after its CANCEL, §9.1). Queues
+    /// [`Event::Terminated`]; returns whether it existed.
+    pub fn terminate(&mut self, key: TransactionId) -> bool {
+        if self.txs.contains_key(&key) {
+            self.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Matches a received message against the transactions; see [`Incoming`].
+    pub fn handle_incoming(
+        &mut self,
+        now: Instant,
+        remote: Remote<P>,
+        message: Message,
+    ) -> Incoming {
+        match message {
+            Message::Request(request) => self.handle_request(now, remote, request),
+            Message::Response(response) => self.handle_response(now, response),
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, response: Response) -> Incoming {
+        let facts = match wire::response_facts(&response) {
+            Ok(f) => f,
+            Err(error) => {
+                return Incoming::Invalid {
+                    message: Message::Response(response),
+                    error,
+                };
+            }
+        };
+        let Some(class) = Class::of(facts.status) else {
+            return Incoming::Invalid {
+                message: Message::Response(response),
+                error: FactsError::InvalidStatus,
+            };
+        };
+        let Some(id) = ClientKey::for_response(&facts).and_then(|k| self.clients.get(&k).copied())
+        else {
+            return Incoming::StrayResponse { response };
+        };
+        let outcome = self.step(now, id, Input::Response(class), Some(&response));
+        if outcome.to_tu {
+            Incoming::Response { key: id, response }
+        } else {
+            Incoming::Absorbed { key: id }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, remote: Remote<P>, request: Request) -> Incoming {
+        let facts = match wire::request_facts(&request) {
+            Ok(f) => f,
+            Err(error) => {
+                return Incoming::Invalid {
+                    message: Message::Request(request),
+                    error,
+                };
+            }
+        };
+        let is_ack = facts.method.as_ref() == b"ACK";
+        let lookup = ServerKey::lookup(&facts);
+        if let Some(&id) = self.servers.get(&lookup.key) {
+            let input = if is_ack {
+                Input::Ack
+            } else {
+                Input::RequestRetransmit
+            };
+            let outcome = self.step(now, id, input, None);
+            return if outcome.to_tu {
+                Incoming::Ack {
+                    request,
+                    transaction: Some(id),
+                }
+            } else {
+                Incoming::Absorbed { key: id }
+            };
+        }
+        if is_ack {
+            return Incoming::Ack {
+                request,
+                transaction: None,
+            };
+        }
+        let cancels = lookup
+            .cancels
+            .and_then(|k| self.servers.get(&k).copied())
+            .filter(|id| {
+                self.txs
+                    .get(id)
+                    .is_some_and(|t| t.fsm.kind() == Kind::ServerInvite)
+            });
+        let kind = if facts.method.as_ref() == b"INVITE" {
+            Kind::ServerInvite
+        } else {
+            Kind::ServerNonInvite
+        };
+        let id = self.allocate_id();
+        self.servers.insert(lookup.key.clone(), id);
+        self.txs.insert(
+            id,
+            Tx {
+                fsm: Fsm::new(kind, remote.reliable),
+                peer: remote.peer,
+                request: request.clone(),
+                request_bytes: Bytes::new(),
+                ack: None,
+                last_response: None,
+                client_key: None,
+                server_keys: vec![lookup.key],
+                armed: Vec::new(),
+            },
+        );
+        self.step(now, id, Input::Start, None);
+        Incoming::Request {
+            key: id,
+            request,
+            cancels,
+        }
+    }
+
+    /// The driver could not send a [`Transmit`] of transaction `key`
+    /// (ICMP unreachable, connection refused/reset). Queues
+    /// [`Event::TransportError`] and ends the transaction (§17.1.4, §17.2.4).
+    pub fn handle_transport_error(&mut self, now: Instant, key: TransactionId) {
+        if self.txs.contains_key(&key) {
+            self.step(now, key, Input::TransportError, None);
+        }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
+    /// has work; `None` when no timer is armed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _, _)| at)
+    }
+
+    /// Fires every timer due at or before `now` (retransmissions, timeouts,
+    /// wait-state ends). Re-armed retransmit timers count from `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, id, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.armed.retain(|&(t, _)| t != timer);
+                self.step(now, id, Input::Timer(timer), None);
+            }
+        }
+    }
+
+    /// The next message to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<P>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the TU, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn allocate_id(&mut self) -> TransactionId {
+        self.next_id += 1;
+        TransactionId(self.next_id)
+    }
+
+    fn step(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        input: Input,
+        response: Option<&Response>,
+    ) -> Outcome {
+        let mut actions = std::mem::take(&mut self.scratch);
+        actions.clear();
+        let accepted = match self.txs.get_mut(&id) {
+            Some(tx) => tx.fsm.step(input, &self.config, &mut actions).is_ok(),
+            None => false,
+        };
+        let outcome = if accepted {
+            self.apply(now, id, &mut actions, response)
+        } else {
+            Outcome::default()
+        };
+        self.scratch = actions;
+        outcome
+    }
+
+    fn apply(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        actions: &mut Vec<Action>,
+        response: Option<&Response>,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        for action in actions.drain(..) {
+            let Some(tx) = self.txs.get_mut(&id) else {
+                break;
+            };
+            match action {
+                Action::SendRequest => self.transmits.push_back(Transmit {
+                    peer: tx.peer.clone(),
+                    payload: tx.request_bytes.clone(),
+                    transaction: Some(id),
+                }),
+                Action::SendAck => {
+                    if tx.ack.is_none() {
+                        tx.ack = response
+                            .and_then(|r| build_ack(&tx.request, r).ok())
+                            .map(|m| wire::encode_request(&m));
+                    }
+                    if let Some(ack) = &tx.ack {
+                        self.transmits.push_back(Transmit {
+                            peer: tx.peer.clone(),
+                            payload: ack.clone(),
+                            transaction: Some(id),
+                        });
+                    }
+                }
+                Action::SendTrying => {
+                    if let Ok(trying) = build_trying(&tx.request) {
+                        tx.last_response = Some(wire::encode_response(&trying));
+                    }
+                    if let Some(resp) = &tx.last_response {
+                        self.transmits.push_back(Transmit {
+                            peer: tx.peer.clone(),
+                            payload: resp.clone(),
+                            transaction: Some(id),
+                        });
+                    }
+                }
+                Action::SendResponse | Action::ResendResponse => {
+                    if let Some(resp) = &tx.last_response {
+                        self.transmits.push_back(Transmit {
+                            peer: tx.peer.clone(),
+                            payload: resp.clone(),
+                            transaction: Some(id),
+                        });
+                    }
+                }
+                Action::ToTu => outcome.to_tu = true,
+                Action::Absorb => {}
+                Action::Arm(timer, after) => {
+                    if let Some(pos) = tx.armed.iter().position(|&(t, _)| t == timer) {
+                        let (_, at) = tx.armed.swap_remove(pos);
+                        self.timers.remove(&(at, id, timer));
+                    }
+                    let at = now + after;
+                    tx.armed.push((timer, at));
+                    self.timers.insert((at, id, timer));
+                }
+                Action::Disarm(timer) => {
+                    if let Some(pos) = tx.armed.iter().position(|&(t, _)| t == timer) {
+                        let (_, at) = tx.armed.swap_remove(pos);
+                        self.timers.remove(&(at, id, timer));
+                    }
+                }
+                Action::ReportTimeout => self.events.push_back(Event::Timeout { key: id }),
+                Action::ReportTransportError => {
+                    self.events.push_back(Event::TransportError { key: id })
+                }
+                Action::Terminate => {
+                    self.remove(id);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    fn remove(&mut self, id: TransactionId) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        for (timer, at) in tx.armed {
+            self.timers.remove(&(at, id, timer));
+        }
+        if let Some(k) = tx.client_key {
+            self.clients.remove(&k);
+        }
+        for k in tx.server_keys {
+            if self.servers.get(&k) == Some(&id) {
+                self.servers.remove(&k);
+            }
+        }
+        self.events.push_back(Event::Terminated { key: id });
+    }
+}
+
+impl<P> fmt::Debug for TransactionLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionLayer")
+            .field("transactions", &self.txs.len())
+            .field("timers", &self.timers.len())
+            .field("queued_transmits", &self.transmits.len())
+            .field("queued_events", &self.events.len())
+            .finish()
+    }
+}
