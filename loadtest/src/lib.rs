@@ -8,6 +8,7 @@
 //! - [`bencode`], [`rtpengine`]: rtpengine's ng control protocol (for the comparison runs).
 //! - [`lab`]: the lab namespaces of docs/contracts.md (std only; xtask includes it by path).
 
+pub mod bench;
 pub mod bencode;
 pub mod clock;
 pub mod hlog;

@@ -1,0 +1,938 @@
+//! `sv-bench-relay`: the relay benchmark. In the two-arm lab, the same offered load through
+//! (a) sipveil XDP, (b) sipveil's userspace fallback, (c) rtpengine (userspace, no kernel table),
+//! (d) the ceiling (`sv_ceiling`, a minimal one-flow XDP forwarder). For each: the highest rate
+//! without loss (counted by `sv_sink` on the receiver's veth), CPU time per relayed packet, and the
+//! one-way latency distribution at a moderate load. See loadtest/README.md ("sv-bench-relay").
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use sipveil_loadtest::bench::{
+    CpuTimes, CpuWindow, RateSearch, parse_pid_cpu_ticks, plot_latency_svg, ratio,
+};
+use sipveil_loadtest::hlog::read_intervals;
+use sipveil_loadtest::lab::{self, Lab, Shape};
+use sipveil_loadtest::procs::ChildGuard;
+use sipveil_loadtest::report::RunReport;
+use sipveil_loadtest::rtpengine::{NgClient, audio_sdp, media_endpoint};
+use sipveil_loadtest::stats::{LatencySummary, new_total_histogram};
+
+const A_PORT: u16 = 30_000;
+const B_PORT: u16 = 30_000;
+const EDGE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const EDGE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+const INSTANCE: &str = lab::LAB_INSTANCE;
+const CONTROL_SOCKET: &str = "/run/sipveil/bench-relay.sock";
+const NG_PORT: u16 = 2223;
+/// The ceiling's one flow: A sends to EDGE_A:CEILING_PORT.
+const CEILING_PORT: u16 = 20_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sv-bench-relay",
+    about = "Relay benchmark: sipveil XDP / userspace fallback / rtpengine / XDP ceiling"
+)]
+struct Opts {
+    /// The sipveil binary (default: next to this one).
+    #[arg(long)]
+    sipveil: Option<PathBuf>,
+    /// The sv-rtp binary (default: next to this one).
+    #[arg(long)]
+    sv_rtp: Option<PathBuf>,
+    #[arg(long, default_value = "rtpengine")]
+    rtpengine: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench/relay")]
+    out: PathBuf,
+    /// Systems to measure, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "xdp,fallback,rtpengine,ceiling"
+    )]
+    systems: Vec<String>,
+    /// Streams (relays / calls) in the zero-loss search and CPU windows.
+    #[arg(long, default_value_t = 4)]
+    search_streams: u32,
+    /// Seconds per search trial (including a 1 s linear ramp).
+    #[arg(long, default_value_t = 3.0)]
+    step_secs: f64,
+    #[arg(long, default_value_t = 20_000.0)]
+    search_start: f64,
+    #[arg(long, default_value_t = 2_000.0)]
+    search_min: f64,
+    #[arg(long, default_value_t = 4_000_000.0)]
+    search_max: f64,
+    /// Trials per system at most.
+    #[arg(long, default_value_t = 12)]
+    search_steps: u32,
+    /// Bisection stops when the lossy and lossless rates are this close (relative).
+    #[arg(long, default_value_t = 0.05)]
+    resolution: f64,
+    /// Generator threads (sendmmsg).
+    #[arg(long, default_value_t = 1)]
+    gen_threads: usize,
+    /// The common offered rate (pps) of the CPU-per-packet window.
+    #[arg(long, default_value_t = 20_000.0)]
+    cpu_rate: f64,
+    #[arg(long, default_value_t = 5.0)]
+    cpu_secs: f64,
+    /// Idle baseline measurement (s) before the systems run.
+    #[arg(long, default_value_t = 3.0)]
+    baseline_secs: f64,
+    #[arg(long, default_value_t = 100)]
+    latency_streams: u32,
+    #[arg(long, default_value_t = 50.0)]
+    latency_pps: f64,
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    /// Read-only globals of sv_ceiling (`NAME=TYPE:VALUE`, see `sipveil lab-xdp`); `{b0_mac}`,
+    /// `{eb0_mac}` are substituted.
+    #[arg(long = "ceiling-global", default_values = [
+        "CEIL_DST_IP=ip:198.18.2.2",
+        "CEIL_DST_PORT=port:30000",
+        "CEIL_SRC_IP=ip:198.18.2.1",
+        "CEIL_SRC_PORT=port:20000",
+        "CEIL_DST_MAC=mac:{b0_mac}",
+        "CEIL_SRC_MAC=mac:{eb0_mac}",
+        "CEIL_IFINDEX=ifindex:eb0",
+    ])]
+    ceiling_globals: Vec<String>,
+    /// Map of sv_sink holding the packet count (default: the one whose name contains SINK).
+    #[arg(long)]
+    sink_map: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    sink_index: usize,
+}
+
+/// Runs a command to completion within `limit`, returning stdout; fails on a non-zero exit.
+fn run_cmd(what: &str, cmd: &mut Command, limit: Duration) -> Result<String> {
+    let mut g = ChildGuard::spawn(
+        what,
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let mut out = String::new();
+    let mut err = String::new();
+    let child = g.child_mut().ok_or_else(|| anyhow!("{what}: no child"))?;
+    let mut so = child.stdout.take();
+    let mut se = child.stderr.take();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = so.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        let _ = tx.send((0, s));
+    });
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = se.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        let _ = tx2.send((1, s));
+    });
+    let status = g.wait_bounded(limit)?;
+    for _ in 0..2 {
+        if let Ok((k, s)) = rx.recv_timeout(Duration::from_secs(2)) {
+            if k == 0 {
+                out = s;
+            } else {
+                err = s;
+            }
+        }
+    }
+    if !status.success() {
+        bail!("{what} failed ({status}): {}", err.trim());
+    }
+    Ok(out)
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn read_cpu() -> Result<CpuTimes> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    Ok(CpuTimes::parse_proc_stat(&text)?)
+}
+
+fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+fn pid_cpu_ns(pid: Option<u32>) -> f64 {
+    pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|t| parse_pid_cpu_ticks(&t).ok())
+        .map_or(0.0, |t| t as f64 * tick_ns())
+}
+
+fn children_cpu_ns() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage for the duration of the call.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e9 + t.tv_usec as f64 * 1e3;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (setns affects that thread only).
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on an open netns fd; CLONE_NEWNET changes only this thread's network
+        // namespace, which is what we want for sockets created below.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+fn iface_mac(ns: &str, iface: &str) -> Result<String> {
+    let out = run_cmd(
+        "ip link show",
+        Command::new("ip").args(["-n", ns, "-j", "link", "show", iface]),
+        Duration::from_secs(10),
+    )?;
+    let v: Json = serde_json::from_str(&out).context("ip -j link output")?;
+    v.get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no MAC for {ns}/{iface}"))
+}
+
+struct Bench {
+    o: Opts,
+    sipveil: PathBuf,
+    sv_rtp: PathBuf,
+    baseline_busy_ns_per_s: f64,
+    tag: u32,
+}
+
+/// Everything measured for one system.
+#[derive(Debug, Default, Serialize)]
+struct SystemResult {
+    name: String,
+    /// Highest lossless rate (achieved pps of that trial).
+    zero_loss_pps: Option<f64>,
+    /// The generator could not reach the offered rate: the system's limit lies higher.
+    generator_limited: bool,
+    trials: Vec<Json>,
+    cpu: Option<CpuWindow>,
+    cpu_window_lossless: Option<bool>,
+    cpu_ns_per_packet: Option<f64>,
+    cpu_attributed_ns_per_packet: Option<f64>,
+    latency: Option<LatencySummary>,
+    latency_lost: Option<u64>,
+    latency_hlog: Option<String>,
+    errors: Vec<String>,
+}
+
+/// A started system: the relay process (if any), the A-side destinations, how to tear it down.
+struct Running {
+    process: Option<ChildGuard>,
+    dsts: Vec<SocketAddrV4>,
+    teardown: Vec<Vec<String>>,
+    sipveil: PathBuf,
+}
+
+impl Running {
+    fn relay_pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildGuard::pid)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+        for args in std::mem::take(&mut self.teardown) {
+            let _ = run_cmd(
+                "teardown",
+                Command::new(&self.sipveil).args(&args),
+                Duration::from_secs(20),
+            );
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One sipveil control-socket request.
+fn control(req: &Json) -> Result<Json> {
+    let mut s = UnixStream::connect(CONTROL_SOCKET)
+        .with_context(|| format!("connecting {CONTROL_SOCKET}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    let v: Json = serde_json::from_str(&answer).context("control answer")?;
+    if v.get("ok") != Some(&Json::Bool(true)) {
+        bail!("control request {req} refused: {answer}");
+    }
+    Ok(v)
+}
+
+impl Bench {
+    fn lab_xdp(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["lab-xdp"];
+        full.extend_from_slice(args);
+        run_cmd(
+            &format!("sipveil {}", full.join(" ")),
+            Command::new(&self.sipveil).args(&full),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Replaces the program on the receiver's veth (b0): sv_sink for counting, sv_pass otherwise.
+    fn b0_program(&self, program: &str) -> Result<()> {
+        let _ = self.lab_xdp(&["detach", "--netns", lab::NS_B, "--iface", "b0"]);
+        self.lab_xdp(&[
+            "attach",
+            "--netns",
+            lab::NS_B,
+            "--iface",
+            "b0",
+            "--program",
+            program,
+        ])?;
+        Ok(())
+    }
+
+    fn read_sink(&self) -> Result<u64> {
+        let out = self.lab_xdp(&["read-sink", "--netns", lab::NS_B, "--iface", "b0", "--json"])?;
+        let v: Json = serde_json::from_str(out.trim()).context("read-sink output")?;
+        let maps = v
+            .get("maps")
+            .and_then(Json::as_object)
+            .ok_or_else(|| anyhow!("read-sink: no maps in {out}"))?;
+        let arr = match &self.o.sink_map {
+            Some(name) => maps.get(name),
+            None => maps
+                .iter()
+                .find(|(k, _)| k.to_uppercase().contains("SINK"))
+                .map(|(_, v)| v)
+                .or_else(|| (maps.len() == 1).then(|| maps.values().next()).flatten()),
+        }
+        .and_then(Json::as_array)
+        .ok_or_else(|| anyhow!("read-sink: cannot pick the packet counter map in {out}"))?;
+        arr.get(self.o.sink_index)
+            .and_then(Json::as_u64)
+            .ok_or_else(|| anyhow!("read-sink: no index {} in {out}", self.o.sink_index))
+    }
+
+    fn measure_baseline(&mut self) -> Result<()> {
+        let c0 = read_cpu()?;
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(self.o.baseline_secs));
+        let busy = read_cpu()?.delta(&c0).busy() as f64 * tick_ns();
+        self.baseline_busy_ns_per_s = busy / t0.elapsed().as_secs_f64();
+        eprintln!(
+            "idle baseline: {:.3} CPUs busy (other load on the machine)",
+            self.baseline_busy_ns_per_s / 1e9
+        );
+        Ok(())
+    }
+
+    fn start_sipveil(&self, xdp: bool, n: u32) -> Result<Running> {
+        fs::create_dir_all(&self.o.out)?;
+        let config = self.o.out.join(if xdp {
+            "sipveil-xdp.toml"
+        } else {
+            "sipveil-fallback.toml"
+        });
+        fs::write(
+            &config,
+            format!(
+                "[dataplane]\ninterfaces = [\"ea0\", \"eb0\"]\nxdp = \"{}\"\ninstance = \"{INSTANCE}\"\n\n[media]\nport_min = 20000\nport_max = 29999\nidle_timeout_secs = 600\naddresses = {{ a = \"{EDGE_A}\", b = \"{EDGE_B}\" }}\nworkers = 1\n\n[control]\nsocket = \"{CONTROL_SOCKET}\"\n",
+                if xdp { "driver" } else { "off" }
+            ),
+        )?;
+        let mut cmd = Command::new(&self.sipveil);
+        cmd.args(["run", "--config"]).arg(&config).args([
+            "--netns",
+            lab::NS_EDGE,
+            "--instance",
+            INSTANCE,
+        ]);
+        if !xdp {
+            cmd.arg("--no-xdp");
+        }
+        let log = fs::File::create(self.o.out.join(if xdp {
+            "sipveil-xdp.log"
+        } else {
+            "sipveil-fallback.log"
+        }))?;
+        let mut guard = ChildGuard::spawn(
+            "sipveil run",
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log),
+        )?;
+        let mut running = Running {
+            process: None,
+            dsts: Vec::new(),
+            teardown: vec![vec![
+                "unload".into(),
+                "--instance".into(),
+                INSTANCE.into(),
+                "--netns".into(),
+                lab::NS_EDGE.into(),
+            ]],
+            sipveil: self.sipveil.clone(),
+        };
+        let stdout = guard
+            .child_mut()
+            .and_then(|c| c.stdout.take())
+            .ok_or_else(|| anyhow!("sipveil: no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        running.process = Some(guard);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("sipveil did not report ready within 30 s"))?;
+            if let Ok(v) = serde_json::from_str::<Json>(&line)
+                && v.get("ready") == Some(&Json::Bool(true))
+            {
+                let mode = v.get("mode").and_then(Json::as_str).unwrap_or("?");
+                let want = if xdp { "xdp" } else { "userspace" };
+                if mode != want {
+                    bail!("sipveil runs in mode {mode}, wanted {want}");
+                }
+                break;
+            }
+        }
+        for _ in 0..n {
+            let v = control(&json!({
+                "cmd": "relay-open",
+                "a_peer": SocketAddrV4::new(lab::A_ADDR, A_PORT).to_string(),
+                "b_peer": SocketAddrV4::new(lab::B_ADDR, B_PORT).to_string(),
+                "latch": true, "strict": false, "rtcp_mux": false, "count": 1,
+            }))?;
+            let edge = v
+                .pointer("/relays/0/a/edge")
+                .and_then(Json::as_str)
+                .and_then(|s| s.parse::<SocketAddrV4>().ok())
+                .ok_or_else(|| anyhow!("relay-open answer without a.edge: {v}"))?;
+            running.dsts.push(edge);
+        }
+        Ok(running)
+    }
+
+    fn start_rtpengine(&self, n: u32) -> Result<Running> {
+        let log = fs::File::create(self.o.out.join("rtpengine.log"))?;
+        let guard = ChildGuard::spawn(
+            "rtpengine",
+            Command::new("ip")
+                .args(["netns", "exec", lab::NS_EDGE])
+                .arg(&self.o.rtpengine)
+                .args([
+                    format!("--interface=a/{EDGE_A}"),
+                    format!("--interface=b/{EDGE_B}"),
+                    format!("--listen-ng=127.0.0.1:{NG_PORT}"),
+                    "--table=-1".into(),
+                    "--foreground".into(),
+                    "--log-stderr".into(),
+                    "--port-min=20000".into(),
+                    "--port-max=29999".into(),
+                    "--timeout=600".into(),
+                    "--num-threads=2".into(),
+                    "-L".into(),
+                    "4".into(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?;
+        let mut running = Running {
+            process: Some(guard),
+            dsts: Vec::new(),
+            teardown: Vec::new(),
+            sipveil: self.sipveil.clone(),
+        };
+        running.dsts = in_netns(lab::NS_EDGE, move || {
+            let mut ng = NgClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, NG_PORT)))?;
+            let start = Instant::now();
+            while ng.ping().is_err() {
+                if start.elapsed() > Duration::from_secs(15) {
+                    bail!("rtpengine does not answer ng ping");
+                }
+            }
+            let mut dsts = Vec::new();
+            for i in 0..n {
+                let call = format!("bench-{i}");
+                let from = format!("a-{i}");
+                let to_b = ng.offer(
+                    &call,
+                    &from,
+                    &audio_sdp(lab::A_ADDR, A_PORT, u64::from(i) + 1),
+                    Some(["a", "b"]),
+                )?;
+                let b_side = media_endpoint(&to_b)?;
+                if *b_side.ip() != EDGE_B {
+                    bail!("rtpengine offered {b_side} to B, expected {EDGE_B}");
+                }
+                let to_a = ng.answer(
+                    &call,
+                    &from,
+                    &format!("b-{i}"),
+                    &audio_sdp(lab::B_ADDR, B_PORT, u64::from(i) + 1_000_000),
+                )?;
+                dsts.push(media_endpoint(&to_a)?);
+            }
+            Ok(dsts)
+        })?;
+        Ok(running)
+    }
+
+    fn start_ceiling(&self, n: u32) -> Result<Running> {
+        let b0_mac = iface_mac(lab::NS_B, "b0")?;
+        let eb0_mac = iface_mac(lab::NS_EDGE, "eb0")?;
+        let mut args: Vec<String> = [
+            "lab-xdp",
+            "attach",
+            "--netns",
+            lab::NS_EDGE,
+            "--iface",
+            "ea0",
+            "--program",
+            "sv_ceiling",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for g in &self.o.ceiling_globals {
+            args.push("--global".into());
+            args.push(
+                g.replace("{b0_mac}", &b0_mac)
+                    .replace("{eb0_mac}", &eb0_mac),
+            );
+        }
+        let running = Running {
+            process: None,
+            dsts: vec![SocketAddrV4::new(EDGE_A, CEILING_PORT); n as usize],
+            teardown: vec![
+                [
+                    "lab-xdp",
+                    "detach",
+                    "--netns",
+                    lab::NS_EDGE,
+                    "--iface",
+                    "ea0",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ],
+            sipveil: self.sipveil.clone(),
+        };
+        run_cmd(
+            "sipveil lab-xdp attach sv_ceiling",
+            Command::new(&self.sipveil).args(&args),
+            Duration::from_secs(30),
+        )?;
+        Ok(running)
+    }
+
+    fn dst_list(dsts: &[SocketAddrV4]) -> String {
+        dsts.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// One generator run at `rate` for `secs`; returns (sender report, cpu window sans packets).
+    fn offer_load(
+        &self,
+        run: &Running,
+        streams: usize,
+        rate: f64,
+        secs: f64,
+    ) -> Result<(u64, f64, CpuWindow)> {
+        let dsts = &run.dsts[..streams.min(run.dsts.len())];
+        let max_packets = (rate * secs).ceil() as u64;
+        let ramp = (secs / 3.0).min(1.0);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", lab::NS_A])
+            .arg(&self.sv_rtp)
+            .args(["send", "--bind"])
+            .arg(SocketAddrV4::new(lab::A_ADDR, A_PORT).to_string())
+            .arg("--dst")
+            .arg(Self::dst_list(dsts))
+            .arg("--rate")
+            .arg(format!("{rate:.0}"))
+            .arg("--threads")
+            .arg(self.o.gen_threads.to_string())
+            .args(["--batch", "64", "--end-packets", "0", "--duration"])
+            .arg(format!("{secs}"))
+            .arg("--ramp")
+            .arg(format!("{ramp}"))
+            .arg("--max-packets")
+            .arg(max_packets.to_string())
+            .arg("--tag")
+            .arg(self.tag.to_string());
+        let relay0 = pid_cpu_ns(run.relay_pid());
+        let kids0 = children_cpu_ns();
+        let cpu0 = read_cpu()?;
+        let t0 = Instant::now();
+        let out = run_cmd(
+            "sv-rtp send",
+            &mut cmd,
+            Duration::from_secs_f64(secs + 20.0),
+        )?;
+        std::thread::sleep(Duration::from_millis(300)); // in-flight packets drain
+        let cpu = read_cpu()?.delta(&cpu0);
+        let window_s = t0.elapsed().as_secs_f64();
+        let generator_ns = children_cpu_ns() - kids0;
+        let relay_ns = (pid_cpu_ns(run.relay_pid()) - relay0).max(0.0);
+        let report: RunReport = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| anyhow!("sv-rtp send printed no report: {out}"))?;
+        let sender = report
+            .sender
+            .ok_or_else(|| anyhow!("report without sender"))?;
+        let tn = tick_ns();
+        Ok((
+            sender.sent,
+            sender.achieved_pps,
+            CpuWindow {
+                window_s,
+                system_busy_ns: cpu.busy() as f64 * tn,
+                softirq_ns: cpu.softirq as f64 * tn,
+                generator_ns,
+                relay_process_ns: relay_ns,
+                baseline_ns: self.baseline_busy_ns_per_s * window_s,
+                packets: 0,
+            },
+        ))
+    }
+
+    /// Offered load with sink counting: (lossless, achieved pps, cpu window with packets).
+    fn trial(
+        &self,
+        run: &Running,
+        streams: usize,
+        rate: f64,
+        secs: f64,
+    ) -> Result<(bool, f64, u64, u64, CpuWindow)> {
+        let before = self.read_sink()?;
+        let (sent, achieved, mut cpu) = self.offer_load(run, streams, rate, secs)?;
+        let after = self.read_sink()?;
+        let got = after.saturating_sub(before);
+        cpu.packets = got;
+        Ok((got == sent && sent > 0, achieved, sent, got, cpu))
+    }
+
+    fn measure(&self, name: &str, res: &mut SystemResult) -> Result<()> {
+        let n = self.o.latency_streams.max(self.o.search_streams);
+        let mut run = match name {
+            "xdp" => self.start_sipveil(true, n)?,
+            "fallback" => self.start_sipveil(false, n)?,
+            "rtpengine" => self.start_rtpengine(n)?,
+            "ceiling" => self.start_ceiling(n)?,
+            other => bail!("unknown system {other}"),
+        };
+        // Latency first (userspace receiver, sv_pass on b0), then the sink-counted runs.
+        if let Err(e) = self.latency(name, &run, res) {
+            res.errors.push(format!("latency: {e:#}"));
+        }
+        self.b0_program("sv_sink")?;
+        let streams = self.o.search_streams as usize;
+        let result = (|| -> Result<()> {
+            // CPU per packet at the common rate
+            let (ok, _ach, sent, got, cpu) =
+                self.trial(&run, streams, self.o.cpu_rate, self.o.cpu_secs)?;
+            eprintln!(
+                "  [{name}] cpu window at {:.0} pps: sent {sent}, relayed {got}, {:.0} ns/packet (attributed {:.0})",
+                self.o.cpu_rate,
+                cpu.ns_per_packet().unwrap_or(f64::NAN),
+                cpu.attributed_ns_per_packet().unwrap_or(f64::NAN)
+            );
+            res.cpu_window_lossless = Some(ok);
+            res.cpu_ns_per_packet = cpu.ns_per_packet();
+            res.cpu_attributed_ns_per_packet = cpu.attributed_ns_per_packet();
+            res.cpu = Some(cpu);
+
+            let mut search = RateSearch::new(
+                self.o.search_start,
+                self.o.search_min,
+                self.o.search_max,
+                self.o.resolution,
+                self.o.search_steps,
+            );
+            while let Some(rate) = search.next_rate() {
+                let (ok, achieved, sent, got, cpu) =
+                    self.trial(&run, streams, rate, self.o.step_secs)?;
+                let limited = achieved < rate * 0.97;
+                eprintln!(
+                    "  [{name}] offered {rate:.0} pps (achieved {achieved:.0}): sent {sent}, relayed {got} => {}{}",
+                    if ok { "lossless" } else { "LOSS" },
+                    if limited { " (generator-limited)" } else { "" }
+                );
+                res.trials.push(json!({
+                    "offered_pps": rate, "achieved_pps": achieved, "sent": sent,
+                    "relayed": got, "lossless": ok, "generator_limited": limited,
+                    "cpu_ns_per_packet": cpu.ns_per_packet(),
+                    "cpu_attributed_ns_per_packet": cpu.attributed_ns_per_packet(),
+                }));
+                if ok {
+                    res.zero_loss_pps =
+                        Some(res.zero_loss_pps.map_or(achieved, |z: f64| z.max(achieved)));
+                }
+                if limited && ok {
+                    // the generator is the bottleneck: higher offers measure nothing new
+                    res.generator_limited = true;
+                    break;
+                }
+                search.record(rate, ok);
+            }
+            Ok(())
+        })();
+        let restore = self.b0_program(lab::PEER_PROGRAM);
+        run.shutdown();
+        result?;
+        restore?;
+        Ok(())
+    }
+
+    fn latency(&self, name: &str, run: &Running, res: &mut SystemResult) -> Result<()> {
+        let hlog = self.o.out.join(format!("latency-{name}.hlog"));
+        let json_path = self.o.out.join(format!("latency-{name}.json"));
+        let n = self.o.latency_streams as usize;
+        let secs = self.o.latency_secs;
+        let mut recv = ChildGuard::spawn(
+            "sv-rtp recv",
+            Command::new("ip")
+                .args(["netns", "exec", lab::NS_B])
+                .arg(&self.sv_rtp)
+                .args(["recv", "--bind"])
+                .arg(SocketAddrV4::new(lab::B_ADDR, B_PORT).to_string())
+                .args(["--expect-streams", &n.to_string()])
+                .args(["--expect-tag", &self.tag.to_string()])
+                .args(["--recv-duration", &format!("{}", secs + 5.0)])
+                .args(["--grace-ms", "500", "--hlog-tag", name])
+                .arg("--hlog")
+                .arg(&hlog)
+                .arg("--json")
+                .arg(&json_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        let dsts = &run.dsts[..n.min(run.dsts.len())];
+        run_cmd(
+            "sv-rtp send (latency)",
+            Command::new("ip")
+                .args(["netns", "exec", lab::NS_A])
+                .arg(&self.sv_rtp)
+                .args(["send", "--bind"])
+                .arg(SocketAddrV4::new(lab::A_ADDR, A_PORT).to_string())
+                .arg("--dst")
+                .arg(Self::dst_list(dsts))
+                .args(["--pps", &format!("{}", self.o.latency_pps)])
+                .args(["--duration", &format!("{secs}")])
+                .args(["--tag", &self.tag.to_string()]),
+            Duration::from_secs_f64(secs + 20.0),
+        )?;
+        let st = recv.wait_bounded(Duration::from_secs_f64(10.0))?;
+        if !st.success() {
+            bail!("sv-rtp recv failed ({st})");
+        }
+        let report: RunReport = serde_json::from_str(&fs::read_to_string(&json_path)?)?;
+        let r = report
+            .receiver
+            .ok_or_else(|| anyhow!("no receiver report"))?;
+        eprintln!(
+            "  [{name}] latency at {n} x {} pps: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, lost {}",
+            self.o.latency_pps,
+            r.totals.latency.p50_ns as f64 / 1e3,
+            r.totals.latency.p99_ns as f64 / 1e3,
+            r.totals.latency.p999_ns as f64 / 1e3,
+            r.totals.lost
+        );
+        res.latency = Some(r.totals.latency);
+        res.latency_lost = Some(r.totals.lost);
+        res.latency_hlog = Some(hlog.display().to_string());
+        Ok(())
+    }
+}
+
+fn load_hlog_total(path: &Path) -> Option<Histogram<u64>> {
+    let bytes = fs::read(path).ok()?;
+    let mut total = new_total_histogram();
+    for (_, i) in read_intervals(&bytes).ok()? {
+        let _ = total.add(&i.histogram);
+    }
+    Some(total)
+}
+
+fn run() -> Result<bool> {
+    let o = Opts::parse();
+    let sipveil = o.sipveil.clone().unwrap_or_else(|| sibling("sipveil"));
+    let sv_rtp = o.sv_rtp.clone().unwrap_or_else(|| sibling("sv-rtp"));
+    fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let mut bench = Bench {
+        o,
+        sipveil,
+        sv_rtp,
+        baseline_busy_ns_per_s: 0.0,
+        tag: 0x5256,
+    };
+    eprintln!("lab: bringing up two-arm (torn down at the end)");
+    let session =
+        Lab::session(Shape::TwoArm, &bench.sipveil).map_err(|e| anyhow!("lab up: {e}"))?;
+    bench.measure_baseline()?;
+    let mut results: BTreeMap<String, SystemResult> = BTreeMap::new();
+    for name in bench.o.systems.clone() {
+        eprintln!("== {name}");
+        let mut res = SystemResult {
+            name: name.clone(),
+            ..SystemResult::default()
+        };
+        if let Err(e) = bench.measure(&name, &mut res) {
+            eprintln!("  [{name}] FAILED: {e:#}");
+            res.errors.push(format!("{e:#}"));
+        }
+        results.insert(name, res);
+    }
+    drop(session);
+
+    let get = |n: &str| results.get(n);
+    let cpu = |n: &str| get(n).and_then(|r| r.cpu_ns_per_packet);
+    let acpu = |n: &str| get(n).and_then(|r| r.cpu_attributed_ns_per_packet);
+    let zl = |n: &str| get(n).and_then(|r| r.zero_loss_pps);
+    let xdp_cpu = ratio(cpu("xdp"), cpu("rtpengine"));
+    let xdp_pps = ratio(zl("xdp"), zl("rtpengine"));
+    let fb_cpu = ratio(cpu("fallback"), cpu("rtpengine"));
+    let xdp_ceil = ratio(zl("xdp"), zl("ceiling"));
+    let summary = json!({
+        "command": "cargo xtask bench relay",
+        "xdp_vs_rtpengine_cpu_per_packet": xdp_cpu,
+        "xdp_vs_rtpengine_zero_loss_pps": xdp_pps,
+        "fallback_vs_rtpengine_cpu_per_packet": fb_cpu,
+        "xdp_vs_ceiling": xdp_ceil,
+        "attributed_cpu": {
+            "xdp_vs_rtpengine_cpu_per_packet": ratio(acpu("xdp"), acpu("rtpengine")),
+            "fallback_vs_rtpengine_cpu_per_packet": ratio(acpu("fallback"), acpu("rtpengine")),
+        },
+        "targets": {
+            "cpu_per_packet_le_0.1": xdp_cpu.map(|r| r <= 0.1),
+            "zero_loss_pps_ge_10x": xdp_pps.map(|r| r >= 10.0),
+            "ceiling_ge_0.9": xdp_ceil.map(|r| r >= 0.9),
+        },
+        "baseline_busy_cpus": bench.baseline_busy_ns_per_s / 1e9,
+        "config": {
+            "search_streams": bench.o.search_streams, "step_secs": bench.o.step_secs,
+            "cpu_rate": bench.o.cpu_rate, "cpu_secs": bench.o.cpu_secs,
+            "latency_streams": bench.o.latency_streams, "latency_pps": bench.o.latency_pps,
+            "latency_secs": bench.o.latency_secs, "gen_threads": bench.o.gen_threads,
+            "generator": "sv-rtp send (sendmmsg) in sv-a",
+        },
+        "systems": results,
+    });
+    let path = bench.o.out.join("summary.json");
+    fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
+    let series: Vec<(String, Histogram<u64>)> = results
+        .values()
+        .filter_map(|r| {
+            let h = load_hlog_total(Path::new(r.latency_hlog.as_deref()?))?;
+            Some((r.name.clone(), h))
+        })
+        .collect();
+    if !series.is_empty() {
+        plot_latency_svg(
+            &bench.o.out.join("latency.svg"),
+            &format!(
+                "one-way latency, {} streams x {} pps",
+                bench.o.latency_streams, bench.o.latency_pps
+            ),
+            &series,
+        )?;
+    }
+    let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
+    println!("relay benchmark ({})", path.display());
+    for r in results.values() {
+        println!(
+            "  {:<10} zero-loss {:>10} pps{}  cpu {:>8} ns/pkt (attributed {:>8})  p50/p99/p99.9 {}{}",
+            r.name,
+            r.zero_loss_pps.map_or("n/a".into(), |v| format!("{v:.0}")),
+            if r.generator_limited { "+" } else { " " },
+            show(r.cpu_ns_per_packet),
+            show(r.cpu_attributed_ns_per_packet),
+            r.latency.map_or("n/a".into(), |l| format!(
+                "{:.1}/{:.1}/{:.1} us",
+                l.p50_ns as f64 / 1e3,
+                l.p99_ns as f64 / 1e3,
+                l.p999_ns as f64 / 1e3
+            )),
+            if r.errors.is_empty() {
+                String::new()
+            } else {
+                format!("  ERRORS: {}", r.errors.join("; "))
+            }
+        );
+    }
+    println!("  xdp / rtpengine cpu per packet:      {}", show(xdp_cpu));
+    println!("  xdp / rtpengine zero-loss pps:       {}", show(xdp_pps));
+    println!("  fallback / rtpengine cpu per packet: {}", show(fb_cpu));
+    println!("  xdp / ceiling zero-loss pps:         {}", show(xdp_ceil));
+    Ok(results.values().all(|r| r.errors.is_empty()))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("sv-bench-relay: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
