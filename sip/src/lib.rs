@@ -14,6 +14,7 @@
 //! - [`params`]: raw `;name=value` lists.
 //! - [`method`], [`status`]: open enums.
 //! - [`builder`]: [`RequestBuilder`], [`ResponseBuilder`], CANCEL/ACK derivation.
+//! - [`validate`]: checks above the parser that map to answers (420 Bad Extension, 415).
 //! - [`error`], [`limits`]: [`ParseError`] → [`ErrorAnswer`], configurable [`Limits`].
 //! - [`sdp`], [`transaction`]: SDP and RFC 3261 §17 transactions.
 //!
@@ -61,6 +62,8 @@ mod text;
 pub mod transaction;
 #[warn(missing_docs)]
 pub mod uri;
+#[warn(missing_docs)]
+pub mod validate;
 #[warn(missing_docs)]
 pub mod views;
 
