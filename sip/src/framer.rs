@@ -18,6 +18,10 @@ use crate::views::parse_content_length;
 
 /// What the framer found.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing would cost an allocation per framed message"
+)]
 pub enum StreamEvent {
     /// A complete message.
     Message(Message),

@@ -260,6 +260,10 @@ impl Response {
 
 /// A request or a response.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing would cost an allocation per parsed message; messages are moved rarely"
+)]
 pub enum Message {
     /// Request.
     Request(Request),

@@ -285,7 +285,7 @@ fn parse_status_line(sl: &Bytes) -> Result<(StatusCode, Bytes), K> {
 }
 
 /// Exactly one field named `name`, else Missing/Duplicate.
-fn single<'a>(headers: &'a Headers, name: HeaderName) -> Result<&'a Bytes, K> {
+fn single(headers: &Headers, name: HeaderName) -> Result<&Bytes, K> {
     let mut it = headers.get_all(&name);
     let first = it.next().ok_or_else(|| K::MissingHeader(name.clone()))?;
     if it.next().is_some() {

@@ -252,6 +252,26 @@ impl Iterator for CommaValues {
     }
 }
 
+/// A header value is safe to emit: no NUL, and CR/LF only as folding
+/// (`CRLF` followed by SP or HT), so it cannot inject a header or end the section.
+pub(crate) fn safe_header_value(v: &[u8]) -> bool {
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            0 => return false,
+            b'\r' => {
+                if v.get(i + 1) != Some(&b'\n') || !matches!(v.get(i + 2), Some(b' ' | b'\t')) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'\n' => return false,
+            _ => i += 1,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,24 +313,4 @@ mod tests {
         push_u64(&mut v, 1234);
         assert_eq!(v, b"01234");
     }
-}
-
-/// A header value is safe to emit: no NUL, and CR/LF only as folding
-/// (`CRLF` followed by SP or HT), so it cannot inject a header or end the section.
-pub(crate) fn safe_header_value(v: &[u8]) -> bool {
-    let mut i = 0;
-    while i < v.len() {
-        match v[i] {
-            0 => return false,
-            b'\r' => {
-                if v.get(i + 1) != Some(&b'\n') || !matches!(v.get(i + 2), Some(b' ' | b'\t')) {
-                    return false;
-                }
-                i += 3;
-            }
-            b'\n' => return false,
-            _ => i += 1,
-        }
-    }
-    true
 }

@@ -202,6 +202,10 @@ pub fn parse_qvalue(b: &[u8]) -> Option<u16> {
 
 /// One Contact value.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a view built on demand; boxing would allocate per value"
+)]
 pub enum Contact {
     /// `*` (REGISTER removal of all bindings).
     Wildcard,
