@@ -27,7 +27,8 @@ pub enum StreamEvent {
     Message(Message),
     /// `CRLFCRLF` between messages: an RFC 5626 keep-alive ping (answer with [`PONG`]).
     Ping,
-    /// A single `CRLF` between messages: an RFC 5626 pong.
+    /// A single `CRLF` between messages: an RFC 5626 pong (on a server-side
+    /// framer: a CRLF followed by something other than CRLF).
     Pong,
 }
 
@@ -44,10 +45,13 @@ pub struct StreamFramer {
     /// `(body_start, total_len)` once the header section is complete.
     frame: Option<(usize, usize)>,
     failed: bool,
+    client: bool,
 }
 
 impl StreamFramer {
-    /// New framer enforcing `limits`.
+    /// Framer for a connection we accepted (we receive pings): a lone CRLF at
+    /// the end of the buffer is held until the next bytes show whether it
+    /// starts a `CRLFCRLF` ping.
     pub fn new(limits: Limits) -> Self {
         StreamFramer {
             buf: BytesMut::new(),
@@ -55,6 +59,16 @@ impl StreamFramer {
             scanned: 0,
             frame: None,
             failed: false,
+            client: false,
+        }
+    }
+
+    /// Framer for a connection we opened (we send pings, receive pongs): a
+    /// lone CRLF is reported as [`StreamEvent::Pong`] at once.
+    pub fn for_client(limits: Limits) -> Self {
+        StreamFramer {
+            client: true,
+            ..Self::new(limits)
         }
     }
 
@@ -98,6 +112,11 @@ impl StreamFramer {
                 return Some(Ok(StreamEvent::Ping));
             }
             if self.buf.starts_with(b"\r\n") {
+                let maybe_ping = !self.client
+                    && (self.buf.len() == 2 || (self.buf.len() == 3 && self.buf[2] == b'\r'));
+                if maybe_ping {
+                    return None;
+                }
                 let _ = self.buf.split_to(2);
                 self.scanned = 0;
                 return Some(Ok(StreamEvent::Pong));
