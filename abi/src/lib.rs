@@ -158,7 +158,7 @@ pub struct Config {
     /// Relay port range (host order, inclusive). Packets to other ports skip the flow lookup.
     pub relay_port_min: u16,
     pub relay_port_max: u16,
-    /// TTL (hop limit) written into relayed packets.
+    /// TTL (hop limit) written into relayed packets; 0 means 64.
     pub ttl: u8,
     pub _pad0: [u8; 3],
     /// Room for later settings without an ABI bump of the layout.
@@ -261,6 +261,72 @@ const _: () = {
     }
 };
 
+/// Names and load-time settings of the lab/bench helper programs (ebpf bin `sv-lab`). Not part of the
+/// deployed data plane: nothing here is pinned or adopted, so it does not take part in [`ABI_VERSION`].
+pub mod lab {
+    /// XDP_PASS for every frame (attached to veth peers).
+    pub const PASS_PROGRAM: &str = "sv_pass";
+    /// Counts and drops UDP to the ports in [`SINK_PORTS_GLOBAL`]; passes everything else.
+    pub const SINK_PROGRAM: &str = "sv_sink";
+    /// The bench ceiling: one hard-wired flow from [`CEILING_FLOW_GLOBAL`], no map lookup, no FIB.
+    pub const CEILING_PROGRAM: &str = "sv_ceiling";
+    /// XDP_TX for every frame: a packet generator with BPF_PROG_TEST_RUN live frames.
+    pub const GEN_PROGRAM: &str = "sv_gen";
+
+    /// `PerCpuArray<u64>` of `sv_sink`: index [`SINK_PACKETS`] and [`SINK_BYTES`] (frame length).
+    pub const SINK_MAP: &str = "SVL_SINK";
+    pub const SINK_PACKETS: u32 = 0;
+    pub const SINK_BYTES: u32 = 1;
+    /// Read-only global of `sv_sink`, a [`SinkPorts`] (set with `EbpfLoader::override_global`).
+    pub const SINK_PORTS_GLOBAL: &str = "SVL_SINK_PORTS";
+
+    /// UDP destination port range counted by `sv_sink` (host order, inclusive). The default (0, 0)
+    /// counts nothing.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct SinkPorts {
+        pub min: u16,
+        pub max: u16,
+    }
+    const _: () = assert!(core::mem::size_of::<SinkPorts>() == 4);
+
+    /// Read-only global of `sv_ceiling`, a [`CeilingFlow`].
+    pub const CEILING_FLOW_GLOBAL: &str = "SVL_CEILING_FLOW";
+    /// `DevMapHash` keyed by ifindex (8 entries): where `sv_ceiling` may redirect.
+    pub const CEILING_TX_MAP: &str = "SVL_TX";
+
+    /// The one flow `sv_ceiling` forwards. Addresses and ports in wire order (use [`crate::ip4`] and
+    /// [`crate::port`]). A packet to `match_addr:match_port` (IPv4/UDP, no options, not a fragment)
+    /// gets `src_addr:src_port -> dst_addr:dst_port`, TTL `ttl`, the two MACs, and leaves with XDP_TX
+    /// when `egress_ifindex` is 0, else through `SVL_TX[egress_ifindex]` (XDP_PASS when that entry is
+    /// missing). Everything else passes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct CeilingFlow {
+        pub match_addr: u32,
+        pub src_addr: u32,
+        pub dst_addr: u32,
+        pub egress_ifindex: u32,
+        pub match_port: u16,
+        pub src_port: u16,
+        pub dst_port: u16,
+        pub src_mac: [u8; 6],
+        pub dst_mac: [u8; 6],
+        pub ttl: u8,
+        pub _pad0: u8,
+    }
+    const _: () = assert!(core::mem::size_of::<CeilingFlow>() == 36);
+
+    /// `PerCpuArray<u64>` of `sv_gen` (one entry): frames it has transmitted.
+    pub const GEN_COUNT_MAP: &str = "SVL_GEN_COUNT";
+    /// Read-only global of `sv_gen`, a `u32` of `GEN_F_*` bits.
+    pub const GEN_FLAGS_GLOBAL: &str = "SVL_GEN_FLAGS";
+    /// `sv_gen` writes its per-CPU frame count (low 16 bits) into the RTP sequence number of
+    /// IPv4/UDP frames (no options) and fixes the UDP checksum incrementally (0 stays 0), so the
+    /// recycled live frames differ from one transmission to the next.
+    pub const GEN_F_RTP_SEQ: u32 = 1 << 0;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding and no invalid bit patterns.
@@ -269,4 +335,8 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::lab::SinkPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::lab::CeilingFlow {}
 }

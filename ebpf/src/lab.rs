@@ -1,12 +1,226 @@
+//! Lab and benchmark helper programs (bin `sv-lab`); names and settings in `sipveil_abi::lab`.
+//!
+//! - `sv_pass`: XDP_PASS for everything (veth peers must run an XDP program to receive frames
+//!   pushed by XDP_TX/REDIRECT).
+//! - `sv_sink`: counts (per CPU) and drops UDP to the port range in `SVL_SINK_PORTS`; passes the
+//!   rest.
+//! - `sv_ceiling`: the bench ceiling, a forwarder for exactly one flow given as read-only globals
+//!   (`SVL_CEILING_FLOW`): no map lookup, no FIB, no counters. Passes everything else.
+//! - `sv_gen`: XDP_TX for every frame, a packet generator under BPF_PROG_TEST_RUN live frames;
+//!   counts what it sends and, with `GEN_F_RTP_SEQ`, stamps its count into the RTP sequence number.
+//!
+//! The read-only globals are set at load time with `EbpfLoader::override_global`; the maps are not
+//! pinned (whoever loads a lab program owns its maps; pin them explicitly if another process must
+//! read them).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{DevMapHash, PerCpuArray},
+    programs::XdpContext,
+};
+use sipveil_abi::lab::{CeilingFlow, GEN_F_RTP_SEQ, SINK_BYTES, SINK_PACKETS, SinkPorts};
+use sipveil_ebpf::{
+    csum,
+    packet::{
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, Ipv4Hdr, PAYLOAD_OFF, UDP_OFF,
+        UdpHdr, be16, ne16, ne32, ptr_at, write_mac,
+    },
+};
+
+/// `sv_sink`: UDP destination ports to count and drop (host order, inclusive).
+#[unsafe(no_mangle)]
+static SVL_SINK_PORTS: SinkPorts = SinkPorts { min: 0, max: 0 };
+
+/// `sv_ceiling`: the one flow it forwards.
+#[unsafe(no_mangle)]
+static SVL_CEILING_FLOW: CeilingFlow = CeilingFlow {
+    match_addr: 0,
+    src_addr: 0,
+    dst_addr: 0,
+    egress_ifindex: 0,
+    match_port: 0,
+    src_port: 0,
+    dst_port: 0,
+    src_mac: [0; 6],
+    dst_mac: [0; 6],
+    ttl: 0,
+    _pad0: 0,
+};
+
+/// `sv_gen`: `GEN_F_*` bits.
+#[unsafe(no_mangle)]
+static SVL_GEN_FLAGS: u32 = 0;
+
+/// `sv_sink`: packets (index 0) and frame bytes (index 1) per CPU.
+#[map]
+static SVL_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `sv_ceiling`: interfaces it may redirect to, keyed by ifindex.
+#[map]
+static SVL_TX: DevMapHash = DevMapHash::with_max_entries(8, 0);
+
+/// `sv_gen`: frames transmitted per CPU.
+#[map]
+static SVL_GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Passes everything: attached to veth peers so frames pushed by XDP_TX/REDIRECT are received.
 #[xdp]
 pub fn sv_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Counts and drops UDP to the configured ports. Fail-open: everything else passes.
+#[xdp]
+pub fn sv_sink(ctx: XdpContext) -> u32 {
+    match try_sink(&ctx) {
+        Some(action) => action,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn try_sink(ctx: &XdpContext) -> Option<u32> {
+    // SAFETY: a read-only global; volatile so the load-time value is read, not the default.
+    let ports = unsafe { core::ptr::read_volatile(&raw const SVL_SINK_PORTS) };
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked that each header lies inside the frame.
+    if unsafe { (*eth).proto } != ETH_P_IP {
+        return None;
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: as above.
+    let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
+    if proto != IPPROTO_UDP || vihl >> 4 != 4 {
+        return None;
+    }
+    let udp: *mut UdpHdr = ptr_at(ctx, ETH_HLEN + (vihl & 0x0f) as usize * 4)?;
+    // SAFETY: as above.
+    let dport = be16(unsafe { (*udp).dest });
+    if dport < ports.min || dport > ports.max {
+        return None;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    for (index, n) in [(SINK_PACKETS, 1), (SINK_BYTES, len)] {
+        if let Some(slot) = SVL_SINK.get_ptr_mut(index) {
+            // SAFETY: this CPU's slot of a per-CPU array value.
+            unsafe { *slot += n };
+        }
+    }
+    Some(xdp_action::XDP_DROP)
+}
+
+/// The fastest possible relay of one flow, for comparison with `sipveil_entry`. Fail-open:
+/// everything but that flow passes.
+#[xdp]
+pub fn sv_ceiling(ctx: XdpContext) -> u32 {
+    match try_ceiling(&ctx) {
+        Some(action) => action,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn try_ceiling(ctx: &XdpContext) -> Option<u32> {
+    let flow = &raw const SVL_CEILING_FLOW;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, UDP_OFF)?;
+    // SAFETY: ptr_at checked all three headers; `flow` is a read-only global, read volatile so the
+    // values set at load time are used.
+    unsafe {
+        if (*eth).proto != ETH_P_IP
+            || (*ip).vihl != 0x45
+            || (*ip).proto != IPPROTO_UDP
+            || be16((*ip).frag_off) & (IP_MF | IP_OFFSET) != 0
+            || ne32((*ip).daddr) != core::ptr::read_volatile(&raw const (*flow).match_addr)
+            || ne16((*udp).dest) != core::ptr::read_volatile(&raw const (*flow).match_port)
+        {
+            return None;
+        }
+        let new_saddr = core::ptr::read_volatile(&raw const (*flow).src_addr);
+        let new_daddr = core::ptr::read_volatile(&raw const (*flow).dst_addr);
+        let new_sport = core::ptr::read_volatile(&raw const (*flow).src_port);
+        let new_dport = core::ptr::read_volatile(&raw const (*flow).dst_port);
+        let new_ttl = core::ptr::read_volatile(&raw const (*flow).ttl);
+        let egress = core::ptr::read_volatile(&raw const (*flow).egress_ifindex);
+        let action = if egress == 0 {
+            xdp_action::XDP_TX
+        } else {
+            SVL_TX
+                .redirect(egress, xdp_action::XDP_PASS as u64)
+                .ok()?
+        };
+        let (saddr, daddr) = (ne32((*ip).saddr), ne32((*ip).daddr));
+        let (sport, dport) = (ne16((*udp).source), ne16((*udp).dest));
+        let (ttl, proto) = ((*ip).ttl, (*ip).proto);
+        let addr_diff = csum::diff32(saddr, new_saddr) + csum::diff32(daddr, new_daddr);
+        let ttl_diff = csum::diff16(ne16([ttl, proto]), ne16([new_ttl, proto]));
+        write_mac(
+            &raw mut (*eth).dst,
+            core::ptr::read_volatile(&raw const (*flow).dst_mac),
+        );
+        write_mac(
+            &raw mut (*eth).src,
+            core::ptr::read_volatile(&raw const (*flow).src_mac),
+        );
+        (*ip).check = csum::update(ne16((*ip).check), addr_diff + ttl_diff).to_ne_bytes();
+        (*ip).ttl = new_ttl;
+        (*ip).saddr = new_saddr.to_ne_bytes();
+        (*ip).daddr = new_daddr.to_ne_bytes();
+        let port_diff = csum::diff16(sport, new_sport) + csum::diff16(dport, new_dport);
+        (*udp).check = csum::update_udp(ne16((*udp).check), addr_diff + port_diff).to_ne_bytes();
+        (*udp).source = new_sport.to_ne_bytes();
+        (*udp).dest = new_dport.to_ne_bytes();
+        Some(action)
+    }
+}
+
+/// Sends every frame back out (XDP_TX): under BPF_PROG_TEST_RUN with live frames this is a packet
+/// generator. Counts per CPU; with `GEN_F_RTP_SEQ` writes the low 16 bits of this CPU's count into
+/// the RTP sequence number of IPv4/UDP frames (no options) and fixes the UDP checksum, because live
+/// frames are recycled without being reset and would otherwise all be identical.
+#[xdp]
+pub fn sv_gen(ctx: XdpContext) -> u32 {
+    let Some(slot) = SVL_GEN_COUNT.get_ptr_mut(0) else {
+        return xdp_action::XDP_TX;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array value.
+    let sent = unsafe {
+        *slot += 1;
+        *slot
+    };
+    // SAFETY: a read-only global set at load time.
+    let flags = unsafe { core::ptr::read_volatile(&raw const SVL_GEN_FLAGS) };
+    if flags & GEN_F_RTP_SEQ != 0 {
+        stamp_rtp_seq(&ctx, sent as u16);
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn stamp_rtp_seq(ctx: &XdpContext, seq: u16) {
+    let (Some(ip), Some(udp), Some(rtp)) = (
+        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN),
+        ptr_at::<UdpHdr>(ctx, UDP_OFF),
+        ptr_at::<[u8; 4]>(ctx, PAYLOAD_OFF),
+    ) else {
+        return;
+    };
+    // SAFETY: ptr_at checked all three.
+    unsafe {
+        if (*ip).vihl != 0x45 || (*ip).proto != IPPROTO_UDP {
+            return;
+        }
+        let old = ne16([(*rtp)[2], (*rtp)[3]]);
+        let new = seq.to_be_bytes();
+        let diff = csum::diff16(old, ne16(new));
+        (*udp).check = csum::update_udp(ne16((*udp).check), diff).to_ne_bytes();
+        (*rtp)[2] = new[0];
+        (*rtp)[3] = new[1];
+    }
 }
 
 #[cfg(not(test))]

@@ -1,11 +1,32 @@
+//! `sipveil_entry`: the one XDP program attached to each of the edge's interfaces.
+//!
+//! Today it is the media relay (`relay`); the SIP flood shield will hang off the same parse.
+//! Fail-open: any frame it does not own, or cannot handle, leaves with XDP_PASS untouched, so the
+//! kernel stack and the daemon's userspace relay see it. The only drop is a strict-source mismatch.
 #![no_std]
 #![no_main]
+// Atomic adds to map values: the bpfel target has no CAS, so `AtomicU64::fetch_add` is missing.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+
+mod maps;
+mod relay;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use sipveil_abi::Counter;
 
 #[xdp]
-pub fn sipveil_entry(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn sipveil_entry(ctx: XdpContext) -> u32 {
+    maps::count(Counter::Rx);
+    // Fail-open: every frame we do not relay (or drop in strict mode) passes to the stack, its
+    // bytes unchanged, and its reason is counted.
+    match relay::try_relay(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            maps::count(reason);
+            xdp_action::XDP_PASS
+        }
+    }
 }
 
 #[cfg(not(test))]
