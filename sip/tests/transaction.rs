@@ -110,7 +110,7 @@ mod sim {
     use sipveil_sip::transaction::{
         Config, Event, Incoming, Instant, Remote, TransactionId, TransactionLayer,
     };
-    use sipveil_sip::{Message, Request, Response};
+    use sipveil_sip::{Request, Response};
 
     /// SplitMix64: tiny, seedable, good enough to pick drops.
     #[derive(Clone, Debug)]
@@ -607,15 +607,20 @@ fn invite_2xx_reaches_tu_and_accepted_state_lasts_64_t1() {
     assert!(
         matches!(
             sim.b.incoming.last(),
-            Some((
-                _,
-                Incoming::Ack {
-                    transaction: None,
-                    ..
-                }
-            ))
+            Some((_, Incoming::Ack { transaction: Some(t), .. })) if *t == bkey
         ),
-        "the ACK for a 2xx goes to the TU"
+        "the ACK for a 2xx goes to the TU, matched on dialog fields"
+    );
+    // B sent its 200 at 10 ms and again at 20 ms (the TU, when the clock
+    // stood there); the ACK stopped the layer's own 2xx retransmission due
+    // at 510 ms.
+    assert_eq!(
+        sent_lines(&sim.b),
+        [
+            (ms(10), "SIP/2.0 180 Ringing".to_string()),
+            (ms(10), "SIP/2.0 200 OK".to_string()),
+            (ms(20), "SIP/2.0 200 OK".to_string()),
+        ]
     );
 
     sim.run_to_idle();
@@ -1186,4 +1191,206 @@ fn stray_response_transport_error_and_refused_response() {
             .send_response(Instant::ZERO, skey, respond(&request, 500))
             .is_err()
     );
+}
+
+/// Unreliable non-INVITE wait states: Timer K = T4 at the client after the
+/// final response, Timer J = 64·T1 at the server after sending it.
+#[test]
+fn non_invite_wait_timers_k_and_j_on_unreliable_transport() {
+    let mut sim = Sim::new(Config::default(), false, Impairment::PERFECT, 23);
+    sim.b.tu = Some(answer_with(&[100, 200]));
+    let request = new_request(&mut sim, Side::A, "OPTIONS", "kj");
+    let key = sim.send_request(Side::A, request);
+    sim.run_to_idle();
+    let (bkey, _) = requests(&sim.b)[0].clone();
+    assert_eq!(
+        responses(&sim.a, key)
+            .iter()
+            .map(status_of)
+            .collect::<Vec<_>>(),
+        [100, 200]
+    );
+    assert_eq!(sim.a.events, [(ms(20 + 5000), Event::Terminated { key })]);
+    assert_eq!(
+        sim.b.events,
+        [(ms(10 + 64 * T1), Event::Terminated { key: bkey })]
+    );
+    assert_eq!(sent_lines(&sim.a).len(), 1, "answered before Timer E");
+}
+
+/// A TU that is silent on an INVITE: the server transaction sends
+/// `100 Trying` (no To tag) after 200 ms, which moves the client to
+/// Proceeding and stops its INVITE retransmissions; a retransmitted INVITE
+/// gets the 100 again. Nothing else happens until the TU answers.
+#[test]
+fn server_invite_sends_100_trying_when_tu_is_slow() {
+    let mut sim = Sim::new(Config::default(), false, Impairment::PERFECT, 29);
+    let invite = new_request(&mut sim, Side::A, "INVITE", "slow-tu");
+    let key = sim.send_request(Side::A, invite);
+    sim.run_until(ms(5000));
+    let (bkey, request) = requests(&sim.b)[0].clone();
+    assert_eq!(
+        sent_lines(&sim.b),
+        [(ms(210), "SIP/2.0 100 Trying".to_string())]
+    );
+    let trying = &sim.b.sent[0].1;
+    let to = header_line(trying, "To").expect("To copied");
+    assert!(!to.contains("tag="), "100 Trying has no To tag: {to}");
+    assert_eq!(header_line(trying, "CSeq"), Some("CSeq: 1 INVITE"));
+    assert_eq!(
+        sent_lines(&sim.a),
+        [(ms(0), "INVITE sip:bob@b.example SIP/2.0".to_string())],
+        "the 100 at 220 ms stopped Timer A (500 ms)"
+    );
+    assert_eq!(
+        sim.a.layer.state(key),
+        Some((Kind::ClientInvite, State::Proceeding))
+    );
+    assert_eq!(
+        responses(&sim.a, key)
+            .iter()
+            .map(status_of)
+            .collect::<Vec<_>>(),
+        [100]
+    );
+    // A copy of the INVITE is answered with the 100 again.
+    let copy = sim.a.sent[0].1.clone();
+    assert!(matches!(sim.deliver(Side::B, copy), Incoming::Absorbed { key: k } if k == bkey));
+    assert_eq!(sim.b.sent.len(), 2);
+    assert_eq!(sim.b.sent[0].1, sim.b.sent[1].1);
+    // Proceeding has no timeout of its own (Timer B stopped): the call rings
+    // until the TU decides.
+    assert_eq!(sim.a.layer.poll_timeout(), None);
+    let answered_at = sim.now;
+    sim.send_response(Side::B, bkey, respond(&request, 200));
+    sim.run_until(ms(6000));
+    // The 100 copy reaches the TU (Proceeding passes every 1xx up); the
+    // 2xx is then retransmitted by B's layer (no ACK in this test) and each
+    // copy reaches A's TU, which would re-ACK.
+    let statuses: Vec<u16> = responses(&sim.a, key).iter().map(status_of).collect();
+    assert_eq!(&statuses[..3], [100, 100, 200]);
+    assert!(statuses[3..].iter().all(|&s| s == 200) && statuses.len() > 3);
+    sim.run_to_idle();
+    assert!(
+        sim.b.events.contains(&(
+            answered_at + Duration::from_millis(64 * T1),
+            Event::Timeout { key: bkey }
+        )),
+        "Timer L without ACK reports a timeout: {:?}",
+        sim.b.events
+    );
+}
+
+/// Many concurrent transactions of every kind over a lossy, duplicating,
+/// reordering link: every client TU sees exactly one final response per
+/// transaction (plus the 2xx copies RFC 6026 hands up), every server TU sees
+/// each request once, nothing times out, and both layers end empty with no
+/// timer left.
+#[test]
+fn many_concurrent_transactions_over_lossy_link_leave_no_state() {
+    let lossy = Impairment {
+        drop_percent: 20,
+        duplicate_percent: 15,
+        delay_ms: (1, 400),
+    };
+    for seed in [101u64, 202, 303] {
+        let mut sim = Sim::new(Config::default(), false, lossy.clone(), seed);
+        // B answers INVITE 180+486 (odd CSeq) or 200 (even), others 200.
+        sim.b.tu = Some(Box::new(|now, layer, incoming| {
+            if let Incoming::Request { key, request, .. } = incoming {
+                let codes: &[u16] = match method_of(request).as_str() {
+                    "INVITE" if request.cseq().map(|c| c.seq % 2 == 1).unwrap_or(false) => {
+                        &[180, 486]
+                    }
+                    _ => &[200],
+                };
+                for &code in codes {
+                    layer
+                        .send_response(now, *key, respond(request, code))
+                        .expect("response accepted");
+                }
+            }
+        }));
+        // A's TU ACKs every 2xx to INVITE (§13.2.2.4), each time it sees one.
+        sim.a.tu = Some(Box::new(|_now, layer, incoming| {
+            if let Incoming::Response { response, .. } = incoming
+                && status_of(response) == 200
+                && response
+                    .cseq()
+                    .map(|c| c.method.as_bytes() == b"INVITE")
+                    .unwrap_or(false)
+            {
+                let call_id = response.call_id().expect("Call-ID");
+                let seq = response.cseq().expect("CSeq").seq;
+                let branch = layer.new_branch();
+                let ack = parse(request_text(
+                    "ACK",
+                    Some(&branch),
+                    seq,
+                    std::str::from_utf8(&call_id).expect("ascii Call-ID"),
+                    Some("tb1"),
+                ));
+                layer.send_stateless(Side::B, &ack);
+            }
+        }));
+        let mut keys = Vec::new();
+        for i in 0..40u32 {
+            let method = if i % 3 == 0 { "MESSAGE" } else { "INVITE" };
+            let branch = sim.a.layer.new_branch();
+            let request = as_request(request_text(
+                method,
+                Some(&branch),
+                i + 1,
+                &format!("many-{seed}-{i}"),
+                None,
+            ));
+            keys.push((method, i + 1, sim.send_request(Side::A, request)));
+        }
+        sim.run_to_idle();
+        for &(method, cseq, key) in &keys {
+            let finals: Vec<u16> = responses(&sim.a, key)
+                .iter()
+                .map(status_of)
+                .filter(|s| *s >= 200)
+                .collect();
+            let expected = match (method, cseq % 2) {
+                ("INVITE", 1) => 486,
+                _ => 200,
+            };
+            assert!(!finals.is_empty(), "seed {seed} {method} {cseq}: no final");
+            assert!(
+                finals.iter().all(|&s| s == expected),
+                "seed {seed} {method} {cseq}: {finals:?}"
+            );
+            if method != "INVITE" || expected != 200 {
+                assert_eq!(
+                    finals.len(),
+                    1,
+                    "seed {seed} {method} {cseq}: final shown once"
+                );
+            }
+            assert_eq!(events_of(&sim.a, key), [Event::Terminated { key }]);
+        }
+        assert_eq!(
+            requests(&sim.b).len(),
+            40,
+            "seed {seed}: each request seen once by B's TU"
+        );
+        assert!(
+            sim.b
+                .events
+                .iter()
+                .all(|(_, e)| matches!(e, Event::Terminated { .. })),
+            "seed {seed}: no Timer H (ACKs got through): {:?}",
+            sim.b.events
+        );
+        assert!(sim.a.layer.is_empty() && sim.b.layer.is_empty());
+        assert_eq!(sim.a.layer.poll_timeout(), None);
+        assert_eq!(sim.b.layer.poll_timeout(), None);
+        assert!(
+            sim.dropped.len() > 20,
+            "seed {seed}: the link dropped {}",
+            sim.dropped.len()
+        );
+    }
 }

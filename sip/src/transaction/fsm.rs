@@ -65,7 +65,9 @@ pub enum Timer {
     E,
     /// Client non-INVITE timeout.
     F,
-    /// Server INVITE final response retransmit (unreliable only).
+    /// Server INVITE final response retransmit (unreliable only): the
+    /// non-2xx in Completed, and the 2xx in Accepted until its ACK when
+    /// `Config::retransmit_2xx` is on (§13.3.1.4).
     G,
     /// Server INVITE: wait time for the ACK.
     H,
@@ -175,6 +177,8 @@ pub struct Fsm {
     interval: Duration,
     /// Server: whether any response was sent (so `100 Trying` is not needed).
     responded: bool,
+    /// Server INVITE in Accepted: whether an ACK for the 2xx arrived.
+    acked: bool,
 }
 
 impl Fsm {
@@ -191,6 +195,7 @@ impl Fsm {
             reliable,
             interval: Duration::ZERO,
             responded: false,
+            acked: false,
         }
     }
 
@@ -420,6 +425,10 @@ impl Fsm {
                     Class::Provisional => {}
                     Class::Success => {
                         self.state = Accepted;
+                        if !self.reliable && cfg.retransmit_2xx {
+                            self.interval = cfg.t1;
+                            out.push(Action::Arm(Timer::G, cfg.t1));
+                        }
                         out.push(Action::Arm(Timer::L, cfg.t1_x64()));
                     }
                     Class::Failure => {
@@ -435,7 +444,7 @@ impl Fsm {
             // RFC 6026 §8.5: the TU retransmits its 2xx through the transaction.
             (Accepted, Input::TuResponse(Class::Success)) => out.push(Action::SendResponse),
             (state, Input::TuResponse(_)) => return Err(Refused::ResponseNotAllowed(state)),
-            (Completed, Input::Timer(Timer::G)) => {
+            (Completed | Accepted, Input::Timer(Timer::G)) => {
                 out.push(Action::ResendResponse);
                 self.interval = self.interval.saturating_mul(2).min(cfg.t2);
                 out.push(Action::Arm(Timer::G, self.interval));
@@ -450,11 +459,23 @@ impl Fsm {
                 out.push(Action::Absorb);
                 self.wait_or_terminate(Confirmed, Timer::I, cfg.t4, out);
             }
-            (Accepted, Input::Ack) => out.push(Action::ToTu),
-            (_, Input::Ack) => out.push(Action::Absorb),
-            (Confirmed, Input::Timer(Timer::I)) | (Accepted, Input::Timer(Timer::L)) => {
-                self.terminate(out)
+            (Accepted, Input::Ack) => {
+                if !self.acked {
+                    self.acked = true;
+                    out.push(Action::Disarm(Timer::G));
+                }
+                out.push(Action::ToTu);
             }
+            (_, Input::Ack) => out.push(Action::Absorb),
+            (Accepted, Input::Timer(Timer::L)) => {
+                // §13.3.1.4: no ACK for the 2xx in 64·T1; the TU should end
+                // the session.
+                if !self.acked {
+                    out.push(Action::ReportTimeout);
+                }
+                self.terminate(out);
+            }
+            (Confirmed, Input::Timer(Timer::I)) => self.terminate(out),
             (_, Input::Timer(_)) => {}
             (_, Input::Start | Input::RequestRetransmit) => out.push(Action::Absorb),
             (_, Input::Response(_) | Input::TransportError) => {
@@ -778,8 +799,14 @@ mod tests {
             [
                 Action::Disarm(Timer::Trying),
                 Action::SendResponse,
+                Action::Arm(Timer::G, T1),
                 Action::Arm(Timer::L, T1 * 64)
             ]
+        );
+        // §13.3.1.4: the 2xx is retransmitted at T1, 2·T1, … capped at T2.
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::G)),
+            [Action::ResendResponse, Action::Arm(Timer::G, T1 * 2)]
         );
         assert_eq!(run(&mut f, Input::RequestRetransmit), [Action::Absorb]);
         assert_eq!(
@@ -790,8 +817,31 @@ mod tests {
             f.step(Input::TuResponse(Class::Failure), &cfg(), &mut Vec::new()),
             Err(Refused::ResponseNotAllowed(State::Accepted))
         );
+        assert_eq!(
+            run(&mut f, Input::Ack),
+            [Action::Disarm(Timer::G), Action::ToTu]
+        );
         assert_eq!(run(&mut f, Input::Ack), [Action::ToTu]);
         assert_eq!(run(&mut f, Input::Timer(Timer::L)), [Action::Terminate]);
+    }
+
+    #[test]
+    fn server_invite_2xx_without_ack_reports_timeout_at_l() {
+        let mut f = Fsm::new(Kind::ServerInvite, true);
+        run(&mut f, Input::Start);
+        assert_eq!(
+            run(&mut f, Input::TuResponse(Class::Success)),
+            [
+                Action::Disarm(Timer::Trying),
+                Action::SendResponse,
+                Action::Arm(Timer::L, T1 * 64)
+            ],
+            "no 2xx retransmission on a reliable transport"
+        );
+        assert_eq!(
+            run(&mut f, Input::Timer(Timer::L)),
+            [Action::ReportTimeout, Action::Terminate]
+        );
     }
 
     #[test]

@@ -97,6 +97,16 @@ pub enum ServerKey {
     /// RFC 2543 fallback for the ACK: the To tag is the one of the response
     /// the transaction sent, so this entry is added once it sent one.
     Rfc2543Ack(Rfc2543Fields),
+    /// The ACK for a 2xx carries a new branch (§13.2.2.4), so an INVITE
+    /// server transaction in Accepted also registers the dialog-level fields
+    /// the ACK shares with it: Call-ID, CSeq number, From tag and the To tag
+    /// of the 2xx.
+    DialogAck {
+        call_id: Bytes,
+        cseq: u32,
+        from_tag: Option<Bytes>,
+        to_tag: Option<Bytes>,
+    },
 }
 
 /// The fields of the RFC 2543 matching rule.
@@ -169,6 +179,18 @@ impl ServerKey {
                 };
                 ServerLookup { key, cancels }
             }
+        }
+    }
+
+    /// The dialog key of an ACK for a 2xx: from the INVITE's facts and the
+    /// 2xx To tag (registration) or from the ACK's facts and its own To tag
+    /// (lookup).
+    pub fn dialog_ack(req: &RequestFacts, to_tag: Option<Bytes>) -> ServerKey {
+        ServerKey::DialogAck {
+            call_id: req.call_id.clone(),
+            cseq: req.cseq,
+            from_tag: req.from_tag.clone(),
+            to_tag,
         }
     }
 

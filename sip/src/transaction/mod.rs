@@ -125,8 +125,9 @@ pub enum Incoming {
         cancels: Option<TransactionId>,
     },
     /// An ACK the TU must see: the ACK for a 2xx (`transaction` is the INVITE
-    /// server transaction when it is still in Accepted, else `None`), or one
-    /// that matches nothing. ACKs for non-2xx finals are absorbed instead.
+    /// server transaction that sent the 2xx while it is in Accepted; the ACK
+    /// stopped its 2xx retransmissions), or one that matches nothing
+    /// (`None`). ACKs for non-2xx finals are absorbed instead.
     Ack {
         request: Request,
         transaction: Option<TransactionId>,
@@ -153,8 +154,9 @@ pub enum Incoming {
 #[non_exhaustive]
 pub enum Event {
     /// Timer B or F (client: no final response in time) or Timer H (server
-    /// INVITE: the ACK for our non-2xx never came). The TU treats a client
-    /// timeout as a 408.
+    /// INVITE: the ACK for our non-2xx never came), or Timer L with no ACK
+    /// for our 2xx (the TU should end the session with BYE, §13.3.1.4). The
+    /// TU treats a client timeout as a 408.
     Timeout { key: TransactionId },
     /// The driver reported that sending for this transaction failed; treat
     /// like a 503 (client) or give up (server).
@@ -377,15 +379,25 @@ impl<P: Clone> TransactionLayer<P> {
         }
         tx.last_response = Some(wire::encode_response(&response));
         if class != Class::Provisional {
+            let to_tag = wire::to_tag(&response);
             // RFC 2543 peers ACK with the To tag of our final response.
-            let ack_keys: Vec<ServerKey> = tx
+            let mut new_keys: Vec<ServerKey> = tx
                 .server_keys
                 .iter()
-                .filter_map(|k| k.ack_key(wire::to_tag(&response)))
+                .filter_map(|k| k.ack_key(to_tag.clone()))
                 .collect();
-            for k in ack_keys {
-                self.servers.insert(k.clone(), key);
-                tx.server_keys.push(k);
+            // The ACK for a 2xx has a new branch: match it on dialog fields.
+            if class == Class::Success
+                && tx.fsm.kind() == Kind::ServerInvite
+                && let Ok(facts) = wire::request_facts(&tx.request)
+            {
+                new_keys.push(ServerKey::dialog_ack(&facts, to_tag));
+            }
+            for k in new_keys {
+                if !tx.server_keys.contains(&k) {
+                    self.servers.insert(k.clone(), key);
+                    tx.server_keys.push(k);
+                }
             }
         }
         self.apply(now, key, &mut actions, None);
@@ -482,7 +494,12 @@ impl<P: Clone> TransactionLayer<P> {
         };
         let is_ack = facts.method.as_ref() == b"ACK";
         let lookup = ServerKey::lookup(&facts);
-        if let Some(&id) = self.servers.get(&lookup.key) {
+        let matched = self.servers.get(&lookup.key).copied().or_else(|| {
+            is_ack
+                .then(|| ServerKey::dialog_ack(&facts, facts.to_tag.clone()))
+                .and_then(|k| self.servers.get(&k).copied())
+        });
+        if let Some(id) = matched {
             let input = if is_ack {
                 Input::Ack
             } else {

@@ -95,6 +95,12 @@ pub struct Config {
     /// TU has not responded yet (§17.2.1 says 200 ms). `None` leaves every
     /// provisional response to the TU. Default `Some(200 ms)`.
     pub auto_trying: Option<Duration>,
+    /// Whether a server INVITE transaction retransmits its 2xx (T1 doubling
+    /// to T2, unreliable transports only) until the ACK arrives, doing the
+    /// UAS core's job of RFC 3261 §13.3.1.4 for the TU. With `false` the TU
+    /// retransmits by calling `send_response` again (RFC 6026 §8.5).
+    /// Default `true`.
+    pub retransmit_2xx: bool,
 }
 
 impl Default for Config {
@@ -105,6 +111,7 @@ impl Default for Config {
             t4: Duration::from_secs(5),
             timer_d: Duration::from_secs(32),
             auto_trying: Some(Duration::from_millis(200)),
+            retransmit_2xx: true,
         }
     }
 }
