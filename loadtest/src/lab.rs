@@ -889,12 +889,14 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `sipveil run --config CONFIG --netns sv-edge EXTRA...` and waits up to `timeout`
-    /// for its ready line on stdout.
+    /// for its ready line on stdout. Its log (stderr) is appended to `log` when given, else
+    /// inherited.
     pub fn start(
         sipveil: &Path,
         config: &Path,
         extra: &[&str],
         timeout: Duration,
+        log: Option<&Path>,
     ) -> Result<Daemon, LabError> {
         let mut cmd = Command::new(sipveil);
         cmd.arg("run")
@@ -904,7 +906,21 @@ impl Daemon {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        let command = describe(&cmd);
+        if let Some(log) = log {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|source| LabError::Io {
+                    what: format!("opening {}", log.display()),
+                    source,
+                })?;
+            cmd.stderr(file);
+        }
+        let mut command = describe(&cmd);
+        if let Some(log) = log {
+            command.push_str(&format!(" 2>>{}", log.display()));
+        }
         let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
             command: command.clone(),
             source,
@@ -934,7 +950,7 @@ impl Daemon {
                 format!("`{command}` printed no ready line within {timeout:?}")
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                format!("`{command}` exited before it was ready (its stderr says why)")
+                format!("`{command}` exited before it was ready (its log says why)")
             }
         };
         let _ = child.kill();

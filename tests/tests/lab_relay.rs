@@ -19,9 +19,10 @@ use sipveil_loadtest::lab::{
     Shape, rtp_peer,
 };
 use sipveil_loadtest::report::{DirectionCheck, RunReport, check_direction};
+use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -111,8 +112,15 @@ fn start_daemon(shape: Shape, dir: &Path, xdp: &str, extra: &[&str]) -> Daemon {
     let config = dir.join("sipveil.toml");
     std::fs::write(&config, shape.daemon_config(xdp))
         .unwrap_or_else(|error| panic!("{}: {error}", config.display()));
-    Daemon::start(&binaries().sipveil, &config, extra, Duration::from_secs(30))
-        .unwrap_or_else(|error| panic!("{error}"))
+    let log = dir.join("sipveil.log");
+    Daemon::start(
+        &binaries().sipveil,
+        &config,
+        extra,
+        Duration::from_secs(30),
+        Some(&log),
+    )
+    .unwrap_or_else(|error| panic!("{error}"))
 }
 
 fn ready_field(daemon: &Daemon, key: &str) -> Value {
@@ -174,9 +182,15 @@ impl Peers {
         let sv_rtp = &binaries().sv_rtp;
         let a_json = dir.join("a.json");
         let b_json = dir.join("b.json");
+        // The reports are read from the JSON files; the human summaries go to a log.
         let spawn = |ns, bind, dsts: Vec<SocketAddrV4>, tag, json: &Path| -> Child {
+            let log = json.with_extension("log");
+            let log =
+                File::create(&log).unwrap_or_else(|error| panic!("{}: {error}", log.display()));
             rtp_peer(sv_rtp, ns, bind, &dsts, seconds, tag, json)
                 .args(["--pps", &pps.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap_or_else(|error| panic!("cannot start sv-rtp: {error}"))
         };
@@ -216,7 +230,13 @@ impl Peers {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             };
-            assert!(status.success(), "sv-rtp in side {name} failed: {status}");
+            assert!(
+                status.success(),
+                "sv-rtp in side {name} failed: {status} (see {})",
+                self.a_json
+                    .with_file_name(format!("{}.log", name.to_lowercase()))
+                    .display()
+            );
         }
         let read = |path: &Path| -> RunReport {
             let text = std::fs::read_to_string(path)

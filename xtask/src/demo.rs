@@ -46,7 +46,13 @@ pub fn run_demo(options: Options) -> Result<()> {
     print!("{}", Lab::status()?);
 
     println!("demo: starting sipveil in {NS_EDGE} ({})", config.display());
-    let daemon = Daemon::start(&binaries.sipveil, &config, &[], Duration::from_secs(30))?;
+    let daemon = Daemon::start(
+        &binaries.sipveil,
+        &config,
+        &[],
+        Duration::from_secs(30),
+        None,
+    )?;
     println!("demo: daemon ready: {}", daemon.ready);
 
     let ctl = |args: &[&str]| -> Result<Value> {
