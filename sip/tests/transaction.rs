@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sipveil_sip::transaction::{
-    Config, Event, Incoming, Instant, Kind, Remote, State, TransactionLayer, response_to,
+    Config, Event, Incoming, Instant, Kind, Remote, SendError, State, TransactionLayer, response_to,
 };
 use sipveil_sip::{Message, Request, Response};
 
@@ -1151,7 +1151,8 @@ fn stray_response_transport_error_and_refused_response() {
         "no timer outlives its transaction"
     );
 
-    // ACK is not a transaction; a branch without cookie is refused for new requests.
+    // ACK is not a transaction; a branch without cookie is refused for new
+    // requests; a branch is used once.
     let ack = as_request(request_text(
         "ACK",
         Some(&layer.new_branch()),
@@ -1159,22 +1160,39 @@ fn stray_response_transport_error_and_refused_response() {
         "x",
         Some("t"),
     ));
-    assert!(
-        layer
-            .send_request(Instant::ZERO, Remote::unreliable(Side::B), ack)
-            .is_err()
+    let to_b = || Remote::unreliable(Side::B);
+    assert_eq!(
+        layer.send_request(Instant::ZERO, to_b(), ack),
+        Err(SendError::AckIsNotATransaction)
     );
     let old = as_request(request_text("OPTIONS", Some("nocookie"), 1, "x", None));
-    assert!(
-        layer
-            .send_request(Instant::ZERO, Remote::unreliable(Side::B), old)
-            .is_err()
+    assert_eq!(
+        layer.send_request(Instant::ZERO, to_b(), old),
+        Err(SendError::BranchWithoutMagicCookie)
+    );
+    let dup = as_request(request_text("OPTIONS", Some("z9hG4bKdup"), 1, "d", None));
+    let dup_key = layer
+        .send_request(Instant::ZERO, to_b(), dup.clone())
+        .expect("first use");
+    assert_eq!(
+        layer.send_request(Instant::ZERO, to_b(), dup.clone()),
+        Err(SendError::DuplicateBranch)
+    );
+    assert_eq!(
+        layer.send_response(Instant::ZERO, dup_key, respond(&dup, 200)),
+        Err(SendError::NotAServerTransaction(dup_key))
+    );
+    assert_eq!(
+        layer.send_response(Instant::ZERO, key, respond(&dup, 200)),
+        Err(SendError::UnknownTransaction(key)),
+        "terminated transactions are gone"
     );
 
-    // Server side: one final response only.
+    // Server side: the response must answer the transaction's request, and
+    // only one final response is allowed.
     let incoming = layer.handle_incoming(
         Instant::ZERO,
-        Remote::unreliable(Side::B),
+        to_b(),
         parse(request_text("OPTIONS", Some("z9hG4bKsrv"), 1, "srv", None)),
     );
     let Incoming::Request {
@@ -1183,13 +1201,16 @@ fn stray_response_transport_error_and_refused_response() {
     else {
         panic!("new request")
     };
+    assert_eq!(
+        layer.send_response(Instant::ZERO, skey, respond(&dup, 200)),
+        Err(SendError::ResponseMismatch)
+    );
     layer
         .send_response(Instant::ZERO, skey, respond(&request, 200))
         .expect("first final");
-    assert!(
-        layer
-            .send_response(Instant::ZERO, skey, respond(&request, 500))
-            .is_err()
+    assert_eq!(
+        layer.send_response(Instant::ZERO, skey, respond(&request, 500)),
+        Err(SendError::ResponseNotAllowed(State::Completed))
     );
 }
 

@@ -35,6 +35,48 @@
 //! from (the same connection on a reliable transport; RFC 3581 `rport`
 //! behaviour on UDP). A driver that wants §18.2.2 `received`/sent-by routing
 //! maps the peer itself.
+//!
+//! # Example: one OPTIONS exchange between two layers
+//!
+//! ```
+//! use bytes::Bytes;
+//! use sipveil_sip::transaction::{Config, Incoming, Instant, Remote, TransactionLayer, response_to};
+//! use sipveil_sip::{Limits, Message, parse_datagram};
+//!
+//! let mut uac: TransactionLayer<&str> = TransactionLayer::new(Config::default(), 1).unwrap();
+//! let mut uas: TransactionLayer<&str> = TransactionLayer::new(Config::default(), 2).unwrap();
+//! let now = Instant::ZERO;
+//! let branch = uac.new_branch();
+//! let text = format!(
+//!     "OPTIONS sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP a.example;branch={branch}\r\n\
+//!      From: <sip:alice@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\n\
+//!      CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+//! );
+//! let Ok(Message::Request(options)) = parse_datagram(Bytes::from(text), &Limits::default()) else {
+//!     unreachable!()
+//! };
+//! let client = uac.send_request(now, Remote::unreliable("uas"), options).unwrap();
+//!
+//! // Driver: drain transmits, deliver them (here directly), arm poll_timeout().
+//! let t = uac.poll_transmit().unwrap();
+//! let msg = parse_datagram(t.payload, &Limits::default()).unwrap();
+//! let Incoming::Request { key, request, .. } = uas.handle_incoming(now, Remote::unreliable("uac"), msg)
+//! else {
+//!     unreachable!()
+//! };
+//! uas.send_response(now, key, response_to(&request, 200, Some("b1")).unwrap()).unwrap();
+//! let t = uas.poll_transmit().unwrap();
+//! let msg = parse_datagram(t.payload, &Limits::default()).unwrap();
+//! match uac.handle_incoming(now, Remote::unreliable("uas"), msg) {
+//!     Incoming::Response { key, response } => {
+//!         assert_eq!(key, client);
+//!         assert_eq!(response.status().as_u16(), 200);
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! // Timer K (client) and J (server) keep absorbing retransmissions, then end.
+//! assert!(uac.poll_timeout().is_some() && uas.poll_timeout().is_some());
+//! ```
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -118,7 +160,9 @@ pub enum Incoming {
     /// A new request created server transaction `key`. The TU answers it with
     /// [`TransactionLayer::send_response`]. For a CANCEL, `cancels` is the
     /// INVITE server transaction it matches (§9.2); `None` means the TU
-    /// should answer 481.
+    /// should answer 481. The TU answers a matched CANCEL 200 and, if
+    /// [`TransactionLayer::state`] of the INVITE is still `Proceeding`, the
+    /// INVITE 487.
     Request {
         key: TransactionId,
         request: Request,
@@ -185,6 +229,9 @@ pub enum SendError {
     DuplicateBranch,
     /// The status code is outside 100–699.
     InvalidStatus(u16),
+    /// The response's top Via or CSeq differs from the request's (it
+    /// answers another request).
+    ResponseMismatch,
     /// The transaction's state forbids this response (e.g. a second final).
     ResponseNotAllowed(State),
 }
@@ -206,6 +253,9 @@ impl fmt::Display for SendError {
                 f.write_str("a client transaction already uses this branch")
             }
             SendError::InvalidStatus(s) => write!(f, "status code {s} is outside 100-699"),
+            SendError::ResponseMismatch => {
+                f.write_str("response's top Via or CSeq differs from the request's")
+            }
             SendError::ResponseNotAllowed(s) => write!(f, "response not allowed in state {s:?}"),
         }
     }
@@ -365,6 +415,9 @@ impl<P: Clone> TransactionLayer<P> {
         }
         let status = wire::status_code(&response);
         let class = Class::of(status).ok_or(SendError::InvalidStatus(status))?;
+        if !wire::response_answers(&tx.request, &response) {
+            return Err(SendError::ResponseMismatch);
+        }
         let mut actions = std::mem::take(&mut self.scratch);
         actions.clear();
         let result = tx

@@ -94,6 +94,17 @@ pub(crate) fn response_facts(r: &Response) -> Result<ResponseFacts, FactsError> 
     })
 }
 
+/// Whether `resp` answers `req`: same top Via (as written) and CSeq.
+pub(crate) fn response_answers(req: &Request, resp: &Response) -> bool {
+    let top_via = |h: &crate::Headers| {
+        h.values(&HeaderName::Via)
+            .next()
+            .map(|v| crate::text::trimmed(&v))
+    };
+    top_via(req.headers()) == top_via(resp.headers())
+        && matches!((req.cseq(), resp.cseq()), (Ok(a), Ok(b)) if a == b)
+}
+
 pub(crate) fn status_code(r: &Response) -> u16 {
     r.status().as_u16()
 }
