@@ -434,7 +434,14 @@ impl Uri {
         }
         const MUST: [&[u8]; 5] = [b"user", b"ttl", b"method", b"maddr", b"transport"];
         for (a, b) in [(&self.params, &o.params), (&o.params, &self.params)] {
-            for p in a.iter() {
+            for (i, p) in a.iter().enumerate() {
+                // Only the first occurrence of a name counts (duplicates are ignored).
+                if a.iter()
+                    .take(i)
+                    .any(|x| eq_unescaped(&x.name, &p.name, true))
+                {
+                    continue;
+                }
                 match b.iter().find(|q| eq_unescaped(&q.name, &p.name, true)) {
                     Some(q) => {
                         let same = match (&p.value, &q.value) {

@@ -108,7 +108,7 @@ fn message() -> impl Strategy<Value = Gen> {
             Just("OPTIONS".to_string()),
             Just("REGISTER".to_string()),
             Just("BYE".to_string()),
-            "[A-Z][A-Z0-9]{1,8}",
+            token(),
         ],
         uri(),
         (100u16..=699, "[ -~]{0,20}"),
