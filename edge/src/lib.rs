@@ -1,2 +1,8 @@
 //! The sipveil daemon as a library: the binary (`src/main.rs`), the tests and the benches use it.
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod media;
+pub mod relay;
+pub mod sys;

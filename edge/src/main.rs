@@ -1,7 +1,429 @@
-fn main() {
-    println!(
-        "entry object: {} bytes, lab object: {} bytes",
-        sipveil_edge::dataplane::objects::ENTRY_OBJECT.len(),
-        sipveil_edge::dataplane::objects::LAB_OBJECT.len()
-    );
+//! `sipveil`: the SIP/RTP privacy edge daemon and its tools. See edge/README.md for the contract.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use sipveil_edge::config::{Config, valid_instance_name};
+use sipveil_edge::control;
+use sipveil_edge::dataplane::{self, lab};
+use sipveil_edge::{daemon, sys};
+
+#[derive(Parser)]
+#[command(
+    name = "sipveil",
+    version,
+    about = "SIP/RTP privacy edge: XDP media relay, io_uring daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground (prints one JSON "ready" line on stdout when serving).
+    ///
+    /// SIGTERM/SIGINT exit cleanly and leave the XDP program attached: media keeps flowing.
+    Run {
+        /// TOML config file ([dataplane], [media], [control]).
+        #[arg(long)]
+        config: PathBuf,
+        /// Enter /var/run/netns/NS (setns) before anything else.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Do not load XDP: relay all media in userspace (io_uring).
+        #[arg(long)]
+        no_xdp: bool,
+        /// Instance name (pins under /sys/fs/bpf/sipveil/<NAME>/); overrides [dataplane] instance.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Detach the XDP links of an instance and remove its pins.
+    Unload {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Namespace of the interfaces (needed with --iface).
+        #[arg(long)]
+        netns: Option<String>,
+        /// Only detach these interfaces (the maps stay).
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+    },
+    /// Print the XDP counters (pinned map, no daemon needed) and the daemon's userspace counters.
+    Stats {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// One JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Control socket (default /run/sipveil/<instance>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Talk to a running daemon over its control socket; prints the JSON answer.
+    Ctl(CtlArgs),
+    /// Lab and benchmark XDP helpers (programs of the lab object).
+    #[command(subcommand)]
+    LabXdp(LabCmd),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// Control socket path (default /run/sipveil/<instance>.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[arg(long, default_value = "default", global = true)]
+    instance: String,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Open relays between A and B; prints the edge addresses per relay.
+    RelayOpen {
+        #[arg(long)]
+        a_peer: SocketAddr,
+        #[arg(long)]
+        b_peer: SocketAddr,
+        /// Learn each peer's source from its first packet.
+        #[arg(long)]
+        latch: bool,
+        /// Drop packets from other sources than the announced peer.
+        #[arg(long)]
+        strict: bool,
+        /// RTP and RTCP on one port.
+        #[arg(long)]
+        rtcp_mux: bool,
+        /// Open N relays; relay i uses peer ports +2i.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Close a relay (by id = its A-side edge address) or all.
+    RelayClose {
+        #[arg(long, required_unless_present = "all")]
+        id: Option<SocketAddr>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// List relays with their counters.
+    RelayList,
+    /// XDP and userspace counters.
+    Stats,
+    /// Send a raw JSON request.
+    Raw { json: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabProgram {
+    #[value(name = "sv_pass")]
+    Pass,
+    #[value(name = "sv_sink")]
+    Sink,
+    #[value(name = "sv_ceiling")]
+    Ceiling,
+    #[value(name = "sv_gen")]
+    Gen,
+}
+
+impl LabProgram {
+    fn name(self) -> &'static str {
+        match self {
+            LabProgram::Pass => "sv_pass",
+            LabProgram::Sink => "sv_sink",
+            LabProgram::Ceiling => "sv_ceiling",
+            LabProgram::Gen => "sv_gen",
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabMode {
+    Driver,
+    Generic,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Attach a lab program; link and maps are pinned in --pin DIR.
+    Attach {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum)]
+        program: LabProgram,
+        /// Pin directory (default /sys/fs/bpf/sipveil-lab/<NS>-<IF>).
+        #[arg(long)]
+        pin: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "driver")]
+        mode: LabMode,
+        /// NAME=TYPE:VALUE with TYPE ip|port|mac|ifindex|u8|u16|u32|u64 (repeatable).
+        #[arg(long = "global")]
+        globals: Vec<String>,
+    },
+    /// Detach the program pinned in --pin DIR and remove DIR.
+    Detach {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        pin: Option<PathBuf>,
+    },
+    /// Print the u64 arrays pinned in --pin DIR (summed over CPUs) as JSON.
+    ReadSink {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        pin: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn enter(netns: Option<&str>) -> anyhow::Result<()> {
+    if let Some(ns) = netns {
+        sys::enter_netns(ns)?;
+    }
+    Ok(())
+}
+
+fn need_root() -> anyhow::Result<()> {
+    if !sys::is_root() {
+        anyhow::bail!("this command needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Enter the namespace first thing, before the tracing subscriber or anything else could start
+    // a thread: setns only moves the calling thread.
+    let netns = match &cli.cmd {
+        Cmd::Run { netns, .. } | Cmd::Unload { netns, .. } => netns.clone(),
+        Cmd::LabXdp(
+            LabCmd::Attach { netns, .. }
+            | LabCmd::Detach { netns, .. }
+            | LabCmd::ReadSink { netns, .. },
+        ) => netns.clone(),
+        Cmd::Stats { .. } | Cmd::Ctl(_) => None,
+    };
+    if let Err(e) = enter(netns.as_deref()) {
+        eprintln!("sipveil: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match dispatch(cli.cmd, netns) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sipveil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run {
+            config,
+            no_xdp,
+            instance,
+            ..
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(i) = instance {
+                if !valid_instance_name(&i) {
+                    anyhow::bail!("bad instance name {i:?} (1-64 of [A-Za-z0-9_-])");
+                }
+                if cfg.control_socket == sipveil_edge::config::default_control_socket(&cfg.instance)
+                {
+                    cfg.control_socket = sipveil_edge::config::default_control_socket(&i);
+                }
+                cfg.instance = i;
+            }
+            if !no_xdp && cfg.xdp != sipveil_edge::config::XdpSetting::Off {
+                need_root()?;
+            }
+            daemon::run(&cfg, no_xdp)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unload {
+            instance, ifaces, ..
+        } => {
+            need_root()?;
+            check_instance(&instance)?;
+            let report = dataplane::unload(&instance, &ifaces)?;
+            if report.detached.is_empty() && !report.removed_pins {
+                eprintln!("sipveil: nothing pinned for instance {instance}");
+            }
+            println!(
+                "{}",
+                json!({"ok": true, "instance": instance, "detached": report.detached,
+                       "removed_pins": report.removed_pins})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats {
+            instance,
+            json: as_json,
+            socket,
+        } => {
+            check_instance(&instance)?;
+            stats(&instance, as_json, socket)
+        }
+        Cmd::Ctl(args) => ctl(args),
+        Cmd::LabXdp(cmd) => {
+            need_root()?;
+            lab_xdp(cmd, netns)
+        }
+    }
+}
+
+fn check_instance(instance: &str) -> anyhow::Result<()> {
+    if !valid_instance_name(instance) {
+        anyhow::bail!("bad instance name {instance:?} (1-64 of [A-Za-z0-9_-])");
+    }
+    Ok(())
+}
+
+fn stats(instance: &str, as_json: bool, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let xdp = dataplane::read_pinned_counters(instance)?;
+    let flows = dataplane::read_pinned_flow_count(instance)?;
+    let path = control::socket_path(socket, instance);
+    let daemon = control::request(&path, &json!({"cmd": "stats"}), Duration::from_secs(2)).ok();
+    let userspace = daemon.as_ref().and_then(|d| d.get("userspace").cloned());
+    let xdp_json = xdp.as_ref().map(|list| {
+        Value::Object(
+            list.iter()
+                .map(|(c, v)| (c.name().to_owned(), json!(v)))
+                .collect(),
+        )
+    });
+    if as_json {
+        println!(
+            "{}",
+            json!({"instance": instance, "xdp": xdp_json, "userspace": userspace,
+                   "flows": flows, "mode": daemon.as_ref().and_then(|d| d.get("mode").cloned())})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("instance {instance}");
+    match &xdp {
+        Some(list) => {
+            println!("xdp counters (pinned, summed over CPUs):");
+            for (c, v) in list {
+                println!("  {:<22} {v}", c.name());
+            }
+            println!("  {:<22} {}", "flows", flows.unwrap_or(0));
+        }
+        None => println!(
+            "xdp: nothing pinned under {}",
+            dataplane::pin_dir(instance).display()
+        ),
+    }
+    match userspace.as_ref().and_then(Value::as_object) {
+        Some(obj) => {
+            println!("userspace relay counters (daemon at {}):", path.display());
+            for (k, v) in obj {
+                println!("  {k:<22} {v}");
+            }
+        }
+        None => println!("userspace: no daemon answering at {}", path.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let path = control::socket_path(args.socket, &args.instance);
+    let request = match args.cmd {
+        CtlCmd::RelayOpen {
+            a_peer,
+            b_peer,
+            latch,
+            strict,
+            rtcp_mux,
+            count,
+        } => json!({"cmd": "relay-open", "a_peer": a_peer, "b_peer": b_peer, "latch": latch,
+                    "strict": strict, "rtcp_mux": rtcp_mux, "count": count}),
+        CtlCmd::RelayClose { id, all } => json!({"cmd": "relay-close", "id": id, "all": all}),
+        CtlCmd::RelayList => json!({"cmd": "relay-list"}),
+        CtlCmd::Stats => json!({"cmd": "stats"}),
+        CtlCmd::Raw { json } => serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("the raw request is not JSON: {e}"))?,
+    };
+    let answer = control::request(&path, &request, Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    println!("{answer}");
+    let ok = answer.get("ok").and_then(Value::as_bool).unwrap_or(false);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCmd::Attach {
+            iface,
+            program,
+            pin,
+            mode,
+            globals,
+            ..
+        } => {
+            let dir = pin.unwrap_or_else(|| lab::default_lab_pin(netns.as_deref(), &iface));
+            let globals = globals
+                .iter()
+                .map(|g| lab::parse_global(g))
+                .collect::<Result<Vec<_>, _>>()?;
+            lab::attach(
+                program.name(),
+                &iface,
+                &dir,
+                matches!(mode, LabMode::Generic),
+                &globals,
+            )?;
+            println!(
+                "{}",
+                json!({"ok": true, "program": program.name(), "iface": iface, "pin": dir})
+            );
+        }
+        LabCmd::Detach { iface, pin, .. } => {
+            let dir = pin.unwrap_or_else(|| lab::default_lab_pin(netns.as_deref(), &iface));
+            lab::detach(&dir)?;
+            println!("{}", json!({"ok": true, "iface": iface, "pin": dir}));
+        }
+        LabCmd::ReadSink {
+            iface,
+            pin,
+            json: as_json,
+            ..
+        } => {
+            let dir = pin.unwrap_or_else(|| lab::default_lab_pin(netns.as_deref(), &iface));
+            let maps = lab::read_sink(&dir)?;
+            if as_json {
+                let obj: serde_json::Map<String, Value> =
+                    maps.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                println!("{}", json!({"maps": obj}));
+            } else {
+                for (name, values) in maps {
+                    println!("{name}: {values:?}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,147 @@
+//! The running edge: data plane (or not), flow table, relay workers, `MediaRelay`, control socket,
+//! signal handling and idle expiry.
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use nix::sys::signal::{SigSet, Signal};
+use sipveil_abi::Counter;
+
+use crate::config::{Config, XdpSetting};
+use crate::control::{self, ControlState};
+use crate::dataplane::{Dataplane, DataplaneOptions};
+use crate::media::counters::UserCounters;
+use crate::media::table::{BpfFlowTable, FlowTable, UserFlowTable};
+use crate::media::{MediaRelay, SocketHost};
+use crate::relay::RelayWorkers;
+
+/// The data plane and the media relay, without the control socket and the signal loop (tests use
+/// this directly).
+pub struct Edge {
+    pub state: Arc<ControlState>,
+    pub mode: &'static str,
+    pub adopted_flows: usize,
+    pub dataplane: Option<Arc<Dataplane>>,
+}
+
+impl Edge {
+    /// Loads or adopts the data plane (unless `no_xdp` or `xdp = "off"`), starts the relay
+    /// workers and rebuilds the relay state from the flow table.
+    pub fn start(cfg: &Config, no_xdp: bool) -> anyhow::Result<Edge> {
+        let counters = Arc::new(UserCounters::default());
+        let use_xdp = !no_xdp && cfg.xdp != XdpSetting::Off;
+        let (table, dataplane): (Arc<dyn FlowTable>, Option<Arc<Dataplane>>) = if use_xdp {
+            let mut dp = Dataplane::open(&DataplaneOptions {
+                instance: cfg.instance.clone(),
+                interfaces: cfg.interfaces.clone(),
+                xdp: cfg.xdp,
+                port_min: cfg.media.port_min,
+                port_max: cfg.media.port_max,
+            })
+            .context("starting the XDP data plane")?;
+            let flows = dp.take_flows().context("the flow map was already taken")?;
+            (Arc::new(BpfFlowTable::new(flows)), Some(Arc::new(dp)))
+        } else {
+            tracing::warn!("XDP is off: the userspace relay forwards all media");
+            (Arc::new(UserFlowTable::new()), None)
+        };
+        let mode = table.kind();
+        let workers = RelayWorkers::start(
+            usize::from(cfg.media.workers),
+            table.clone(),
+            counters.clone(),
+        )
+        .context("starting the io_uring relay workers")?;
+        let host: Arc<dyn SocketHost> = Arc::new(workers);
+        let relay = MediaRelay::new(cfg.media.clone(), table, host, counters)
+            .context("rebuilding the relay state from the flow table")?;
+        let adopted_flows = relay.table().entries().map(|e| e.len()).unwrap_or(0);
+        let dp_for_counters = dataplane.clone();
+        let xdp_counters = Box::new(move || {
+            let dp = dp_for_counters.as_ref()?;
+            match dp.counters() {
+                Ok(list) => Some(list.into_iter().map(|(c, v)| (c.name(), v)).collect()),
+                Err(e) => {
+                    tracing::warn!("reading XDP counters: {e}");
+                    None
+                }
+            }
+        });
+        Ok(Edge {
+            state: Arc::new(ControlState {
+                relay: Mutex::new(relay),
+                xdp_counters,
+            }),
+            mode,
+            adopted_flows,
+            dataplane,
+        })
+    }
+
+    /// Runs idle expiry once.
+    pub fn expire(&self) {
+        let now = crate::sys::monotonic_ns();
+        if let Ok(mut r) = self.state.relay.lock() {
+            r.expire_idle(now);
+        }
+    }
+}
+
+/// `sipveil run`: blocks SIGTERM/SIGINT (before any thread starts, so every thread inherits the
+/// mask), starts the edge and the control socket, prints the ready line, then waits for a signal
+/// while expiring idle relays once a second. Returns on a signal, leaving XDP attached.
+pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+
+    let edge = Edge::start(cfg, no_xdp)?;
+    control::serve(&cfg.control_socket, edge.state.clone()).with_context(|| {
+        format!(
+            "serving the control socket {}",
+            cfg.control_socket.display()
+        )
+    })?;
+    let ready = serde_json::json!({
+        "ready": true,
+        "instance": cfg.instance,
+        "mode": edge.mode,
+        "control": cfg.control_socket,
+        "adopted_flows": edge.adopted_flows,
+        "interfaces": edge.dataplane.as_ref().map(|d| d.interfaces.iter().map(|i| {
+            serde_json::json!({"name": i.name, "ifindex": i.ifindex, "mode": i.mode.as_str()})
+        }).collect::<Vec<_>>()),
+    });
+    println!("{ready}");
+    tracing::info!(mode = edge.mode, instance = %cfg.instance, "sipveil running");
+
+    let signal = loop {
+        match wait_signal(&signals, 1) {
+            Some(sig) => break sig,
+            None => edge.expire(),
+        }
+    };
+    tracing::info!(
+        signal,
+        "shutting down; the XDP program stays attached and flows stay in place"
+    );
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+/// Waits up to `secs` for one of `set`; returns the signal number.
+fn wait_signal(set: &SigSet, secs: i64) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    let raw: &libc::sigset_t = set.as_ref();
+    // SAFETY: `raw` and `ts` are valid for the call; a null siginfo pointer is allowed.
+    let rc = unsafe { libc::sigtimedwait(raw, std::ptr::null_mut(), &ts) };
+    (rc > 0).then_some(rc)
+}
+
+/// Names and values of XDP counters for printing.
+pub fn counter_pairs(list: &[(Counter, u64)]) -> Vec<(&'static str, u64)> {
+    list.iter().map(|(c, v)| (c.name(), *v)).collect()
+}

@@ -1,0 +1,189 @@
+//! Where flows live: the pinned BPF hash map (XDP mode) or a userspace table (fallback). Both offer
+//! the same operations, so `MediaRelay` and the userspace relay do not care which is in use.
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use aya::maps::{MapData, MapError};
+use sipveil_abi::{Flow, FlowKey, MAX_FLOWS};
+
+use super::MediaError;
+
+/// A flow table shared by the control thread and the relay workers.
+pub trait FlowTable: Send + Sync {
+    /// "xdp" or "userspace".
+    fn kind(&self) -> &'static str;
+    fn get(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError>;
+    /// Inserts or replaces. `MediaError::MapFull` when a new key does not fit.
+    fn put(&self, key: &FlowKey, flow: &Flow) -> Result<(), MediaError>;
+    /// Removes; absent keys are not an error.
+    fn remove(&self, key: &FlowKey) -> Result<(), MediaError>;
+    fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError>;
+    /// Records a packet relayed by userspace (bytes = IP datagram length).
+    fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64);
+    /// The flow with the packets relayed by userspace added to the program's counters.
+    fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError>;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked while holding the lock left consistent plain data behind.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fallback table: flows and their counters in process memory, capacity `MAX_FLOWS` like the
+/// map.
+#[derive(Default)]
+pub struct UserFlowTable {
+    flows: Mutex<HashMap<FlowKey, Flow>>,
+    capacity: usize,
+}
+
+impl UserFlowTable {
+    pub fn new() -> UserFlowTable {
+        UserFlowTable::with_capacity(MAX_FLOWS as usize)
+    }
+
+    pub fn with_capacity(capacity: usize) -> UserFlowTable {
+        UserFlowTable {
+            flows: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+}
+
+impl FlowTable for UserFlowTable {
+    fn kind(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn get(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+        Ok(lock(&self.flows).get(key).copied())
+    }
+
+    fn put(&self, key: &FlowKey, flow: &Flow) -> Result<(), MediaError> {
+        let mut flows = lock(&self.flows);
+        if !flows.contains_key(key) && flows.len() >= self.capacity {
+            return Err(MediaError::MapFull);
+        }
+        flows.insert(*key, *flow);
+        Ok(())
+    }
+
+    fn remove(&self, key: &FlowKey) -> Result<(), MediaError> {
+        lock(&self.flows).remove(key);
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError> {
+        Ok(lock(&self.flows).iter().map(|(k, f)| (*k, *f)).collect())
+    }
+
+    fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
+        if let Some(f) = lock(&self.flows).get_mut(key) {
+            f.packets = f.packets.wrapping_add(1);
+            f.bytes = f.bytes.wrapping_add(bytes);
+            f.last_seen_ns = f.last_seen_ns.max(now_ns);
+        }
+    }
+
+    fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+        self.get(key)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct UserStats {
+    packets: u64,
+    bytes: u64,
+    last_seen_ns: u64,
+}
+
+/// The pinned `SV_FLOWS`. Packets relayed in userspace (passed up by the program) are counted in a
+/// side table rather than written into the map, so they never race with the program's atomic adds.
+pub struct BpfFlowTable {
+    map: Mutex<aya::maps::HashMap<MapData, FlowKey, Flow>>,
+    user: Mutex<HashMap<FlowKey, UserStats>>,
+}
+
+impl BpfFlowTable {
+    pub fn new(map: aya::maps::HashMap<MapData, FlowKey, Flow>) -> BpfFlowTable {
+        BpfFlowTable {
+            map: Mutex::new(map),
+            user: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn map_error(e: MapError) -> MediaError {
+    if let MapError::SyscallError(s) = &e
+        && matches!(
+            s.io_error.raw_os_error(),
+            Some(libc::E2BIG) | Some(libc::ENOSPC)
+        )
+    {
+        return MediaError::MapFull;
+    }
+    MediaError::Map(e.to_string())
+}
+
+impl FlowTable for BpfFlowTable {
+    fn kind(&self) -> &'static str {
+        "xdp"
+    }
+
+    fn get(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+        match lock(&self.map).get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
+    fn put(&self, key: &FlowKey, flow: &Flow) -> Result<(), MediaError> {
+        lock(&self.map).insert(key, flow, 0).map_err(map_error)
+    }
+
+    fn remove(&self, key: &FlowKey) -> Result<(), MediaError> {
+        lock(&self.user).remove(key);
+        match lock(&self.map).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError> {
+        let map = lock(&self.map);
+        let mut out = Vec::new();
+        for item in map.iter() {
+            match item {
+                Ok((k, f)) => out.push((k, f)),
+                // A key deleted by someone else between the key walk and the lookup.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
+        let mut user = lock(&self.user);
+        let s = user.entry(*key).or_default();
+        s.packets = s.packets.wrapping_add(1);
+        s.bytes = s.bytes.wrapping_add(bytes);
+        s.last_seen_ns = s.last_seen_ns.max(now_ns);
+    }
+
+    fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+        let Some(mut f) = self.get(key)? else {
+            return Ok(None);
+        };
+        if let Some(s) = lock(&self.user).get(key) {
+            f.packets = f.packets.wrapping_add(s.packets);
+            f.bytes = f.bytes.wrapping_add(s.bytes);
+            f.last_seen_ns = f.last_seen_ns.max(s.last_seen_ns);
+        }
+        Ok(Some(f))
+    }
+}

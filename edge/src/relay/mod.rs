@@ -1,0 +1,167 @@
+//! The userspace relay: io_uring workers that receive on the relay sockets and send what
+//! `media::datapath::decide` says. Used for everything when XDP is off, and in XDP mode for the
+//! packets the program passes up (no neighbour yet, fragments, IP options).
+//!
+//! One socket per relay port, bound to the edge address. Each socket belongs to one worker (chosen
+//! by port), which keeps a multishot `recvmsg` armed on it with buffers from a provided buffer ring.
+//! Sends go out from the socket of the flow's source edge address (any worker may send on any
+//! socket) and are submitted in batches, one `submit` per completion batch.
+mod uring;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use sipveil_abi::FlowKey;
+
+use crate::media::SocketHost;
+use crate::media::counters::UserCounters;
+use crate::media::table::FlowTable;
+
+pub(crate) enum Command {
+    Add(FlowKey, Arc<UdpSocket>),
+    Remove(FlowKey),
+    Stop,
+}
+
+pub(crate) struct Shared {
+    pub table: Arc<dyn FlowTable>,
+    pub counters: Arc<UserCounters>,
+    /// Every relay socket by its edge address: the send side looks the source socket up here.
+    pub sockets: RwLock<HashMap<FlowKey, Arc<UdpSocket>>>,
+}
+
+struct Worker {
+    tx: Sender<Command>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The relay worker threads. Implements `SocketHost` for `MediaRelay`.
+pub struct RelayWorkers {
+    shared: Arc<Shared>,
+    workers: Vec<Worker>,
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success we own the returned fd.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn wake(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+impl RelayWorkers {
+    /// Starts `n` worker threads (at least one). Fails when io_uring or provided buffer rings are
+    /// not available.
+    pub fn start(
+        n: usize,
+        table: Arc<dyn FlowTable>,
+        counters: Arc<UserCounters>,
+    ) -> io::Result<RelayWorkers> {
+        let shared = Arc::new(Shared {
+            table,
+            counters,
+            sockets: RwLock::new(HashMap::new()),
+        });
+        let mut workers = Vec::new();
+        for i in 0..n.max(1) {
+            let (tx, rx) = channel();
+            let wake_fd = Arc::new(eventfd()?);
+            let (ready_tx, ready_rx) = channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("sv-relay-{i}"))
+                .spawn({
+                    let shared = shared.clone();
+                    let wake_fd = wake_fd.clone();
+                    move || uring::run(i, shared, rx, wake_fd, ready_tx)
+                })?;
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    return Err(e);
+                }
+                Err(_) => {
+                    let _ = thread.join();
+                    return Err(io::Error::other("relay worker died during start"));
+                }
+            }
+            workers.push(Worker {
+                tx,
+                wake: wake_fd,
+                thread: Some(thread),
+            });
+        }
+        Ok(RelayWorkers { shared, workers })
+    }
+
+    fn worker_of(&self, key: &FlowKey) -> Option<&Worker> {
+        let n = self.workers.len();
+        if n == 0 {
+            return None;
+        }
+        self.workers
+            .get(usize::from(u16::from_be(key.port)) / 2 % n)
+    }
+
+    fn send(&self, key: &FlowKey, cmd: Command) {
+        if let Some(w) = self.worker_of(key)
+            && w.tx.send(cmd).is_ok()
+        {
+            wake(&w.wake);
+        }
+    }
+
+    /// Stops the workers and waits for them. Sockets are closed; nothing in the data plane changes.
+    pub fn stop(&mut self) {
+        for w in &self.workers {
+            if w.tx.send(Command::Stop).is_ok() {
+                wake(&w.wake);
+            }
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take()
+                && t.join().is_err()
+            {
+                tracing::error!("a relay worker panicked");
+            }
+        }
+        self.workers.clear();
+    }
+}
+
+impl Drop for RelayWorkers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl SocketHost for RelayWorkers {
+    fn add(&self, key: FlowKey, socket: UdpSocket) {
+        let socket = Arc::new(socket);
+        if let Ok(mut s) = self.shared.sockets.write() {
+            s.insert(key, socket.clone());
+        }
+        self.send(&key, Command::Add(key, socket));
+    }
+
+    fn remove(&self, key: &FlowKey) {
+        if let Ok(mut s) = self.shared.sockets.write() {
+            s.remove(key);
+        }
+        self.send(key, Command::Remove(*key));
+    }
+}

@@ -1,0 +1,607 @@
+//! One relay worker: an io_uring with a provided buffer ring, multishot `recvmsg` per socket and
+//! batched `sendmsg`.
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use sipveil_abi::FlowKey;
+
+use super::{Command, Shared};
+use crate::media::counters::UserCounter;
+use crate::media::datapath::{Verdict, decide};
+
+/// Buffers in the provided ring (power of two) and their size (an RTP packet plus the
+/// `io_uring_recvmsg_out` header and the source address).
+const BUFFERS: u16 = 1024;
+const BUF_SIZE: usize = 2048;
+const BGID: u16 = 0;
+const SQ_ENTRIES: u32 = 2048;
+
+const KIND_SHIFT: u32 = 56;
+const K_WAKE: u64 = 1;
+const K_RECV: u64 = 2;
+const K_SEND: u64 = 3;
+const K_CANCEL: u64 = 4;
+
+fn ud(kind: u64, idx: usize) -> u64 {
+    (kind << KIND_SHIFT) | idx as u64
+}
+
+/// The provided buffer ring: the ring of `io_uring_buf` entries (page-aligned, mmap'd) and the
+/// buffers themselves.
+struct BufRing {
+    ring: *mut BufRingEntry,
+    ring_len: usize,
+    bufs: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new() -> io::Result<BufRing> {
+        let ring_len = usize::from(BUFFERS) * size_of::<BufRingEntry>();
+        // SAFETY: anonymous private mapping; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut r = BufRing {
+            ring: ptr.cast(),
+            ring_len,
+            bufs: vec![0u8; usize::from(BUFFERS) * BUF_SIZE],
+            tail: 0,
+        };
+        for bid in 0..BUFFERS {
+            r.push(bid);
+        }
+        r.publish();
+        Ok(r)
+    }
+
+    /// Queues buffer `bid` for the kernel (visible after `publish`).
+    fn push(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (BUFFERS - 1));
+        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * BUF_SIZE as u64;
+        // SAFETY: idx < BUFFERS, so the entry lies inside the mapping of `ring_len` bytes; the
+        // kernel only reads entries between its head and our published tail, and this one is past
+        // the published tail.
+        let entry = unsafe { &mut *self.ring.add(idx) };
+        entry.set_addr(addr);
+        entry.set_len(BUF_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field overlays the first entry's `resv`, inside the mapping; the kernel
+        // reads it with acquire semantics, we store with release after writing the entries.
+        let tail = unsafe { BufRingEntry::tail(self.ring) } as *const AtomicU16;
+        // SAFETY: as above; the pointer is valid and suitably aligned for a u16.
+        unsafe { (*tail).store(self.tail, Ordering::Release) };
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        let start = usize::from(bid) * BUF_SIZE;
+        self.bufs.get(start..start + len.min(BUF_SIZE))
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; the ring was dropped before (field
+        // order in `run`), so the kernel no longer uses it.
+        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum SockState {
+    Armed,
+    NeedsArm,
+    Closing,
+}
+
+struct SockSlot {
+    key: FlowKey,
+    sock: Arc<UdpSocket>,
+    state: SockState,
+}
+
+/// A pending send: its msghdr, iovec and destination must stay put until the completion.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: libc::sockaddr_in6,
+    bid: u16,
+    ip_len: u64,
+    rtcp: bool,
+    sock: Option<Arc<UdpSocket>>,
+}
+
+fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
+    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let o: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port))
+        }
+        libc::AF_INET6 => {
+            let o: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `dst` into `storage`; returns the address length.
+fn write_sockaddr(dst: SocketAddr, storage: &mut libc::sockaddr_in6) -> libc::socklen_t {
+    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+    *storage = unsafe { std::mem::zeroed() };
+    match dst {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in (16 bytes) fits in sockaddr_in6 (28 bytes); both are POD and
+            // the destination is valid and writable.
+            unsafe {
+                std::ptr::write_unaligned(
+                    (storage as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>(),
+                    sin,
+                )
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            storage.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            storage.sin6_port = v6.port().to_be();
+            storage.sin6_addr.s6_addr = v6.ip().octets();
+            storage.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    // Field order matters: the ring is dropped before the buffers it points into.
+    ring: IoUring,
+    bufs: BufRing,
+    recv_hdr: Box<libc::msghdr>,
+    socks: Vec<Option<SockSlot>>,
+    by_key: HashMap<FlowKey, usize>,
+    sends: Box<[SendSlot]>,
+    free_sends: Vec<usize>,
+    wake_fd: Arc<OwnedFd>,
+    wake_buf: Box<u64>,
+    held: usize,
+    stop: bool,
+}
+
+pub(crate) fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    wake_fd: Arc<OwnedFd>,
+    ready: Sender<io::Result<()>>,
+) {
+    let mut w = match Worker::new(id, shared, wake_fd) {
+        Ok(w) => {
+            let _ = ready.send(Ok(()));
+            w
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if let Err(e) = w.event_loop(&rx) {
+        tracing::error!(worker = id, "relay worker stopped: {e}");
+    }
+    w.drain();
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>, wake_fd: Arc<OwnedFd>) -> io::Result<Worker> {
+        let ring: IoUring = IoUring::builder().build(SQ_ENTRIES)?;
+        let bufs = BufRing::new()?;
+        // SAFETY: the ring memory is valid for BUFFERS entries and outlives the registration (it
+        // is unmapped only after the ring is dropped, see the field order of `Worker`).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.ring as u64, BUFFERS, BGID, 0)
+        }
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("registering a provided buffer ring: {e}"))
+        })?;
+        // SAFETY: msghdr is POD; zero is valid (no name/control pointers: multishot recvmsg only
+        // reads the lengths).
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        let sends: Vec<SendSlot> = (0..usize::from(BUFFERS))
+            .map(|_| SendSlot {
+                // SAFETY: POD, all-zero is valid.
+                hdr: unsafe { std::mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                // SAFETY: POD, all-zero is valid.
+                addr: unsafe { std::mem::zeroed() },
+                bid: 0,
+                ip_len: 0,
+                rtcp: false,
+                sock: None,
+            })
+            .collect();
+        let mut w = Worker {
+            id,
+            shared,
+            ring,
+            bufs,
+            recv_hdr: hdr,
+            socks: Vec::new(),
+            by_key: HashMap::new(),
+            sends: sends.into_boxed_slice(),
+            free_sends: (0..usize::from(BUFFERS)).rev().collect(),
+            wake_fd,
+            wake_buf: Box::new(0),
+            held: 0,
+            stop: false,
+        };
+        w.arm_wake()?;
+        Ok(w)
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry we push points to memory owned by `self` (msghdr, buffers, send
+            // slots, wake buffer) that stays valid and unmoved until its completion is reaped.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let e = opcode::Read::new(
+            Fd(self.wake_fd.as_raw_fd()),
+            (&mut *self.wake_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(ud(K_WAKE, 0));
+        self.push(e)
+    }
+
+    fn arm_recv(&mut self, idx: usize) -> io::Result<()> {
+        let Some(slot) = self.socks.get_mut(idx).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        slot.state = SockState::Armed;
+        let fd = slot.sock.as_raw_fd();
+        let e = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_hdr as *const libc::msghdr, BGID)
+            .build()
+            .user_data(ud(K_RECV, idx));
+        self.push(e)
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.bufs.push(bid);
+        self.held = self.held.saturating_sub(1);
+    }
+
+    fn event_loop(&mut self, rx: &Receiver<Command>) -> io::Result<()> {
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(usize::from(BUFFERS));
+        while !self.stop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let now = crate::sys::monotonic_ns();
+            for &(user_data, res, flags) in &cqes {
+                let idx = (user_data & ((1 << KIND_SHIFT) - 1)) as usize;
+                match user_data >> KIND_SHIFT {
+                    K_WAKE => {
+                        self.commands(rx)?;
+                        if !self.stop {
+                            self.arm_wake()?;
+                        }
+                    }
+                    K_RECV => self.on_recv(idx, res, flags, now)?,
+                    K_SEND => self.on_send(idx, res),
+                    _ => {}
+                }
+            }
+            self.bufs.publish();
+            if self.held < usize::from(BUFFERS) {
+                let waiting: Vec<usize> = self
+                    .socks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| {
+                        s.as_ref()
+                            .filter(|s| s.state == SockState::NeedsArm)
+                            .map(|_| i)
+                    })
+                    .collect();
+                for i in waiting {
+                    self.arm_recv(i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commands(&mut self, rx: &Receiver<Command>) -> io::Result<()> {
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Add(key, sock)) => {
+                    if let Some(old) = self.by_key.get(&key).copied() {
+                        self.close_slot(old)?;
+                    }
+                    let idx = match self.socks.iter().position(Option::is_none) {
+                        Some(i) => i,
+                        None => {
+                            self.socks.push(None);
+                            self.socks.len() - 1
+                        }
+                    };
+                    self.socks[idx] = Some(SockSlot {
+                        key,
+                        sock,
+                        state: SockState::NeedsArm,
+                    });
+                    self.by_key.insert(key, idx);
+                    self.arm_recv(idx)?;
+                }
+                Ok(Command::Remove(key)) => {
+                    if let Some(idx) = self.by_key.get(&key).copied() {
+                        self.close_slot(idx)?;
+                    }
+                }
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    return Ok(());
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+            }
+        }
+    }
+
+    /// Stops receiving on a slot; the slot is freed when its multishot has ended.
+    fn close_slot(&mut self, idx: usize) -> io::Result<()> {
+        let Some(slot) = self.socks.get_mut(idx).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        self.by_key.remove(&slot.key);
+        match slot.state {
+            SockState::Armed => {
+                slot.state = SockState::Closing;
+                let e = opcode::AsyncCancel::new(ud(K_RECV, idx))
+                    .build()
+                    .user_data(ud(K_CANCEL, idx));
+                self.push(e)
+            }
+            SockState::NeedsArm => {
+                self.socks[idx] = None;
+                Ok(())
+            }
+            SockState::Closing => Ok(()),
+        }
+    }
+
+    fn on_recv(&mut self, idx: usize, res: i32, flags: u32, now: u64) -> io::Result<()> {
+        let more = cqueue::more(flags);
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.held += 1;
+            let keep = if res > 0 {
+                self.packet(idx, bid, res as usize, now)?
+            } else {
+                false
+            };
+            if !keep {
+                self.recycle(bid);
+            }
+        } else if res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED {
+            tracing::debug!(
+                worker = self.id,
+                "recvmsg: {}",
+                io::Error::from_raw_os_error(-res)
+            );
+        }
+        if !more {
+            let Some(slot) = self.socks.get_mut(idx).and_then(Option::as_mut) else {
+                return Ok(());
+            };
+            if slot.state == SockState::Closing {
+                self.socks[idx] = None;
+            } else {
+                // Re-armed after this batch, once buffers are back in the ring.
+                slot.state = SockState::NeedsArm;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one datagram in buffer `bid`. Returns true when a send now owns the buffer.
+    fn packet(&mut self, idx: usize, bid: u16, len: usize, now: u64) -> io::Result<bool> {
+        let counters = self.shared.counters.clone();
+        let Some(local) = self
+            .socks
+            .get(idx)
+            .and_then(Option::as_ref)
+            .filter(|s| s.state != SockState::Closing)
+            .map(|s| s.key)
+        else {
+            return Ok(false);
+        };
+        let Some(buf) = self.bufs.buffer(bid, len) else {
+            return Ok(false);
+        };
+        let Ok(out) = RecvMsgOut::parse(buf, &self.recv_hdr) else {
+            counters.inc(UserCounter::TruncatedDrop);
+            return Ok(false);
+        };
+        if out.is_payload_truncated() {
+            counters.inc(UserCounter::Rx);
+            counters.inc(UserCounter::TruncatedDrop);
+            return Ok(false);
+        }
+        let Some(src) = parse_sockaddr(out.name_data()) else {
+            counters.inc(UserCounter::Rx);
+            counters.inc(UserCounter::NoFlowDrop);
+            return Ok(false);
+        };
+        let payload = out.payload_data();
+        let verdict = decide(&*self.shared.table, &counters, &local, src, payload, now);
+        let Verdict::Relay {
+            from,
+            dst,
+            rtcp,
+            ip_len,
+        } = verdict
+        else {
+            return Ok(false);
+        };
+        let sock = self
+            .shared
+            .sockets
+            .read()
+            .ok()
+            .and_then(|s| s.get(&from).cloned());
+        let (Some(sock), Some(si)) = (sock, self.free_sends.pop()) else {
+            counters.inc(UserCounter::SendError);
+            return Ok(false);
+        };
+        let (base, plen) = (payload.as_ptr(), payload.len());
+        let fd = sock.as_raw_fd();
+        let slot = &mut self.sends[si];
+        slot.iov = libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: plen,
+        };
+        let namelen = write_sockaddr(dst, &mut slot.addr);
+        // SAFETY: POD, all-zero is valid; the pointers set below point into this slot, which lives
+        // in a boxed slice that never moves while the worker exists.
+        slot.hdr = unsafe { std::mem::zeroed() };
+        slot.hdr.msg_name = (&mut slot.addr as *mut libc::sockaddr_in6).cast();
+        slot.hdr.msg_namelen = namelen;
+        slot.hdr.msg_iov = &mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        slot.bid = bid;
+        slot.ip_len = ip_len;
+        slot.rtcp = rtcp;
+        slot.sock = Some(sock);
+        let hdr_ptr = &slot.hdr as *const libc::msghdr;
+        let e = opcode::SendMsg::new(Fd(fd), hdr_ptr)
+            .build()
+            .user_data(ud(K_SEND, si));
+        self.push(e)?;
+        Ok(true)
+    }
+
+    fn on_send(&mut self, si: usize, res: i32) {
+        let Some(slot) = self.sends.get_mut(si) else {
+            return;
+        };
+        let (bid, ip_len, rtcp) = (slot.bid, slot.ip_len, slot.rtcp);
+        slot.sock = None;
+        let c = &self.shared.counters;
+        if res < 0 {
+            c.inc(UserCounter::SendError);
+            tracing::debug!("sendmsg: {}", io::Error::from_raw_os_error(-res));
+        } else {
+            c.inc(UserCounter::Relayed);
+            c.add(UserCounter::RelayedBytes, ip_len);
+            if rtcp {
+                c.inc(UserCounter::RelayedRtcp);
+            }
+        }
+        self.free_sends.push(si);
+        self.recycle(bid);
+    }
+
+    /// Cancels every receive and waits (bounded) for in-flight sends, so no request refers to the
+    /// buffers when they are freed. If the kernel does not answer in time, the buffers are leaked
+    /// rather than freed under it.
+    fn drain(mut self) {
+        let armed: Vec<usize> = (0..self.socks.len()).collect();
+        for idx in armed {
+            let _ = self.close_slot(idx);
+        }
+        let deadline = crate::sys::monotonic_ns().saturating_add(1_000_000_000);
+        let ts = Timespec::new().nsec(100_000_000);
+        loop {
+            let busy =
+                self.socks.iter().any(Option::is_some) || self.free_sends.len() < self.sends.len();
+            if !busy {
+                break;
+            }
+            if crate::sys::monotonic_ns() > deadline {
+                tracing::warn!(
+                    worker = self.id,
+                    "relay worker did not drain; leaking its buffers"
+                );
+                std::mem::forget(self);
+                return;
+            }
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let cqes: Vec<(u64, i32, u32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags()))
+                .collect();
+            for (user_data, res, flags) in cqes {
+                let idx = (user_data & ((1 << KIND_SHIFT) - 1)) as usize;
+                match user_data >> KIND_SHIFT {
+                    K_RECV => {
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            self.held += 1;
+                            self.recycle(bid);
+                        }
+                        if !cqueue::more(flags)
+                            && let Some(s) = self.socks.get_mut(idx)
+                        {
+                            *s = None;
+                        }
+                    }
+                    K_SEND => self.on_send(idx, res),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
