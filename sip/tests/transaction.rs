@@ -1415,3 +1415,52 @@ fn many_concurrent_transactions_over_lossy_link_leave_no_state() {
         );
     }
 }
+
+/// With `max_transactions` alive, a new request starts no transaction (the
+/// TU gets `Overloaded` to answer 503 statelessly) while retransmissions of
+/// live ones are still absorbed; capacity returns when transactions end.
+#[test]
+fn transaction_table_is_bounded() {
+    let mut config = Config::default();
+    config.max_transactions = 2;
+    let mut layer: TransactionLayer<Side> = TransactionLayer::new(config, 5).expect("config");
+    let from_a = || Remote::unreliable(Side::A);
+    let first = request_text("MESSAGE", Some("z9hG4bKcap1"), 1, "cap", None);
+    let Incoming::Request {
+        key: k1, request, ..
+    } = layer.handle_incoming(Instant::ZERO, from_a(), parse(first.clone()))
+    else {
+        panic!("first request")
+    };
+    let second = request_text("MESSAGE", Some("z9hG4bKcap2"), 2, "cap", None);
+    assert!(matches!(
+        layer.handle_incoming(Instant::ZERO, from_a(), parse(second)),
+        Incoming::Request { .. }
+    ));
+    let third = request_text("MESSAGE", Some("z9hG4bKcap3"), 3, "cap", None);
+    assert!(matches!(
+        layer.handle_incoming(Instant::ZERO, from_a(), parse(third.clone())),
+        Incoming::Overloaded { .. }
+    ));
+    assert_eq!(layer.len(), 2);
+    assert!(matches!(
+        layer.handle_incoming(Instant::ZERO, from_a(), parse(first)),
+        Incoming::Absorbed { key } if key == k1
+    ));
+    let branch = layer.new_branch();
+    let out = as_request(request_text("OPTIONS", Some(&branch), 1, "cap-out", None));
+    assert_eq!(
+        layer.send_request(Instant::ZERO, Remote::unreliable(Side::B), out),
+        Err(SendError::Overloaded)
+    );
+    // Answer the first; Timer J (32 s) ends it and frees a slot.
+    layer
+        .send_response(Instant::ZERO, k1, respond(&request, 200))
+        .expect("answer");
+    layer.handle_timeout(ms(64 * T1));
+    assert_eq!(layer.len(), 1);
+    assert!(matches!(
+        layer.handle_incoming(ms(64 * T1), from_a(), parse(third)),
+        Incoming::Request { .. }
+    ));
+}

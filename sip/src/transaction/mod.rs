@@ -182,6 +182,10 @@ pub enum Incoming {
         key: TransactionId,
         response: Response,
     },
+    /// A new request arrived while `Config::max_transactions` are alive; no
+    /// transaction was created. The TU answers 503 (with Retry-After)
+    /// statelessly or drops it.
+    Overloaded { request: Request },
     /// A retransmission handled by transaction `key` (answered, or dropped).
     Absorbed { key: TransactionId },
     /// A response that matches no client transaction. A UA discards it
@@ -229,6 +233,8 @@ pub enum SendError {
     DuplicateBranch,
     /// The status code is outside 100–699.
     InvalidStatus(u16),
+    /// `Config::max_transactions` are alive.
+    Overloaded,
     /// The response's top Via or CSeq differs from the request's (it
     /// answers another request).
     ResponseMismatch,
@@ -253,6 +259,7 @@ impl fmt::Display for SendError {
                 f.write_str("a client transaction already uses this branch")
             }
             SendError::InvalidStatus(s) => write!(f, "status code {s} is outside 100-699"),
+            SendError::Overloaded => f.write_str("transaction table full"),
             SendError::ResponseMismatch => {
                 f.write_str("response's top Via or CSeq differs from the request's")
             }
@@ -371,6 +378,9 @@ impl<P: Clone> TransactionLayer<P> {
         let ckey = ClientKey::for_request(branch, facts.method.clone());
         if self.clients.contains_key(&ckey) {
             return Err(SendError::DuplicateBranch);
+        }
+        if self.txs.len() >= self.config.max_transactions {
+            return Err(SendError::Overloaded);
         }
         let kind = if facts.method.as_ref() == b"INVITE" {
             Kind::ClientInvite
@@ -573,6 +583,9 @@ impl<P: Clone> TransactionLayer<P> {
                 request,
                 transaction: None,
             };
+        }
+        if self.txs.len() >= self.config.max_transactions {
+            return Incoming::Overloaded { request };
         }
         let cancels = lookup
             .cancels

@@ -101,6 +101,12 @@ pub struct Config {
     /// retransmits by calling `send_response` again (RFC 6026 §8.5).
     /// Default `true`.
     pub retransmit_2xx: bool,
+    /// Live transactions at most. A request beyond it starts no server
+    /// transaction (`Incoming::Overloaded`, answer 503 statelessly) and
+    /// `send_request` fails, so a request flood cannot grow the table
+    /// without bound (each transaction lingers up to 64·T1 after its final
+    /// response). Default 262 144.
+    pub max_transactions: usize,
 }
 
 impl Default for Config {
@@ -112,6 +118,7 @@ impl Default for Config {
             timer_d: Duration::from_secs(32),
             auto_trying: Some(Duration::from_millis(200)),
             retransmit_2xx: true,
+            max_transactions: 1 << 18,
         }
     }
 }
