@@ -9,7 +9,7 @@
 
 use crate::cmd::show;
 use crate::setup;
-use crate::workspace::{cargo, root};
+use crate::workspace::{RELEASE_BINARIES, cargo, root, target_dir};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -174,7 +174,15 @@ pub fn run() -> Result<()> {
     }
     parallel.args(["--", "--show-output"]);
     step(&mut steps, "test", &mut parallel);
+    // The lab tests run the release daemon and sv-rtp (they would build them themselves; built
+    // here, a build failure shows as its own step).
+    step(
+        &mut steps,
+        "build release binaries",
+        cargo().args(RELEASE_BINARIES),
+    );
     let mut serial = cargo();
+    serial.env("SIPVEIL_BIN_DIR", target_dir()?.join("release"));
     serial.arg("test");
     for krate in SERIAL_CRATES {
         serial.args(["-p", krate]);

@@ -41,19 +41,22 @@ pub struct Binaries {
     pub sv_rtp: PathBuf,
 }
 
+/// `cargo` arguments that build the daemon and the load tools in release mode.
+pub const RELEASE_BINARIES: [&str; 7] = [
+    "build",
+    "--release",
+    "-p",
+    "sipveil-edge",
+    "-p",
+    "sipveil-loadtest",
+    "--bins",
+];
+
 /// Runs setup (fast when all is present), builds the daemon and the load tools in release mode
 /// and returns their paths.
 pub fn release_binaries() -> Result<Binaries> {
     setup::ensure(setup::Needs::Build)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "sipveil-edge",
-        "-p",
-        "sipveil-loadtest",
-        "--bins",
-    ]))?;
+    run(cargo().args(RELEASE_BINARIES))?;
     let dir = target_dir()?.join("release");
     let binaries = Binaries {
         sipveil: dir.join("sipveil"),
