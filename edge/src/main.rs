@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sipveil_edge::config::{Config, valid_instance_name};
 use sipveil_edge::control;
 use sipveil_edge::dataplane::{self, lab};
+use sipveil_abi::lab::{CeilingFlow, SinkPorts};
 use sipveil_edge::{daemon, sys};
 
 #[derive(Parser)]
@@ -164,6 +165,33 @@ enum LabCmd {
         /// NAME=TYPE:VALUE with TYPE ip|port|mac|ifindex|u8|u16|u32|u64 (repeatable).
         #[arg(long = "global")]
         globals: Vec<String>,
+        /// sv_sink: UDP destination ports to count and drop, MIN-MAX.
+        #[arg(long, value_parser = parse_range)]
+        sink_ports: Option<(u16, u16)>,
+        /// sv_ceiling: the flow it forwards, packets to IP:PORT.
+        #[arg(long = "match")]
+        match_dst: Option<std::net::SocketAddrV4>,
+        /// sv_ceiling: rewritten source IP:PORT.
+        #[arg(long)]
+        new_src: Option<std::net::SocketAddrV4>,
+        /// sv_ceiling: rewritten destination IP:PORT.
+        #[arg(long)]
+        new_dst: Option<std::net::SocketAddrV4>,
+        /// sv_ceiling: source MAC of the rewritten frame.
+        #[arg(long, value_parser = parse_mac)]
+        src_mac: Option<[u8; 6]>,
+        /// sv_ceiling: destination MAC of the rewritten frame.
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: Option<[u8; 6]>,
+        /// sv_ceiling: egress interface (XDP_REDIRECT via SVL_TX); omitted = XDP_TX.
+        #[arg(long)]
+        egress: Option<String>,
+        /// sv_ceiling: TTL of the rewritten packet.
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
+        /// sv_gen: stamp the frame count into the RTP sequence number (GEN_F_RTP_SEQ).
+        #[arg(long)]
+        rtp_seq: bool,
     },
     /// Detach the program pinned in --pin DIR and remove DIR.
     Detach {
@@ -185,6 +213,28 @@ enum LabCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{e}"))?;
+    if a > b {
+        return Err("MIN must not exceed MAX".to_owned());
+    }
+    Ok((a, b))
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err("expected a MAC like 02:00:00:00:00:01".to_owned());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|e| format!("{e}"))?;
+    }
+    Ok(mac)
 }
 
 fn enter(netns: Option<&str>) -> anyhow::Result<()> {
@@ -382,6 +432,15 @@ fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
             pin,
             mode,
             globals,
+            sink_ports,
+            match_dst,
+            new_src,
+            new_dst,
+            src_mac,
+            dst_mac,
+            egress,
+            ttl,
+            rtp_seq,
             ..
         } => {
             let dir = pin.unwrap_or_else(|| lab::default_lab_pin(netns.as_deref(), &iface));
@@ -389,12 +448,43 @@ fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|g| lab::parse_global(g))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut settings = lab::LabSettings {
+                sink_ports: sink_ports.map(|(min, max)| SinkPorts { min, max }),
+                gen_flags: rtp_seq.then_some(sipveil_abi::lab::GEN_F_RTP_SEQ),
+                ..Default::default()
+            };
+            if matches!(program, LabProgram::Ceiling) {
+                let (Some(m), Some(s), Some(d)) = (match_dst, new_src, new_dst) else {
+                    anyhow::bail!("sv_ceiling needs --match, --new-src and --new-dst");
+                };
+                let egress_ifindex = match &egress {
+                    Some(name) => sys::ifindex(name)?,
+                    None => 0,
+                };
+                if egress_ifindex != 0 {
+                    settings.tx_ifindexes.push(egress_ifindex);
+                }
+                settings.ceiling = Some(CeilingFlow {
+                    match_addr: sipveil_abi::ip4(m.ip().octets()),
+                    src_addr: sipveil_abi::ip4(s.ip().octets()),
+                    dst_addr: sipveil_abi::ip4(d.ip().octets()),
+                    egress_ifindex,
+                    match_port: sipveil_abi::port(m.port()),
+                    src_port: sipveil_abi::port(s.port()),
+                    dst_port: sipveil_abi::port(d.port()),
+                    src_mac: src_mac.unwrap_or_default(),
+                    dst_mac: dst_mac.unwrap_or_default(),
+                    ttl,
+                    _pad0: 0,
+                });
+            }
             lab::attach(
                 program.name(),
                 &iface,
                 &dir,
                 matches!(mode, LabMode::Generic),
                 &globals,
+                &settings,
             )?;
             println!(
                 "{}",

@@ -5,7 +5,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
-use aya::maps::{Map, MapData, MapInfo, MapType};
+use aya::maps::{DevMapHash, Map, MapData, MapInfo, MapType};
+use sipveil_abi::lab::{self, CeilingFlow, SinkPorts};
 use aya::programs::links::FdLink;
 use aya::programs::{Xdp, XdpMode};
 
@@ -116,6 +117,19 @@ pub fn parse_global(spec: &str) -> Result<GlobalValue, GlobalParseError> {
     })
 }
 
+/// Typed settings of the lab programs (`sipveil_abi::lab`).
+#[derive(Clone, Debug, Default)]
+pub struct LabSettings {
+    /// `SVL_SINK_PORTS` of `sv_sink`.
+    pub sink_ports: Option<SinkPorts>,
+    /// `SVL_CEILING_FLOW` of `sv_ceiling`.
+    pub ceiling: Option<CeilingFlow>,
+    /// `SVL_GEN_FLAGS` of `sv_gen`.
+    pub gen_flags: Option<u32>,
+    /// Interfaces to put into `SVL_TX` (the ceiling's egress).
+    pub tx_ifindexes: Vec<u32>,
+}
+
 /// Attaches `program` of the lab object to `iface` (current netns), pinning the link at
 /// `DIR/link` and every map at `DIR/<name>`. An earlier attachment pinned in DIR is detached first.
 pub fn attach(
@@ -124,6 +138,7 @@ pub fn attach(
     dir: &Path,
     generic: bool,
     globals: &[GlobalValue],
+    settings: &LabSettings,
 ) -> Result<(), DataplaneError> {
     sys::ensure_bpffs()?;
     let ifindex = sys::ifindex(iface)?;
@@ -135,12 +150,38 @@ pub fn attach(
         source,
     })?;
     let mut loader = EbpfLoader::new();
+    if let Some(p) = &settings.sink_ports {
+        loader.override_global(lab::SINK_PORTS_GLOBAL, p, true);
+    }
+    if let Some(c) = &settings.ceiling {
+        loader.override_global(lab::CEILING_FLOW_GLOBAL, c, true);
+    }
+    if let Some(f) = &settings.gen_flags {
+        loader.override_global(lab::GEN_FLAGS_GLOBAL, f, true);
+    }
     for g in globals {
         loader.override_global(g.name.as_str(), g.bytes.as_slice(), true);
     }
     let mut ebpf = loader
         .load(LAB_OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    if !settings.tx_ifindexes.is_empty() {
+        let map = ebpf
+            .map_mut(lab::CEILING_TX_MAP)
+            .ok_or(DataplaneError::MissingMap(lab::CEILING_TX_MAP))?;
+        let mut tx: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(map).map_err(|source| DataplaneError::Map {
+                name: lab::CEILING_TX_MAP,
+                source: Box::new(source),
+            })?;
+        for idx in &settings.tx_ifindexes {
+            tx.insert(*idx, *idx, None, 0)
+                .map_err(|e| DataplaneError::Io {
+                    what: format!("adding ifindex {idx} to {}", lab::CEILING_TX_MAP),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+    }
     for (name, map) in ebpf.maps() {
         if name.starts_with('.') {
             continue;
