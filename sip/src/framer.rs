@@ -211,5 +211,6 @@ fn classify_prefix(b: &[u8]) -> Origin {
         .iter()
         .position(|&c| c != b'\r' && c != b'\n')
         .unwrap_or(b.len());
-    crate::parse::classify(&b[start..])
+    // Error path only: copy the buffered prefix so the classifier can slice it.
+    crate::parse::classify(&Bytes::copy_from_slice(&b[start..]))
 }

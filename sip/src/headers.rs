@@ -54,9 +54,14 @@ impl Header {
         &self.line
     }
 
-    /// Comma-separated values of this field (for list-valued names), else the value.
+    /// The values of this field: split at top-level commas for list-valued
+    /// names ([`HeaderName::is_list`]), otherwise the whole value once.
     pub fn values(&self) -> CommaValues {
-        CommaValues::new(self.value.clone())
+        if self.name.is_list() {
+            CommaValues::new(self.value.clone())
+        } else {
+            CommaValues::whole(self.value.clone())
+        }
     }
 }
 
@@ -115,12 +120,7 @@ impl Headers {
     /// Every value of `name`: list-valued fields are split at top-level commas,
     /// others yield their whole value. In message order.
     pub fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = Bytes> + 'a {
-        let list = name.is_list();
-        self.get_all(name).flat_map(move |h| {
-            let whole = (!list).then(|| h.value.clone());
-            let split = list.then(|| h.values());
-            whole.into_iter().chain(split.into_iter().flatten())
-        })
+        self.get_all(name).flat_map(|h| h.values())
     }
 
     /// Number of fields named `name`.

@@ -15,6 +15,7 @@
 //! - [`method`], [`status`]: open enums.
 //! - [`builder`]: [`RequestBuilder`], [`ResponseBuilder`], CANCEL/ACK derivation.
 //! - [`validate`]: checks above the parser that map to answers (420 Bad Extension, 415).
+//! - [`answer`]: [`error_response`], the stateless answer to a request that failed to parse.
 //! - [`error`], [`limits`]: [`ParseError`] → [`ErrorAnswer`], configurable [`Limits`].
 //! - [`sdp`], [`transaction`]: SDP and RFC 3261 §17 transactions.
 //!
@@ -35,6 +36,9 @@
 //!   are split off without copying.
 //! - Error path only: classifying a failed input copies the first Via line.
 
+#[warn(missing_docs)]
+#[warn(missing_docs)]
+pub mod answer;
 #[warn(missing_docs)]
 pub mod builder;
 #[warn(missing_docs)]
@@ -67,6 +71,7 @@ pub mod validate;
 #[warn(missing_docs)]
 pub mod views;
 
+pub use answer::error_response;
 pub use builder::{RequestBuilder, ResponseBuilder};
 pub use error::{BuildError, ErrorAnswer, Origin, ParseError, ParseErrorKind, UriError, ViewError};
 pub use framer::{PONG, StreamEvent, StreamFramer};

@@ -43,7 +43,8 @@ pub(crate) fn parse_message(
     if start == b.len() {
         return Err(ParseError::new(K::Empty, Origin::Unknown));
     }
-    parse_inner(&buf, start, limits, stream).map_err(|k| ParseError::new(k, classify(&b[start..])))
+    parse_inner(&buf, start, limits, stream)
+        .map_err(|k| ParseError::new(k, classify(&buf.slice(start..))))
 }
 
 /// Find the end of the line starting at `i`: `(content_end, next_line_start)`.
@@ -356,7 +357,8 @@ fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Resu
 }
 
 /// After a failure: does the input look like a request we can answer?
-pub(crate) fn classify(b: &[u8]) -> Origin {
+pub(crate) fn classify(buf: &Bytes) -> Origin {
+    let b = &buf[..];
     if b.len() >= 4 && eq_ic(&b[..4], b"SIP/") {
         return Origin::Response;
     }
@@ -381,7 +383,7 @@ pub(crate) fn classify(b: &[u8]) -> Origin {
         if let Some(colon) = line.iter().position(|&c| c == b':') {
             let (ns, ne) = trim_range(&line[..colon]);
             if HeaderName::Via.matches(&line[ns..ne]) {
-                let value = Bytes::copy_from_slice(&line[colon + 1..]);
+                let value = buf.slice(i + colon + 1..end);
                 let usable = CommaValues::new(value)
                     .next()
                     .is_some_and(|first| Via::parse_lenient(&first).is_ok());

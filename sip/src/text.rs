@@ -222,6 +222,7 @@ pub struct CommaValues {
     src: Bytes,
     pos: usize,
     done: bool,
+    single: bool,
 }
 
 impl CommaValues {
@@ -229,7 +230,22 @@ impl CommaValues {
     pub fn new(src: Bytes) -> Self {
         let (s, e) = trim_range(&src);
         let done = s == e;
-        CommaValues { src, pos: 0, done }
+        CommaValues {
+            src,
+            pos: 0,
+            done,
+            single: false,
+        }
+    }
+}
+
+impl CommaValues {
+    /// Yield `src` (trimmed) once, unsplit; nothing if blank.
+    pub fn whole(src: Bytes) -> Self {
+        CommaValues {
+            single: true,
+            ..Self::new(src)
+        }
     }
 }
 
@@ -239,7 +255,12 @@ impl Iterator for CommaValues {
         if self.done {
             return None;
         }
-        let end = match find_top_level(&self.src, self.pos, b',') {
+        let found = if self.single {
+            None
+        } else {
+            find_top_level(&self.src, self.pos, b',')
+        };
+        let end = match found {
             Some(c) => c,
             None => {
                 self.done = true;

@@ -8,7 +8,7 @@ use std::path::Path;
 use bytes::Bytes;
 use sipveil_sip::{
     Auth, ErrorAnswer, HeaderName, Limits, MediaType, Message, Method, Scheme, Transport,
-    parse_datagram, validate,
+    error_response, parse_datagram, validate,
 };
 
 fn load(name: &str) -> Bytes {

@@ -207,13 +207,20 @@ impl Privacy {
 
     /// Values in order (`header`, `session`, `user`, `none`, `critical`, `id`, `history`...).
     pub fn values(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.raw
-            .split(|&c| c == b';')
-            .map(|s| {
-                let (a, b) = crate::text::trim_range(s);
-                (a, b, s.as_ptr() as usize - self.raw.as_ptr() as usize)
-            })
-            .map(|(a, b, off)| self.raw.slice(off + a..off + b))
+        let mut start = 0;
+        let raw = &self.raw;
+        core::iter::from_fn(move || {
+            if start > raw.len() {
+                return None;
+            }
+            let end = raw[start..]
+                .iter()
+                .position(|&c| c == b';')
+                .map_or(raw.len(), |p| p + start);
+            let piece = trimmed(&raw.slice(start..end));
+            start = end + 1;
+            Some(piece)
+        })
     }
 
     /// Whether `value` is requested (case-insensitive).
