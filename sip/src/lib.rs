@@ -34,9 +34,9 @@
 //!   allocates one output buffer.
 //! - [`StreamFramer`]: its receive buffer grows as needed; complete messages
 //!   are split off without copying.
-//! - Error path only: classifying a failed input copies the first Via line.
+//! - Error paths only: a framing error in [`StreamFramer`] copies the buffered
+//!   prefix to classify it; [`error_response`] builds its answer in a new `Vec`.
 
-#[warn(missing_docs)]
 #[warn(missing_docs)]
 pub mod answer;
 #[warn(missing_docs)]
