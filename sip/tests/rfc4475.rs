@@ -483,6 +483,22 @@ fn rfc4475_every_fixture_has_the_expected_outcome() {
                     "{name}: {:?}",
                     e.kind()
                 );
+                // The stateless answer carries the status line and the request's Via.
+                let out = error_response(&input, e.answer(), b"edge1").expect("answer");
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    text.starts_with(&format!("SIP/2.0 {status} {reason}\r\n")),
+                    "{name}"
+                );
+                let via = input
+                    .split(|&c| c == b'\n')
+                    .find(|l| l.starts_with(b"Via:") || l.starts_with(b"v:"))
+                    .expect("via line");
+                assert!(
+                    out.windows(via.len()).any(|w| w == via),
+                    "{name}: Via copied"
+                );
+                assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{name}");
             }
             Expect::Drop => {
                 let e = res
