@@ -15,7 +15,8 @@ use bytes::Bytes;
 /// The RFC 3261 branch prefix (§8.1.1.7).
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
-/// What matching needs from a request.
+/// What matching needs from a request. Call-ID and tags are filled only
+/// where matching uses them (RFC 2543 requests, ACKs, dialog keys).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestFacts {
     /// Method from the request line.

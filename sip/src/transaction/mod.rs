@@ -367,7 +367,7 @@ impl<P: Clone> TransactionLayer<P> {
         remote: Remote<P>,
         request: Request,
     ) -> Result<TransactionId, SendError> {
-        let facts = wire::request_facts(&request).map_err(SendError::Facts)?;
+        let facts = wire::request_facts(&request, wire::Depth::Match).map_err(SendError::Facts)?;
         if facts.method.as_ref() == b"ACK" {
             return Err(SendError::AckIsNotATransaction);
         }
@@ -452,7 +452,7 @@ impl<P: Clone> TransactionLayer<P> {
             // The ACK for a 2xx has a new branch: match it on dialog fields.
             if class == Class::Success
                 && tx.fsm.kind() == Kind::ServerInvite
-                && let Ok(facts) = wire::request_facts(&tx.request)
+                && let Ok(facts) = wire::request_facts(&tx.request, wire::Depth::Dialog)
             {
                 new_keys.push(ServerKey::dialog_ack(&facts, to_tag));
             }
@@ -546,7 +546,7 @@ impl<P: Clone> TransactionLayer<P> {
     }
 
     fn handle_request(&mut self, now: Instant, remote: Remote<P>, request: Request) -> Incoming {
-        let facts = match wire::request_facts(&request) {
+        let facts = match wire::request_facts(&request, wire::Depth::Match) {
             Ok(f) => f,
             Err(error) => {
                 return Incoming::Invalid {

@@ -6,7 +6,7 @@ use core::fmt;
 
 use bytes::Bytes;
 
-use super::key::{RequestFacts, ResponseFacts, normalize_sent_by};
+use super::key::{RequestFacts, ResponseFacts, is_rfc3261_branch, normalize_sent_by};
 use crate::header_name::HeaderName;
 use crate::message::HeaderError;
 use crate::{BuildError, Message, Request, Response, StatusCode};
@@ -57,7 +57,18 @@ impl From<BuildError> for FactsError {
     }
 }
 
-pub(crate) fn request_facts(r: &Request) -> Result<RequestFacts, FactsError> {
+/// How much of a request [`request_facts`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// What matching this request needs: the dialog fields (Call-ID, tags)
+    /// only for RFC 2543 requests and ACKs, which match on them; an RFC 3261
+    /// request matches on its Via branch alone, so its From/To are not parsed.
+    Match,
+    /// Everything (to register the dialog key of an ACK for a 2xx).
+    Dialog,
+}
+
+pub(crate) fn request_facts(r: &Request, depth: Depth) -> Result<RequestFacts, FactsError> {
     let via = r.top_via()?;
     let cseq = r.cseq()?;
     // An ACK or CANCEL carries its own method in CSeq too (§17.1.1.3, §9.1).
@@ -70,16 +81,25 @@ pub(crate) fn request_facts(r: &Request) -> Result<RequestFacts, FactsError> {
         .next()
         .map(|v| crate::text::trimmed(&v))
         .unwrap_or_default();
+    let branch = via.branch();
+    let dialog = depth == Depth::Dialog
+        || r.method().as_bytes() == b"ACK"
+        || !branch.as_deref().is_some_and(is_rfc3261_branch);
+    let (call_id, from_tag, to_tag) = if dialog {
+        (r.call_id()?, r.from()?.tag(), r.to()?.tag())
+    } else {
+        (Bytes::new(), None, None)
+    };
     Ok(RequestFacts {
         method: Bytes::copy_from_slice(r.method().as_bytes()),
         request_uri: r.uri().as_bytes().clone(),
         cseq: cseq.seq,
-        branch: via.branch(),
+        branch,
         sent_by: normalize_sent_by(via.sent_by()),
         top_via,
-        call_id: r.call_id()?,
-        from_tag: r.from()?.tag(),
-        to_tag: r.to()?.tag(),
+        call_id,
+        from_tag,
+        to_tag,
     })
 }
 
