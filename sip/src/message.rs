@@ -13,7 +13,7 @@ use crate::headers::{Header, Headers};
 use crate::method::Method;
 use crate::status::StatusCode;
 use crate::uri::Uri;
-use crate::views::{CSeq, NameAddr, Via, parse_call_id};
+use crate::views::{CSeq, Contact, NameAddr, Via, parse_call_id};
 
 /// Errors from the convenience accessors for the core header fields.
 #[non_exhaustive]
@@ -176,6 +176,20 @@ macro_rules! common {
                 self.headers
                     .values(&HeaderName::Via)
                     .map(|v| Via::parse(&v))
+            }
+
+            /// Contact values in order (`*` or addresses).
+            pub fn contacts(&self) -> impl Iterator<Item = Result<Contact, ViewError>> + '_ {
+                self.headers
+                    .values(&HeaderName::Contact)
+                    .map(|v| Contact::parse(&v))
+            }
+
+            /// Expires header value, if present and valid.
+            pub fn expires(&self) -> Option<u32> {
+                self.headers
+                    .get_value(&HeaderName::Expires)
+                    .and_then(|v| crate::views::parse_expires(v).ok())
             }
 
             /// Values of a name-addr list field (Route, Record-Route, Contact,

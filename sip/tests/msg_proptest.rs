@@ -192,6 +192,19 @@ fn message() -> impl Strategy<Value = Gen> {
         )
 }
 
+fn fixtures() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rfc4475");
+    let mut v: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sip"))
+        .map(|e| std::fs::read(e.path()).expect("read"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 40, "fixtures present");
+    v
+}
+
 fn exercise_views(m: &Message) {
     // Every accessor must return, never panic.
     let _ = m.call_id();
@@ -212,11 +225,16 @@ fn exercise_views(m: &Message) {
         let _ = CSeq::parse(v);
         let _ = MediaType::parse(v);
         let _ = Auth::parse(v).map(|a| a.params().count());
+        let _ = sipveil_sip::views::parse_products(v);
+        let _ = sipveil_sip::views::Privacy::parse(v).map(|p| p.values().count());
         for x in h.values() {
             let _ = Via::parse_lenient(&x);
         }
     }
     if let Some(r) = m.as_request() {
+        let _ = r.contacts().count();
+        let _ = r.expires();
+        let _ = r.response(sipveil_sip::StatusCode::OK).to_tag("x").build();
         let _ = r.uri().equivalent(r.uri());
         let _ = r.max_forwards();
         let _ = r.cancel();
@@ -334,6 +352,34 @@ proptest! {
                 exercise_views(&m);
             }
             Err(e) => { let _ = e.answer(); }
+        }
+    }
+
+    #[test]
+    fn never_panics_on_mutated_rfc4475_messages(
+        pick in any::<prop::sample::Index>(),
+        muts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..8),
+    ) {
+        let all = fixtures();
+        let mut v = all[pick.index(all.len())].clone();
+        for (idx, byte, op) in muts {
+            if v.is_empty() { break; }
+            let i = idx.index(v.len());
+            match op {
+                0 => v[i] = byte,
+                1 => v.insert(i, byte),
+                2 => { v.remove(i); }
+                _ => v.truncate(i),
+            }
+        }
+        match parse_datagram(Bytes::from(v.clone()), &Limits::default()) {
+            Ok(m) => exercise_views(&m),
+            Err(e) => { let _ = sipveil_sip::error_response(&v, e.answer(), b"t"); }
+        }
+        let mut f = StreamFramer::new(Limits::default());
+        f.push(&v);
+        for _ in 0..8 {
+            if f.poll().is_none() { break; }
         }
     }
 

@@ -230,6 +230,81 @@ impl Privacy {
     }
 }
 
+/// One element of User-Agent / Server (RFC 3261 §20.35, §20.41).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProductItem {
+    /// `name[/version]`.
+    Product {
+        /// Product token.
+        name: Bytes,
+        /// Version token, if written.
+        version: Option<Bytes>,
+    },
+    /// `( comment )`, parentheses excluded, nested comments kept raw.
+    Comment(Bytes),
+}
+
+/// Parse a User-Agent or Server value into products and comments.
+pub fn parse_products(value: &Bytes) -> Result<Vec<ProductItem>, ViewError> {
+    let v = trimmed(value);
+    let b = &v[..];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'(' {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j) {
+                    None => return Err(ViewError::UnterminatedQuote),
+                    Some(b'\\') => j += 2,
+                    Some(b'(') => {
+                        depth += 1;
+                        j += 1;
+                    }
+                    Some(b')') => {
+                        depth -= 1;
+                        j += 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    Some(_) => j += 1,
+                }
+            }
+            out.push(ProductItem::Comment(v.slice(i + 1..j - 1)));
+            i = j;
+        } else {
+            let s = i;
+            while i < b.len() && is_token(b[i]) {
+                i += 1;
+            }
+            if i == s {
+                return Err(ViewError::BadToken);
+            }
+            let name = v.slice(s..i);
+            let mut version = None;
+            if b.get(i) == Some(&b'/') {
+                let vs = i + 1;
+                i = vs;
+                while i < b.len() && is_token(b[i]) {
+                    i += 1;
+                }
+                if i == vs {
+                    return Err(ViewError::BadToken);
+                }
+                version = Some(v.slice(vs..i));
+            }
+            out.push(ProductItem::Product { name, version });
+        }
+        i = skip_lws(b, i);
+    }
+    if out.is_empty() {
+        return Err(ViewError::Empty);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +374,25 @@ mod tests {
         let p = Privacy::parse(&Bytes::from_static(b"id; header ;user")).expect("ok");
         assert!(p.contains("header") && p.contains("ID") && !p.contains("none"));
         assert!(Privacy::parse(&Bytes::from_static(b"id;he der")).is_err());
+        let p = parse_products(&Bytes::from_static(
+            b"SIPimp.org/0.2.5 (curses (nested)) baresip",
+        ))
+        .expect("ok");
+        assert_eq!(
+            p,
+            vec![
+                ProductItem::Product {
+                    name: Bytes::from_static(b"SIPimp.org"),
+                    version: Some(Bytes::from_static(b"0.2.5"))
+                },
+                ProductItem::Comment(Bytes::from_static(b"curses (nested)")),
+                ProductItem::Product {
+                    name: Bytes::from_static(b"baresip"),
+                    version: None
+                },
+            ]
+        );
+        assert!(parse_products(&Bytes::from_static(b"a (b")).is_err());
+        assert!(parse_products(&Bytes::from_static(b"a/")).is_err());
     }
 }

@@ -8,8 +8,8 @@ mod via;
 
 pub use auth::{Auth, AuthParams};
 pub use misc::{
-    CSeq, MediaType, Privacy, parse_allow, parse_call_id, parse_content_length, parse_expires,
-    parse_max_forwards, parse_token_list,
+    CSeq, MediaType, Privacy, ProductItem, parse_allow, parse_call_id, parse_content_length,
+    parse_expires, parse_max_forwards, parse_products, parse_token_list,
 };
 pub use name_addr::{Contact, NameAddr, parse_delta_seconds, parse_qvalue};
 pub use via::{Transport, Via};
