@@ -228,6 +228,7 @@ pub struct BranchGenerator {
 }
 
 impl BranchGenerator {
+    /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         BranchGenerator { seed, counter: 0 }
     }

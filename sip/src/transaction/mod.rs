@@ -83,8 +83,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub mod fsm;
-pub mod key;
+mod fsm;
+mod key;
 pub mod time;
 mod wire;
 
@@ -120,7 +120,9 @@ impl fmt::Display for TransactionId {
 /// zero wait timers) or not (UDP).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Remote<P> {
+    /// The driver's name for the peer (address, connection id).
     pub peer: P,
+    /// Whether the transport is reliable (stream) rather than datagram.
     pub reliable: bool,
 }
 
@@ -145,6 +147,7 @@ impl<P> Remote<P> {
 /// Bytes the driver must send to `peer`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit<P> {
+    /// Where to send it (the `peer` of the transaction's [`Remote`]).
     pub peer: P,
     /// One complete SIP message.
     pub payload: Bytes,
@@ -164,8 +167,11 @@ pub enum Incoming {
     /// [`TransactionLayer::state`] of the INVITE is still `Proceeding`, the
     /// INVITE 487.
     Request {
+        /// The new server transaction.
         key: TransactionId,
+        /// The request.
         request: Request,
+        /// For CANCEL: the INVITE server transaction it cancels.
         cancels: Option<TransactionId>,
     },
     /// An ACK the TU must see: the ACK for a 2xx (`transaction` is the INVITE
@@ -173,28 +179,46 @@ pub enum Incoming {
     /// stopped its 2xx retransmissions), or one that matches nothing
     /// (`None`). ACKs for non-2xx finals are absorbed instead.
     Ack {
+        /// The ACK.
         request: Request,
+        /// The INVITE server transaction it acknowledges, if still alive.
         transaction: Option<TransactionId>,
     },
     /// A response for client transaction `key` (provisional, final, or a 2xx
     /// retransmission of an INVITE, which the TU answers with a new ACK).
     Response {
+        /// The client transaction.
         key: TransactionId,
+        /// The response.
         response: Response,
     },
     /// A new request arrived while `Config::max_transactions` are alive; no
     /// transaction was created. The TU answers 503 (with Retry-After)
     /// statelessly or drops it.
-    Overloaded { request: Request },
+    Overloaded {
+        /// The request, for a stateless answer.
+        request: Request,
+    },
     /// A retransmission handled by transaction `key` (answered, or dropped).
-    Absorbed { key: TransactionId },
+    Absorbed {
+        /// The transaction that absorbed it.
+        key: TransactionId,
+    },
     /// A response that matches no client transaction. A UA discards it
     /// (§8.1.3.1); a stateless proxy may forward it.
-    StrayResponse { response: Response },
+    StrayResponse {
+        /// The response.
+        response: Response,
+    },
     /// The message lacks what matching needs (top Via, CSeq, Call-ID…).
     /// RFC 3261 §16.3/§18.1.2: a response is discarded; a request that has a
     /// top Via can be answered 400 statelessly by the TU.
-    Invalid { message: Message, error: FactsError },
+    Invalid {
+        /// The message.
+        message: Message,
+        /// What is missing or malformed.
+        error: FactsError,
+    },
 }
 
 /// Something the TU learns without having asked.
@@ -205,12 +229,21 @@ pub enum Event {
     /// INVITE: the ACK for our non-2xx never came), or Timer L with no ACK
     /// for our 2xx (the TU should end the session with BYE, §13.3.1.4). The
     /// TU treats a client timeout as a 408.
-    Timeout { key: TransactionId },
+    Timeout {
+        /// The transaction.
+        key: TransactionId,
+    },
     /// The driver reported that sending for this transaction failed; treat
     /// like a 503 (client) or give up (server).
-    TransportError { key: TransactionId },
+    TransportError {
+        /// The transaction.
+        key: TransactionId,
+    },
     /// The transaction is gone; its id will never appear again.
-    Terminated { key: TransactionId },
+    Terminated {
+        /// The transaction.
+        key: TransactionId,
+    },
 }
 
 /// Why a `send_*` call was refused. Nothing was sent and no state changed.
