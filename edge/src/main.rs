@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use sipveil_abi::lab::{CeilingFlow, SinkPorts};
 use sipveil_edge::config::{Config, valid_instance_name};
 use sipveil_edge::control;
 use sipveil_edge::dataplane::{self, lab};
-use sipveil_abi::lab::{CeilingFlow, SinkPorts};
 use sipveil_edge::{daemon, sys};
 
 #[derive(Parser)]

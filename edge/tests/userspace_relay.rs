@@ -38,8 +38,22 @@ fn addr(v: &Value) -> SocketAddr {
 fn userspace_relay_latches_and_drops_strict() {
     require_root();
     let ns = Netns::new("user");
-    for a in ["198.18.1.1", "198.18.2.1", "198.18.1.2", "198.18.2.2", "198.18.1.3"] {
-        common::ip(&["-n", &ns.name, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+    for a in [
+        "198.18.1.1",
+        "198.18.2.1",
+        "198.18.1.2",
+        "198.18.2.2",
+        "198.18.1.3",
+    ] {
+        common::ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{a}/32"),
+            "dev",
+            "lo",
+        ]);
     }
     ns.run(|| {
         let cfg = Config::parse(std::path::Path::new("test"), CONFIG).expect("config");

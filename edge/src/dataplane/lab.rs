@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
 use aya::maps::{DevMapHash, Map, MapData, MapInfo, MapType};
-use sipveil_abi::lab::{self, CeilingFlow, SinkPorts};
 use aya::programs::links::FdLink;
 use aya::programs::{Xdp, XdpMode};
+use sipveil_abi::lab::{self, CeilingFlow, SinkPorts};
 
 use super::loader::{DataplaneError, detach_pinned_link, open_pinned};
 use super::objects::LAB_OBJECT;

@@ -20,7 +20,7 @@ pub trait FlowTable: Send + Sync {
     fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError>;
     /// Records a packet relayed by userspace (bytes = IP datagram length).
     fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64);
-    /// The flow with the packets relayed by userspace added to the program's counters.
+    /// The flow with its counters (program and userspace relayed).
     fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError>;
 }
 
@@ -90,25 +90,22 @@ impl FlowTable for UserFlowTable {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct UserStats {
-    packets: u64,
-    bytes: u64,
-    last_seen_ns: u64,
-}
-
-/// The pinned `SV_FLOWS`. Packets relayed in userspace (passed up by the program) are counted in a
-/// side table rather than written into the map, so they never race with the program's atomic adds.
+/// The pinned `SV_FLOWS`. Packets relayed in userspace (passed up by the program) are added to the
+/// flow's counters in the map with a read-modify-write, so they survive a restart and idle expiry
+/// sees them. The program adds atomically in place; an increment it makes between our read and
+/// our write is lost. That window is a few microseconds on a path (FIB miss, fragments, IP
+/// options) the program does not take for the same packet, so at most a count or two.
 pub struct BpfFlowTable {
     map: Mutex<aya::maps::HashMap<MapData, FlowKey, Flow>>,
-    user: Mutex<HashMap<FlowKey, UserStats>>,
 }
+
+/// `BPF_EXIST`: update only an existing element.
+const BPF_EXIST: u64 = 2;
 
 impl BpfFlowTable {
     pub fn new(map: aya::maps::HashMap<MapData, FlowKey, Flow>) -> BpfFlowTable {
         BpfFlowTable {
             map: Mutex::new(map),
-            user: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -143,7 +140,6 @@ impl FlowTable for BpfFlowTable {
     }
 
     fn remove(&self, key: &FlowKey) -> Result<(), MediaError> {
-        lock(&self.user).remove(key);
         match lock(&self.map).remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -168,22 +164,17 @@ impl FlowTable for BpfFlowTable {
     }
 
     fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
-        let mut user = lock(&self.user);
-        let s = user.entry(*key).or_default();
-        s.packets = s.packets.wrapping_add(1);
-        s.bytes = s.bytes.wrapping_add(bytes);
-        s.last_seen_ns = s.last_seen_ns.max(now_ns);
+        let mut map = lock(&self.map);
+        if let Ok(mut f) = map.get(key, 0) {
+            f.packets = f.packets.wrapping_add(1);
+            f.bytes = f.bytes.wrapping_add(bytes);
+            f.last_seen_ns = f.last_seen_ns.max(now_ns);
+            // The flow may have been removed meanwhile: BPF_EXIST keeps it removed.
+            let _ = map.insert(key, f, BPF_EXIST);
+        }
     }
 
     fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
-        let Some(mut f) = self.get(key)? else {
-            return Ok(None);
-        };
-        if let Some(s) = lock(&self.user).get(key) {
-            f.packets = f.packets.wrapping_add(s.packets);
-            f.bytes = f.bytes.wrapping_add(s.bytes);
-            f.last_seen_ns = f.last_seen_ns.max(s.last_seen_ns);
-        }
-        Ok(Some(f))
+        self.get(key)
     }
 }

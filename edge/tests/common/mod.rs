@@ -1,6 +1,9 @@
 //! Throwaway network namespaces for the integration tests (198.18.0.0/15 only). Every namespace is
 //! deleted on drop.
-#![allow(dead_code, reason = "each test file uses a different part of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helpers"
+)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
@@ -55,9 +58,23 @@ impl Netns {
     }
 }
 
+/// Starts `f` on a thread inside namespace `name`.
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        sipveil_edge::sys::enter_netns(&name).expect("entering the test namespace");
+        f()
+    })
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
