@@ -29,10 +29,18 @@ fn link_ifindex(instance: &str, iface: &str) -> u32 {
         .0
 }
 
-struct Unload(String);
-impl Drop for Unload {
+/// Removes the instance's pins and the peers' lab pins even when the test fails.
+struct Cleanup {
+    instance: String,
+    lab_pins: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = dataplane::unload(&self.0, &[]);
+        let _ = dataplane::unload(&self.instance, &[]);
+        for dir in &self.lab_pins {
+            let _ = lab::detach(dir);
+        }
     }
 }
 
@@ -40,7 +48,10 @@ impl Drop for Unload {
 fn xdp_flows_survive_a_daemon_restart() {
     require_root();
     let instance = format!("svt-xdp-{}", std::process::id());
-    let _cleanup = Unload(instance.clone());
+    let mut cleanup = Cleanup {
+        instance: instance.clone(),
+        lab_pins: Vec::new(),
+    };
     let e = Netns::new("xe");
     let a = Netns::new("xa");
     let b = Netns::new("xb");
@@ -73,6 +84,7 @@ fn xdp_flows_survive_a_daemon_restart() {
     // Frames pushed into a veth by XDP are only received when the peer runs an XDP program.
     for (ns, iface) in [(&a, "a0"), (&b, "b0")] {
         let d = lab::default_lab_pin(Some(&ns.name), iface);
+        cleanup.lab_pins.push(d.clone());
         let iface = iface.to_owned();
         ns.run(move || {
             lab::attach(
@@ -104,9 +116,6 @@ addresses = {{ a = "198.18.1.1", b = "198.18.2.1" }}
     // Everything that opens relay sockets runs inside the edge namespace.
     let inst = instance.clone();
     e.run(move || scenario(&cfg, &inst, &an, &bn));
-    for (ns, iface) in [(&a, "a0"), (&b, "b0")] {
-        let _ = lab::detach(&lab::default_lab_pin(Some(&ns.name), iface));
-    }
 }
 
 fn scenario(cfg: &Config, instance: &str, a: &str, b: &str) {

@@ -1,0 +1,298 @@
+//! The `sipveil` binary as xtask and the load tests use it: `run --netns` (ready line, SIGTERM,
+//! kill -9, restart with adoption), `ctl`, `stats --json`, `unload`, generic-mode fallback, and
+//! `lab-xdp attach/read-sink/detach`. Needs root.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::{Netns, require_root, rtp, spawn_in, udp};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sipveil");
+
+fn sipveil(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running sipveil {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+/// Starts the daemon and waits for its ready line.
+fn start(args: &[&str]) -> (Child, Value) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sipveil run");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let ready: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("daemon did not print a ready line ({e}): {line:?}"));
+    assert_eq!(ready["ready"], Value::Bool(true), "{ready}");
+    (child, ready)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill");
+}
+
+struct Unload(String);
+impl Drop for Unload {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["unload", "--instance", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn daemon_cli_restart_adopts_and_unload_detaches() {
+    require_root();
+    let instance = format!("svt-cli-{}", std::process::id());
+    let _unload = Unload(instance.clone());
+    let e = Netns::new("ce");
+    let a = Netns::new("ca");
+    common::veth(&e, "ea0", "198.18.1.1/24", &a, "a0", "198.18.1.2/24");
+    // A device without native XDP (a bridge): auto mode falls back to generic.
+    common::ip(&["-n", &e.name, "link", "add", "dm0", "type", "bridge"]);
+    common::ip(&["-n", &e.name, "addr", "add", "198.18.2.1/24", "dev", "dm0"]);
+    common::ip(&["-n", &e.name, "link", "set", "dm0", "up"]);
+    let dir = std::env::temp_dir().join(format!("svt-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let config = dir.join("edge.toml");
+    let socket = dir.join("ctl.sock");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[dataplane]
+interfaces = ["ea0", "dm0"]
+xdp = "auto"
+instance = "{instance}"
+
+[media]
+port_min = 34000
+port_max = 34099
+addresses = {{ a = "198.18.1.1", b = "198.18.2.1" }}
+
+[control]
+socket = "{}"
+"#,
+            socket.display()
+        ),
+    )
+    .expect("write config");
+    let cfg = config.to_string_lossy().into_owned();
+    let sock = socket.to_string_lossy().into_owned();
+    let run = ["run", "--netns", e.name.as_str(), "--config", cfg.as_str()];
+
+    let (child, ready) = start(&run);
+    assert_eq!(ready["mode"], "xdp");
+    let ifaces = ready["interfaces"].as_array().expect("interfaces");
+    let mode_of = |name: &str| {
+        ifaces
+            .iter()
+            .find(|i| i["name"] == name)
+            .map(|i| i["mode"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(mode_of("ea0"), "driver");
+    assert_eq!(
+        mode_of("dm0"),
+        "generic",
+        "a bridge has no native XDP: {ready}"
+    );
+
+    let (ok, open, err) = sipveil(&[
+        "ctl",
+        "--socket",
+        &sock,
+        "relay-open",
+        "--a-peer",
+        "198.18.1.2:4000",
+        "--b-peer",
+        "198.18.2.2:5000",
+        "--count",
+        "3",
+        "--rtcp-mux",
+    ]);
+    assert!(ok, "relay-open: {open} {err}");
+    let relays = open["relays"].as_array().expect("relays");
+    assert_eq!(relays.len(), 3);
+    assert_eq!(
+        relays[2]["a"]["peer"], "198.18.1.2:4004",
+        "peer ports step by 2"
+    );
+    let ea: std::net::SocketAddr = relays[0]["a"]["edge"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("edge");
+
+    // A packet from A reaches the edge program (counted by the pinned counters).
+    spawn_in(&a.name, move || {
+        udp("198.18.1.2:4000").send_to(&rtp(1), ea).expect("send");
+    })
+    .join()
+    .expect("A");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (ok, stats, err) = sipveil(&[
+        "stats",
+        "--instance",
+        &instance,
+        "--json",
+        "--socket",
+        &sock,
+    ]);
+    assert!(ok, "stats: {err}");
+    assert!(stats["xdp"]["rx"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert_eq!(stats["flows"], 6, "{stats}");
+    assert_eq!(stats["mode"], "xdp", "{stats}");
+    assert!(stats["userspace"].is_object(), "{stats}");
+
+    // SIGTERM: clean exit, links stay.
+    signal(&child, libc::SIGTERM);
+    let mut child = child;
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let (ok, stats, _) = sipveil(&[
+        "stats",
+        "--instance",
+        &instance,
+        "--json",
+        "--socket",
+        &sock,
+    ]);
+    assert!(ok);
+    assert!(stats["userspace"].is_null(), "no daemon: {stats}");
+    assert_eq!(
+        stats["flows"], 6,
+        "flows stay pinned without the daemon: {stats}"
+    );
+
+    // Restart, then kill -9, then restart: every start adopts.
+    let (child, ready) = start(&run);
+    assert_eq!(ready["adopted_flows"], 6, "{ready}");
+    signal(&child, libc::SIGKILL);
+    let mut child = child;
+    let _ = child.wait();
+    let (child, ready) = start(&run);
+    assert_eq!(ready["adopted_flows"], 6, "{ready}");
+    assert!(
+        ready["interfaces"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|i| i["mode"] == "adopted")),
+        "{ready}"
+    );
+    let (ok, list, _) = sipveil(&["ctl", "--socket", &sock, "relay-list"]);
+    assert!(ok);
+    assert_eq!(list["relays"].as_array().map(Vec::len), Some(3), "{list}");
+    let (ok, bad, _) = sipveil(&["ctl", "--socket", &sock, "raw", r#"{"cmd":"relay-close"}"#]);
+    assert!(!ok, "relay-close without id fails: {bad}");
+    assert_eq!(bad["kind"], "bad_request");
+    signal(&child, libc::SIGINT);
+    let mut child = child;
+    assert!(
+        child.wait().expect("wait").success(),
+        "clean exit on SIGINT"
+    );
+
+    // unload: detaches and removes the pins.
+    let (ok, report, err) = sipveil(&["unload", "--instance", &instance, "--netns", &e.name]);
+    assert!(ok, "unload: {err}");
+    assert_eq!(report["removed_pins"], true, "{report}");
+    assert_eq!(
+        report["detached"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    let out = Command::new("ip")
+        .args(["-n", &e.name, "link", "show", "ea0"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("xdp"),
+        "ea0 has no XDP program any more"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("svt-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        "[media]\nport_min = 30000\nport_max = 29000\naddresses = [\"198.18.0.1\"]\n",
+    )
+    .expect("write");
+    let (ok, _, err) = sipveil(&["run", "--no-xdp", "--config", &config.to_string_lossy()]);
+    assert!(!ok);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("media.port_max"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lab_xdp_sink_counts_and_detaches() {
+    require_root();
+    let s = Netns::new("ls");
+    let r = Netns::new("lr");
+    common::veth(&s, "s0", "198.18.5.1/24", &r, "r0", "198.18.5.2/24");
+    let (ok, out, err) = sipveil(&[
+        "lab-xdp",
+        "attach",
+        "--netns",
+        &r.name,
+        "--iface",
+        "r0",
+        "--program",
+        "sv_sink",
+        "--sink-ports",
+        "9000-9001",
+    ]);
+    assert!(ok, "attach sv_sink: {out} {err}");
+    let pin_dir = out["pin"].as_str().expect("pin").to_owned();
+    spawn_in(&s.name, || {
+        let sock = udp("198.18.5.1:7000");
+        for i in 0..5u16 {
+            sock.send_to(&rtp(i), "198.18.5.2:9000").expect("send");
+        }
+    })
+    .join()
+    .expect("sender");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (ok, sink, err) = sipveil(&[
+        "lab-xdp",
+        "read-sink",
+        "--netns",
+        &r.name,
+        "--iface",
+        "r0",
+        "--json",
+    ]);
+    assert!(ok, "read-sink: {err}");
+    assert_eq!(
+        sink["maps"]["SVL_SINK"][0], 5,
+        "5 packets counted and dropped: {sink}"
+    );
+    let (ok, _, err) = sipveil(&["lab-xdp", "detach", "--netns", &r.name, "--iface", "r0"]);
+    assert!(ok, "detach: {err}");
+    assert!(!std::path::Path::new(&pin_dir).exists());
+}
