@@ -1464,3 +1464,229 @@ fn transaction_table_is_bounded() {
         Incoming::Request { .. }
     ));
 }
+
+/// Randomised traffic over a hostile link, checking invariants rather than a
+/// script: a TU that answers late (0–3 s), sometimes with a provisional
+/// first; CANCELs racing their INVITE; 2xx ACKed by the caller's TU. For
+/// every transaction on either side: exactly one `Terminated`, nothing after
+/// it; every client transaction ends with either a final response or a
+/// timeout, never both; the server TU sees each request once; at the end
+/// both layers are empty with no timer armed.
+#[test]
+fn randomised_traffic_keeps_transaction_invariants() {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, HashSet};
+    use std::rc::Rc;
+
+    use sipveil_sip::transaction::TransactionId;
+
+    type Pending = Rc<RefCell<Vec<(TransactionId, Request)>>>;
+
+    let hostile = Impairment {
+        drop_percent: 25,
+        duplicate_percent: 10,
+        delay_ms: (1, 300),
+    };
+    for seed in 1..=10u64 {
+        let mut rng = sim::Rng::new(seed * 7919);
+        let mut sim = Sim::new(Config::default(), false, hostile.clone(), seed);
+        let pending: Pending = Rc::new(RefCell::new(Vec::new()));
+        let inbox = pending.clone();
+        sim.b.tu = Some(Box::new(move |now, layer, incoming| {
+            if let Incoming::Request {
+                key,
+                request,
+                cancels,
+            } = incoming
+            {
+                if method_of(request) == "CANCEL" {
+                    let code = if cancels.is_some() { 200 } else { 481 };
+                    layer
+                        .send_response(now, *key, respond(request, code))
+                        .expect("answer CANCEL");
+                    if let Some(invite) = cancels
+                        && matches!(layer.state(*invite), Some((_, State::Proceeding)))
+                    {
+                        let req = layer.request(*invite).expect("alive").clone();
+                        layer
+                            .send_response(now, *invite, respond(&req, 487))
+                            .expect("487");
+                    }
+                } else {
+                    inbox.borrow_mut().push((*key, request.clone()));
+                }
+            }
+        }));
+        sim.a.tu = Some(Box::new(|_now, layer, incoming| {
+            if let Incoming::Response { response, .. } = incoming
+                && (200..300).contains(&status_of(response))
+                && response
+                    .cseq()
+                    .is_ok_and(|c| c.method.as_bytes() == b"INVITE")
+            {
+                let call_id = response.call_id().expect("Call-ID");
+                let seq = response.cseq().expect("CSeq").seq;
+                let branch = layer.new_branch();
+                let ack = parse(request_text(
+                    "ACK",
+                    Some(&branch),
+                    seq,
+                    std::str::from_utf8(&call_id).expect("ascii"),
+                    Some("tb1"),
+                ));
+                layer.send_stateless(Side::B, &ack);
+            }
+        }));
+
+        // The script: new requests over the first 10 s, some CANCELs, and the
+        // B TU's delayed answers.
+        enum Action {
+            Send(u32),
+            Cancel(TransactionId),
+            Answer(TransactionId, Box<Request>, u16),
+        }
+        let mut schedule: Vec<(Instant, u64, Action)> = Vec::new();
+        let mut order = 0u64;
+        for i in 0..30u32 {
+            let at = Instant::ZERO + rng.millis(0, 10_000);
+            order += 1;
+            schedule.push((at, order, Action::Send(i)));
+        }
+        let mut client_keys: Vec<(TransactionId, &'static str)> = Vec::new();
+        let limit = ms(600_000);
+        for _ in 0..200_000 {
+            // Move B's fresh requests into the schedule with a random delay.
+            for (key, request) in pending.borrow_mut().drain(..) {
+                let invite = method_of(&request) == "INVITE";
+                let delay = rng.millis(0, 3000);
+                if invite && rng.chance(50) {
+                    order += 1;
+                    schedule.push((
+                        sim.now,
+                        order,
+                        Action::Answer(key, Box::new(request.clone()), 180),
+                    ));
+                }
+                let finals: &[u16] = if invite {
+                    &[200, 486, 603]
+                } else {
+                    &[200, 404]
+                };
+                let code = finals[(rng.next_u64() % finals.len() as u64) as usize];
+                order += 1;
+                schedule.push((
+                    sim.now + delay,
+                    order,
+                    Action::Answer(key, Box::new(request), code),
+                ));
+            }
+            schedule.sort_by_key(|(at, o, _)| (*at, *o));
+            let next_script = schedule.first().map(|(at, _, _)| *at);
+            let next_sim = sim.next_instant();
+            let script_first = match (next_script, next_sim) {
+                (Some(s), Some(n)) => s <= n,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if script_first {
+                let (at, _, action) = schedule.remove(0);
+                sim.now = sim.now.max(at);
+                match action {
+                    Action::Send(i) => {
+                        let method = if i % 3 == 0 { "OPTIONS" } else { "INVITE" };
+                        let request =
+                            new_request(&mut sim, Side::A, method, &format!("chaos-{seed}-{i}"));
+                        let key = sim.send_request(Side::A, request);
+                        client_keys.push((key, method));
+                        if method == "INVITE" && rng.chance(30) {
+                            order += 1;
+                            schedule.push((
+                                sim.now + rng.millis(50, 2500),
+                                order,
+                                Action::Cancel(key),
+                            ));
+                        }
+                    }
+                    Action::Cancel(key) => {
+                        if let Ok(cancel) = sim.a.layer.cancel(key) {
+                            let ckey = sim.send_request(Side::A, cancel);
+                            client_keys.push((ckey, "CANCEL"));
+                        }
+                    }
+                    Action::Answer(key, request, code) => {
+                        // The CANCEL path may have answered it already.
+                        let now = sim.now;
+                        let _refused = sim.b.layer.send_response(now, key, respond(&request, code));
+                        sim.flush(Side::B);
+                    }
+                }
+            } else if !sim.step(limit) {
+                break;
+            }
+        }
+        assert!(
+            schedule.is_empty() && sim.next_instant().is_none(),
+            "seed {seed}: settled"
+        );
+
+        for node in [&sim.a, &sim.b] {
+            let mut ended = HashSet::new();
+            for (_, e) in &node.events {
+                let key = match e {
+                    Event::Timeout { key } | Event::TransportError { key } => {
+                        assert!(
+                            !ended.contains(key),
+                            "seed {seed}: event after Terminated: {e:?}"
+                        );
+                        continue;
+                    }
+                    Event::Terminated { key } => *key,
+                    _ => continue,
+                };
+                assert!(ended.insert(key), "seed {seed}: {key} terminated twice");
+            }
+            assert!(node.layer.is_empty(), "seed {seed}: layer not empty");
+            assert_eq!(node.layer.poll_timeout(), None);
+        }
+        let mut finals_seen = 0;
+        for &(key, method) in &client_keys {
+            let finals = responses(&sim.a, key)
+                .iter()
+                .filter(|r| status_of(r) >= 200)
+                .count();
+            let timed_out = events_of(&sim.a, key)
+                .iter()
+                .any(|e| matches!(e, Event::Timeout { .. }));
+            assert!(
+                (finals > 0) != timed_out,
+                "seed {seed}: {method} {key}: finals {finals}, timeout {timed_out}"
+            );
+            // Only an INVITE 2xx may reach the TU more than once (RFC 6026).
+            let repeatable = responses(&sim.a, key)
+                .iter()
+                .filter(|r| method == "INVITE" && (200..300).contains(&status_of(r)))
+                .count();
+            assert!(
+                finals - repeatable.saturating_sub(1) <= 1,
+                "seed {seed}: {method} {key}: final shown {finals} times"
+            );
+            assert_eq!(
+                events_of(&sim.a, key).last(),
+                Some(&Event::Terminated { key }),
+                "seed {seed}"
+            );
+            finals_seen += usize::from(finals > 0);
+        }
+        assert!(
+            finals_seen * 10 >= client_keys.len() * 9,
+            "seed {seed}: most exchanges complete"
+        );
+        // B's TU saw each request once (by Call-ID and CSeq method).
+        let mut seen = HashMap::new();
+        for (_, request) in requests(&sim.b) {
+            let id = (request.call_id().expect("Call-ID"), method_of(&request));
+            *seen.entry(id).or_insert(0) += 1;
+        }
+        assert!(seen.values().all(|&n| n == 1), "seed {seed}: {seen:?}");
+    }
+}
