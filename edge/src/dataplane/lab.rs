@@ -193,7 +193,7 @@ pub fn attach(
     }
     let prog: &mut Xdp = ebpf
         .program_mut(program)
-        .ok_or(DataplaneError::MissingProgram)?
+        .ok_or_else(|| DataplaneError::MissingProgram(program.to_owned()))?
         .try_into()
         .map_err(|e| DataplaneError::Program(Box::new(e)))?;
     prog.load()

@@ -41,8 +41,8 @@ pub enum DataplaneError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the entry object has no map {0} (is ebpf/ up to date with the ABI?)")]
     MissingMap(&'static str),
-    #[error("the entry object has no program {ENTRY_PROGRAM}")]
-    MissingProgram,
+    #[error("the object has no program {0}")]
+    MissingProgram(String),
     #[error(
         "map {name} ({origin}) does not match ABI {ABI_VERSION}: {detail}; \
          run `sipveil unload --instance <name>` to remove stale pins"
@@ -326,7 +326,7 @@ impl Dataplane {
 
         let program: &mut Xdp = ebpf
             .program_mut(ENTRY_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram)?
+            .ok_or_else(|| DataplaneError::MissingProgram(ENTRY_PROGRAM.to_owned()))?
             .try_into()
             .map_err(|e| DataplaneError::Program(Box::new(e)))?;
         program
@@ -440,9 +440,12 @@ fn attach_one(
             }
         }
     }
-    let (source, mode) = last_err.ok_or(DataplaneError::MissingProgram)?;
-    let busy = matches!(&source, ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY))
-        || source.to_string().contains("busy");
+    let (source, mode) =
+        last_err.ok_or_else(|| DataplaneError::MissingProgram(ENTRY_PROGRAM.to_owned()))?;
+    let busy = matches!(
+        &source,
+        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY)
+    ) || source.to_string().contains("busy");
     Err(DataplaneError::Attach {
         iface: iface.to_owned(),
         mode,

@@ -31,8 +31,8 @@ fn header_len(src: &SocketAddr) -> u64 {
 }
 
 /// Decides about one datagram that arrived on the edge socket `local` from `src`, latching when the
-/// flow asks for it. Counts `rx`, `no_flow_drop`, `strict_source_drop`, `latched`; the caller counts
-/// `relayed*` when the send completes.
+/// flow asks for it. Counts `rx`, `no_flow_drop`, `strict_source_drop`, `latched`; the caller
+/// counts `relayed*` when the send completes.
 pub fn decide(
     table: &dyn FlowTable,
     counters: &UserCounters,

@@ -300,7 +300,7 @@ impl MediaRelay {
     }
 
     /// Allocates a pair on `ip` and binds its sockets (RTP, and RTCP unless muxed). Ports that
-    /// something else holds are skipped (and stay reserved).
+    /// something else holds are skipped.
     fn allocate_pair(
         &mut self,
         ip: IpAddr,
@@ -320,7 +320,12 @@ impl MediaRelay {
                 match bind(addr) {
                     Ok(s) => socks.push((key_of(addr), s)),
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                        // Someone else (or a socket of ours still closing) holds it: give the
+                        // pair back and try the next one; round-robin moves past it.
                         tracing::warn!(%addr, "relay port in use by another socket, skipping it");
+                        if let Some(a) = self.allocator(ip) {
+                            a.release(port);
+                        }
                         ok = false;
                         break;
                     }
@@ -453,7 +458,8 @@ impl MediaRelay {
             }
         }
         if !relatch {
-            // A latched source keeps receiving: the reverse flow's destination stays the learned one.
+            // A latched source keeps receiving: the reverse flow's destination stays the learned
+            // one.
             let learned: Vec<(FlowKey, Flow)> = built.iter().map(|(_, k, f)| (*k, *f)).collect();
             for (k, f) in &learned {
                 if let Some(src) = flow_latched(f, k)
