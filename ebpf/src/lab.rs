@@ -25,8 +25,7 @@ use sipveil_abi::lab::{CeilingFlow, GEN_F_RTP_SEQ, SINK_BYTES, SINK_PACKETS, Sin
 use sipveil_ebpf::{
     csum,
     packet::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, Ipv4Hdr, PAYLOAD_OFF, UDP_OFF,
-        UdpHdr, be16, ne16, ne32, ptr_at, write_mac,
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, Ipv4Hdr, UDP_OFF, UdpHdr, be16, ne16, ne32, ptr_at, write_mac,
     },
 };
 
@@ -200,26 +199,31 @@ pub fn sv_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Ethernet + IPv4 (no options) + UDP + the first 4 bytes of RTP, checked with one bounds test.
+#[repr(C)]
+struct RtpHead {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+    rtp: [u8; 4],
+}
+
 #[inline(always)]
 fn stamp_rtp_seq(ctx: &XdpContext, seq: u16) {
-    let (Some(ip), Some(udp), Some(rtp)) = (
-        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN),
-        ptr_at::<UdpHdr>(ctx, UDP_OFF),
-        ptr_at::<[u8; 4]>(ctx, PAYLOAD_OFF),
-    ) else {
+    let Some(f) = ptr_at::<RtpHead>(ctx, 0) else {
         return;
     };
-    // SAFETY: ptr_at checked all three.
+    // SAFETY: ptr_at checked the whole head.
     unsafe {
-        if (*ip).vihl != 0x45 || (*ip).proto != IPPROTO_UDP {
+        if (*f).eth.proto != ETH_P_IP || (*f).ip.vihl != 0x45 || (*f).ip.proto != IPPROTO_UDP {
             return;
         }
-        let old = ne16([(*rtp)[2], (*rtp)[3]]);
+        let old = ne16([(*f).rtp[2], (*f).rtp[3]]);
         let new = seq.to_be_bytes();
         let diff = csum::diff16(old, ne16(new));
-        (*udp).check = csum::update_udp(ne16((*udp).check), diff).to_ne_bytes();
-        (*rtp)[2] = new[0];
-        (*rtp)[3] = new[1];
+        (*f).udp.check = csum::update_udp(ne16((*f).udp.check), diff).to_ne_bytes();
+        (*f).rtp[2] = new[0];
+        (*f).rtp[3] = new[1];
     }
 }
 

@@ -35,6 +35,8 @@ pub const A: [u8; 4] = [198, 18, 1, 2];
 /// A second host on A's side: relaying A -> A2 is a hairpin out of the same interface (XDP_TX).
 pub const A2: [u8; 4] = [198, 18, 1, 3];
 pub const B: [u8; 4] = [198, 18, 2, 2];
+/// A second host on B's side (benches relay B <-> B2 in a cycle).
+pub const B2: [u8; 4] = [198, 18, 2, 3];
 /// On B's subnet but without a neighbour entry: `bpf_fib_lookup` answers NO_NEIGH.
 pub const B_NO_NEIGH: [u8; 4] = [198, 18, 2, 99];
 pub const MAC_EA: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
@@ -42,6 +44,7 @@ pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 1, 2];
 pub const MAC_A2: [u8; 6] = [0x02, 0, 0, 0, 1, 3];
 pub const MAC_EB: [u8; 6] = [0x02, 0, 0, 0, 2, 1];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 2, 2];
+pub const MAC_B2: [u8; 6] = [0x02, 0, 0, 0, 2, 3];
 
 /// Relay port range used by the fixtures.
 pub const PORT_MIN: u16 = 20_000;
@@ -89,7 +92,7 @@ pub struct Netns {
 
 impl Netns {
     /// Creates `sv-xdpt-<pid>-<n>` with the two-arm edge: `ea0` 198.18.1.1/24 (peer `a0`), `eb0`
-    /// 198.18.2.1/24 (peer `b0`), permanent neighbours A, A2 and B, forwarding on; and enters it.
+    /// 198.18.2.1/24 (peer `b0`), permanent neighbours A, A2, B and B2, forwarding on; and enters it.
     pub fn two_arm() -> Netns {
         require_root();
         let name = unique("sv-xdpt");
@@ -105,12 +108,14 @@ impl Netns {
              link set ea0 up\nlink set a0 up\nlink set eb0 up\nlink set b0 up\n\
              neigh add 198.18.1.2 lladdr {ma} dev ea0 nud permanent\n\
              neigh add 198.18.1.3 lladdr {ma2} dev ea0 nud permanent\n\
-             neigh add 198.18.2.2 lladdr {mb} dev eb0 nud permanent\n",
+             neigh add 198.18.2.2 lladdr {mb} dev eb0 nud permanent\n\
+             neigh add 198.18.2.3 lladdr {mb2} dev eb0 nud permanent\n",
             mea = mac_str(MAC_EA),
             ma = mac_str(MAC_A),
             meb = mac_str(MAC_EB),
             mb = mac_str(MAC_B),
             ma2 = mac_str(MAC_A2),
+            mb2 = mac_str(MAC_B2),
         );
         let path = std::env::temp_dir().join(format!("{}.ipbatch", ns.name));
         std::fs::write(&path, batch).expect("write ip batch");
