@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::text::{end_of_quoted, eq_ic, is_lws, trimmed};
+use crate::text::{end_of_quoted, eq_ic, is_lws, trim_range};
 
 /// One parameter: name and optional value, both slices of the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +61,12 @@ impl Params {
 
     /// First parameter named `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<Param> {
-        self.iter().find(|p| eq_ic(&p.name, name.as_bytes()))
+        raw_params(&self.raw)
+            .find(|(n, _)| eq_ic(&self.raw[n.clone()], name.as_bytes()))
+            .map(|(n, v)| Param {
+                name: self.raw.slice(n),
+                value: v.map(|v| self.raw.slice(v)),
+            })
     }
 
     /// Whether a parameter named `name` is present (with or without value).
@@ -76,11 +81,13 @@ impl Params {
 
     /// Whether every parameter has a non-empty token name and a well-formed value.
     pub(crate) fn well_formed(&self) -> bool {
-        self.iter().all(|p| {
-            crate::text::all_token(&p.name)
-                && match &p.value {
+        let b = &self.raw[..];
+        raw_params(b).all(|(n, v)| {
+            crate::text::all_token(&b[n])
+                && match v {
                     None => true,
                     Some(v) => {
+                        let v = &b[v];
                         if v.first() == Some(&b'"') {
                             end_of_quoted(v, 0) == Some(v.len())
                         } else {
@@ -95,23 +102,18 @@ impl Params {
     }
 }
 
-/// Iterator over [`Params`].
-#[derive(Clone, Debug)]
-pub struct ParamIter {
-    raw: Bytes,
-    pos: usize,
-}
+type Span = core::ops::Range<usize>;
 
-impl Iterator for ParamIter {
-    type Item = Param;
-    fn next(&mut self) -> Option<Param> {
-        let b = &self.raw[..];
-        let mut i = self.pos;
+/// Borrowed iteration: trimmed `(name, value)` ranges into `b`.
+pub(crate) fn raw_params(b: &[u8]) -> impl Iterator<Item = (Span, Option<Span>)> + '_ {
+    let mut pos = 0usize;
+    core::iter::from_fn(move || {
+        let mut i = pos;
         while i < b.len() && is_lws(b[i]) {
             i += 1;
         }
         if i >= b.len() {
-            self.pos = b.len();
+            pos = b.len();
             return None;
         }
         if b[i] == b';' {
@@ -129,16 +131,54 @@ impl Iterator for ParamIter {
                 _ => i += 1,
             }
         }
-        self.pos = i;
-        let (name, value) = match eq {
-            Some(e) => (
-                trimmed(&self.raw.slice(start..e)),
-                Some(trimmed(&self.raw.slice(e + 1..i))),
-            ),
-            None => (trimmed(&self.raw.slice(start..i)), None),
+        pos = i;
+        let trim = |s: usize, e: usize| {
+            let (a, z) = trim_range(&b[s..e]);
+            s + a..s + z
         };
-        Some(Param { name, value })
+        Some(match eq {
+            Some(e) => (trim(start, e), Some(trim(e + 1, i))),
+            None => (trim(start, i), None),
+        })
+    })
+}
+
+/// Iterator over [`Params`].
+#[derive(Clone, Debug)]
+pub struct ParamIter {
+    raw: Bytes,
+    pos: usize,
+}
+
+impl Iterator for ParamIter {
+    type Item = Param;
+    fn next(&mut self) -> Option<Param> {
+        let rest = &self.raw[self.pos..];
+        let mut it = raw_params(rest);
+        let (n, v) = it.next()?;
+        let base = self.pos;
+        // Advance past this element: the next ';' at or after the name/value end.
+        let end = v.as_ref().map_or(n.end, |v| v.end);
+        let skip = raw_end(rest, end);
+        self.pos = base + skip;
+        Some(Param {
+            name: self.raw.slice(base + n.start..base + n.end),
+            value: v.map(|v| self.raw.slice(base + v.start..base + v.end)),
+        })
     }
+}
+
+/// Index of the `;` ending the element whose content ends at `from` (or the end).
+fn raw_end(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < b.len() && b[i] != b';' {
+        if b[i] == b'"' {
+            i = end_of_quoted(b, i).unwrap_or(b.len());
+        } else {
+            i += 1;
+        }
+    }
+    i
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub(crate) fn parse_message(
 
 /// Find the end of the line starting at `i`: `(content_end, next_line_start)`.
 fn line_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
-    let lf = b[i..].iter().position(|&c| c == b'\n')? + i;
+    let lf = crate::text::find_byte(&b[i..], b'\n')? + i;
     let end = if lf > i && b[lf - 1] == b'\r' {
         lf - 1
     } else {

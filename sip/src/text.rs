@@ -3,32 +3,65 @@
 
 use bytes::Bytes;
 
+const fn class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let token = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        let lws = matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        t[c] = (token as u8) | ((lws as u8) << 1);
+        c += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = class_table();
+
 /// `token` characters (RFC 3261 §25.1).
+#[inline]
 pub(crate) fn is_token(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    CLASS[c as usize] & 1 != 0
 }
 
 /// Linear white space, including the CR/LF of a folded line.
+#[inline]
 pub(crate) fn is_lws(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// `unreserved` = alphanum / mark.
-pub(crate) fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        )
+    CLASS[c as usize] & 2 != 0
 }
 
 /// A non-empty run of token characters.
 pub(crate) fn all_token(b: &[u8]) -> bool {
     !b.is_empty() && b.iter().all(|&c| is_token(c))
+}
+
+/// Index of the first `needle` in `hay`, eight bytes at a time (SWAR).
+#[inline]
+pub(crate) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pat = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pat;
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(base + (found.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|p| base + p)
 }
 
 /// Range of `b` without leading/trailing LWS.
@@ -267,9 +300,10 @@ impl Iterator for CommaValues {
                 self.src.len()
             }
         };
-        let piece = self.src.slice(self.pos..end);
+        let (a, z) = trim_range(&self.src[self.pos..end]);
+        let piece = self.src.slice(self.pos + a..self.pos + z);
         self.pos = end + 1;
-        Some(trimmed(&piece))
+        Some(piece)
     }
 }
 
@@ -321,6 +355,23 @@ mod tests {
         assert!(escapes_valid(b"a%00b"));
         assert!(!escapes_valid(b"a%0"));
         assert!(!escapes_valid(b"%zz"));
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37)).collect();
+        for n in 0..=255u8 {
+            for start in 0..20 {
+                assert_eq!(
+                    find_byte(&hay[start..], n),
+                    hay[start..].iter().position(|&c| c == n),
+                    "{n} {start}"
+                );
+            }
+        }
+        assert_eq!(find_byte(b"abc\r\n", b'\n'), Some(4));
+        assert_eq!(find_byte(b"", b'\n'), None);
+        assert_eq!(find_byte(&[0x80, 0x0a], 0x0a), Some(1));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::error::UriError;
 use crate::params::Params;
-use crate::text::{eq_ic, eq_unescaped, escapes_valid, is_unreserved};
+use crate::text::{eq_ic, eq_unescaped, escapes_valid};
 
 /// URI scheme.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +48,9 @@ impl Host {
     }
 }
 
+#[inline]
 fn is_host_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_'
+    URI_CLASS[c as usize] & 16 != 0
 }
 
 /// Parse a host starting at `b[start]`; returns the host and the index after it.
@@ -99,32 +100,61 @@ pub(crate) fn parse_port(b: &[u8], i: usize) -> Result<(u16, usize), UriError> {
     Ok((p, j))
 }
 
+const fn uri_table() -> [u8; 256] {
+    // bit 0: user, 1: password, 2: param, 3: header, 4: host
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let unres = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+            )
+            || b == b'%';
+        let user = unres || matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/');
+        let pw = unres || matches!(b, b'&' | b'=' | b'+' | b'$' | b',');
+        let param = unres
+            || matches!(
+                b,
+                b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b'=' | b';'
+            );
+        let header = unres
+            || matches!(
+                b,
+                b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&'
+            );
+        let host = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        t[c] = (user as u8)
+            | ((pw as u8) << 1)
+            | ((param as u8) << 2)
+            | ((header as u8) << 3)
+            | ((host as u8) << 4);
+        c += 1;
+    }
+    t
+}
+
+static URI_CLASS: [u8; 256] = uri_table();
+
+#[inline]
 fn is_user_char(c: u8) -> bool {
-    is_unreserved(c)
-        || c == b'%'
-        || matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
+    URI_CLASS[c as usize] & 1 != 0
 }
 
+#[inline]
 fn is_password_char(c: u8) -> bool {
-    is_unreserved(c) || c == b'%' || matches!(c, b'&' | b'=' | b'+' | b'$' | b',')
+    URI_CLASS[c as usize] & 2 != 0
 }
 
+#[inline]
 fn is_param_char(c: u8) -> bool {
-    is_unreserved(c)
-        || c == b'%'
-        || matches!(
-            c,
-            b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b'=' | b';'
-        )
+    URI_CLASS[c as usize] & 4 != 0
 }
 
+#[inline]
 fn is_header_char(c: u8) -> bool {
-    is_unreserved(c)
-        || c == b'%'
-        || matches!(
-            c,
-            b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&'
-        )
+    URI_CLASS[c as usize] & 8 != 0
 }
 
 /// A parsed URI. Fields are slices of [`Uri::as_bytes`].

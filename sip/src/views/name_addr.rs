@@ -41,10 +41,8 @@ impl NameAddr {
             }
             lt = Some(i);
         } else {
-            lt = find_top_level(b, 0, b'<').filter(|&p| {
-                // '<' must come before any top-level ';' to start a name-addr.
-                find_top_level(b, 0, b';').is_none_or(|s| p < s)
-            });
+            // A name-addr when '<' comes before any ';' (quotes skipped).
+            lt = first_lt_before_semi(b);
             if let Some(p) = lt {
                 let d = &b[..p];
                 if !d.iter().all(|&c| is_token(c) || is_lws(c)) {
@@ -170,6 +168,20 @@ impl NameAddr {
     pub fn reg_id(&self) -> Option<u32> {
         self.params.value("reg-id").and_then(|v| parse_u32(&v))
     }
+}
+
+/// Index of the first `<` outside quotes, if no `;` comes before it.
+fn first_lt_before_semi(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'<' => return Some(i),
+            b';' => return None,
+            b'"' => i = end_of_quoted(b, i)?,
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// delta-seconds; values too large for u32 saturate (RFC 3261 §20.19 leniency).

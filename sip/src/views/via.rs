@@ -161,24 +161,23 @@ impl Via {
             if !via.params.well_formed() {
                 return Err(ViewError::BadParam);
             }
-            if let Some(t) = via.params.get("ttl")
-                && t.value
-                    .as_ref()
-                    .and_then(|x| parse_u32(x))
-                    .is_none_or(|n| n > 255)
-            {
-                return Err(ViewError::BadParam);
-            }
-            if let Some(r) = via.params.get("rport")
-                && let Some(x) = &r.value
-                && parse_u32(x).is_none_or(|n| n > 65535)
-            {
-                return Err(ViewError::BadParam);
-            }
-            if let Some(br) = via.params.get("branch")
-                && br.value.as_ref().is_none_or(|x| !all_token(x))
-            {
-                return Err(ViewError::BadParam);
+            // One pass over the parameters for the ones with constrained values.
+            let raw = via.params.raw();
+            for (n, v) in crate::params::raw_params(raw) {
+                let name = &raw[n];
+                let value = v.map(|v| &raw[v]);
+                let ok = if eq_ic(name, b"ttl") {
+                    value.and_then(parse_u32).is_some_and(|n| n <= 255)
+                } else if eq_ic(name, b"rport") {
+                    value.is_none_or(|x| parse_u32(x).is_some_and(|n| n <= 65535))
+                } else if eq_ic(name, b"branch") {
+                    value.is_some_and(all_token)
+                } else {
+                    true
+                };
+                if !ok {
+                    return Err(ViewError::BadParam);
+                }
             }
         }
         Ok(via)
