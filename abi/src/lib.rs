@@ -137,7 +137,8 @@ pub struct Flow {
     pub packets: u64,
     /// Bytes (IP datagram length) relayed from this flow's port.
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last relayed packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at tick resolution, a few ms) of the last
+    /// relayed packet: compare with `CLOCK_MONOTONIC` allowing one tick.
     pub last_seen_ns: u64,
     /// Source learned by latching (wire order).
     pub latched_addr: [u32; 4],

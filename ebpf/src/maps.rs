@@ -25,6 +25,32 @@ pub static SV_CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map]
 pub static SV_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 
+/// Slots of [`SV_FIB_CACHE`] (a power of two).
+pub const FIB_CACHE_SLOTS: u32 = 256;
+
+/// A remembered `bpf_fib_lookup` answer: where (src, dst) received on `ingress` leaves, and the MACs.
+#[repr(C)]
+pub struct FibCacheEntry {
+    pub daddr: u32,
+    pub saddr: u32,
+    pub ingress: u32,
+    pub egress: u32,
+    /// `bpf_ktime_get_coarse_ns` after which the entry is stale.
+    pub expires_ns: u64,
+    /// The IP length the lookup's MTU check passed for; larger packets look up again.
+    pub max_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Internal, not pinned, not part of the ABI: a per-CPU direct-mapped cache of FIB answers.
+/// `bpf_fib_lookup` (route + neighbour) costs about 100 ns here, more than the rest of the relay;
+/// media flows send 50 packets/s to the same next hop, so each CPU remembers the answer for
+/// `relay::FIB_CACHE_TTL_NS`. Each program load gets a fresh, empty cache.
+#[map]
+pub static SV_FIB_CACHE: PerCpuArray<FibCacheEntry> = PerCpuArray::with_max_entries(FIB_CACHE_SLOTS, 0);
+
 /// Adds one to a counter of this CPU.
 #[inline(always)]
 pub fn count(counter: Counter) {

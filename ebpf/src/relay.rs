@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_fib_lookup__bindgen_ty_2, bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4,
         bpf_fib_lookup__bindgen_ty_5, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
 use sipveil_abi::{
@@ -30,12 +30,15 @@ use sipveil_ebpf::{
     },
 };
 
-use crate::maps::{self, SV_CONFIG, SV_FLOWS, SV_TX_PORTS};
+use crate::maps::{self, FIB_CACHE_SLOTS, SV_CONFIG, SV_FIB_CACHE, SV_FLOWS, SV_TX_PORTS};
 
 /// `AF_INET` for `bpf_fib_lookup`.
 const AF_INET: u8 = 2;
 /// TTL written when the config leaves it 0.
 const DEFAULT_TTL: u8 = 64;
+/// How long a CPU reuses a `bpf_fib_lookup` answer (route, egress, neighbour MAC). A neighbour or
+/// route change reaches the relay within this time.
+pub const FIB_CACHE_TTL_NS: u64 = 100_000_000;
 /// RFC 5761 §4: on a muxed port, a second byte of 192..=223 (payload type 64..=95 with the marker
 /// bit) is RTCP (SR 200, RR 201, SDES 202, BYE 203, APP 204, RTPFB 205, PSFB 206, ...).
 const RTCP_MUX_FIRST: u8 = 192;
@@ -139,43 +142,13 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
     // SAFETY: ctx.ctx is the xdp_md the kernel handed to this run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
 
-    // The route and the neighbour's MAC, before touching the frame: a failure passes it intact.
-    // Every byte initialised by the literal (the verifier reads the whole struct), without the
-    // out-of-line memset that `mem::zeroed` becomes.
-    let mut fib = FibParams {
-        family: AF_INET,
-        l4_protocol: IPPROTO_UDP,
-        sport: new_sport,
-        dport: new_dport,
-        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len },
-        ifindex: ingress,
-        // `tos` is the first byte of this union: widen it so the other three are zero too.
-        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 {
-            flowinfo: u32::from_ne_bytes([tos, 0, 0, 0]),
-        },
-        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 {
-            ipv6_src: [new_saddr, 0, 0, 0],
-        },
-        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 {
-            ipv6_dst: [new_daddr, 0, 0, 0],
-        },
-        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
-    // SAFETY: `fib` is a stack struct of the size passed; the helper only reads/writes it.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(Counter::FibFailPass);
-    }
-    let egress = fib.ifindex;
+    // The route and the neighbour's MACs, before touching the frame: a failure passes it intact.
+    // CLOCK_MONOTONIC at tick resolution: the precise clock costs ~25 ns per call here, and
+    // `last_seen_ns` (idle timeouts) and the cache expiry need no better.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let hop = next_hop(ctx, ingress, new_saddr, new_daddr, tot_len, tos, now)?;
+    let egress = hop.egress;
     if ifindex_hint != 0 && ifindex_hint != egress {
         // The daemon pinned an egress the routing table disagrees with: let userspace decide.
         return Err(Counter::FibFailPass);
@@ -196,8 +169,8 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
     let ttl_diff = csum::diff16(ne16([ttl, proto]), ne16([new_ttl, proto]));
     // SAFETY: eth/ip/udp were bounds-checked above, and no helper since changes the packet layout.
     unsafe {
-        write_mac(&raw mut (*eth).dst, fib.dmac);
-        write_mac(&raw mut (*eth).src, fib.smac);
+        write_mac(&raw mut (*eth).dst, hop.dmac);
+        write_mac(&raw mut (*eth).src, hop.smac);
         let ip_check = csum::update(ne16((*ip).check), addr_diff + ttl_diff);
         (*ip).check = ip_check.to_ne_bytes();
         (*ip).ttl = new_ttl;
@@ -224,9 +197,103 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*flow).packets, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*flow).bytes, bytes);
-        (*flow).last_seen_ns = bpf_ktime_get_ns();
+        (*flow).last_seen_ns = now;
     }
     Ok(action)
+}
+
+/// Where a relayed packet leaves and with which MACs.
+struct NextHop {
+    egress: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// The FIB answer for (saddr -> daddr) received on `ingress`: from this CPU's cache when fresh,
+/// else from `bpf_fib_lookup` (and remembered). Any lookup failure is `FibFailPass`.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    ingress: u32,
+    saddr: u32,
+    daddr: u32,
+    tot_len: u16,
+    tos: u8,
+    now: u64,
+) -> Result<NextHop, Counter> {
+    let mix = daddr ^ saddr;
+    let slot = (mix ^ (mix >> 8) ^ (mix >> 16) ^ (mix >> 24)) & (FIB_CACHE_SLOTS - 1);
+    let cached = SV_FIB_CACHE.get_ptr_mut(slot);
+    if let Some(c) = cached {
+        // SAFETY: this CPU's slot of a per-CPU array value; nothing else runs on this CPU now.
+        unsafe {
+            if (*c).daddr == daddr
+                && (*c).saddr == saddr
+                && (*c).ingress == ingress
+                && tot_len <= (*c).max_len
+                && now < (*c).expires_ns
+            {
+                return Ok(NextHop {
+                    egress: (*c).egress,
+                    smac: (*c).smac,
+                    dmac: (*c).dmac,
+                });
+            }
+        }
+    }
+    // Every byte initialised by the literal (the verifier reads the whole struct), without the
+    // out-of-line memset that `mem::zeroed` would become.
+    let mut fib = FibParams {
+        family: AF_INET,
+        l4_protocol: IPPROTO_UDP,
+        sport: 0,
+        dport: 0,
+        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len },
+        ifindex: ingress,
+        // `tos` is the first byte of this union: widen it so the other three are zero too.
+        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 {
+            flowinfo: u32::from_ne_bytes([tos, 0, 0, 0]),
+        },
+        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 {
+            ipv6_src: [saddr, 0, 0, 0],
+        },
+        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 {
+            ipv6_dst: [daddr, 0, 0, 0],
+        },
+        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // SAFETY: `fib` is a stack struct of the size passed; the helper only reads/writes it.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(Counter::FibFailPass);
+    }
+    if let Some(c) = cached {
+        // SAFETY: as above.
+        unsafe {
+            (*c).daddr = daddr;
+            (*c).saddr = saddr;
+            (*c).ingress = ingress;
+            (*c).egress = fib.ifindex;
+            (*c).max_len = tot_len;
+            (*c).smac = fib.smac;
+            (*c).dmac = fib.dmac;
+            (*c).expires_ns = now + FIB_CACHE_TTL_NS;
+        }
+    }
+    Ok(NextHop {
+        egress: fib.ifindex,
+        smac: fib.smac,
+        dmac: fib.dmac,
+    })
 }
 
 /// Records the peer's real source on `flow` and makes it the destination of the reverse flow.

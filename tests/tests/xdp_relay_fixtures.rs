@@ -566,7 +566,9 @@ fn fib_failure_passes_unchanged() {
     flow.dst_addr = [ip4(B), 0, 0, 0];
     fx.entry.put_flow(key, flow);
     assert_eq!(fx.run(&fx.from_a().build()).0.action, XDP_REDIRECT);
+    // Each CPU reuses a FIB answer for FIB_CACHE_TTL_NS (100 ms): the change shows after that.
     fx.ns.del_neigh(B, "eb0");
+    std::thread::sleep(std::time::Duration::from_millis(250));
     fx.assert_pass(&fx.from_a().build(), Counter::FibFailPass);
     assert_eq!(fx.entry.flow(key).packets, 1, "passed packets are not counted on the flow");
 }
