@@ -14,7 +14,8 @@ const fn class_table() -> [u8; 256] {
                 b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
             );
         let lws = matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-        t[c] = (token as u8) | ((lws as u8) << 1);
+        let special = matches!(b, b',' | b';' | b'"' | b'<' | b'>' | b'=' | b'\\');
+        t[c] = (token as u8) | ((lws as u8) << 1) | ((special as u8) << 2);
         c += 1;
     }
     t
@@ -131,6 +132,10 @@ pub(crate) fn find_top_level(b: &[u8], from: usize, needle: u8) -> Option<usize>
     let mut angle = false;
     while i < b.len() {
         let c = b[i];
+        if CLASS[c as usize] & 4 == 0 && c != needle {
+            i += 1;
+            continue;
+        }
         if c == needle && !angle {
             return Some(i);
         }
