@@ -201,6 +201,15 @@ impl ResponseBuilder {
         b
     }
 
+    /// Copy the request's Record-Route fields in order (RFC 3261 §12.1.1, for
+    /// 101-299 responses to dialog-creating requests).
+    pub fn record_route_from(mut self, req: &Request) -> Self {
+        for h in req.headers().get_all(&HeaderName::RecordRoute) {
+            self.parts.add(HeaderName::RecordRoute, h.value().clone());
+        }
+        self
+    }
+
     /// Reason phrase (default: the status code's standard phrase).
     pub fn reason(mut self, reason: impl Into<Bytes>) -> Self {
         self.reason = reason.into();

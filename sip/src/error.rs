@@ -252,20 +252,21 @@ impl ParseErrorKind {
         }
     }
 
-    /// Whether a stream connection can no longer be framed after this error
-    /// (the framer stops; the connection should be closed after any answer).
+    /// Whether a stream connection can no longer be framed after this error.
+    /// These are the errors [`crate::StreamFramer`] reports before stopping
+    /// (its `is_failed()` turns true); answer if [`ParseError::answer`] says
+    /// so, then close the connection. Other errors concern one framed message
+    /// and the stream goes on.
     pub fn is_fatal_for_stream(&self) -> bool {
         use ParseErrorKind as K;
         matches!(
             self,
             K::MessageTooLarge { .. }
                 | K::ContentLengthRequired
-                | K::HeaderTooLong { .. }
-                | K::TooManyHeaders { .. }
                 | K::BodyTooLarge { .. }
-                | K::UnterminatedHeaders
-        ) || matches!(self, K::DuplicateHeader(HeaderName::ContentLength))
-            || matches!(self, K::InvalidHeader(HeaderName::ContentLength, _))
+                | K::DuplicateHeader(HeaderName::ContentLength)
+                | K::InvalidHeader(HeaderName::ContentLength, _)
+        )
     }
 }
 

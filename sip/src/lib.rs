@@ -19,6 +19,40 @@
 //! - [`error`], [`limits`]: [`ParseError`] → [`ErrorAnswer`], configurable [`Limits`].
 //! - [`sdp`], [`transaction`]: SDP and RFC 3261 §17 transactions.
 //!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use sipveil_sip::{HeaderName, Limits, Message, StatusCode, parse_datagram};
+//!
+//! let wire = Bytes::from_static(
+//!     b"OPTIONS sip:edge.example.com SIP/2.0\r\n\
+//!       v: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK74bf9;rport\r\n\
+//!       f: <sip:alice@example.com>;tag=9fxced76sl\r\n\
+//!       t: <sip:edge.example.com>\r\n\
+//!       i: 3848276298220188511@198.18.1.2\r\n\
+//!       CSeq: 1 OPTIONS\r\n\
+//!       Max-Forwards: 70\r\n\
+//!       l: 0\r\n\r\n",
+//! );
+//! let msg = parse_datagram(wire.clone(), &Limits::default()).expect("valid");
+//! assert_eq!(msg.to_bytes(), wire); // unchanged: byte-identical, no copy
+//! let Message::Request(req) = msg else { unreachable!() };
+//! assert_eq!(req.top_via().unwrap().branch().as_deref(), Some(&b"z9hG4bK74bf9"[..]));
+//! assert_eq!(req.from_tag().as_deref(), Some(&b"9fxced76sl"[..]));
+//!
+//! let ok = req.response(StatusCode::OK).to_tag("e1").build().expect("response");
+//! assert_eq!(ok.to_tag().as_deref(), Some(&b"e1"[..]));
+//! assert!(ok.headers().get(&HeaderName::Via).is_some());
+//!
+//! // Failures map to an answer (or to a silent drop).
+//! let bad = parse_datagram(Bytes::from_static(b"OPTIONS sip:x SIP/3.0\r\nVia: SIP/2.0/UDP h\r\n\r\n"), &Limits::default());
+//! assert_eq!(
+//!     bad.unwrap_err().answer(),
+//!     sipveil_sip::ErrorAnswer::Respond { status: 505, reason: "Version Not Supported" }
+//! );
+//! ```
+//!
 //! # What allocates
 //!
 //! - Parsing a datagram into a [`Message`]: one `Vec<Header>` of exactly the

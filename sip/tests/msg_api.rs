@@ -388,3 +388,51 @@ fn mutation_rewrites_only_what_changed() {
         Some(&b"0"[..])
     );
 }
+
+#[test]
+fn response_copies_record_route_on_request() {
+    let with_rr = INVITE.replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRecord-Route: <sip:p2.example.com;lr>\r\nRecord-Route: <sip:p1.example.com;lr>\r\n",
+    );
+    let Ok(Message::Request(r)) = parse_datagram(Bytes::from(with_rr), &Limits::default()) else {
+        panic!("parse");
+    };
+    let resp = r
+        .response(StatusCode::RINGING)
+        .record_route_from(&r)
+        .to_tag("x1")
+        .build()
+        .expect("180");
+    let rr: Vec<Bytes> = resp.headers().values(&HeaderName::RecordRoute).collect();
+    assert_eq!(
+        rr,
+        vec![
+            Bytes::from_static(b"<sip:p2.example.com;lr>"),
+            Bytes::from_static(b"<sip:p1.example.com;lr>")
+        ]
+    );
+    let plain = r.response(StatusCode::RINGING).build().expect("180");
+    assert!(plain.headers().get(&HeaderName::RecordRoute).is_none());
+}
+
+#[test]
+fn fatal_stream_errors_are_the_framers() {
+    assert!(ParseErrorKind::ContentLengthRequired.is_fatal_for_stream());
+    assert!(ParseErrorKind::MessageTooLarge { limit: 1 }.is_fatal_for_stream());
+    assert!(!ParseErrorKind::CSeqMethodMismatch.is_fatal_for_stream());
+    assert!(!ParseErrorKind::TooManyHeaders { limit: 1 }.is_fatal_for_stream());
+    // A message over the header cap on a stream is framed, rejected, and the stream goes on.
+    let mut f = StreamFramer::new(Limits {
+        max_headers: 3,
+        ..Limits::default()
+    });
+    f.push(INVITE.as_bytes());
+    f.push(b"\r\n\r\n");
+    match f.poll() {
+        Some(Err(e)) => assert_eq!(e.kind(), &ParseErrorKind::TooManyHeaders { limit: 3 }),
+        other => panic!("{other:?}"),
+    }
+    assert!(!f.is_failed());
+    assert!(matches!(f.poll(), Some(Ok(StreamEvent::Ping))));
+}
