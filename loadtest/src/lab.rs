@@ -1034,9 +1034,29 @@ impl Control {
     }
 }
 
-/// `ip netns exec NS sv-rtp peer ...`: one side of bidirectional calls. It sends stream *i* to
-/// `dsts[i]` from `bind` and receives what the edge relays to `bind`; `streams` streams each way.
-pub fn rtp_peer(
+/// `ip netns exec NS sv-rtp recv ...`: receives `streams` streams on `bind` for at most
+/// `seconds` (plus sv-rtp's grace), ending early once every stream has sent its end packets.
+pub fn rtp_recv(
+    sv_rtp: &Path,
+    ns: &str,
+    bind: std::net::SocketAddrV4,
+    streams: usize,
+    seconds: u32,
+    json: &Path,
+) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(sv_rtp)
+        .args(["recv", "--bind", &bind.to_string()])
+        .args(["--expect-streams", &streams.to_string()])
+        .args(["--recv-duration", &seconds.to_string()])
+        .arg("--json")
+        .arg(json);
+    cmd
+}
+
+/// `ip netns exec NS sv-rtp send ...`: stream *i* to `dsts[i]` from `bind` for `seconds`.
+pub fn rtp_send(
     sv_rtp: &Path,
     ns: &str,
     bind: std::net::SocketAddrV4,
@@ -1049,15 +1069,32 @@ pub fn rtp_peer(
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
         .arg(sv_rtp)
-        .args(["peer", "--bind", &bind.to_string()])
+        .args(["send", "--bind", &bind.to_string()])
         .args(["--dst", &dsts.join(",")])
         .args(["--streams", &dsts.len().to_string()])
-        .args(["--expect-streams", &dsts.len().to_string()])
         .args(["--duration", &seconds.to_string()])
         .args(["--tag", &tag.to_string()])
         .arg("--json")
         .arg(json);
     cmd
+}
+
+/// Waits until a UDP socket is bound to `addr` inside `ns` (a receiver is ready): false when
+/// none is after `timeout`.
+pub fn wait_udp_bound(ns: &str, addr: std::net::SocketAddrV4, timeout: Duration) -> bool {
+    let filter = format!("sport = :{}", addr.port());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listed = run(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hnul", &filter]))
+            .unwrap_or_default();
+        if listed.contains(&addr.to_string()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The directory of the running executable's profile (`target/<profile>/`), where cargo puts

@@ -16,7 +16,7 @@
 use serde_json::Value;
 use sipveil_loadtest::lab::{
     A_ADDR, B_ADDR, Control, Daemon, LAB_CONTROL_SOCKET, LAB_INSTANCE, Lab, LabSession, NS_A, NS_B,
-    Shape, rtp_peer,
+    Shape, rtp_recv, rtp_send, wait_udp_bound,
 };
 use sipveil_loadtest::report::{DirectionCheck, RunReport, check_direction};
 use std::fs::File;
@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The port sv-rtp binds in sv-a and sv-b (each side sends and receives on it).
+/// The port sv-rtp receives on in sv-a and sv-b (the relays' peer port); senders use + 2.
 const PEER_PORT: u16 = 40000;
 
 struct Binaries {
@@ -136,8 +136,8 @@ struct Relay {
     b_edge: SocketAddrV4,
 }
 
-/// Opens `count` relays, all between A:PEER_PORT and B:PEER_PORT (each side's sv-rtp uses one
-/// socket for all its streams; the relays differ by their edge ports).
+/// Opens `count` relays, all between A:PEER_PORT and B:PEER_PORT (each side's sv-rtp receives
+/// every stream on one socket; the relays differ by their edge ports).
 fn open_relays(count: usize) -> Vec<Relay> {
     let mut control =
         Control::connect(Path::new(LAB_CONTROL_SOCKET)).unwrap_or_else(|error| panic!("{error}"));
@@ -168,96 +168,124 @@ fn open_relays(count: usize) -> Vec<Relay> {
         .collect()
 }
 
-/// The two sv-rtp peers of a run, sending `pps` packets/s per stream for `seconds`.
+/// The sv-rtp processes of a run: a receiver on PEER_PORT and a sender (from PEER_PORT + 2) in
+/// each of sv-a and sv-b. Both receivers are bound before either sender starts, so no packet
+/// arrives at a side that is not listening yet.
 struct Peers {
-    a: Child,
-    b: Child,
-    a_json: PathBuf,
-    b_json: PathBuf,
+    children: Vec<(String, Child)>,
+    dir: PathBuf,
     limit: Instant,
 }
 
 impl Peers {
     fn start(relays: &[Relay], seconds: u32, pps: u32, dir: &Path) -> Peers {
         let sv_rtp = &binaries().sv_rtp;
-        let a_json = dir.join("a.json");
-        let b_json = dir.join("b.json");
-        // The reports are read from the JSON files; the human summaries go to a log.
-        let spawn = |ns, bind, dsts: Vec<SocketAddrV4>, tag, json: &Path| -> Child {
-            let log = json.with_extension("log");
+        let mut peers = Peers {
+            children: Vec::new(),
+            dir: dir.to_path_buf(),
+            limit: Instant::now() + Duration::from_secs(u64::from(seconds) + 60),
+        };
+        // The reports are read from the JSON files; the human summaries go to logs.
+        let mut spawn = |name: &str, mut cmd: Command| {
+            let log = dir.join(format!("{name}.log"));
             let log =
                 File::create(&log).unwrap_or_else(|error| panic!("{}: {error}", log.display()));
-            rtp_peer(sv_rtp, ns, bind, &dsts, seconds, tag, json)
-                .args(["--pps", &pps.to_string()])
+            let child = cmd
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .unwrap_or_else(|error| panic!("cannot start sv-rtp: {error}"))
+                .unwrap_or_else(|error| panic!("cannot start sv-rtp: {error}"));
+            peers.children.push((name.to_owned(), child));
         };
-        let b = spawn(
-            NS_B,
-            SocketAddrV4::new(B_ADDR, PEER_PORT),
-            relays.iter().map(|relay| relay.b_edge).collect(),
-            2,
-            &b_json,
-        );
-        let a = spawn(
-            NS_A,
-            SocketAddrV4::new(A_ADDR, PEER_PORT),
-            relays.iter().map(|relay| relay.a_edge).collect(),
-            1,
-            &a_json,
-        );
-        Peers {
-            a,
-            b,
-            a_json,
-            b_json,
-            limit: Instant::now() + Duration::from_secs(u64::from(seconds) + 60),
+        let receive_seconds = seconds + 15;
+        for (name, ns, addr) in [("a-recv", NS_A, A_ADDR), ("b-recv", NS_B, B_ADDR)] {
+            let json = dir.join(format!("{name}.json"));
+            let bind = SocketAddrV4::new(addr, PEER_PORT);
+            spawn(
+                name,
+                rtp_recv(sv_rtp, ns, bind, relays.len(), receive_seconds, &json),
+            );
         }
+        for (ns, addr) in [(NS_A, A_ADDR), (NS_B, B_ADDR)] {
+            let bound = wait_udp_bound(
+                ns,
+                SocketAddrV4::new(addr, PEER_PORT),
+                Duration::from_secs(10),
+            );
+            assert!(
+                bound,
+                "the sv-rtp receiver in {ns} did not bind {addr}:{PEER_PORT}"
+            );
+        }
+        let sends = [
+            (
+                "b-send",
+                NS_B,
+                B_ADDR,
+                2,
+                relays.iter().map(|relay| relay.b_edge).collect::<Vec<_>>(),
+            ),
+            (
+                "a-send",
+                NS_A,
+                A_ADDR,
+                1,
+                relays.iter().map(|relay| relay.a_edge).collect(),
+            ),
+        ];
+        for (name, ns, addr, tag, dsts) in sends {
+            let json = dir.join(format!("{name}.json"));
+            let bind = SocketAddrV4::new(addr, PEER_PORT + 2);
+            let mut cmd = rtp_send(sv_rtp, ns, bind, &dsts, seconds, tag, &json);
+            cmd.args(["--pps", &pps.to_string()]);
+            spawn(name, cmd);
+        }
+        peers
     }
 
-    /// Waits for both (bounded) and joins their reports: (A→B, B→A).
+    /// Waits for every process (bounded) and joins the reports: (A→B, B→A).
     fn finish(mut self) -> (DirectionCheck, DirectionCheck) {
-        for (name, child) in [("A", &mut self.a), ("B", &mut self.b)] {
+        for (name, child) in &mut self.children {
             let status = loop {
                 if let Some(status) = child.try_wait().expect("waiting for sv-rtp") {
                     break status;
                 }
                 if Instant::now() > self.limit {
                     let _ = child.kill();
-                    panic!("sv-rtp in side {name} did not finish in time");
+                    panic!("sv-rtp {name} did not finish in time");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             };
             assert!(
                 status.success(),
-                "sv-rtp in side {name} failed: {status} (see {})",
-                self.a_json
-                    .with_file_name(format!("{}.log", name.to_lowercase()))
-                    .display()
+                "sv-rtp {name} failed: {status} (see {})",
+                self.dir.join(format!("{name}.log")).display()
             );
         }
-        let read = |path: &Path| -> RunReport {
-            let text = std::fs::read_to_string(path)
+        let read = |name: &str| -> RunReport {
+            let path = self.dir.join(format!("{name}.json"));
+            let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
             serde_json::from_str(&text)
                 .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
         };
-        let (a, b) = (read(&self.a_json), read(&self.b_json));
-        let direction = |from: &RunReport, to: &RunReport| {
+        let direction = |from: &str, to: &str| {
+            let (sent, received) = (read(from), read(to));
             check_direction(
-                from.sender.as_ref().expect("peer report without sender"),
-                to.receiver.as_ref().expect("peer report without receiver"),
+                sent.sender.as_ref().expect("send report without sender"),
+                received
+                    .receiver
+                    .as_ref()
+                    .expect("recv report without receiver"),
             )
         };
-        (direction(&a, &b), direction(&b, &a))
+        (direction("a-send", "b-recv"), direction("b-send", "a-recv"))
     }
 }
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        for child in [&mut self.a, &mut self.b] {
+        for (_, child) in &mut self.children {
             if let Ok(None) = child.try_wait() {
                 let _ = child.kill();
                 let _ = child.wait();

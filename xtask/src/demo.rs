@@ -1,12 +1,15 @@
 //! `cargo xtask demo`: the appliance relaying RTP in the two-arm lab, end to end.
 //!
 //! lab up (two-arm) → release build → `sipveil run --config edge/lab.toml --netns sv-edge` →
-//! relays opened with `sipveil ctl relay-open` → `sv-rtp peer` in sv-a and sv-b sending RTP both
-//! ways → summary (packets relayed in XDP and in userspace from `sipveil stats`, loss and latency
+//! relays opened with `sipveil ctl relay-open` → `sv-rtp recv` and `sv-rtp send` in sv-a and sv-b,
+//! RTP both ways → summary (packets relayed in XDP and in userspace from `sipveil stats`, loss and latency
 //! from sv-rtp's reports) → daemon stopped, program unloaded, lab torn down.
 
 use crate::cmd::{output, run};
-use crate::lab::{A_ADDR, B_ADDR, Daemon, LAB_INSTANCE, Lab, NS_A, NS_B, NS_EDGE, Shape, rtp_peer};
+use crate::lab::{
+    A_ADDR, B_ADDR, Daemon, LAB_INSTANCE, Lab, NS_A, NS_B, NS_EDGE, Shape, rtp_recv, rtp_send,
+    wait_udp_bound,
+};
 use crate::workspace::{release_binaries, root, target_dir};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -15,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The port sv-rtp binds in sv-a and sv-b (each side sends and receives on it).
+/// The port sv-rtp receives on in sv-a and sv-b (the relays' peers); the senders use + 2.
 const PEER_PORT: u16 = 40000;
 
 /// Options of `cargo xtask demo`.
@@ -67,7 +70,7 @@ pub fn run_demo(options: Options) -> Result<()> {
     let b_peer = SocketAddrV4::new(B_ADDR, PEER_PORT).to_string();
     let mut relays = Vec::new();
     for _ in 0..options.streams {
-        // One relay per stream, all with the same peers: each side's sv-rtp uses one socket.
+        // One relay per stream, all with the same peers: each side receives on one socket.
         let answer = ctl(&["relay-open", "--a-peer", &a_peer, "--b-peer", &b_peer])?;
         let relay = parse_relay(&answer)?;
         println!(
@@ -81,35 +84,59 @@ pub fn run_demo(options: Options) -> Result<()> {
         "demo: sv-rtp in {NS_A} and {NS_B}: {} stream(s) each way at 50 packets/s for {} s",
         options.streams, options.seconds
     );
-    let a_json = work.join("a.json");
-    let b_json = work.join("b.json");
-    let a_dsts: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.a_edge).collect();
-    let b_dsts: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.b_edge).collect();
-    let bind_a = SocketAddrV4::new(A_ADDR, PEER_PORT);
-    let bind_b = SocketAddrV4::new(B_ADDR, PEER_PORT);
-    let peer_b = spawn(&mut rtp_peer(
-        &binaries.sv_rtp,
-        NS_B,
-        bind_b,
-        &b_dsts,
-        options.seconds,
-        2,
-        &b_json,
-    ))?;
-    let peer_a = spawn(&mut rtp_peer(
-        &binaries.sv_rtp,
-        NS_A,
-        bind_a,
-        &a_dsts,
-        options.seconds,
-        1,
-        &a_json,
-    ))?;
+    // Receivers on PEER_PORT (the relays' peers) first, senders from PEER_PORT + 2 once both
+    // receivers are bound: no packet reaches a side that is not listening yet.
+    let report = |name: &str| work.join(format!("{name}.json"));
+    let mut children = Vec::new();
+    for (ns, addr, name) in [(NS_A, A_ADDR, "a-recv"), (NS_B, B_ADDR, "b-recv")] {
+        let bind = SocketAddrV4::new(addr, PEER_PORT);
+        let streams = relays.len();
+        let seconds = options.seconds + 15;
+        children.push(spawn(&mut rtp_recv(
+            &binaries.sv_rtp,
+            ns,
+            bind,
+            streams,
+            seconds,
+            &report(name),
+        ))?);
+        if !wait_udp_bound(ns, bind, Duration::from_secs(10)) {
+            bail!("the sv-rtp receiver in {ns} did not bind {bind}");
+        }
+    }
+    let sends = [
+        (
+            NS_A,
+            A_ADDR,
+            "a-send",
+            1,
+            relays.iter().map(|relay| relay.a_edge).collect::<Vec<_>>(),
+        ),
+        (
+            NS_B,
+            B_ADDR,
+            "b-send",
+            2,
+            relays.iter().map(|relay| relay.b_edge).collect(),
+        ),
+    ];
+    for (ns, addr, name, tag, dsts) in sends {
+        let bind = SocketAddrV4::new(addr, PEER_PORT + 2);
+        children.push(spawn(&mut rtp_send(
+            &binaries.sv_rtp,
+            ns,
+            bind,
+            &dsts,
+            options.seconds,
+            tag,
+            &report(name),
+        ))?);
+    }
     let limit = Duration::from_secs(u64::from(options.seconds) + 30);
-    let a_ok = wait_bounded(peer_a, limit)?;
-    let b_ok = wait_bounded(peer_b, limit)?;
-    if !(a_ok && b_ok) {
-        bail!("sv-rtp failed (A ok: {a_ok}, B ok: {b_ok})");
+    for child in children {
+        if !wait_bounded(child, limit)? {
+            bail!("an sv-rtp process failed (its output is above)");
+        }
     }
 
     let stats_text = output(Command::new(&binaries.sipveil).args([
@@ -120,11 +147,17 @@ pub fn run_demo(options: Options) -> Result<()> {
     ]))?;
     let stats: Value = serde_json::from_str(stats_text.trim())
         .with_context(|| format!("sipveil stats printed {stats_text}"))?;
-    let check = Command::new(&binaries.sv_rtp)
-        .args(["check", "--pair"])
-        .args([&a_json, &b_json])
-        .status()
-        .context("running sv-rtp check")?;
+    let mut lossless = true;
+    for (send, recv) in [("a-send", "b-recv"), ("b-send", "a-recv")] {
+        let check = Command::new(&binaries.sv_rtp)
+            .args(["check", "--send"])
+            .arg(report(send))
+            .arg("--recv")
+            .arg(report(recv))
+            .status()
+            .context("running sv-rtp check")?;
+        lossless &= check.success();
+    }
 
     let stopped = daemon.terminate(Duration::from_secs(10));
     run(Command::new(&binaries.sipveil).args([
@@ -135,8 +168,7 @@ pub fn run_demo(options: Options) -> Result<()> {
         NS_EDGE,
     ]))?;
 
-    let a = read_json(&a_json)?;
-    let b = read_json(&b_json)?;
+    let read = |name: &str| read_json(&report(name));
     println!("\n=== demo summary");
     let counter = |side: &str, name: &str| stats[side][name].as_u64().unwrap_or(0);
     println!(
@@ -151,13 +183,13 @@ pub fn run_demo(options: Options) -> Result<()> {
         counter("userspace", "relayed"),
         counter("xdp", "fib_fail_pass"),
     );
-    print_direction("A -> B", &a, &b);
-    print_direction("B -> A", &b, &a);
+    print_direction("A -> B", &read("a-send")?, &read("b-recv")?);
+    print_direction("B -> A", &read("b-send")?, &read("a-recv")?);
     println!(
         "daemon stopped cleanly: {stopped}; loss check: {}",
-        if check.success() { "lossless" } else { "LOSS" }
+        if lossless { "lossless" } else { "LOSS" }
     );
-    println!("reports: {} {}", a_json.display(), b_json.display());
+    println!("reports: {}/{{a,b}}-{{send,recv}}.json", work.display());
 
     if options.keep_lab {
         std::mem::forget(session);
@@ -166,7 +198,7 @@ pub fn run_demo(options: Options) -> Result<()> {
         drop(session);
         println!("demo: the lab is down again");
     }
-    if !check.success() {
+    if !lossless {
         bail!("the demo lost packets");
     }
     Ok(())
