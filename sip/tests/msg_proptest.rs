@@ -192,6 +192,18 @@ fn message() -> impl Strategy<Value = Gen> {
         )
 }
 
+/// 512 cases unless PROPTEST_CASES says otherwise (for longer local runs).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 fn fixtures() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rfc4475");
     let mut v: Vec<Vec<u8>> = std::fs::read_dir(&dir)
@@ -242,7 +254,7 @@ fn exercise_views(m: &Message) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn parse_print_identity(g in message()) {
