@@ -67,6 +67,15 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     }
     let (sl_end, hdr_start) = line_at(b, start).ok_or(K::UnterminatedHeaders)?;
 
+    // Start line first: its errors (505, 414, 416...) take precedence.
+    let sl = &b[start..sl_end];
+    let start_line = buf.slice(start..sl_end);
+    let kind = if sl.len() >= 4 && eq_ic(&sl[..4], b"SIP/") {
+        StartLine::Response(parse_status_line(&start_line)?)
+    } else {
+        StartLine::Request(parse_request_line(&start_line, limits)?)
+    };
+
     // Pass 1: find the empty line and count fields.
     let mut count = 0usize;
     let mut i = hdr_start;
@@ -117,11 +126,6 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     }
     let headers = Headers::from_vec(list);
 
-    // Start line.
-    let sl = &b[start..sl_end];
-    let is_response = sl.len() >= 4 && eq_ic(&sl[..4], b"SIP/");
-    let start_line = buf.slice(start..sl_end);
-
     // Body.
     let mut cl: Option<usize> = None;
     for h in headers.get_all(&HeaderName::ContentLength) {
@@ -154,29 +158,36 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     let body = buf.slice(body_start..end);
     let raw = Some(buf.slice(start..end));
 
-    if is_response {
-        let (status, reason) = parse_status_line(&start_line)?;
-        validate(&headers, limits, None)?;
-        Ok(Message::Response(Response {
-            status,
-            reason,
-            start_line,
-            headers,
-            body,
-            raw,
-        }))
-    } else {
-        let (method, uri) = parse_request_line(&start_line, limits)?;
-        validate(&headers, limits, Some(&method))?;
-        Ok(Message::Request(Request {
-            method,
-            uri,
-            start_line,
-            headers,
-            body,
-            raw,
-        }))
+    match kind {
+        StartLine::Response((status, reason)) => {
+            validate(&headers, limits, None)?;
+            Ok(Message::Response(Response {
+                status,
+                reason,
+                start_line,
+                headers,
+                body,
+                raw,
+            }))
+        }
+        StartLine::Request((method, uri)) => {
+            validate(&headers, limits, Some(&method))?;
+            Ok(Message::Request(Request {
+                method,
+                uri,
+                start_line,
+                headers,
+                body,
+                raw,
+            }))
+        }
     }
+}
+
+/// The parsed start line.
+enum StartLine {
+    Request((Method, Uri)),
+    Response((StatusCode, Bytes)),
 }
 
 fn make_header(buf: &Bytes, s: usize, e: usize, limits: &Limits) -> Result<Header, K> {

@@ -436,3 +436,25 @@ fn fatal_stream_errors_are_the_framers() {
     assert!(!f.is_failed());
     assert!(matches!(f.poll(), Some(Ok(StreamEvent::Ping))));
 }
+
+#[test]
+fn start_line_errors_take_precedence() {
+    // Bad version and missing headers: the version wins (505).
+    let (k, a) = kind_of(
+        "OPTIONS sip:a@b SIP/3.0\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+        &Limits::default(),
+    );
+    assert_eq!(k, ParseErrorKind::UnsupportedVersion);
+    assert_eq!(
+        a,
+        ErrorAnswer::Respond {
+            status: 505,
+            reason: "Version Not Supported"
+        }
+    );
+    let (k, _) = kind_of(
+        "OPTIONS mailto:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+        &Limits::default(),
+    );
+    assert_eq!(k, ParseErrorKind::UnsupportedUriScheme);
+}
