@@ -185,6 +185,10 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
 }
 
 /// The parsed start line.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a local moved once into the message; boxing would allocate per parse"
+)]
 enum StartLine {
     Request((Method, Uri)),
     Response((StatusCode, Bytes)),
