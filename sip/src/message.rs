@@ -5,6 +5,8 @@
 //! that cache; printing then rebuilds from the start line, the raw header
 //! lines (untouched lines stay byte-identical) and the body.
 
+use std::net::{IpAddr, SocketAddr};
+
 use bytes::Bytes;
 
 use crate::error::{BuildError, ViewError};
@@ -12,7 +14,7 @@ use crate::header_name::HeaderName;
 use crate::headers::{Header, Headers};
 use crate::method::Method;
 use crate::status::StatusCode;
-use crate::uri::Uri;
+use crate::uri::{Host, Uri};
 use crate::views::{CSeq, Contact, NameAddr, Via, parse_call_id};
 
 /// Errors from the convenience accessors for the core header fields.
@@ -257,6 +259,84 @@ impl Request {
         self.headers
             .get_value(&HeaderName::MaxForwards)
             .and_then(|v| crate::views::parse_max_forwards(v).ok())
+    }
+
+    /// Decrement Max-Forwards for forwarding (inserting `Max-Forwards: 69`
+    /// when absent, RFC 3261 §16.6 step 3). Returns the new value, or `None`
+    /// when it was already 0 (answer 483 Too Many Hops instead of forwarding).
+    pub fn decrement_max_forwards(&mut self) -> Option<u8> {
+        let next = match self.max_forwards() {
+            Some(0) => return None,
+            Some(n) => n - 1,
+            None => 69,
+        };
+        let mut v = Vec::with_capacity(3);
+        crate::text::push_u64(&mut v, u64::from(next));
+        if let Ok(h) = Header::new(HeaderName::MaxForwards, &v) {
+            self.raw = None;
+            self.headers.set(h);
+        }
+        Some(next)
+    }
+
+    /// Record where the request came from in its top Via (RFC 3261 §18.2.1,
+    /// RFC 3581): with `rport` present, fill in `rport=<port>` and always add
+    /// `received`; otherwise add `received` when the sent-by host is not the
+    /// source address. Other parameters keep their order; an existing
+    /// `received`/`rport` is replaced. Returns whether the Via was rewritten.
+    pub fn apply_received(&mut self, source: SocketAddr) -> Result<bool, HeaderError> {
+        let Some(i) = self.headers.position(&HeaderName::Via) else {
+            return Err(HeaderError::Missing(HeaderName::Via));
+        };
+        let Some(field) = self.headers.at(i) else {
+            return Err(HeaderError::Missing(HeaderName::Via));
+        };
+        let mut values = field.values();
+        let Some(top) = values.next() else {
+            return Err(HeaderError::Missing(HeaderName::Via));
+        };
+        let rest: Vec<Bytes> = values.collect();
+        let via = Via::parse(&top).map_err(|e| HeaderError::Invalid(HeaderName::Via, e))?;
+        let same_host = match (via.host(), source.ip()) {
+            (Host::Ipv4(a), IpAddr::V4(b)) => *a == b,
+            (Host::Ipv6(a), IpAddr::V6(b)) => *a == b,
+            _ => false,
+        };
+        let rport = via.has_rport();
+        if same_host && !rport {
+            return Ok(false);
+        }
+        // Value without parameters: everything before the first ';'.
+        let head_end = top.iter().position(|&c| c == b';').unwrap_or(top.len());
+        let mut v = Vec::with_capacity(top.len() + 48);
+        v.extend_from_slice(crate::text::trimmed(&top.slice(..head_end)).as_ref());
+        for p in via.params().iter() {
+            if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
+                continue;
+            }
+            v.push(b';');
+            v.extend_from_slice(&p.name);
+            if let Some(val) = &p.value {
+                v.push(b'=');
+                v.extend_from_slice(val);
+            }
+        }
+        v.extend_from_slice(b";received=");
+        v.extend_from_slice(source.ip().to_string().as_bytes());
+        if rport {
+            v.extend_from_slice(b";rport=");
+            crate::text::push_u64(&mut v, u64::from(source.port()));
+        }
+        for r in rest {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(&r);
+        }
+        let h = Header::new(HeaderName::Via, &v)
+            .map_err(|_| HeaderError::Invalid(HeaderName::Via, ViewError::BadParam))?;
+        self.raw = None;
+        self.headers.remove(i);
+        self.headers.insert(i, h);
+        Ok(true)
     }
 }
 

@@ -458,3 +458,57 @@ fn start_line_errors_take_precedence() {
     );
     assert_eq!(k, ParseErrorKind::UnsupportedUriScheme);
 }
+
+#[test]
+fn received_and_rport_and_max_forwards() {
+    let mut r = invite();
+    // sent-by is a name: received is added; no rport requested.
+    assert_eq!(
+        r.apply_received("198.18.1.2:5099".parse().expect("addr")),
+        Ok(true)
+    );
+    let v = r.top_via().expect("via");
+    assert_eq!(v.received().as_deref(), Some(&b"198.18.1.2"[..]));
+    assert!(!v.has_rport());
+    assert_eq!(v.branch().as_deref(), Some(&b"z9hG4bK776asdhds"[..]));
+    assert_eq!(r.vias().count(), 2);
+
+    let mut r = parse_datagram(
+        Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.1.2:5060;rport;branch=z9hG4bK1, SIP/2.0/UDP x\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        ),
+        &Limits::default(),
+    )
+    .ok()
+    .and_then(|m| m.as_request().cloned())
+    .expect("request");
+    assert_eq!(
+        r.apply_received("198.18.1.2:40000".parse().expect("addr")),
+        Ok(true)
+    );
+    let out = r.to_bytes();
+    let text = std::str::from_utf8(&out).expect("utf8");
+    assert!(text.contains("\r\nVia: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK1;received=198.18.1.2;rport=40000, SIP/2.0/UDP x\r\n"), "{text}");
+    let v = r.top_via().expect("via");
+    assert_eq!(v.rport(), Some(40000));
+
+    // Same host, no rport: unchanged.
+    let mut r2 = parse_datagram(
+        Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.1.2;branch=z9hG4bK1\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\n\r\n",
+        ),
+        &Limits::default(),
+    )
+    .ok()
+    .and_then(|m| m.as_request().cloned())
+    .expect("request");
+    assert_eq!(
+        r2.apply_received("198.18.1.2:5060".parse().expect("addr")),
+        Ok(false)
+    );
+    assert!(r2.raw().is_some());
+    assert_eq!(r2.decrement_max_forwards(), Some(0));
+    assert_eq!(r2.decrement_max_forwards(), None);
+    r2.headers_mut().remove_all(&HeaderName::MaxForwards);
+    assert_eq!(r2.decrement_max_forwards(), Some(69));
+}
