@@ -55,7 +55,9 @@ mod tests {
 
     #[test]
     fn incremental_matches_full_recompute() {
-        let mut words = [0x4500u16, 0x0073, 0x0000, 0x4000, 0x4011, 0, 0xc0a8, 0x0001, 0xc0a8, 0x00c7];
+        let mut words = [
+            0x4500u16, 0x0073, 0x0000, 0x4000, 0x4011, 0, 0xc0a8, 0x0001, 0xc0a8, 0x00c7,
+        ];
         let c = full(&words);
         words[5] = c;
         assert_eq!(full(&words), 0);

@@ -25,7 +25,8 @@ use sipveil_abi::lab::{CeilingFlow, GEN_F_RTP_SEQ, SINK_BYTES, SINK_PACKETS, Sin
 use sipveil_ebpf::{
     csum,
     packet::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, Ipv4Hdr, UDP_OFF, UdpHdr, be16, ne16, ne32, ptr_at, write_mac,
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, Ipv4Hdr, UDP_OFF, UdpHdr, be16,
+        ne16, ne32, ptr_at, write_mac,
     },
 };
 
@@ -148,9 +149,7 @@ fn try_ceiling(ctx: &XdpContext) -> Option<u32> {
         let action = if egress == 0 {
             xdp_action::XDP_TX
         } else {
-            SVL_TX
-                .redirect(egress, xdp_action::XDP_PASS as u64)
-                .ok()?
+            SVL_TX.redirect(egress, xdp_action::XDP_PASS as u64).ok()?
         };
         let (saddr, daddr) = (ne32((*ip).saddr), ne32((*ip).daddr));
         let (sport, dport) = (ne16((*udp).source), ne16((*udp).dest));

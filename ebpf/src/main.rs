@@ -7,7 +7,10 @@
 #![no_main]
 // Atomic adds to map values: the bpfel target has no CAS, so `AtomicU64::fetch_add` is missing.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on bpfel"
+)]
 
 mod maps;
 mod relay;

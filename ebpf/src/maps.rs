@@ -49,7 +49,8 @@ pub struct FibCacheEntry {
 /// media flows send 50 packets/s to the same next hop, so each CPU remembers the answer for
 /// `relay::FIB_CACHE_TTL_NS`. Each program load gets a fresh, empty cache.
 #[map]
-pub static SV_FIB_CACHE: PerCpuArray<FibCacheEntry> = PerCpuArray::with_max_entries(FIB_CACHE_SLOTS, 0);
+pub static SV_FIB_CACHE: PerCpuArray<FibCacheEntry> =
+    PerCpuArray::with_max_entries(FIB_CACHE_SLOTS, 0);
 
 /// Adds one to a counter of this CPU.
 #[inline(always)]

@@ -192,11 +192,14 @@ fn sv_gen_transmits_and_stamps_rtp_sequence() {
         let r = run_xdp(p, &frame, 1);
         assert_eq!(r.action, XDP_TX);
         assert_eq!(&r.out[44..46], &expected_seq.to_be_bytes(), "RTP sequence");
-        assert_eq!(&r.out[..44], &{
-            let mut head = frame[..44].to_vec();
-            head[40..42].copy_from_slice(&r.out[40..42]);
-            head
-        }[..]);
+        assert_eq!(
+            &r.out[..44],
+            &{
+                let mut head = frame[..44].to_vec();
+                head[40..42].copy_from_slice(&r.out[40..42]);
+                head
+            }[..]
+        );
         assert_checksums(&r.out);
     }
     assert_eq!(per_cpu_sum(&ebpf, lab::GEN_COUNT_MAP, 0), 3);

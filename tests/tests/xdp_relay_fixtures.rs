@@ -39,7 +39,7 @@ impl Fixture {
     }
 
     /// A's RTP packet to EA:PA.
-    fn from_a(&self) -> UdpFrame {
+    fn a_to_edge(&self) -> UdpFrame {
         UdpFrame::rtp(A, A_PORT, EA, PA)
     }
 
@@ -57,7 +57,12 @@ impl Fixture {
     /// The frame passed unchanged with exactly `reason` (and Rx) counted.
     fn assert_pass(&self, frame: &[u8], reason: Counter) {
         let (r, before) = self.run(frame);
-        assert_eq!(r.action, XDP_PASS, "expected XDP_PASS for {}", reason.name());
+        assert_eq!(
+            r.action,
+            XDP_PASS,
+            "expected XDP_PASS for {}",
+            reason.name()
+        );
         assert_eq!(r.out, frame, "a passed frame must be byte-identical");
         self.assert_deltas(&before, &[(Counter::Rx, 1), (reason, 1)]);
     }
@@ -65,7 +70,6 @@ impl Fixture {
 
 /// Checks a relayed frame against the input: new MACs, addresses, ports, TTL; everything else
 /// (tos, id, DF, payload) unchanged; both checksums valid from scratch.
-#[allow(clippy::too_many_arguments)]
 fn assert_rewritten(
     input: &[u8],
     out: &[u8],
@@ -76,7 +80,11 @@ fn assert_rewritten(
     assert_eq!(out.len(), input.len());
     assert_eq!(&out[0..6], &macs.1, "dst MAC");
     assert_eq!(&out[6..12], &macs.0, "src MAC");
-    assert_eq!(&out[12..22], &input[12..22], "ethertype, version, tos, len, id, frag");
+    assert_eq!(
+        &out[12..22],
+        &input[12..22],
+        "ethertype, version, tos, len, id, frag"
+    );
     assert_eq!(out[22], RELAY_TTL, "TTL");
     assert_eq!(out[23], 17, "protocol");
     assert_eq!(&out[26..30], &src.0, "source address");
@@ -95,7 +103,7 @@ fn ip_len(frame: &[u8]) -> u64 {
 #[test]
 fn hit_redirect_to_other_interface() {
     let fx = Fixture::new(0);
-    let frame = fx.from_a().build();
+    let frame = fx.a_to_edge().build();
     assert_checksums(&frame);
     let (r, before) = fx.run(&frame);
     assert_eq!(r.action, XDP_REDIRECT);
@@ -113,7 +121,11 @@ fn hit_redirect_to_other_interface() {
     assert_eq!(flow.packets, 1);
     assert_eq!(flow.bytes, bytes);
     assert_ne!(flow.last_seen_ns, 0);
-    assert_eq!(flow.flags & FLOW_F_LATCHED, 0, "no latching without FLOW_F_LATCH");
+    assert_eq!(
+        flow.flags & FLOW_F_LATCHED,
+        0,
+        "no latching without FLOW_F_LATCH"
+    );
     // The reverse direction, received on eb0, goes back out of ea0 the same way.
     let ea0 = fx.ea0;
     let mut fx = fx;
@@ -165,7 +177,7 @@ fn hit_without_udp_checksum_keeps_zero() {
     let fx = Fixture::new(0);
     let frame = UdpFrame {
         udp_csum: false,
-        ..fx.from_a()
+        ..fx.a_to_edge()
     }
     .build();
     let (r, _) = fx.run(&frame);
@@ -179,7 +191,7 @@ fn checksums_stay_valid_across_many_inputs() {
     // Incremental updates against from-scratch recomputation over varied headers and payloads.
     let fx = Fixture::new(0);
     for i in 0u16..64 {
-        let mut f = fx.from_a();
+        let mut f = fx.a_to_edge();
         f.id = i.wrapping_mul(7919);
         f.tos = (i as u8) << 2;
         f.ttl = 2 + (i as u8) * 3;
@@ -232,7 +244,11 @@ fn latch_learns_source_and_updates_reverse_flow() {
     assert_eq!(flow.latched_port, port(40_000));
     let reverse = fx.entry.flow(FlowKey::v4(EB, PB));
     assert_eq!(reverse.dst_addr, [ip4(A), 0, 0, 0]);
-    assert_eq!(reverse.dst_port, port(40_000), "reverse flow now sends to the NAT port");
+    assert_eq!(
+        reverse.dst_port,
+        port(40_000),
+        "reverse flow now sends to the NAT port"
+    );
     assert_eq!(reverse.flags & FLOW_F_LATCHED, 0);
 
     // Latched once: a packet from elsewhere does not move it again.
@@ -282,7 +298,7 @@ fn strict_source_mismatch_drops() {
 #[test]
 fn strict_source_match_relays() {
     let fx = Fixture::new(FLOW_F_STRICT | FLOW_F_LATCH);
-    let frame = fx.from_a().build();
+    let frame = fx.a_to_edge().build();
     let (r, before) = fx.run(&frame);
     assert_eq!(r.action, XDP_REDIRECT);
     assert_rewritten(&frame, &r.out, (MAC_EB, MAC_B), (EB, PB), (B, B_PORT));
@@ -329,7 +345,13 @@ fn rtcp_flow_on_port_plus_one_counts_rtcp() {
     let frame = f.build();
     let (r, before) = fx.run(&frame);
     assert_eq!(r.action, XDP_REDIRECT);
-    assert_rewritten(&frame, &r.out, (MAC_EB, MAC_B), (EB, PB + 1), (B, B_PORT + 1));
+    assert_rewritten(
+        &frame,
+        &r.out,
+        (MAC_EB, MAC_B),
+        (EB, PB + 1),
+        (B, B_PORT + 1),
+    );
     fx.assert_deltas(
         &before,
         &[
@@ -356,7 +378,7 @@ fn rtcp_mux_detects_rtcp_by_payload_type() {
         (223, true),
         (224, false), // PT 96 + marker
     ] {
-        let mut f = fx.from_a();
+        let mut f = fx.a_to_edge();
         f.payload[1] = second_byte;
         let frame = f.build();
         let (r, before) = fx.run(&frame);
@@ -372,7 +394,7 @@ fn rtcp_mux_detects_rtcp_by_payload_type() {
         fx.assert_deltas(&before, &expected);
     }
     // A muxed packet too short to carry an RTP header is relayed as non-RTCP.
-    let mut f = fx.from_a();
+    let mut f = fx.a_to_edge();
     f.payload.truncate(1);
     let frame = f.build();
     let (r, before) = fx.run(&frame);
@@ -390,7 +412,7 @@ fn rtcp_mux_detects_rtcp_by_payload_type() {
 #[test]
 fn truncated_frames_pass_as_malformed() {
     let fx = Fixture::new(0);
-    let full = fx.from_a().build();
+    let full = fx.a_to_edge().build();
     // Ethernet header only, IPv4 header cut, UDP header cut.
     for cut in [14, 14 + 10, 14 + 19, 14 + 20, 14 + 20 + 4, 14 + 20 + 7] {
         fx.assert_pass(&full[..cut], Counter::MalformedPass);
@@ -429,7 +451,7 @@ fn truncated_frames_pass_as_malformed() {
 #[test]
 fn ip_options_pass() {
     let fx = Fixture::new(0);
-    let mut f = fx.from_a();
+    let mut f = fx.a_to_edge();
     f.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
     fx.assert_pass(&f.build(), Counter::IpOptionsPass);
     f.dport = 5060;
@@ -442,7 +464,7 @@ fn ip_options_pass() {
 #[test]
 fn fragments_pass() {
     let fx = Fixture::new(0);
-    let mut f = fx.from_a();
+    let mut f = fx.a_to_edge();
     f.frag_off = 0x2000; // MF, offset 0: the first fragment
     fx.assert_pass(&f.build(), Counter::FragmentPass);
     f.frag_off = 0x0010; // offset 128 bytes, last fragment
@@ -459,7 +481,7 @@ fn fragments_pass() {
 fn non_udp_passes() {
     let fx = Fixture::new(0);
     for proto in [1u8, 6, 47, 132] {
-        let mut frame = fx.from_a().build();
+        let mut frame = fx.a_to_edge().build();
         frame[23] = proto;
         let c = ipv4_checksum(&frame[14..34]);
         frame[24..26].copy_from_slice(&c.to_be_bytes());
@@ -493,7 +515,7 @@ fn non_ipv4_passes() {
     v6.extend_from_slice(&[0, 16, 0, 0, 0x80, 0, 0, 1, 0, 0, 0, 0]);
     fx.assert_pass(&v6, Counter::NotOursPass);
     // An 802.1Q-tagged frame (VLAN is not handled).
-    let mut tagged = fx.from_a().build();
+    let mut tagged = fx.a_to_edge().build();
     tagged.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     fx.assert_pass(&tagged, Counter::NotOursPass);
 }
@@ -501,13 +523,17 @@ fn non_ipv4_passes() {
 #[test]
 fn ttl_one_passes_so_the_stack_answers() {
     let fx = Fixture::new(FLOW_F_LATCH);
-    let mut f = fx.from_a();
+    let mut f = fx.a_to_edge();
     f.ttl = 1;
     fx.assert_pass(&f.build(), Counter::TtlPass);
     f.ttl = 0;
     fx.assert_pass(&f.build(), Counter::TtlPass);
     let flow = fx.entry.flow(FlowKey::v4(EA, PA));
-    assert_eq!(flow.flags & FLOW_F_LATCHED, 0, "a passed packet does not latch");
+    assert_eq!(
+        flow.flags & FLOW_F_LATCHED,
+        0,
+        "a passed packet does not latch"
+    );
     assert_eq!(flow.packets, 0);
 }
 
@@ -557,20 +583,24 @@ fn fib_failure_passes_unchanged() {
     let mut flow = fx.entry.flow(key);
     flow.dst_addr = [ip4(B_NO_NEIGH), 0, 0, 0];
     fx.entry.put_flow(key, flow);
-    fx.assert_pass(&fx.from_a().build(), Counter::FibFailPass);
+    fx.assert_pass(&fx.a_to_edge().build(), Counter::FibFailPass);
     // No route at all.
     flow.dst_addr = [ip4([198, 51, 100, 7]), 0, 0, 0];
     fx.entry.put_flow(key, flow);
-    fx.assert_pass(&fx.from_a().build(), Counter::FibFailPass);
+    fx.assert_pass(&fx.a_to_edge().build(), Counter::FibFailPass);
     // The neighbour goes away after setup.
     flow.dst_addr = [ip4(B), 0, 0, 0];
     fx.entry.put_flow(key, flow);
-    assert_eq!(fx.run(&fx.from_a().build()).0.action, XDP_REDIRECT);
+    assert_eq!(fx.run(&fx.a_to_edge().build()).0.action, XDP_REDIRECT);
     // Each CPU reuses a FIB answer for FIB_CACHE_TTL_NS (100 ms): the change shows after that.
     fx.ns.del_neigh(B, "eb0");
     std::thread::sleep(std::time::Duration::from_millis(250));
-    fx.assert_pass(&fx.from_a().build(), Counter::FibFailPass);
-    assert_eq!(fx.entry.flow(key).packets, 1, "passed packets are not counted on the flow");
+    fx.assert_pass(&fx.a_to_edge().build(), Counter::FibFailPass);
+    assert_eq!(
+        fx.entry.flow(key).packets,
+        1,
+        "passed packets are not counted on the flow"
+    );
 }
 
 #[test]
@@ -580,10 +610,10 @@ fn egress_hint_disagreeing_with_fib_passes() {
     let mut flow = fx.entry.flow(key);
     flow.ifindex = fx.ea0; // the FIB says eb0
     fx.entry.put_flow(key, flow);
-    fx.assert_pass(&fx.from_a().build(), Counter::FibFailPass);
+    fx.assert_pass(&fx.a_to_edge().build(), Counter::FibFailPass);
     flow.ifindex = fx.ns.ifindex("eb0");
     fx.entry.put_flow(key, flow);
-    assert_eq!(fx.run(&fx.from_a().build()).0.action, XDP_REDIRECT);
+    assert_eq!(fx.run(&fx.a_to_edge().build()).0.action, XDP_REDIRECT);
 }
 
 #[test]
@@ -624,12 +654,22 @@ fn map_definitions_match_the_abi() {
     assert_eq!(f.max_entries(), sipveil_abi::MAX_FLOWS);
     assert_eq!(f.key_size() as usize, size_of::<FlowKey>());
     assert_eq!(f.value_size() as usize, size_of::<sipveil_abi::Flow>());
-    let c = info(entry.ebpf.map(sipveil_abi::maps::COUNTERS).expect("counters"));
+    let c = info(
+        entry
+            .ebpf
+            .map(sipveil_abi::maps::COUNTERS)
+            .expect("counters"),
+    );
     assert_eq!(c.max_entries(), Counter::COUNT);
     assert_eq!(c.value_size(), 8);
     let cfg = info(entry.ebpf.map(sipveil_abi::maps::CONFIG).expect("config"));
     assert_eq!(cfg.max_entries(), 1);
     assert_eq!(cfg.value_size() as usize, size_of::<Config>());
-    let tx = info(entry.ebpf.map(sipveil_abi::maps::TX_PORTS).expect("tx ports"));
+    let tx = info(
+        entry
+            .ebpf
+            .map(sipveil_abi::maps::TX_PORTS)
+            .expect("tx ports"),
+    );
     assert_eq!(tx.max_entries(), sipveil_abi::MAX_TX_PORTS);
 }

@@ -119,7 +119,9 @@ impl Netns {
         );
         let path = std::env::temp_dir().join(format!("{}.ipbatch", ns.name));
         std::fs::write(&path, batch).expect("write ip batch");
-        run(Command::new("ip").args(["-n", &ns.name, "-batch"]).arg(&path));
+        run(Command::new("ip")
+            .args(["-n", &ns.name, "-batch"])
+            .arg(&path));
         let _ = std::fs::remove_file(&path);
         // bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards.
         run(Command::new("ip").args([
@@ -230,7 +232,10 @@ impl Entry {
             .load(sipveil_edge::dataplane::objects::ENTRY_OBJECT)
             .unwrap_or_else(|e| panic!("loading ENTRY_OBJECT failed (is BPF available?): {e}"));
         for name in maps::REQUIRED {
-            assert!(ebpf.map(name).is_some(), "map {name} missing from the object");
+            assert!(
+                ebpf.map(name).is_some(),
+                "map {name} missing from the object"
+            );
         }
         let prog: &mut Xdp = ebpf
             .program_mut(sipveil_abi::ENTRY_PROGRAM)
@@ -385,7 +390,12 @@ pub fn assert_deltas(
             .map(|(_, n)| *n)
             .sum::<u64>();
         let got = after[c as usize] - before[c as usize];
-        assert_eq!(got, want, "counter {} moved by {got}, expected {want}", c.name());
+        assert_eq!(
+            got,
+            want,
+            "counter {} moved by {got}, expected {want}",
+            c.name()
+        );
     }
 }
 
