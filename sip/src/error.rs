@@ -106,6 +106,22 @@ pub enum ViewError {
     EmptyListElement,
 }
 
+impl fmt::Display for UriError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed URI: {self:?}")
+    }
+}
+
+impl std::error::Error for UriError {}
+
+impl fmt::Display for ViewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed header value: {self:?}")
+    }
+}
+
+impl std::error::Error for ViewError {}
+
 /// Granular cause of a parse failure.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,6 +27,17 @@ pub enum HeaderError {
     Invalid(HeaderName, ViewError),
 }
 
+impl core::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HeaderError::Missing(h) => write!(f, "missing {h} header"),
+            HeaderError::Invalid(h, e) => write!(f, "malformed {h} header: {e:?}"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
 macro_rules! common {
     ($t:ty) => {
         impl $t {
