@@ -579,9 +579,18 @@ impl MediaRelay {
     }
 }
 
+/// Receive buffer of a relay socket: room for a burst of about 2000 RTP packets while the relay
+/// thread is descheduled (capped by net.core.rmem_max).
+const RELAY_RCVBUF: usize = 1 << 20;
+
 /// Binds a relay socket.
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = UdpSocket::bind(addr)?;
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &RELAY_RCVBUF)
+    {
+        tracing::debug!(%addr, "SO_RCVBUF: {e}");
+    }
     Ok(s)
 }
 
