@@ -11,13 +11,36 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut sdp) = SessionDescription::parse(body.clone()) else {
         return;
     };
-    assert_eq!(sdp.to_bytes(), body, "unmodified SDP must print byte-identical");
+    assert_eq!(
+        sdp.to_bytes(),
+        body,
+        "unmodified SDP must print byte-identical"
+    );
     // Read every typed view once: they must not panic on accepted input.
-    let _ = (sdp.origin(), sdp.session_name(), sdp.connection(), sdp.direction());
-    let _ = (sdp.timings().count(), sdp.bandwidths().count(), sdp.attributes().count());
+    let _ = (
+        sdp.origin(),
+        sdp.session_name(),
+        sdp.connection(),
+        sdp.direction(),
+    );
+    let _ = (
+        sdp.timings().count(),
+        sdp.bandwidths().count(),
+        sdp.attributes().count(),
+    );
     for media in sdp.media() {
-        let _ = (media.port(), media.port_count(), media.proto(), media.formats().count());
-        let _ = (media.rtcp(), media.rtcp_mux(), media.direction(), media.connection());
+        let _ = (
+            media.port(),
+            media.port_count(),
+            media.proto(),
+            media.formats().count(),
+        );
+        let _ = (
+            media.rtcp(),
+            media.rtcp_mux(),
+            media.direction(),
+            media.connection(),
+        );
     }
 
     let address = std::net::IpAddr::from([198, 18, 1, 1]);
@@ -27,8 +50,14 @@ fuzz_target!(|data: &[u8]| {
         session_version: None,
         address,
     };
-    assert!(sdp.rewrite_origin(&rewrite).is_ok(), "a valid origin rewrite is accepted");
-    assert!(sdp.set_session_name(b"-").is_ok(), "a valid session name is accepted");
+    assert!(
+        sdp.rewrite_origin(&rewrite).is_ok(),
+        "a valid origin rewrite is accepted"
+    );
+    assert!(
+        sdp.set_session_name(b"-").is_ok(),
+        "a valid session name is accepted"
+    );
     sdp.set_all_connection_addresses(address);
     sdp.drop_attributes(ICE_ATTRIBUTES);
     for (i, media) in sdp.media_mut().enumerate() {
@@ -42,6 +71,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(reparsed) => reparsed,
         Err(e) => panic!("rewritten SDP does not re-parse: {e}"),
     };
-    assert_eq!(reparsed, sdp, "print(rewrite(parse(x))) re-parses to an equal description");
+    assert_eq!(
+        reparsed, sdp,
+        "print(rewrite(parse(x))) re-parses to an equal description"
+    );
     assert_eq!(reparsed.to_bytes(), printed);
 });

@@ -551,8 +551,20 @@ fn sdp_body() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// 512 cases unless PROPTEST_CASES says otherwise (for longer local runs).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config())]
 
     #[test]
     fn generated_sdp_round_trips_byte_identical(body in sdp_body()) {
