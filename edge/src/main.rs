@@ -215,6 +215,20 @@ enum LabCmd {
     },
 }
 
+/// The error chain, without the repetitions of errors whose message already contains their
+/// source's.
+fn report(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if parts.last().is_some_and(|prev| prev.contains(&msg)) {
+            continue;
+        }
+        parts.push(msg);
+    }
+    parts.join(": ")
+}
+
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
     let a: u16 = a.trim().parse().map_err(|e| format!("{e}"))?;
@@ -265,7 +279,7 @@ fn main() -> ExitCode {
         Cmd::Stats { .. } | Cmd::Ctl(_) => None,
     };
     if let Err(e) = enter(netns.as_deref()) {
-        eprintln!("sipveil: {e:#}");
+        eprintln!("sipveil: {}", report(&e));
         return ExitCode::FAILURE;
     }
     tracing_subscriber::fmt()
@@ -279,7 +293,7 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd, netns) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sipveil: {e:#}");
+            eprintln!("sipveil: {}", report(&e));
             ExitCode::FAILURE
         }
     }

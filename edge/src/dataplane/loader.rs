@@ -37,7 +37,7 @@ pub enum DataplaneError {
     Sys(#[from] sys::SysError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
-    #[error("loading the entry program object: {0}")]
+    #[error("loading the BPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the entry object has no map {0} (is ebpf/ up to date with the ABI?)")]
     MissingMap(&'static str),
