@@ -149,6 +149,23 @@ pub fn attach(
         what: format!("creating {}", dir.display()),
         source,
     })?;
+    let result = load_and_attach(program, iface, ifindex, dir, generic, globals, settings);
+    if result.is_err() {
+        // Leave no half-made pin directory behind (maps pinned, no link).
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn load_and_attach(
+    program: &str,
+    iface: &str,
+    ifindex: u32,
+    dir: &Path,
+    generic: bool,
+    globals: &[GlobalValue],
+    settings: &LabSettings,
+) -> Result<(), DataplaneError> {
     let mut loader = EbpfLoader::new();
     if let Some(p) = &settings.sink_ports {
         loader.override_global(lab::SINK_PORTS_GLOBAL, p, true);
