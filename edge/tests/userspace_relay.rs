@@ -20,6 +20,7 @@ port_min = 31000
 port_max = 31099
 idle_timeout_secs = 60
 addresses = { a = "198.18.1.1", b = "198.18.2.1" }
+workers = 2
 "#;
 
 fn call(edge: &Edge, req: Value) -> Value {

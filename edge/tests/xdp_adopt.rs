@@ -147,6 +147,16 @@ fn scenario(cfg: &Config, instance: &str, a: &str, b: &str) {
         stats["xdp"]["rx"].as_u64().unwrap_or(0) > 0,
         "the program saw packets: {stats}"
     );
+    // Each of the 6 packets went through XDP or, when the program passed it up (no neighbour yet
+    // on the fresh veth), through the userspace relay on the same ports.
+    let by_xdp = stats["xdp"]["relayed_redirect"].as_u64().unwrap_or(0)
+        + stats["xdp"]["relayed_tx"].as_u64().unwrap_or(0);
+    let by_user = stats["userspace"]["relayed"].as_u64().unwrap_or(0);
+    assert_eq!(by_xdp + by_user, 6, "{stats}");
+    assert_eq!(
+        stats["xdp"]["fib_fail_pass"], stats["userspace"]["relayed"],
+        "what XDP passed up, userspace relayed: {stats}"
+    );
     // Drop the daemon state: workers stop, sockets close, XDP stays.
     drop(edge);
 
