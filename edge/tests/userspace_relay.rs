@@ -111,7 +111,19 @@ fn userspace_relay_latches_and_drops_strict() {
         let (got, _) = recv(&b2).expect("B2 receives the announced source's packet");
         assert_eq!(got, rtp(2), "the hostile packet was not relayed");
 
-        let stats = call(&edge, json!({"cmd":"stats"}));
+        // A receiver may see a packet before the worker reaps its send completion (where
+        // `relayed` is counted): wait, bounded, until every received packet is accounted for.
+        let mut stats = call(&edge, json!({"cmd":"stats"}));
+        for _ in 0..100 {
+            let u = &stats["userspace"];
+            let done = u["relayed"].as_u64().unwrap_or(0)
+                + u["strict_source_drop"].as_u64().unwrap_or(0);
+            if Some(done) == u["rx"].as_u64() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stats = call(&edge, json!({"cmd":"stats"}));
+        }
         let u = &stats["userspace"];
         assert_eq!(stats["mode"], json!("userspace"));
         assert_eq!(u["strict_source_drop"], json!(1), "{stats}");

@@ -142,7 +142,16 @@ fn scenario(cfg: &Config, instance: &str, a: &str, b: &str) {
         .and_then(|s| s.parse().ok())
         .expect("eb");
     exchange(instance, a, b, ea, eb, 0);
-    let stats = call(&edge, json!({"cmd":"stats"}));
+    // The receivers may see a packet before the worker has reaped its send completion (where
+    // `relayed` is counted): wait (bounded) until the counters settle.
+    let mut stats = call(&edge, json!({"cmd":"stats"}));
+    for _ in 0..100 {
+        if stats["userspace"]["rx"] == stats["userspace"]["relayed"] {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stats = call(&edge, json!({"cmd":"stats"}));
+    }
     assert!(
         stats["xdp"]["rx"].as_u64().unwrap_or(0) > 0,
         "the program saw packets: {stats}"
@@ -237,10 +246,11 @@ fn relayed_by_xdp(instance: &str) -> u64 {
 /// Three packets A -> B and three B -> A, each checked at the receiver; on a miss the counters are
 /// printed before the assertion fails.
 fn exchange(instance: &str, a: &str, b: &str, ea: SocketAddr, eb: SocketAddr, seq0: u16) {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let recv_b = spawn_in(b, move || {
         let s = udp("198.18.2.2:5000");
+        let _ = bound_tx.send(());
         let mut got = Vec::new();
-        // Tell the sender we are bound by replying after the first packet: B sends 3 to A too.
         for _ in 0..3 {
             got.push(recv(&s));
         }
@@ -251,7 +261,9 @@ fn exchange(instance: &str, a: &str, b: &str, ea: SocketAddr, eb: SocketAddr, se
     });
     let recv_a = spawn_in(a, move || {
         let s = udp("198.18.1.2:4000");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        bound_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("B bound its socket");
         for i in 0..3u16 {
             s.send_to(&rtp(seq0 + i), ea).expect("A sends");
         }
