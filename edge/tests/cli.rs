@@ -149,16 +149,24 @@ socket = "{}"
     })
     .join()
     .expect("A");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let (ok, stats, err) = sipveil(&[
-        "stats",
-        "--instance",
-        &instance,
-        "--json",
-        "--socket",
-        &sock,
-    ]);
-    assert!(ok, "stats: {err}");
+    // The program runs in the receive path of the veth peer: poll (bounded) until it counted.
+    let mut stats = Value::Null;
+    for _ in 0..50 {
+        let (ok, s, err) = sipveil(&[
+            "stats",
+            "--instance",
+            &instance,
+            "--json",
+            "--socket",
+            &sock,
+        ]);
+        assert!(ok, "stats: {err}");
+        stats = s;
+        if stats["xdp"]["rx"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(stats["xdp"]["rx"].as_u64().unwrap_or(0) >= 1, "{stats}");
     assert_eq!(stats["flows"], 6, "{stats}");
     assert_eq!(stats["mode"], "xdp", "{stats}");
