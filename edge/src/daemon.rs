@@ -95,6 +95,14 @@ pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
 
+    // Refuse early, before touching the data plane, when another daemon serves this instance.
+    if std::os::unix::net::UnixStream::connect(&cfg.control_socket).is_ok() {
+        anyhow::bail!(
+            "another sipveil daemon serves {} (instance {})",
+            cfg.control_socket.display(),
+            cfg.instance
+        );
+    }
     let edge = Edge::start(cfg, no_xdp)?;
     control::serve(&cfg.control_socket, edge.state.clone()).with_context(|| {
         format!(

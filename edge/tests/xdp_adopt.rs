@@ -313,3 +313,62 @@ fn exchange(instance: &str, a: &str, b: &str, ea: SocketAddr, eb: SocketAddr, se
         assert_eq!(from, ea);
     }
 }
+
+#[test]
+fn abi_and_map_checks_refuse_foreign_pins() {
+    use aya::maps::{Array, Map, MapData};
+    use sipveil_edge::config::XdpSetting;
+    use sipveil_edge::dataplane::{Dataplane, DataplaneError, DataplaneOptions};
+
+    require_root();
+    let instance = format!("svt-abi-{}", std::process::id());
+    let _cleanup = Cleanup {
+        instance: instance.clone(),
+        lab_pins: Vec::new(),
+    };
+    let opts = DataplaneOptions {
+        instance: instance.clone(),
+        interfaces: Vec::new(),
+        xdp: XdpSetting::Auto,
+        port_min: 30000,
+        port_max: 30099,
+    };
+    let dp = Dataplane::open(&opts).expect("fresh data plane");
+    assert!(!dp.adopted_maps);
+    drop(dp);
+    let dp = Dataplane::open(&opts).expect("adopts its own pins");
+    assert!(dp.adopted_maps);
+    drop(dp);
+
+    // A pinned config written by another ABI version: refused before anything is attached.
+    let dir = dataplane::pin_dir(&instance);
+    let data = MapData::from_pin(dir.join(sipveil_abi::maps::CONFIG)).expect("pinned config");
+    let mut config: Array<MapData, sipveil_abi::Config> =
+        Array::try_from(Map::Array(data)).expect("config map");
+    let mut value = config.get(&0, 0).expect("config entry");
+    assert_eq!(value.abi_version, sipveil_abi::ABI_VERSION);
+    assert_eq!(value.flags, sipveil_abi::CONFIG_F_RELAY);
+    assert_eq!(
+        (value.relay_port_min, value.relay_port_max, value.ttl),
+        (30000, 30099, 64)
+    );
+    value.abi_version = sipveil_abi::ABI_VERSION + 99;
+    config.set(0, value, 0).expect("write config");
+    match Dataplane::open(&opts) {
+        Err(DataplaneError::AbiMismatch { found, .. }) => {
+            assert_eq!(found, sipveil_abi::ABI_VERSION + 99)
+        }
+        Err(e) => panic!("expected an ABI mismatch, got {e}"),
+        Ok(_) => panic!("expected an ABI mismatch, the pins were adopted"),
+    }
+
+    // An incomplete set of pins is refused too.
+    std::fs::remove_file(dir.join(sipveil_abi::maps::TX_PORTS)).expect("remove a pin");
+    match Dataplane::open(&opts) {
+        Err(DataplaneError::PartialPins { found, .. }) => assert_eq!(found.len(), 3),
+        Err(e) => panic!("expected partial pins, got {e}"),
+        Ok(_) => panic!("expected partial pins, the pins were adopted"),
+    }
+    let report = dataplane::unload(&instance, &[]).expect("unload");
+    assert!(report.removed_pins);
+}
