@@ -81,25 +81,30 @@ impl Params {
 
     /// Whether every parameter has a non-empty token name and a well-formed value.
     pub(crate) fn well_formed(&self) -> bool {
-        let b = &self.raw[..];
-        raw_params(b).all(|(n, v)| {
-            crate::text::all_token(&b[n])
-                && match v {
-                    None => true,
-                    Some(v) => {
-                        let v = &b[v];
-                        if v.first() == Some(&b'"') {
-                            end_of_quoted(v, 0) == Some(v.len())
-                        } else {
-                            !v.is_empty()
-                                && v.iter().all(|&c| {
-                                    crate::text::is_token(c) || matches!(c, b':' | b'[' | b']')
-                                })
-                        }
+        well_formed(&self.raw)
+    }
+}
+
+/// Whether every parameter of the raw list `b` has a non-empty token name
+/// and a well-formed value (token, host-ish, or a complete quoted string).
+pub(crate) fn well_formed(b: &[u8]) -> bool {
+    raw_params(b).all(|(n, v)| {
+        crate::text::all_token(&b[n])
+            && match v {
+                None => true,
+                Some(v) => {
+                    let v = &b[v];
+                    if v.first() == Some(&b'"') {
+                        end_of_quoted(v, 0) == Some(v.len())
+                    } else {
+                        !v.is_empty()
+                            && v.iter().all(|&c| {
+                                crate::text::is_token(c) || matches!(c, b':' | b'[' | b']')
+                            })
                     }
                 }
-        })
-    }
+            }
+    })
 }
 
 type Span = core::ops::Range<usize>;

@@ -337,7 +337,7 @@ fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Resu
         .map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
     for name in [HeaderName::From, HeaderName::To] {
         let v = single(headers, name.clone())?;
-        NameAddr::parse(v).map_err(|e| K::InvalidHeader(name, e))?;
+        NameAddr::check(v).map_err(|e| K::InvalidHeader(name, e))?;
     }
     let mut mf = headers.get_all(&HeaderName::MaxForwards);
     if let Some(h) = mf.next() {
@@ -355,11 +355,11 @@ fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Resu
                     limit: limits.max_routes,
                 });
             }
-            NameAddr::parse(&v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
+            NameAddr::check(&v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
         }
     }
     for v in headers.values(&HeaderName::Contact) {
-        Contact::parse(&v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
+        Contact::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
     }
     let mut ct = headers.get_all(&HeaderName::ContentType);
     if let Some(h) = ct.next() {

@@ -53,40 +53,74 @@ fn is_host_char(c: u8) -> bool {
     URI_CLASS[c as usize] & 16 != 0
 }
 
-/// Parse a host starting at `b[start]`; returns the host and the index after it.
-pub(crate) fn parse_host(raw: &Bytes, start: usize) -> Result<(Host, usize), UriError> {
-    let b = &raw[..];
+/// A host found by [`scan_host`]; a domain is the scanned range.
+#[derive(Clone, Copy)]
+pub(crate) enum HostSpan {
+    Domain,
+    Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+}
+
+/// Scan a host starting at `b[start]`; returns its kind and the index after it.
+pub(crate) fn scan_host(b: &[u8], start: usize) -> Result<(HostSpan, usize), UriError> {
     if b.get(start) == Some(&b'[') {
-        let close = b[start..]
-            .iter()
-            .position(|&c| c == b']')
+        let close = crate::text::find_byte(&b[start..], b']')
             .map(|p| p + start)
             .ok_or(UriError::BadHost)?;
         let txt = core::str::from_utf8(&b[start + 1..close]).map_err(|_| UriError::BadHost)?;
         let ip: Ipv6Addr = txt.parse().map_err(|_| UriError::BadHost)?;
-        return Ok((Host::Ipv6(ip), close + 1));
+        return Ok((HostSpan::Ipv6(ip), close + 1));
     }
+    // One pass: extent, digits-and-dots only, and label shape.
     let mut i = start;
+    let mut numeric = true;
+    let mut label_len = 0usize;
+    let mut prev = b'.';
+    let mut bad_label = false;
     while i < b.len() && is_host_char(b[i]) {
+        let c = b[i];
+        if c == b'.' {
+            if label_len == 0 || prev == b'-' {
+                bad_label = true;
+            }
+            label_len = 0;
+        } else {
+            if label_len == 0 && c == b'-' {
+                bad_label = true;
+            }
+            label_len += 1;
+            numeric &= c.is_ascii_digit();
+        }
+        prev = c;
         i += 1;
     }
-    let h = &b[start..i];
-    if h.is_empty() {
+    if i == start {
         return Err(UriError::MissingHost);
     }
-    if h.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
-        let txt = core::str::from_utf8(h).map_err(|_| UriError::BadHost)?;
+    if numeric {
+        let txt = core::str::from_utf8(&b[start..i]).map_err(|_| UriError::BadHost)?;
         let ip: Ipv4Addr = txt.parse().map_err(|_| UriError::BadHost)?;
-        return Ok((Host::Ipv4(ip), i));
+        return Ok((HostSpan::Ipv4(ip), i));
     }
     // Domain: non-empty labels not starting/ending with '-'; a trailing dot is allowed.
-    let body = h.strip_suffix(b".").unwrap_or(h);
-    for label in body.split(|&c| c == b'.') {
-        if label.is_empty() || label.first() == Some(&b'-') || label.last() == Some(&b'-') {
-            return Err(UriError::BadHost);
-        }
+    if bad_label || prev == b'-' || (prev == b'.' && i - start == 1) {
+        return Err(UriError::BadHost);
     }
-    Ok((Host::Domain(raw.slice(start..i)), i))
+    Ok((HostSpan::Domain, i))
+}
+
+/// Parse a host starting at `raw[start]`; returns the host and the index after it.
+pub(crate) fn parse_host(raw: &Bytes, start: usize) -> Result<(Host, usize), UriError> {
+    let (h, end) = scan_host(raw, start)?;
+    Ok((host_from_span(raw, h, start, end), end))
+}
+
+fn host_from_span(raw: &Bytes, h: HostSpan, start: usize, end: usize) -> Host {
+    match h {
+        HostSpan::Domain => Host::Domain(raw.slice(start..end)),
+        HostSpan::Ipv4(a) => Host::Ipv4(a),
+        HostSpan::Ipv6(a) => Host::Ipv6(a),
+    }
 }
 
 /// Parse `port` digits at `b[i..]`; returns the port and the index after it.
@@ -174,57 +208,35 @@ pub struct Uri {
 impl Uri {
     /// Parse a URI (the whole input must be the URI).
     pub fn parse(raw: Bytes) -> Result<Uri, UriError> {
-        if raw.is_empty() {
-            return Err(UriError::Empty);
-        }
-        let colon = raw
-            .iter()
-            .position(|&c| c == b':')
-            .ok_or(UriError::BadScheme)?;
-        let sch = &raw[..colon];
-        let scheme_ok = sch.first().is_some_and(|c| c.is_ascii_alphabetic())
-            && sch
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'));
-        if !scheme_ok {
-            return Err(UriError::BadScheme);
-        }
-        let scheme = if eq_ic(sch, b"sip") {
-            Scheme::Sip
-        } else if eq_ic(sch, b"sips") {
-            Scheme::Sips
-        } else if eq_ic(sch, b"tel") {
-            Scheme::Tel
-        } else {
-            Scheme::Other(raw.slice(..colon))
-        };
-        match scheme {
-            Scheme::Sip | Scheme::Sips => Self::parse_sip(raw, scheme, colon + 1),
-            Scheme::Tel => Self::parse_tel(raw, colon + 1),
-            Scheme::Other(_) => {
-                let rest = &raw[colon + 1..];
-                if rest.is_empty() {
-                    return Err(UriError::Empty);
-                }
-                if rest
-                    .iter()
-                    .any(|&c| c <= b' ' || c == 0x7f || matches!(c, b'<' | b'>' | b'"'))
-                {
-                    return Err(UriError::TrailingGarbage);
-                }
-                let opaque = raw.slice(colon + 1..);
+        let (kind, colon) = scan_scheme(&raw)?;
+        match kind {
+            SchemeKind::Sip => Self::parse_sip(raw, Scheme::Sip, colon + 1),
+            SchemeKind::Sips => Self::parse_sip(raw, Scheme::Sips, colon + 1),
+            SchemeKind::Tel => Self::parse_tel(raw, colon + 1),
+            SchemeKind::Other => {
+                scan_opaque(&raw, colon + 1)?;
                 Ok(Uri {
-                    raw,
-                    scheme,
+                    scheme: Scheme::Other(raw.slice(..colon)),
                     user: None,
                     password: None,
                     host: None,
-                    host_raw: opaque,
+                    host_raw: raw.slice(colon + 1..),
                     port: None,
                     params: Params::default(),
                     headers: None,
+                    raw,
                 })
             }
+        }
+    }
+
+    /// Validate without building (no slices taken): the checks of [`Uri::parse`].
+    pub fn check(b: &[u8]) -> Result<(), UriError> {
+        let (kind, colon) = scan_scheme(b)?;
+        match kind {
+            SchemeKind::Sip | SchemeKind::Sips => scan_sip(b, colon + 1).map(|_| ()),
+            SchemeKind::Tel => scan_tel(b, colon + 1).map(|_| ()),
+            SchemeKind::Other => scan_opaque(b, colon + 1),
         }
     }
 
@@ -234,127 +246,27 @@ impl Uri {
     }
 
     fn parse_sip(raw: Bytes, scheme: Scheme, s: usize) -> Result<Uri, UriError> {
-        let b = &raw[..];
-        let mut user = None;
-        let mut password = None;
-        let mut host_start = s;
-        if let Some(at) = b[s..].iter().position(|&c| c == b'@').map(|p| p + s) {
-            let ui = &b[s..at];
-            if ui.iter().all(|&c| is_user_char(c) || c == b':') {
-                let (u_end, pw) = match ui.iter().position(|&c| c == b':') {
-                    Some(p) => (s + p, Some((s + p + 1, at))),
-                    None => (at, None),
-                };
-                if u_end == s {
-                    return Err(UriError::BadUser);
-                }
-                if !escapes_valid(&b[s..u_end]) {
-                    return Err(UriError::BadEscape);
-                }
-                user = Some(raw.slice(s..u_end));
-                if let Some((ps, pe)) = pw {
-                    let pwb = &b[ps..pe];
-                    if !pwb.iter().all(|&c| is_password_char(c)) {
-                        return Err(UriError::BadPassword);
-                    }
-                    if !escapes_valid(pwb) {
-                        return Err(UriError::BadEscape);
-                    }
-                    password = Some(raw.slice(ps..pe));
-                }
-                host_start = at + 1;
-            } else if ui.iter().any(|&c| c == b'>' || c <= b' ') {
-                return Err(UriError::TrailingGarbage);
-            } else {
-                return Err(UriError::BadUser);
-            }
-        }
-        let (host, mut i) = parse_host(&raw, host_start)?;
-        let host_raw = raw.slice(host_start..i);
-        let mut port = None;
-        if b.get(i) == Some(&b':') {
-            let (p, j) = parse_port(b, i + 1)?;
-            port = Some(p);
-            i = j;
-        }
-        let params_start = i;
-        if b.get(i) == Some(&b';') {
-            while i < b.len() && b[i] != b'?' {
-                if !is_param_char(b[i]) {
-                    break;
-                }
-                i += 1;
-            }
-            let pr = &b[params_start..i];
-            if !escapes_valid(pr) {
-                return Err(UriError::BadEscape);
-            }
-            // every ;-separated piece needs a non-empty name
-            for piece in pr[1..].split(|&c| c == b';') {
-                let name = piece.split(|&c| c == b'=').next().unwrap_or(&[]);
-                if name.is_empty() {
-                    return Err(UriError::BadParam);
-                }
-            }
-        }
-        let params = Params::new(raw.slice(params_start..i));
-        let mut headers = None;
-        if b.get(i) == Some(&b'?') {
-            let hs = i + 1;
-            i = hs;
-            while i < b.len() && is_header_char(b[i]) {
-                i += 1;
-            }
-            if i == hs || !escapes_valid(&b[hs..i]) {
-                return Err(UriError::BadHeaders);
-            }
-            headers = Some(raw.slice(hs..i));
-        }
-        if i != b.len() {
-            return Err(UriError::TrailingGarbage);
-        }
+        let sp = scan_sip(&raw, s)?;
         Ok(Uri {
             scheme,
-            user,
-            password,
-            host: Some(host),
-            host_raw,
-            port,
-            params,
-            headers,
+            user: sp.user.map(|r| raw.slice(r)),
+            password: sp.password.map(|r| raw.slice(r)),
+            host: Some(host_from_span(
+                &raw,
+                sp.host,
+                sp.host_range.start,
+                sp.host_range.end,
+            )),
+            host_raw: raw.slice(sp.host_range),
+            port: sp.port,
+            params: Params::new(raw.slice(sp.params)),
+            headers: sp.headers.map(|r| raw.slice(r)),
             raw,
         })
     }
 
     fn parse_tel(raw: Bytes, s: usize) -> Result<Uri, UriError> {
-        let b = &raw[..];
-        let mut i = s;
-        while i < b.len()
-            && (b[i].is_ascii_hexdigit()
-                || matches!(b[i], b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#'))
-        {
-            i += 1;
-        }
-        let num = &b[s..i];
-        let has_digit = num
-            .iter()
-            .any(|c| c.is_ascii_hexdigit() || *c == b'*' || *c == b'#');
-        if !has_digit || num[1..].contains(&b'+') {
-            return Err(UriError::BadTelNumber);
-        }
-        let ps = i;
-        while i < b.len() && is_param_char(b[i]) {
-            i += 1;
-        }
-        if i != b.len() {
-            return Err(UriError::TrailingGarbage);
-        }
-        if ps < i && b[ps] != b';' {
-            return Err(UriError::BadTelNumber);
-        }
-        if !escapes_valid(&b[ps..i]) {
-            return Err(UriError::BadEscape);
-        }
+        let ps = scan_tel(&raw, s)?;
         Ok(Uri {
             scheme: Scheme::Tel,
             user: Some(raw.slice(s..ps)),
@@ -362,7 +274,7 @@ impl Uri {
             host: None,
             host_raw: Bytes::new(),
             port: None,
-            params: Params::new(raw.slice(ps..i)),
+            params: Params::new(raw.slice(ps..)),
             headers: None,
             raw,
         })
@@ -530,6 +442,187 @@ impl Uri {
         }
         Uri::parse(Bytes::from(v))
     }
+}
+
+#[derive(Clone, Copy)]
+enum SchemeKind {
+    Sip,
+    Sips,
+    Tel,
+    Other,
+}
+
+/// The scheme and the index of its colon.
+fn scan_scheme(b: &[u8]) -> Result<(SchemeKind, usize), UriError> {
+    if b.is_empty() {
+        return Err(UriError::Empty);
+    }
+    let colon = crate::text::find_byte(b, b':').ok_or(UriError::BadScheme)?;
+    let sch = &b[..colon];
+    let scheme_ok = sch.first().is_some_and(|c| c.is_ascii_alphabetic())
+        && sch
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return Err(UriError::BadScheme);
+    }
+    let kind = if eq_ic(sch, b"sip") {
+        SchemeKind::Sip
+    } else if eq_ic(sch, b"sips") {
+        SchemeKind::Sips
+    } else if eq_ic(sch, b"tel") {
+        SchemeKind::Tel
+    } else {
+        SchemeKind::Other
+    };
+    Ok((kind, colon))
+}
+
+/// Opaque part of another scheme: non-empty, no white space, controls, `<>"`.
+fn scan_opaque(b: &[u8], s: usize) -> Result<(), UriError> {
+    let rest = &b[s..];
+    if rest.is_empty() {
+        return Err(UriError::Empty);
+    }
+    if rest
+        .iter()
+        .any(|&c| c <= b' ' || c == 0x7f || matches!(c, b'<' | b'>' | b'"'))
+    {
+        return Err(UriError::TrailingGarbage);
+    }
+    Ok(())
+}
+
+/// A tel URI after `tel:`; returns where the parameters start.
+fn scan_tel(b: &[u8], s: usize) -> Result<usize, UriError> {
+    let mut i = s;
+    while i < b.len()
+        && (b[i].is_ascii_hexdigit()
+            || matches!(b[i], b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#'))
+    {
+        i += 1;
+    }
+    let num = &b[s..i];
+    let has_digit = num
+        .iter()
+        .any(|c| c.is_ascii_hexdigit() || *c == b'*' || *c == b'#');
+    if !has_digit || num[1..].contains(&b'+') {
+        return Err(UriError::BadTelNumber);
+    }
+    let ps = i;
+    while i < b.len() && is_param_char(b[i]) {
+        i += 1;
+    }
+    if i != b.len() {
+        return Err(UriError::TrailingGarbage);
+    }
+    if ps < i && b[ps] != b';' {
+        return Err(UriError::BadTelNumber);
+    }
+    if !escapes_valid(&b[ps..i]) {
+        return Err(UriError::BadEscape);
+    }
+    Ok(ps)
+}
+
+type Span = core::ops::Range<usize>;
+
+/// Positions of the parts of a sip/sips URI.
+struct SipSpans {
+    user: Option<Span>,
+    password: Option<Span>,
+    host: HostSpan,
+    host_range: Span,
+    port: Option<u16>,
+    params: Span,
+    headers: Option<Span>,
+}
+
+/// Scan the part of a sip/sips URI after `scheme:` (starting at `s`).
+fn scan_sip(b: &[u8], s: usize) -> Result<SipSpans, UriError> {
+    let mut user = None;
+    let mut password = None;
+    let mut host_start = s;
+    if let Some(at) = crate::text::find_byte(&b[s..], b'@').map(|p| p + s) {
+        let ui = &b[s..at];
+        if ui.iter().all(|&c| is_user_char(c) || c == b':') {
+            let (u_end, pw) = match crate::text::find_byte(ui, b':') {
+                Some(p) => (s + p, Some(s + p + 1..at)),
+                None => (at, None),
+            };
+            if u_end == s {
+                return Err(UriError::BadUser);
+            }
+            if !escapes_valid(&b[s..u_end]) {
+                return Err(UriError::BadEscape);
+            }
+            user = Some(s..u_end);
+            if let Some(pr) = pw {
+                let pwb = &b[pr.clone()];
+                if !pwb.iter().all(|&c| is_password_char(c)) {
+                    return Err(UriError::BadPassword);
+                }
+                if !escapes_valid(pwb) {
+                    return Err(UriError::BadEscape);
+                }
+                password = Some(pr);
+            }
+            host_start = at + 1;
+        } else if ui.iter().any(|&c| c == b'>' || c <= b' ') {
+            return Err(UriError::TrailingGarbage);
+        } else {
+            return Err(UriError::BadUser);
+        }
+    }
+    let (host, mut i) = scan_host(b, host_start)?;
+    let host_range = host_start..i;
+    let mut port = None;
+    if b.get(i) == Some(&b':') {
+        let (p, j) = parse_port(b, i + 1)?;
+        port = Some(p);
+        i = j;
+    }
+    let params_start = i;
+    if b.get(i) == Some(&b';') {
+        while i < b.len() && b[i] != b'?' && is_param_char(b[i]) {
+            i += 1;
+        }
+        let pr = &b[params_start..i];
+        if !escapes_valid(pr) {
+            return Err(UriError::BadEscape);
+        }
+        // every ;-separated piece needs a non-empty name
+        for piece in pr[1..].split(|&c| c == b';') {
+            if piece.is_empty() || piece[0] == b'=' {
+                return Err(UriError::BadParam);
+            }
+        }
+    }
+    let params = params_start..i;
+    let mut headers = None;
+    if b.get(i) == Some(&b'?') {
+        let hs = i + 1;
+        i = hs;
+        while i < b.len() && is_header_char(b[i]) {
+            i += 1;
+        }
+        if i == hs || !escapes_valid(&b[hs..i]) {
+            return Err(UriError::BadHeaders);
+        }
+        headers = Some(hs..i);
+    }
+    if i != b.len() {
+        return Err(UriError::TrailingGarbage);
+    }
+    Ok(SipSpans {
+        user,
+        password,
+        host,
+        host_range,
+        port,
+        params,
+        headers,
+    })
 }
 
 fn header_eq(x: &Bytes, y: &Bytes) -> bool {

@@ -396,6 +396,26 @@ proptest! {
     }
 
     #[test]
+    fn check_agrees_with_parse(
+        v in prop_oneof![
+            name_addr(),
+            uri(),
+            "[ -~]{0,40}",
+            (name_addr(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(s, i, c)| {
+                let mut b = s.into_bytes();
+                let k = i.index(b.len().max(1)).min(b.len().saturating_sub(1));
+                if !b.is_empty() { b[k] = c; }
+                String::from_utf8_lossy(&b).into_owned()
+            }),
+        ],
+    ) {
+        let b = Bytes::from(v.clone().into_bytes());
+        prop_assert_eq!(NameAddr::check(&b), NameAddr::parse(&b).map(|_| ()), "{}", v);
+        prop_assert_eq!(Contact::check(&b), Contact::parse(&b).map(|_| ()), "{}", v);
+        prop_assert_eq!(Uri::check(&b), Uri::parse(b.clone()).map(|_| ()), "{}", v);
+    }
+
+    #[test]
     fn uri_equivalence_is_reflexive_and_symmetric(a in uri(), b in uri()) {
         let ua = Uri::parse_str(&a).map_err(|e| TestCaseError::fail(format!("{a}: {e:?}")))?;
         let ub = Uri::parse_str(&b).map_err(|e| TestCaseError::fail(format!("{b}: {e:?}")))?;

@@ -7,7 +7,9 @@ use bytes::Bytes;
 
 use crate::error::ViewError;
 use crate::params::Params;
-use crate::text::{end_of_quoted, find_top_level, is_lws, is_token, parse_u32, skip_lws, trimmed};
+use crate::text::{
+    end_of_quoted, find_top_level, is_lws, is_token, parse_u32, skip_lws, trim_range, trimmed,
+};
 use crate::uri::Uri;
 
 /// `[display-name] <URI> *(;param)` or `addr-spec *(;param)`.
@@ -23,78 +25,21 @@ pub struct NameAddr {
 impl NameAddr {
     /// Parse one value.
     pub fn parse(value: &Bytes) -> Result<NameAddr, ViewError> {
-        let v = trimmed(value);
-        if v.is_empty() {
-            return Err(ViewError::Empty);
-        }
-        let b = &v[..];
-        let mut display = None;
-        let mut quoted = false;
-        let lt;
-        if b[0] == b'"' {
-            let e = end_of_quoted(b, 0).ok_or(ViewError::UnterminatedQuote)?;
-            display = Some(v.slice(1..e - 1));
-            quoted = true;
-            let i = skip_lws(b, e);
-            if b.get(i) != Some(&b'<') {
-                return Err(ViewError::BadDisplayName);
-            }
-            lt = Some(i);
-        } else {
-            // A name-addr when '<' comes before any ';' (quotes skipped).
-            lt = first_lt_before_semi(b);
-            if let Some(p) = lt {
-                let d = &b[..p];
-                if !d.iter().all(|&c| is_token(c) || is_lws(c)) {
-                    return Err(ViewError::BadDisplayName);
-                }
-                let dt = trimmed(&v.slice(..p));
-                if !dt.is_empty() {
-                    display = Some(dt);
-                }
-            }
-        }
-        let (uri_raw, after, bracketed) = match lt {
-            Some(p) => {
-                let gt = b[p..]
-                    .iter()
-                    .position(|&c| c == b'>')
-                    .map(|x| x + p)
-                    .ok_or(ViewError::UnterminatedAngle)?;
-                let inner = &b[p + 1..gt];
-                if inner.iter().any(|&c| is_lws(c)) {
-                    return Err(ViewError::WhitespaceInAddrSpec);
-                }
-                (v.slice(p + 1..gt), gt + 1, true)
-            }
-            None => {
-                let end = find_top_level(b, 0, b';').unwrap_or(b.len());
-                let u = trimmed(&v.slice(..end));
-                if u.iter().any(|&c| is_lws(c)) {
-                    return Err(ViewError::WhitespaceInAddrSpec);
-                }
-                if u.iter().any(|&c| matches!(c, b'?' | b',')) {
-                    return Err(ViewError::UnbracketedUriWithHeaders);
-                }
-                (u, end, false)
-            }
-        };
-        let uri = Uri::parse(uri_raw).map_err(ViewError::BadUri)?;
-        let rest = skip_lws(b, after);
-        if rest < b.len() && b[rest] != b';' {
-            return Err(ViewError::TrailingGarbage);
-        }
-        let params = Params::new(v.slice(rest..));
-        if !params.well_formed() {
-            return Err(ViewError::BadParam);
-        }
+        let sp = scan(value)?;
+        let uri = Uri::parse(value.slice(sp.uri)).map_err(ViewError::BadUri)?;
         Ok(NameAddr {
-            display,
-            quoted,
+            display: sp.display.map(|r| value.slice(r)),
+            quoted: sp.quoted,
             uri,
-            bracketed,
-            params,
+            bracketed: sp.bracketed,
+            params: Params::new(value.slice(sp.params)),
         })
+    }
+
+    /// Validate without building: the checks of [`NameAddr::parse`].
+    pub fn check(value: &[u8]) -> Result<(), ViewError> {
+        let sp = scan(value)?;
+        Uri::check(&value[sp.uri]).map_err(ViewError::BadUri)
     }
 
     /// Display name as written (inside the quotes for a quoted string, escapes kept).
@@ -170,6 +115,89 @@ impl NameAddr {
     }
 }
 
+type Span = core::ops::Range<usize>;
+
+/// Positions of the parts of a name-addr / addr-spec value.
+struct Spans {
+    display: Option<Span>,
+    quoted: bool,
+    uri: Span,
+    bracketed: bool,
+    params: Span,
+}
+
+/// Everything but the URI itself is checked here.
+fn scan(value: &[u8]) -> Result<Spans, ViewError> {
+    let (vs, ve) = trim_range(value);
+    if vs == ve {
+        return Err(ViewError::Empty);
+    }
+    let b = &value[..ve];
+    let mut display = None;
+    let mut quoted = false;
+    let lt;
+    if b[vs] == b'"' {
+        let e = end_of_quoted(b, vs).ok_or(ViewError::UnterminatedQuote)?;
+        display = Some(vs + 1..e - 1);
+        quoted = true;
+        let i = skip_lws(b, e);
+        if b.get(i) != Some(&b'<') {
+            return Err(ViewError::BadDisplayName);
+        }
+        lt = Some(i);
+    } else {
+        // A name-addr when '<' comes before any ';' (quotes skipped).
+        lt = first_lt_before_semi(&b[vs..]).map(|p| p + vs);
+        if let Some(p) = lt {
+            let d = &b[vs..p];
+            if !d.iter().all(|&c| is_token(c) || is_lws(c)) {
+                return Err(ViewError::BadDisplayName);
+            }
+            let (ds, de) = trim_range(d);
+            if ds < de {
+                display = Some(vs + ds..vs + de);
+            }
+        }
+    }
+    let (uri, after, bracketed) = match lt {
+        Some(p) => {
+            let gt = crate::text::find_byte(&b[p..], b'>')
+                .map(|x| x + p)
+                .ok_or(ViewError::UnterminatedAngle)?;
+            if b[p + 1..gt].iter().any(|&c| is_lws(c)) {
+                return Err(ViewError::WhitespaceInAddrSpec);
+            }
+            (p + 1..gt, gt + 1, true)
+        }
+        None => {
+            let end = find_top_level(b, vs, b';').unwrap_or(b.len());
+            let (us, ue) = trim_range(&b[vs..end]);
+            let u = &b[vs + us..vs + ue];
+            if u.iter().any(|&c| is_lws(c)) {
+                return Err(ViewError::WhitespaceInAddrSpec);
+            }
+            if u.iter().any(|&c| matches!(c, b'?' | b',')) {
+                return Err(ViewError::UnbracketedUriWithHeaders);
+            }
+            (vs + us..vs + ue, end, false)
+        }
+    };
+    let rest = skip_lws(b, after);
+    if rest < b.len() && b[rest] != b';' {
+        return Err(ViewError::TrailingGarbage);
+    }
+    if !crate::params::well_formed(&b[rest..]) {
+        return Err(ViewError::BadParam);
+    }
+    Ok(Spans {
+        display,
+        quoted,
+        uri,
+        bracketed,
+        params: rest..ve,
+    })
+}
+
 /// Index of the first `<` outside quotes, if no `;` comes before it.
 fn first_lt_before_semi(b: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -232,6 +260,15 @@ impl Contact {
             return Ok(Contact::Wildcard);
         }
         NameAddr::parse(v).map(Contact::Address)
+    }
+
+    /// Validate without building.
+    pub fn check(v: &[u8]) -> Result<(), ViewError> {
+        let (s, e) = trim_range(v);
+        if &v[s..e] == b"*" {
+            return Ok(());
+        }
+        NameAddr::check(v)
     }
 
     /// The address, unless wildcard.
