@@ -153,3 +153,69 @@ fn userspace_relay_latches_and_drops_strict() {
         assert_eq!(bad["kind"], json!("not_found"));
     });
 }
+
+#[test]
+fn userspace_relay_survives_a_burst() {
+    require_root();
+    let ns = Netns::new("burst");
+    for a in ["198.18.1.1", "198.18.2.1", "198.18.1.2", "198.18.2.2"] {
+        common::ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{a}/32"),
+            "dev",
+            "lo",
+        ]);
+    }
+    ns.run(|| {
+        let cfg = Config::parse(std::path::Path::new("test"), CONFIG).expect("config");
+        let edge = Edge::start(&cfg, true).expect("edge starts without XDP");
+        let r = call(
+            &edge,
+            json!({"cmd":"relay-open","a_peer":"198.18.1.2:4000","b_peer":"198.18.2.2:5000"}),
+        );
+        let ea = addr(&r["relays"][0]["a"]["edge"]);
+        let a = udp("198.18.1.2:4000");
+        let b = udp("198.18.2.2:5000");
+        // Room for the whole burst at the receiver (root may exceed rmem_max).
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20))
+            .expect("SO_RCVBUFFORCE");
+        // More datagrams than the provided buffer ring holds (1024), as fast as we can send.
+        const BURST: u16 = 3000;
+        for seq in 0..BURST {
+            a.send_to(&rtp(seq), ea).expect("A sends");
+        }
+        let mut got = 0u32;
+        while recv(&b).is_some() {
+            got += 1;
+            if got == u32::from(BURST) {
+                break;
+            }
+        }
+        assert!(got > 0, "nothing of the burst arrived");
+        // Whatever the kernel dropped on the way, the relay still relays afterwards.
+        a.send_to(&rtp(60000), ea).expect("A sends after the burst");
+        let (last, _) = recv(&b).expect("the relay still works after the burst");
+        assert_eq!(last, rtp(60000));
+        let mut stats = call(&edge, json!({"cmd":"stats"}));
+        for _ in 0..100 {
+            if stats["userspace"]["rx"] == stats["userspace"]["relayed"] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stats = call(&edge, json!({"cmd":"stats"}));
+        }
+        let u = &stats["userspace"];
+        assert_eq!(
+            u["rx"], u["relayed"],
+            "every received datagram was relayed: {stats}"
+        );
+        assert_eq!(u["send_error"], json!(0), "{stats}");
+        assert!(
+            u["relayed"].as_u64() >= Some(u64::from(got) + 1),
+            "B cannot receive more than the relay sent ({got} + 1): {stats}"
+        );
+    });
+}
