@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The port sv-rtp receives on in sv-a and sv-b (the relays' peers); the senders use + 2.
@@ -92,14 +92,10 @@ pub fn run_demo(options: Options) -> Result<()> {
         let bind = SocketAddrV4::new(addr, PEER_PORT);
         let streams = relays.len();
         let seconds = options.seconds + 15;
-        children.push(spawn(&mut rtp_recv(
-            &binaries.sv_rtp,
-            ns,
-            bind,
-            streams,
-            seconds,
-            &report(name),
-        ))?);
+        children.push(spawn(
+            &mut rtp_recv(&binaries.sv_rtp, ns, bind, streams, seconds, &report(name)),
+            &work.join(format!("{name}.log")),
+        )?);
         if !wait_udp_bound(ns, bind, Duration::from_secs(10)) {
             bail!("the sv-rtp receiver in {ns} did not bind {bind}");
         }
@@ -122,20 +118,23 @@ pub fn run_demo(options: Options) -> Result<()> {
     ];
     for (ns, addr, name, tag, dsts) in sends {
         let bind = SocketAddrV4::new(addr, PEER_PORT + 2);
-        children.push(spawn(&mut rtp_send(
-            &binaries.sv_rtp,
-            ns,
-            bind,
-            &dsts,
-            options.seconds,
-            tag,
-            &report(name),
-        ))?);
+        children.push(spawn(
+            &mut rtp_send(
+                &binaries.sv_rtp,
+                ns,
+                bind,
+                &dsts,
+                options.seconds,
+                tag,
+                &report(name),
+            ),
+            &work.join(format!("{name}.log")),
+        )?);
     }
     let limit = Duration::from_secs(u64::from(options.seconds) + 30);
     for child in children {
         if !wait_bounded(child, limit)? {
-            bail!("an sv-rtp process failed (its output is above)");
+            bail!("an sv-rtp process failed (logs in {})", work.display());
         }
     }
 
@@ -154,9 +153,9 @@ pub fn run_demo(options: Options) -> Result<()> {
             .arg(report(send))
             .arg("--recv")
             .arg(report(recv))
-            .status()
+            .output()
             .context("running sv-rtp check")?;
-        lossless &= check.success();
+        lossless &= check.status.success();
     }
 
     let stopped = daemon.terminate(Duration::from_secs(10));
@@ -189,7 +188,10 @@ pub fn run_demo(options: Options) -> Result<()> {
         "daemon stopped cleanly: {stopped}; loss check: {}",
         if lossless { "lossless" } else { "LOSS" }
     );
-    println!("reports: {}/{{a,b}}-{{send,recv}}.json", work.display());
+    println!(
+        "reports and logs: {}/{{a,b}}-{{send,recv}}.{{json,log}}",
+        work.display()
+    );
 
     if options.keep_lab {
         std::mem::forget(session);
@@ -234,9 +236,14 @@ fn parse_relay(answer: &Value) -> Result<Relay> {
     })
 }
 
-fn spawn(cmd: &mut Command) -> Result<Child> {
-    println!("+ {}", crate::cmd::show(cmd));
-    cmd.spawn()
+/// Starts an sv-rtp process with its output in `log` (the numbers come from its JSON report).
+fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
+    println!("+ {} 2>{}", crate::cmd::show(cmd), log.display());
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
         .with_context(|| format!("cannot start `{}`", crate::cmd::show(cmd)))
 }
 
