@@ -342,6 +342,7 @@ impl Dataplane {
                     what: format!("adding {iface} to {}", maps::TX_PORTS),
                     source: io::Error::other(e.to_string()),
                 })?;
+            warn_if_not_forwarding(iface);
             let mode = attach_one(program, &dir, iface, ifindex, opts.xdp)?;
             tracing::info!(iface, ifindex, mode = mode.as_str(), "XDP attached");
             interfaces.push(AttachedInterface {
@@ -368,6 +369,21 @@ impl Dataplane {
     /// XDP counters summed over CPUs, in `Counter::ALL` order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
         sum_counters(&self.counters)
+    }
+}
+
+/// `bpf_fib_lookup` reports "forwarding disabled" on an interface that does not forward IPv4, and
+/// the program then passes every relayed packet up to the (much slower) userspace relay.
+fn warn_if_not_forwarding(iface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    if let Ok(v) = std::fs::read_to_string(&path)
+        && v.trim() == "0"
+    {
+        tracing::warn!(
+            iface,
+            "IPv4 forwarding is off: XDP cannot relay (FIB lookups fail), the userspace relay \
+             will carry the media; set net.ipv4.conf.{iface}.forwarding=1"
+        );
     }
 }
 
