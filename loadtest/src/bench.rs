@@ -204,13 +204,12 @@ pub struct CpuWindow {
 }
 
 impl CpuWindow {
-    /// (system busy − generator − baseline) ÷ packets: the whole-system figure.
+    /// (system busy − generator − baseline) ÷ packets: the whole-system figure. None when nothing
+    /// was relayed or the other load on the machine (baseline) swamps the window.
     #[must_use]
     pub fn ns_per_packet(&self) -> Option<f64> {
-        (self.packets > 0).then(|| {
-            (self.system_busy_ns - self.generator_ns - self.baseline_ns).max(0.0)
-                / self.packets as f64
-        })
+        let net = self.system_busy_ns - self.generator_ns - self.baseline_ns;
+        (self.packets > 0 && net > 0.0).then(|| net / self.packets as f64)
     }
 
     /// (softirq + relay process) ÷ packets: the attributed figure, far less sensitive to other

@@ -115,6 +115,13 @@ struct Opts {
     sink_map: Option<String>,
     #[arg(long, default_value_t = 0)]
     sink_index: usize,
+    /// How relayed packets are counted: `sink` (sv_sink on b0, any rate) or `userspace`
+    /// (sv-rtp recv in sv-b; only trustworthy up to the receiver's own limit, ~100-200 kpps here).
+    #[arg(long, default_value = "sink", value_parser = ["sink", "userspace"])]
+    counter: String,
+    /// Use the lab as it is (brought up by someone else) and leave it up.
+    #[arg(long)]
+    external_lab: bool,
 }
 
 /// Runs a command to completion within `limit`, returning stdout; fails on a non-zero exit.
@@ -264,6 +271,8 @@ struct SystemResult {
 struct Running {
     process: Option<ChildGuard>,
     dsts: Vec<SocketAddrV4>,
+    /// rtpengine: generation of the current set of calls (see [`rtpengine_calls`]).
+    rtpengine_generation: Option<u32>,
     teardown: Vec<Vec<String>>,
     sipveil: PathBuf,
 }
@@ -291,6 +300,59 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Sets up `n` rtpengine calls of generation `generation` (A = 198.18.1.2:30000 on interface a,
+/// B = 198.18.2.2:30000 on interface b) and deletes the calls of `previous`, if any; returns where A
+/// sends each call's RTP. Runs the ng client inside sv-edge (rtpengine listens on its loopback).
+///
+/// Fresh calls per trial: once a port's receive queue has overflowed a few times, rtpengine keeps
+/// discarding on that port ("UDP receive queue exceeded 5 times: discarding packet"), so a trial
+/// after an overloaded one would measure nothing on the old calls.
+fn rtpengine_calls(
+    n: u32,
+    generation: u32,
+    previous: Option<(u32, usize)>,
+) -> Result<Vec<SocketAddrV4>> {
+    in_netns(lab::NS_EDGE, move || {
+        let mut ng = NgClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, NG_PORT)))?;
+        let start = Instant::now();
+        while ng.ping().is_err() {
+            if start.elapsed() > Duration::from_secs(15) {
+                bail!("rtpengine does not answer ng ping");
+            }
+        }
+        if let Some((p, count)) = previous {
+            for i in 0..count {
+                // a call that is already gone is fine
+                let _ = ng.delete(&format!("bench-{p}-{i}"), &format!("a-{i}"));
+            }
+        }
+        let mut dsts = Vec::new();
+        for i in 0..n {
+            let call = format!("bench-{generation}-{i}");
+            let from = format!("a-{i}");
+            let session = u64::from(generation) << 32 | u64::from(i);
+            let to_b = ng.offer(
+                &call,
+                &from,
+                &audio_sdp(lab::A_ADDR, A_PORT, session),
+                Some(["a", "b"]),
+            )?;
+            let b_side = media_endpoint(&to_b)?;
+            if *b_side.ip() != EDGE_B {
+                bail!("rtpengine offered {b_side} to B, expected {EDGE_B}");
+            }
+            let to_a = ng.answer(
+                &call,
+                &from,
+                &format!("b-{i}"),
+                &audio_sdp(lab::B_ADDR, B_PORT, session | 1 << 63),
+            )?;
+            dsts.push(media_endpoint(&to_a)?);
+        }
+        Ok(dsts)
+    })
 }
 
 /// One sipveil control-socket request.
@@ -407,6 +469,7 @@ impl Bench {
         let mut running = Running {
             process: None,
             dsts: Vec::new(),
+            rtpengine_generation: None,
             teardown: vec![vec![
                 "unload".into(),
                 "--instance".into(),
@@ -463,9 +526,12 @@ impl Bench {
         Ok(running)
     }
 
-    fn start_rtpengine(&self, n: u32) -> Result<Running> {
-        let log = fs::File::create(self.o.out.join("rtpengine.log"))?;
-        let guard = ChildGuard::spawn(
+    fn spawn_rtpengine(&self) -> Result<ChildGuard> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.o.out.join("rtpengine.log"))?;
+        Ok(ChildGuard::spawn(
             "rtpengine",
             Command::new("ip")
                 .args(["netns", "exec", lab::NS_EDGE])
@@ -487,45 +553,21 @@ impl Bench {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log),
-        )?;
+        )?)
+    }
+
+    fn start_rtpengine(&self, n: u32) -> Result<Running> {
+        let _ = fs::remove_file(self.o.out.join("rtpengine.log"));
+        let guard = self.spawn_rtpengine()?;
         let mut running = Running {
             process: Some(guard),
             dsts: Vec::new(),
+            rtpengine_generation: None,
             teardown: Vec::new(),
             sipveil: self.sipveil.clone(),
         };
-        running.dsts = in_netns(lab::NS_EDGE, move || {
-            let mut ng = NgClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, NG_PORT)))?;
-            let start = Instant::now();
-            while ng.ping().is_err() {
-                if start.elapsed() > Duration::from_secs(15) {
-                    bail!("rtpengine does not answer ng ping");
-                }
-            }
-            let mut dsts = Vec::new();
-            for i in 0..n {
-                let call = format!("bench-{i}");
-                let from = format!("a-{i}");
-                let to_b = ng.offer(
-                    &call,
-                    &from,
-                    &audio_sdp(lab::A_ADDR, A_PORT, u64::from(i) + 1),
-                    Some(["a", "b"]),
-                )?;
-                let b_side = media_endpoint(&to_b)?;
-                if *b_side.ip() != EDGE_B {
-                    bail!("rtpengine offered {b_side} to B, expected {EDGE_B}");
-                }
-                let to_a = ng.answer(
-                    &call,
-                    &from,
-                    &format!("b-{i}"),
-                    &audio_sdp(lab::B_ADDR, B_PORT, u64::from(i) + 1_000_000),
-                )?;
-                dsts.push(media_endpoint(&to_a)?);
-            }
-            Ok(dsts)
-        })?;
+        running.dsts = rtpengine_calls(n, 0, None)?;
+        running.rtpengine_generation = Some(0);
         Ok(running)
     }
 
@@ -555,6 +597,7 @@ impl Bench {
         let running = Running {
             process: None,
             dsts: vec![SocketAddrV4::new(EDGE_A, CEILING_PORT); n as usize],
+            rtpengine_generation: None,
             teardown: vec![
                 [
                     "lab-xdp",
@@ -578,6 +621,16 @@ impl Bench {
         Ok(running)
     }
 
+    /// The linear ramp at the start of every offered-load window.
+    fn ramp_secs(secs: f64) -> f64 {
+        (secs / 3.0).min(1.0)
+    }
+
+    /// Packets a window of `secs` at `rate` (after its ramp) should send.
+    fn expected_packets(rate: f64, secs: f64) -> f64 {
+        rate * (secs - Self::ramp_secs(secs) / 2.0)
+    }
+
     fn dst_list(dsts: &[SocketAddrV4]) -> String {
         dsts.iter()
             .map(ToString::to_string)
@@ -592,10 +645,11 @@ impl Bench {
         streams: usize,
         rate: f64,
         secs: f64,
+        end_packets: u32,
     ) -> Result<(u64, f64, CpuWindow)> {
         let dsts = &run.dsts[..streams.min(run.dsts.len())];
         let max_packets = (rate * secs).ceil() as u64;
-        let ramp = (secs / 3.0).min(1.0);
+        let ramp = Self::ramp_secs(secs);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", lab::NS_A])
             .arg(&self.sv_rtp)
@@ -607,7 +661,8 @@ impl Bench {
             .arg(format!("{rate:.0}"))
             .arg("--threads")
             .arg(self.o.gen_threads.to_string())
-            .args(["--batch", "64", "--end-packets", "0", "--duration"])
+            .args(["--batch", "64", "--end-packets", &end_packets.to_string()])
+            .arg("--duration")
             .arg(format!("{secs}"))
             .arg("--ramp")
             .arg(format!("{ramp}"))
@@ -653,23 +708,77 @@ impl Bench {
         ))
     }
 
-    /// Offered load with sink counting: (lossless, achieved pps, cpu window with packets).
+    /// Offered load, counted at the receiver: (lossless, achieved pps, sent, relayed, cpu window).
     fn trial(
-        &self,
-        run: &Running,
+        &mut self,
+        run: &mut Running,
         streams: usize,
         rate: f64,
         secs: f64,
     ) -> Result<(bool, f64, u64, u64, CpuWindow)> {
+        // A fresh tag per trial: stragglers of an earlier trial are not counted.
+        self.tag = self.tag.wrapping_add(1);
+        if let Some(g) = run.rtpengine_generation {
+            // A fresh rtpengine per trial: once a port's receive queue overflowed a few times,
+            // rtpengine keeps discarding there, and deleted calls linger (delete-delay), so
+            // new calls in the same process did not reliably relay again.
+            if let Some(mut old) = run.process.take() {
+                old.stop();
+            }
+            run.process = Some(self.spawn_rtpengine()?);
+            let n = u32::try_from(streams).unwrap_or(u32::MAX);
+            run.dsts = rtpengine_calls(n, g + 1, None)?;
+            run.rtpengine_generation = Some(g + 1);
+        }
+        if self.o.counter == "userspace" {
+            let json_path = self.o.out.join("trial-recv.json");
+            let _ = fs::remove_file(&json_path);
+            let mut recv = ChildGuard::spawn(
+                "sv-rtp recv (trial)",
+                Command::new("ip")
+                    .args(["netns", "exec", lab::NS_B])
+                    .arg(&self.sv_rtp)
+                    .args(["recv", "--bind"])
+                    .arg(SocketAddrV4::new(lab::B_ADDR, B_PORT).to_string())
+                    .args(["--expect-streams", &streams.to_string()])
+                    .args(["--expect-tag", &self.tag.to_string()])
+                    .args(["--recv-duration", &format!("{}", secs + 5.0)])
+                    .args(["--grace-ms", "300", "--idle-exit-ms", "1500"])
+                    .arg("--json")
+                    .arg(&json_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            let (sent, achieved, mut cpu) = self.offer_load(run, streams, rate, secs, 3)?;
+            let st = recv.wait_bounded(Duration::from_secs(10))?;
+            if !st.success() {
+                bail!("sv-rtp recv failed ({st})");
+            }
+            let report: RunReport = serde_json::from_str(&fs::read_to_string(&json_path)?)?;
+            let r = report
+                .receiver
+                .ok_or_else(|| anyhow!("no receiver report"))?;
+            // The receiver is reaped after the window closes, so its CPU is not subtracted: with
+            // this counter the whole-system figure includes the userspace receiver.
+            cpu.packets = r.totals.received;
+            let ok = r.totals.lost == 0
+                && r.totals.duplicated == 0
+                && r.totals.streams_missing == 0
+                && r.totals.received == sent
+                && sent > 0;
+            return Ok((ok, achieved, sent, r.totals.received, cpu));
+        }
         let before = self.read_sink()?;
-        let (sent, achieved, mut cpu) = self.offer_load(run, streams, rate, secs)?;
+        let (sent, achieved, mut cpu) = self.offer_load(run, streams, rate, secs, 0)?;
         let after = self.read_sink()?;
         let got = after.saturating_sub(before);
         cpu.packets = got;
         Ok((got == sent && sent > 0, achieved, sent, got, cpu))
     }
 
-    fn measure(&self, name: &str, res: &mut SystemResult) -> Result<()> {
+    fn measure(&mut self, name: &str, res: &mut SystemResult) -> Result<()> {
         let n = self.o.latency_streams.max(self.o.search_streams);
         let mut run = match name {
             "xdp" => self.start_sipveil(true, n)?,
@@ -682,15 +791,19 @@ impl Bench {
         if let Err(e) = self.latency(name, &run, res) {
             res.errors.push(format!("latency: {e:#}"));
         }
-        self.b0_program("sv_sink")?;
+        let sink = self.o.counter == "sink";
+        if sink {
+            self.b0_program("sv_sink")?;
+        }
         let streams = self.o.search_streams as usize;
         let result = (|| -> Result<()> {
+            let this = &mut *self;
             // CPU per packet at the common rate
-            let (ok, _ach, sent, got, cpu) =
-                self.trial(&run, streams, self.o.cpu_rate, self.o.cpu_secs)?;
+            let (cpu_rate, cpu_secs) = (this.o.cpu_rate, this.o.cpu_secs);
+            let (ok, _ach, sent, got, cpu) = this.trial(&mut run, streams, cpu_rate, cpu_secs)?;
             eprintln!(
                 "  [{name}] cpu window at {:.0} pps: sent {sent}, relayed {got}, {:.0} ns/packet (attributed {:.0})",
-                self.o.cpu_rate,
+                cpu_rate,
                 cpu.ns_per_packet().unwrap_or(f64::NAN),
                 cpu.attributed_ns_per_packet().unwrap_or(f64::NAN)
             );
@@ -700,16 +813,17 @@ impl Bench {
             res.cpu = Some(cpu);
 
             let mut search = RateSearch::new(
-                self.o.search_start,
-                self.o.search_min,
-                self.o.search_max,
-                self.o.resolution,
-                self.o.search_steps,
+                this.o.search_start,
+                this.o.search_min,
+                this.o.search_max,
+                this.o.resolution,
+                this.o.search_steps,
             );
+            let step_secs = this.o.step_secs;
             while let Some(rate) = search.next_rate() {
                 let (ok, achieved, sent, got, cpu) =
-                    self.trial(&run, streams, rate, self.o.step_secs)?;
-                let limited = achieved < rate * 0.97;
+                    this.trial(&mut run, streams, rate, step_secs)?;
+                let limited = (sent as f64) < Self::expected_packets(rate, step_secs) * 0.97;
                 eprintln!(
                     "  [{name}] offered {rate:.0} pps (achieved {achieved:.0}): sent {sent}, relayed {got} => {}{}",
                     if ok { "lossless" } else { "LOSS" },
@@ -722,8 +836,15 @@ impl Bench {
                     "cpu_attributed_ns_per_packet": cpu.attributed_ns_per_packet(),
                 }));
                 if ok {
+                    // the steady rate after the ramp; when the generator fell short, what it
+                    // actually sustained
+                    let steady = if limited {
+                        sent as f64 / (step_secs - Self::ramp_secs(step_secs) / 2.0)
+                    } else {
+                        rate
+                    };
                     res.zero_loss_pps =
-                        Some(res.zero_loss_pps.map_or(achieved, |z: f64| z.max(achieved)));
+                        Some(res.zero_loss_pps.map_or(steady, |z: f64| z.max(steady)));
                 }
                 if limited && ok {
                     // the generator is the bottleneck: higher offers measure nothing new
@@ -734,7 +855,11 @@ impl Bench {
             }
             Ok(())
         })();
-        let restore = self.b0_program(lab::PEER_PROGRAM);
+        let restore = if sink {
+            self.b0_program(lab::PEER_PROGRAM)
+        } else {
+            Ok(())
+        };
         run.shutdown();
         result?;
         restore?;
@@ -825,9 +950,13 @@ fn run() -> Result<bool> {
         baseline_busy_ns_per_s: 0.0,
         tag: 0x5256,
     };
-    eprintln!("lab: bringing up two-arm (torn down at the end)");
-    let session =
-        Lab::session(Shape::TwoArm, &bench.sipveil).map_err(|e| anyhow!("lab up: {e}"))?;
+    let session = if bench.o.external_lab {
+        eprintln!("lab: using the lab as it is (--external-lab)");
+        None
+    } else {
+        eprintln!("lab: bringing up two-arm (torn down at the end)");
+        Some(Lab::session(Shape::TwoArm, &bench.sipveil).map_err(|e| anyhow!("lab up: {e}"))?)
+    };
     bench.measure_baseline()?;
     let mut results: BTreeMap<String, SystemResult> = BTreeMap::new();
     for name in bench.o.systems.clone() {
@@ -874,6 +1003,7 @@ fn run() -> Result<bool> {
             "latency_streams": bench.o.latency_streams, "latency_pps": bench.o.latency_pps,
             "latency_secs": bench.o.latency_secs, "gen_threads": bench.o.gen_threads,
             "generator": "sv-rtp send (sendmmsg) in sv-a",
+            "counter": bench.o.counter,
         },
         "systems": results,
     });
