@@ -76,8 +76,13 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
         StartLine::Request(parse_request_line(&start_line, limits)?)
     };
 
-    // Pass 1: find the empty line and count fields.
+    // Pass 1: find the empty line and the logical fields (continuation lines
+    // folded into the field before them). Up to INLINE fields are remembered
+    // on the stack so the index is built without scanning again.
+    const INLINE: usize = 64;
+    let mut spans = [(0u32, 0u32); INLINE];
     let mut count = 0usize;
+    let mut cur: Option<(usize, usize)> = None; // (line start, content end)
     let mut i = hdr_start;
     let body_start;
     loop {
@@ -86,43 +91,64 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
             body_start = next;
             break;
         }
-        if b[i] != b' ' && b[i] != b'\t' {
-            count += 1;
-            if count > limits.max_headers {
-                return Err(K::TooManyHeaders {
-                    limit: limits.max_headers,
-                });
-            }
-        }
-        i = next;
-    }
-
-    // Pass 2: build the index.
-    let mut list: Vec<Header> = Vec::with_capacity(count);
-    let mut cur: Option<(usize, usize)> = None; // (line start, content end)
-    let mut i = hdr_start;
-    while i < body_start {
-        let Some((end, next)) = line_at(b, i) else {
-            break;
-        };
-        if end == i {
-            break;
-        }
         if b[i] == b' ' || b[i] == b'\t' {
             match cur.as_mut() {
                 Some(c) => c.1 = end,
                 None => return Err(K::BadHeaderLine),
             }
         } else {
-            if let Some((s, e)) = cur.take() {
-                list.push(make_header(buf, s, e, limits)?);
+            if let Some((s, e)) = cur.take()
+                && let Some(slot) = spans.get_mut(count - 1)
+            {
+                *slot = (s as u32, e as u32);
+            }
+            count += 1;
+            if count > limits.max_headers {
+                return Err(K::TooManyHeaders {
+                    limit: limits.max_headers,
+                });
             }
             cur = Some((i, end));
         }
         i = next;
     }
-    if let Some((s, e)) = cur {
-        list.push(make_header(buf, s, e, limits)?);
+    if let Some((s, e)) = cur
+        && let Some(slot) = spans.get_mut(count - 1)
+    {
+        *slot = (s as u32, e as u32);
+    }
+
+    // Pass 2: build the index (exactly `count` entries).
+    let mut list: Vec<Header> = Vec::with_capacity(count);
+    if count <= INLINE && b.len() <= u32::MAX as usize {
+        for &(s, e) in &spans[..count] {
+            list.push(make_header(buf, s as usize, e as usize, limits)?);
+        }
+    } else {
+        let mut cur: Option<(usize, usize)> = None;
+        let mut i = hdr_start;
+        while i < body_start {
+            let Some((end, next)) = line_at(b, i) else {
+                break;
+            };
+            if end == i {
+                break;
+            }
+            if b[i] == b' ' || b[i] == b'\t' {
+                if let Some(c) = cur.as_mut() {
+                    c.1 = end;
+                }
+            } else {
+                if let Some((s, e)) = cur.take() {
+                    list.push(make_header(buf, s, e, limits)?);
+                }
+                cur = Some((i, end));
+            }
+            i = next;
+        }
+        if let Some((s, e)) = cur {
+            list.push(make_header(buf, s, e, limits)?);
+        }
     }
     let headers = Headers::from_vec(list);
 
@@ -201,18 +227,20 @@ fn make_header(buf: &Bytes, s: usize, e: usize, limits: &Limits) -> Result<Heade
         });
     }
     let b = &buf[s..e];
-    let colon = b.iter().position(|&c| c == b':').ok_or(K::BadHeaderLine)?;
+    let colon = crate::text::find_byte(b, b':').ok_or(K::BadHeaderLine)?;
     let mut ne = colon;
     while ne > 0 && (b[ne - 1] == b' ' || b[ne - 1] == b'\t') {
         ne -= 1;
     }
     let name_raw = &b[..ne];
-    if name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c)) {
-        return Err(K::BadHeaderLine);
-    }
     let name = match HeaderName::known(name_raw) {
         Some(n) => n,
-        None => HeaderName::Other(buf.slice(s..s + ne)),
+        None => {
+            if name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c)) {
+                return Err(K::BadHeaderLine);
+            }
+            HeaderName::Other(buf.slice(s..s + ne))
+        }
     };
     let (vs, ve) = trim_range(&b[colon + 1..]);
     let value = buf.slice(s + colon + 1 + vs..s + colon + 1 + ve);

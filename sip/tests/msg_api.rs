@@ -512,3 +512,25 @@ fn received_and_rport_and_max_forwards() {
     r2.headers_mut().remove_all(&HeaderName::MaxForwards);
     assert_eq!(r2.decrement_max_forwards(), Some(69));
 }
+
+#[test]
+fn many_headers_with_folding_beyond_the_inline_index() {
+    let mut s = String::from(INVITE);
+    let cut = s.find("Content-Type").expect("ct");
+    let mut extra = String::new();
+    for i in 0..90 {
+        extra.push_str(&format!("X-H{i}: value {i}\r\n continued {i}\r\n"));
+    }
+    s.insert_str(cut, &extra);
+    let m = parse_datagram(Bytes::from(s.clone()), &Limits::default()).expect("parse");
+    assert_eq!(m.headers().len(), 11 + 90);
+    assert_eq!(m.to_bytes(), s.as_bytes());
+    let h = m
+        .headers()
+        .get(&HeaderName::from_static("x-h89"))
+        .expect("last");
+    assert_eq!(h.value(), "value 89\r\n continued 89");
+    let mut copy = m.clone();
+    let _ = copy.headers_mut();
+    assert_eq!(copy.to_bytes(), s.as_bytes());
+}
