@@ -349,7 +349,7 @@ fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Resu
                 limit: limits.max_vias,
             });
         }
-        Via::parse(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+        Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
     }
     if nvia == 0 {
         return Err(K::MissingHeader(HeaderName::Via));

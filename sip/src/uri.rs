@@ -109,12 +109,6 @@ pub(crate) fn scan_host(b: &[u8], start: usize) -> Result<(HostSpan, usize), Uri
     Ok((HostSpan::Domain, i))
 }
 
-/// Parse a host starting at `raw[start]`; returns the host and the index after it.
-pub(crate) fn parse_host(raw: &Bytes, start: usize) -> Result<(Host, usize), UriError> {
-    let (h, end) = scan_host(raw, start)?;
-    Ok((host_from_span(raw, h, start, end), end))
-}
-
 fn host_from_span(raw: &Bytes, h: HostSpan, start: usize, end: usize) -> Host {
     match h {
         HostSpan::Domain => Host::Domain(raw.slice(start..end)),

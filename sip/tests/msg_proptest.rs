@@ -399,6 +399,7 @@ proptest! {
     fn check_agrees_with_parse(
         v in prop_oneof![
             name_addr(),
+            (host(), "[a-zA-Z0-9;=.:-]{0,20}").prop_map(|(h, p)| format!("SIP/2.0/UDP {h};{p}")),
             uri(),
             "[ -~]{0,40}",
             (name_addr(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(s, i, c)| {
@@ -413,6 +414,7 @@ proptest! {
         prop_assert_eq!(NameAddr::check(&b), NameAddr::parse(&b).map(|_| ()), "{}", v);
         prop_assert_eq!(Contact::check(&b), Contact::parse(&b).map(|_| ()), "{}", v);
         prop_assert_eq!(Uri::check(&b), Uri::parse(b.clone()).map(|_| ()), "{}", v);
+        prop_assert_eq!(Via::check(&b), Via::parse(&b).map(|_| ()), "{}", v);
     }
 
     #[test]

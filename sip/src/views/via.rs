@@ -4,8 +4,8 @@ use bytes::Bytes;
 
 use crate::error::ViewError;
 use crate::params::Params;
-use crate::text::{all_token, eq_ic, is_token, parse_u32, skip_lws, trimmed};
-use crate::uri::{Host, parse_host, parse_port};
+use crate::text::{all_token, eq_ic, is_token, parse_u32, skip_lws, trim_range};
+use crate::uri::{Host, HostSpan, parse_port, scan_host};
 
 /// Via transport (open).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,106 +81,137 @@ pub struct Via {
     params: Params,
 }
 
-fn token_at(v: &Bytes, i: usize) -> (Bytes, usize) {
+type Span = core::ops::Range<usize>;
+
+/// Positions of the parts of one Via value (relative to the untrimmed value).
+struct Spans {
+    name: Span,
+    version: Span,
+    transport: Span,
+    host: HostSpan,
+    host_range: Span,
+    port: Option<u16>,
+    sent_by: Span,
+    params: Span,
+}
+
+fn token_end(b: &[u8], i: usize) -> usize {
     let mut j = i;
-    while j < v.len() && is_token(v[j]) {
+    while j < b.len() && is_token(b[j]) {
         j += 1;
     }
-    (v.slice(i..j), j)
+    j
+}
+
+fn scan(value: &[u8], strict: bool) -> Result<Spans, ViewError> {
+    let (vs, ve) = trim_range(value);
+    if vs == ve {
+        return Err(ViewError::Empty);
+    }
+    let b = &value[..ve];
+    let ne = token_end(b, vs);
+    let i = skip_lws(b, ne);
+    if ne == vs || b.get(i) != Some(&b'/') {
+        return Err(ViewError::BadSentProtocol);
+    }
+    let ver_s = skip_lws(b, i + 1);
+    let ver_e = token_end(b, ver_s);
+    let i = skip_lws(b, ver_e);
+    if ver_e == ver_s || b.get(i) != Some(&b'/') {
+        return Err(ViewError::BadSentProtocol);
+    }
+    let tr_s = skip_lws(b, i + 1);
+    let tr_e = token_end(b, tr_s);
+    if tr_e == tr_s {
+        return Err(ViewError::BadSentProtocol);
+    }
+    let hs = skip_lws(b, tr_e);
+    if hs == tr_e {
+        return Err(ViewError::BadSentProtocol);
+    }
+    let (host, mut k) = scan_host(b, hs).map_err(|_| ViewError::BadHost)?;
+    let host_range = hs..k;
+    let mut port = None;
+    let k2 = skip_lws(b, k);
+    if b.get(k2) == Some(&b':') {
+        let k3 = skip_lws(b, k2 + 1);
+        let (p, e) = parse_port(b, k3).map_err(|_| ViewError::BadPort)?;
+        port = Some(p);
+        k = e;
+    }
+    let sent_by = hs..k;
+    let rest = skip_lws(b, k);
+    if rest < b.len() && b[rest] != b';' {
+        return Err(ViewError::TrailingGarbage);
+    }
+    let params = &b[rest..];
+    if strict {
+        if !crate::params::well_formed(params) {
+            return Err(ViewError::BadParam);
+        }
+        // One pass over the parameters for the ones with constrained values.
+        for (n, v) in crate::params::raw_params(params) {
+            let name = &params[n];
+            let value = v.map(|v| &params[v]);
+            let ok = if eq_ic(name, b"ttl") {
+                value.and_then(parse_u32).is_some_and(|n| n <= 255)
+            } else if eq_ic(name, b"rport") {
+                value.is_none_or(|x| parse_u32(x).is_some_and(|n| n <= 65535))
+            } else if eq_ic(name, b"branch") {
+                value.is_some_and(all_token)
+            } else {
+                true
+            };
+            if !ok {
+                return Err(ViewError::BadParam);
+            }
+        }
+    }
+    Ok(Spans {
+        name: vs..ne,
+        version: ver_s..ver_e,
+        transport: tr_s..tr_e,
+        host,
+        host_range,
+        port,
+        sent_by,
+        params: rest..ve,
+    })
 }
 
 impl Via {
     /// Parse one Via value (one element of the comma list).
     pub fn parse(v: &Bytes) -> Result<Via, ViewError> {
-        Self::parse_inner(v, true)
+        Self::build(v, scan(v, true)?)
     }
 
     /// Parse only what is needed to address a response (sent-protocol and
     /// sent-by), ignoring malformed parameters.
     pub fn parse_lenient(v: &Bytes) -> Result<Via, ViewError> {
-        Self::parse_inner(v, false)
+        Self::build(v, scan(v, false)?)
     }
 
-    fn parse_inner(value: &Bytes, strict: bool) -> Result<Via, ViewError> {
-        let v = trimmed(value);
-        if v.is_empty() {
-            return Err(ViewError::Empty);
-        }
-        let b = &v[..];
-        let (protocol_name, i) = token_at(&v, 0);
-        let i = skip_lws(b, i);
-        if protocol_name.is_empty() || b.get(i) != Some(&b'/') {
-            return Err(ViewError::BadSentProtocol);
-        }
-        let i = skip_lws(b, i + 1);
-        let (protocol_version, i) = token_at(&v, i);
-        let i = skip_lws(b, i);
-        if protocol_version.is_empty() || b.get(i) != Some(&b'/') {
-            return Err(ViewError::BadSentProtocol);
-        }
-        let i = skip_lws(b, i + 1);
-        let (tr, i) = token_at(&v, i);
-        if tr.is_empty() {
-            return Err(ViewError::BadSentProtocol);
-        }
-        let j = skip_lws(b, i);
-        if j == i {
-            return Err(ViewError::BadSentProtocol);
-        }
-        let hs = j;
-        let (host, mut k) = parse_host(&v, hs).map_err(|_| ViewError::BadHost)?;
-        let host_raw = v.slice(hs..k);
-        let mut port = None;
-        let save = k;
-        let k2 = skip_lws(b, k);
-        if b.get(k2) == Some(&b':') {
-            let k3 = skip_lws(b, k2 + 1);
-            let (p, e) = parse_port(b, k3).map_err(|_| ViewError::BadPort)?;
-            port = Some(p);
-            k = e;
-        } else {
-            k = save;
-        }
-        let sent_by = v.slice(hs..k);
-        let rest = skip_lws(b, k);
-        let params = Params::new(v.slice(rest..));
-        if rest < b.len() && b[rest] != b';' {
-            return Err(ViewError::TrailingGarbage);
-        }
-        let via = Via {
-            protocol_name,
-            protocol_version,
-            transport: Transport::from_bytes(tr),
-            host,
-            host_raw,
-            port,
-            sent_by,
-            params,
+    /// Validate without building: the checks of [`Via::parse`].
+    pub fn check(v: &[u8]) -> Result<(), ViewError> {
+        scan(v, true).map(|_| ())
+    }
+
+    fn build(v: &Bytes, sp: Spans) -> Result<Via, ViewError> {
+        let host = match sp.host {
+            HostSpan::Domain => Host::Domain(v.slice(sp.host_range.clone())),
+            HostSpan::Ipv4(a) => Host::Ipv4(a),
+            HostSpan::Ipv6(a) => Host::Ipv6(a),
         };
-        if strict {
-            if !via.params.well_formed() {
-                return Err(ViewError::BadParam);
-            }
-            // One pass over the parameters for the ones with constrained values.
-            let raw = via.params.raw();
-            for (n, v) in crate::params::raw_params(raw) {
-                let name = &raw[n];
-                let value = v.map(|v| &raw[v]);
-                let ok = if eq_ic(name, b"ttl") {
-                    value.and_then(parse_u32).is_some_and(|n| n <= 255)
-                } else if eq_ic(name, b"rport") {
-                    value.is_none_or(|x| parse_u32(x).is_some_and(|n| n <= 65535))
-                } else if eq_ic(name, b"branch") {
-                    value.is_some_and(all_token)
-                } else {
-                    true
-                };
-                if !ok {
-                    return Err(ViewError::BadParam);
-                }
-            }
-        }
-        Ok(via)
+        Ok(Via {
+            protocol_name: v.slice(sp.name),
+            protocol_version: v.slice(sp.version),
+            transport: Transport::from_bytes(v.slice(sp.transport)),
+            host,
+            host_raw: v.slice(sp.host_range),
+            port: sp.port,
+            sent_by: v.slice(sp.sent_by),
+            params: Params::new(v.slice(sp.params)),
+        })
     }
 
     /// Protocol name (`SIP`).
