@@ -88,23 +88,25 @@ impl Params {
 /// Whether every parameter of the raw list `b` has a non-empty token name
 /// and a well-formed value (token, host-ish, or a complete quoted string).
 pub(crate) fn well_formed(b: &[u8]) -> bool {
-    raw_params(b).all(|(n, v)| {
-        crate::text::all_token(&b[n])
-            && match v {
-                None => true,
-                Some(v) => {
-                    let v = &b[v];
-                    if v.first() == Some(&b'"') {
-                        end_of_quoted(v, 0) == Some(v.len())
-                    } else {
-                        !v.is_empty()
-                            && v.iter().all(|&c| {
-                                crate::text::is_token(c) || matches!(c, b':' | b'[' | b']')
-                            })
-                    }
+    raw_params(b).all(|(n, v)| param_well_formed(&b[n], v.map(|v| &b[v])))
+}
+
+/// One parameter: a non-empty token name; a value, when present, that is a
+/// token / host-ish run or one complete quoted string.
+pub(crate) fn param_well_formed(name: &[u8], value: Option<&[u8]>) -> bool {
+    crate::text::all_token(name)
+        && match value {
+            None => true,
+            Some(v) => {
+                if v.first() == Some(&b'"') {
+                    end_of_quoted(v, 0) == Some(v.len())
+                } else {
+                    !v.is_empty()
+                        && v.iter()
+                            .all(|&c| crate::text::is_token(c) || matches!(c, b':' | b'[' | b']'))
                 }
             }
-    })
+        }
 }
 
 type Span = core::ops::Range<usize>;

@@ -72,28 +72,27 @@ pub(crate) fn scan_host(b: &[u8], start: usize) -> Result<(HostSpan, usize), Uri
         return Ok((HostSpan::Ipv6(ip), close + 1));
     }
     // One pass: extent, digits-and-dots only, and label shape.
-    let mut i = start;
     let mut numeric = true;
     let mut label_len = 0usize;
     let mut prev = b'.';
     let mut bad_label = false;
-    while i < b.len() && is_host_char(b[i]) {
-        let c = b[i];
+    let mut n = 0usize;
+    for &c in &b[start..] {
+        if !is_host_char(c) {
+            break;
+        }
         if c == b'.' {
-            if label_len == 0 || prev == b'-' {
-                bad_label = true;
-            }
+            bad_label |= label_len == 0 || prev == b'-';
             label_len = 0;
         } else {
-            if label_len == 0 && c == b'-' {
-                bad_label = true;
-            }
+            bad_label |= label_len == 0 && c == b'-';
             label_len += 1;
             numeric &= c.is_ascii_digit();
         }
         prev = c;
-        i += 1;
+        n += 1;
     }
+    let i = start + n;
     if i == start {
         return Err(UriError::MissingHost);
     }
