@@ -10,6 +10,8 @@
 //! - [`headers`], [`header_name`]: raw ordered header fields; open name table with compact forms.
 //! - [`views`]: typed views on demand (Via, NameAddr for From/To/Contact/Route/PAI,
 //!   CSeq, Call-ID, Max-Forwards, Content-Length, Content-Type, Expires, auth, Privacy, token lists).
+//!   `Via::check`, `NameAddr::check`, `Contact::check` and `Uri::check` validate
+//!   without building a view (what the parser itself uses).
 //! - [`uri`]: sip/sips/tel URIs, RFC 3261 §19.1.4 comparison.
 //! - [`params`]: raw `;name=value` lists.
 //! - [`method`], [`status`]: open enums.
