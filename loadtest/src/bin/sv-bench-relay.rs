@@ -98,18 +98,6 @@ struct Opts {
     latency_pps: f64,
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Read-only globals of sv_ceiling (`NAME=TYPE:VALUE`, see `sipveil lab-xdp`); `{b0_mac}`,
-    /// `{eb0_mac}` are substituted.
-    #[arg(long = "ceiling-global", default_values = [
-        "CEIL_DST_IP=ip:198.18.2.2",
-        "CEIL_DST_PORT=port:30000",
-        "CEIL_SRC_IP=ip:198.18.2.1",
-        "CEIL_SRC_PORT=port:20000",
-        "CEIL_DST_MAC=mac:{b0_mac}",
-        "CEIL_SRC_MAC=mac:{eb0_mac}",
-        "CEIL_IFINDEX=ifindex:eb0",
-    ])]
-    ceiling_globals: Vec<String>,
     /// Map of sv_sink holding the packet count (default: the one whose name contains SINK).
     #[arg(long)]
     sink_map: Option<String>,
@@ -122,6 +110,9 @@ struct Opts {
     /// Use the lab as it is (brought up by someone else) and leave it up.
     #[arg(long)]
     external_lab: bool,
+    /// Only bring the two-arm lab up (or down) and exit (for debugging with --external-lab).
+    #[arg(long, value_parser = ["up", "down"])]
+    lab_only: Option<String>,
 }
 
 /// Runs a command to completion within `limit`, returning stdout; fails on a non-zero exit.
@@ -386,7 +377,8 @@ impl Bench {
     /// Replaces the program on the receiver's veth (b0): sv_sink for counting, sv_pass otherwise.
     fn b0_program(&self, program: &str) -> Result<()> {
         let _ = self.lab_xdp(&["detach", "--netns", lab::NS_B, "--iface", "b0"]);
-        self.lab_xdp(&[
+        let ports = format!("{B_PORT}-{B_PORT}");
+        let mut args = vec![
             "attach",
             "--netns",
             lab::NS_B,
@@ -394,7 +386,12 @@ impl Bench {
             "b0",
             "--program",
             program,
-        ])?;
+        ];
+        if program == "sv_sink" {
+            // count and drop only what is addressed to B's receive port
+            args.extend(["--sink-ports", ports.as_str()]);
+        }
+        self.lab_xdp(&args)?;
         Ok(())
     }
 
@@ -574,26 +571,6 @@ impl Bench {
     fn start_ceiling(&self, n: u32) -> Result<Running> {
         let b0_mac = iface_mac(lab::NS_B, "b0")?;
         let eb0_mac = iface_mac(lab::NS_EDGE, "eb0")?;
-        let mut args: Vec<String> = [
-            "lab-xdp",
-            "attach",
-            "--netns",
-            lab::NS_EDGE,
-            "--iface",
-            "ea0",
-            "--program",
-            "sv_ceiling",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        for g in &self.o.ceiling_globals {
-            args.push("--global".into());
-            args.push(
-                g.replace("{b0_mac}", &b0_mac)
-                    .replace("{eb0_mac}", &eb0_mac),
-            );
-        }
         let running = Running {
             process: None,
             dsts: vec![SocketAddrV4::new(EDGE_A, CEILING_PORT); n as usize],
@@ -613,11 +590,31 @@ impl Bench {
             ],
             sipveil: self.sipveil.clone(),
         };
-        run_cmd(
-            "sipveil lab-xdp attach sv_ceiling",
-            Command::new(&self.sipveil).args(&args),
-            Duration::from_secs(30),
-        )?;
+        // The same rewrite a relay does (A -> edge:P becomes edge:P -> B), redirected to eb0.
+        let matched = SocketAddrV4::new(EDGE_A, CEILING_PORT).to_string();
+        let new_src = SocketAddrV4::new(EDGE_B, CEILING_PORT).to_string();
+        let new_dst = SocketAddrV4::new(lab::B_ADDR, B_PORT).to_string();
+        self.lab_xdp(&[
+            "attach",
+            "--netns",
+            lab::NS_EDGE,
+            "--iface",
+            "ea0",
+            "--program",
+            "sv_ceiling",
+            "--match",
+            &matched,
+            "--new-src",
+            &new_src,
+            "--new-dst",
+            &new_dst,
+            "--src-mac",
+            &eb0_mac,
+            "--dst-mac",
+            &b0_mac,
+            "--egress",
+            "eb0",
+        ])?;
         Ok(running)
     }
 
@@ -942,6 +939,17 @@ fn run() -> Result<bool> {
     let o = Opts::parse();
     let sipveil = o.sipveil.clone().unwrap_or_else(|| sibling("sipveil"));
     let sv_rtp = o.sv_rtp.clone().unwrap_or_else(|| sibling("sv-rtp"));
+    match o.lab_only.as_deref() {
+        Some("up") => {
+            Lab::up(Shape::TwoArm, &sipveil).map_err(|e| anyhow!("lab up: {e}"))?;
+            return Ok(true);
+        }
+        Some(_) => {
+            Lab::down().map_err(|e| anyhow!("lab down: {e}"))?;
+            return Ok(true);
+        }
+        None => {}
+    }
     fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut bench = Bench {
         o,
