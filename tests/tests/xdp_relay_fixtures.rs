@@ -673,3 +673,39 @@ fn map_definitions_match_the_abi() {
     );
     assert_eq!(tx.max_entries(), sipveil_abi::MAX_TX_PORTS);
 }
+
+#[test]
+fn fib_answers_follow_flow_changes() {
+    // The relay keeps FIB answers per CPU keyed by (source, destination, ingress): a flow that is
+    // re-pointed (re-INVITE, latching) must use the new next hop at once, not a remembered one.
+    let mut fx = Fixture::new(0);
+    let frame = fx.a_to_edge().build();
+    let (r, _) = fx.run(&frame);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_rewritten(&frame, &r.out, (MAC_EB, MAC_B), (EB, PB), (B, B_PORT));
+    let key = FlowKey::v4(EA, PA);
+    let mut flow = fx.entry.flow(key);
+    flow.dst_addr = [ip4(A2), 0, 0, 0];
+    flow.src_addr = [ip4(EA), 0, 0, 0];
+    fx.entry.put_flow(key, flow);
+    let (r, _) = fx.run(&frame);
+    assert_eq!(r.action, XDP_TX);
+    assert_rewritten(&frame, &r.out, (MAC_EA, MAC_A2), (EA, PB), (A2, B_PORT));
+    flow.dst_addr = [ip4(B2), 0, 0, 0];
+    flow.src_addr = [ip4(EB), 0, 0, 0];
+    fx.entry.put_flow(key, flow);
+    let (r, _) = fx.run(&frame);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_rewritten(&frame, &r.out, (MAC_EB, MAC_B2), (EB, PB), (B2, B_PORT));
+    // A larger packet than the remembered MTU check was made for is looked up again (and fits).
+    let mut big = fx.a_to_edge();
+    big.payload.resize(1400, 0x55);
+    let big = big.build();
+    let (r, _) = fx.run(&big);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert_rewritten(&big, &r.out, (MAC_EB, MAC_B2), (EB, PB), (B2, B_PORT));
+    // Larger than eb0's MTU (1500): the FIB answers FRAG_NEEDED, the packet passes unchanged.
+    let mut huge = fx.a_to_edge();
+    huge.payload.resize(1600, 0x55);
+    fx.assert_pass(&huge.build(), Counter::FibFailPass);
+}
