@@ -829,42 +829,43 @@ impl SessionDescription {
         self.modified = true;
     }
 
-    /// Replace the origin's username, session id, address (and version when given). Inserts
-    /// an `o=` line when there is none.
+    /// Replace the origin's username, session id, address (and version when given) on every
+    /// session-level `o=` line (RFC 4566 allows one; a second one must not leak either).
+    /// Inserts an `o=` line after `v=` when there is none.
     pub fn rewrite_origin(&mut self, new: &OriginRewrite<'_>) -> Result<(), SdpError> {
         check_token(new.username, "origin username")?;
         check_token(new.session_id, "origin session id")?;
         if let Some(version) = new.session_version {
             check_token(version, "origin session version")?;
         }
-        let existing = self
-            .session
-            .iter()
-            .position(|l| l.kind() == b'o' && Origin::parse(l.value()).is_some());
-        let mut out = BytesMut::with_capacity(96);
-        out.put_slice(b"o=");
-        out.put_slice(new.username);
-        out.put_u8(b' ');
-        out.put_slice(new.session_id);
-        out.put_u8(b' ');
-        let old_version = existing
-            .and_then(|i| self.session.get(i))
-            .and_then(|l| Origin::parse(l.value()))
-            .map(|o| o.session_version);
-        out.put_slice(new.session_version.or(old_version).unwrap_or(b"0"));
-        out.put_u8(b' ');
-        put_connection(&mut out, new.address);
-        let text = out.freeze();
-        match existing.and_then(|i| self.session.get_mut(i)) {
-            Some(line) => line.text = text,
-            None => self.insert_session_line(text, b"v"),
+        let encode = |version: &[u8]| {
+            let mut out = BytesMut::with_capacity(96);
+            out.put_slice(b"o=");
+            out.put_slice(new.username);
+            out.put_u8(b' ');
+            out.put_slice(new.session_id);
+            out.put_u8(b' ');
+            out.put_slice(version);
+            out.put_u8(b' ');
+            put_connection(&mut out, new.address);
+            out.freeze()
+        };
+        let mut rewritten = 0;
+        for line in self.session.iter_mut().filter(|l| l.kind() == b'o') {
+            let old_version = Origin::parse(line.value()).map(|o| o.session_version);
+            line.text = encode(new.session_version.or(old_version).unwrap_or(b"0"));
+            rewritten += 1;
+        }
+        if rewritten == 0 {
+            let text = encode(new.session_version.unwrap_or(b"0"));
+            self.insert_session_line(text, b"v");
         }
         self.modified = true;
         Ok(())
     }
 
-    /// Replace the `s=` value (inserting `s=` after `o=` when missing). RFC 4566 wants a
-    /// non-empty name; `-` is the customary anonymous one.
+    /// Replace the `s=` value on every session-level `s=` line (inserting one after `o=` when
+    /// missing). RFC 4566 wants a non-empty name; `-` is the customary anonymous one.
     pub fn set_session_name(&mut self, name: &[u8]) -> Result<(), SdpError> {
         if name.is_empty() || name.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
             return Err(SdpError::InvalidRewriteValue {
@@ -875,12 +876,43 @@ impl SessionDescription {
         out.put_slice(b"s=");
         out.put_slice(name);
         let text = out.freeze();
-        match self.session.iter_mut().find(|l| l.kind() == b's') {
-            Some(line) => line.text = text,
-            None => self.insert_session_line(text, b"vo"),
+        let mut rewritten = 0;
+        for line in self.session.iter_mut().filter(|l| l.kind() == b's') {
+            line.text = text.clone();
+            rewritten += 1;
+        }
+        if rewritten == 0 {
+            self.insert_session_line(text, b"vo");
         }
         self.modified = true;
         Ok(())
+    }
+
+    /// Keep only the lines (session and media level) for which `keep` returns true: the
+    /// allowlist tool of the privacy layer (e.g. keep `v o s c t b m a`, dropping the `i=`,
+    /// `u=`, `e=`, `p=`, `k=` and unknown lines that can identify the caller). The `v=` line
+    /// and the `m=` lines always stay. Returns how many lines were dropped.
+    pub fn retain_lines(&mut self, mut keep: impl FnMut(&Line) -> bool) -> usize {
+        let before = self.session.len();
+        let mut index = 0;
+        self.session.retain(|l| {
+            index += 1;
+            index == 1 || keep(l)
+        });
+        let mut removed = before - self.session.len();
+        self.modified |= removed > 0;
+        for media in &mut self.media {
+            let before = media.lines.len();
+            let mut index = 0;
+            media.lines.retain(|l| {
+                index += 1;
+                index == 1 || keep(l)
+            });
+            let dropped = before - media.lines.len();
+            media.modified |= dropped > 0;
+            removed += dropped;
+        }
+        removed
     }
 
     /// Replace the address of every session-level `c=` line. Returns how many were rewritten.

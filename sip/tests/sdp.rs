@@ -328,6 +328,56 @@ fn inserts_missing_origin_and_session_name() {
 }
 
 #[test]
+fn every_origin_and_session_name_line_is_rewritten() {
+    let mut sdp = parse(
+        b"v=0\r\no=alice 1 7 IN IP4 192.0.2.1\r\no=alice 2 8 IN IP4 192.0.2.1\r\n\
+s=Alice's phone\r\ns=Alice again\r\nt=0 0\r\n",
+    );
+    sdp.rewrite_origin(&OriginRewrite {
+        username: b"-",
+        session_id: b"9",
+        session_version: None,
+        address: ip("198.18.1.1"),
+    })
+    .expect("valid");
+    sdp.set_session_name(b"-").expect("valid");
+    let printed = sdp.to_bytes();
+    assert_eq!(
+        printed,
+        Bytes::from_static(
+            b"v=0\r\no=- 9 7 IN IP4 198.18.1.1\r\no=- 9 8 IN IP4 198.18.1.1\r\n\
+s=-\r\ns=-\r\nt=0 0\r\n"
+        )
+    );
+}
+
+#[test]
+fn retain_lines_is_an_allowlist_that_keeps_v_and_m() {
+    let mut sdp = parse(
+        b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\ni=Alice's desk\r\nu=http://alice.example\r\n\
+e=alice@example.com\r\np=+1 555 0100\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\ni=mic\r\n\
+k=clear:secret\r\na=sendrecv\r\n",
+    );
+    let dropped = sdp.retain_lines(|l| b"vosctbma".contains(&l.kind()));
+    assert_eq!(dropped, 6);
+    assert_eq!(
+        sdp.to_bytes(),
+        Bytes::from_static(
+            b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\na=sendrecv\r\n"
+        )
+    );
+    // Even a predicate that keeps nothing leaves a parseable description.
+    let dropped = sdp.retain_lines(|_| false);
+    assert_eq!(dropped, 4);
+    assert_eq!(
+        sdp.to_bytes(),
+        Bytes::from_static(b"v=0\r\nm=audio 5004 RTP/AVP 0\r\n")
+    );
+    let reparsed = SessionDescription::parse(sdp.to_bytes()).expect("reparses");
+    assert_eq!(reparsed, sdp);
+}
+
+#[test]
 fn media_connection_removal_and_port_count() {
     let mut sdp = parse(WEBRTC_OFFER);
     let mut sections = sdp.media_mut();
