@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole check, as CI runs it (`.ci/run`).
 //!
-//! setup → `cargo fmt --check` → clippy (`-D warnings`) → `cargo test` (the crates whose tests
-//! share kernel state — namespaces, XDP, pins — with `--test-threads=1`) → the bounded fuzz run.
+//! setup → `cargo fmt --check` → clippy (`-D warnings`; the eBPF crate also for its BPF target)
+//! → `cargo test` (the crates whose tests share kernel state — namespaces, XDP, pins — with
+//! `--test-threads=1`, after the release binaries the lab tests run) → the bounded fuzz run.
 //! Every step runs even when an earlier one failed, so one run shows everything; the last line is
 //! `N passed, N failed, N skipped`. A test that skips prints a line starting with `SKIPPED:`
 //! (it passes in libtest's count; here it is counted as skipped), `#[ignore]` counts as skipped,
@@ -18,6 +19,12 @@ use std::time::Instant;
 
 /// Crates whose tests create namespaces, attach XDP programs or pin maps: run one test at a time.
 const SERIAL_CRATES: [&str; 2] = ["sipveil-edge", "sipveil-tests"];
+
+/// The XDP programs' crate (built for bpfel-unknown-none by edge/build.rs).
+const EBPF_CRATE: &str = "sipveil-ebpf";
+
+/// clippy's arguments: every warning is an error.
+const DENY_WARNINGS: [&str; 3] = ["--", "-D", "warnings"];
 
 /// Fuzzing time per run of `fuzz/run.sh`, in seconds.
 const FUZZ_SECONDS: &str = "60";
@@ -155,25 +162,48 @@ pub fn run() -> Result<()> {
     setup::ensure(setup::Needs::BuildAndFuzz)?;
     let mut steps = Vec::new();
     step(&mut steps, "fmt", cargo().args(["fmt", "--all", "--check"]));
+    // The eBPF crate's binaries build only for bpfel-unknown-none (its own panic handler,
+    // nightly features): on the host only its library and unit tests are checked and run.
     step(
         &mut steps,
         "clippy",
-        cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--all-targets",
+            ])
+            .args(DENY_WARNINGS),
+    );
+    step(
+        &mut steps,
+        "clippy (eBPF crate, host unit tests)",
+        cargo()
+            .args(["clippy", "-p", EBPF_CRATE, "--lib", "--profile", "test"])
+            .args(DENY_WARNINGS),
+    );
+    step(
+        &mut steps,
+        "clippy (eBPF crate, bpfel-unknown-none)",
+        cargo()
+            .args(["+nightly", "clippy", "-p", EBPF_CRATE])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(DENY_WARNINGS),
     );
     let mut parallel = cargo();
-    parallel.args(["test", "--workspace"]);
+    parallel.args(["test", "--workspace", "--exclude", EBPF_CRATE]);
     for krate in SERIAL_CRATES {
         parallel.args(["--exclude", krate]);
     }
     parallel.args(["--", "--show-output"]);
     step(&mut steps, "test", &mut parallel);
+    step(
+        &mut steps,
+        "test (eBPF crate, host unit tests)",
+        cargo().args(["test", "-p", EBPF_CRATE, "--lib", "--", "--show-output"]),
+    );
     // The lab tests run the release daemon and sv-rtp (they would build them themselves; built
     // here, a build failure shows as its own step).
     step(
