@@ -13,6 +13,7 @@ pub mod bencode;
 pub mod clock;
 pub mod hlog;
 pub mod lab;
+pub mod livegen;
 pub mod net;
 pub mod procs;
 pub mod receiver;
