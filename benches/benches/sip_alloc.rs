@@ -120,6 +120,14 @@ fn main() {
             }
         }
     }
+    // The SDP share of the rewrite: parse + privacy rewrite + print of the INVITE's body.
+    let invite = common::datagram(sipveil_benches::messages::INVITE);
+    let body = common::sipveil::parse(&invite).body().clone();
+    let (sdp, sdp_bytes) = measure(|| drop(black_box(common::rewrite_sdp(body.clone()))));
+    println!(
+        "{:<22} {:<11} {:>9.1} ({:>7.0} B)",
+        "sdp_rewrite_print", "invite_sdp", sdp, sdp_bytes
+    );
     if forwarding_allocates {
         println!("\nNOT MET: parsing/forwarding an unmodified message allocates in sipveil");
         if std::env::var_os("SIPVEIL_ALLOC_STRICT").is_some_and(|v| v == "1") {

@@ -38,7 +38,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 /// Why an SDP body was rejected. Line numbers are 1-based.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,24 +438,25 @@ impl MediaLine {
     }
 
     fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(
-            2 + self.media.len() + 13 + self.proto.len() + 1 + self.formats.len(),
-        );
-        out.put_slice(b"m=");
-        out.put_slice(&self.media);
-        out.put_u8(b' ');
-        put_decimal(&mut out, u64::from(self.port));
-        if let Some(count) = self.port_count {
-            out.put_u8(b'/');
-            put_decimal(&mut out, u64::from(count));
-        }
-        out.put_u8(b' ');
-        out.put_slice(&self.proto);
-        if !self.formats.is_empty() {
-            out.put_u8(b' ');
-            out.put_slice(&self.formats);
-        }
-        out.freeze()
+        let port = StackText::decimal(u64::from(self.port));
+        let count = self.port_count.map(|c| StackText::decimal(u64::from(c)));
+        let (slash, count): (&[u8], &[u8]) = match &count {
+            Some(c) => (b"/", c.as_bytes()),
+            None => (b"", b""),
+        };
+        let space: &[u8] = if self.formats.is_empty() { b"" } else { b" " };
+        concat(&[
+            b"m=",
+            &self.media,
+            b" ",
+            port.as_bytes(),
+            slash,
+            count,
+            b" ",
+            &self.proto,
+            space,
+            &self.formats,
+        ])
     }
 }
 
@@ -609,14 +610,20 @@ impl MediaSection {
             if !is_rtcp {
                 continue;
             }
-            let mut out = BytesMut::with_capacity(64);
-            out.put_slice(b"a=rtcp:");
-            put_decimal(&mut out, u64::from(port));
-            if let Some(address) = address {
-                out.put_u8(b' ');
-                put_connection(&mut out, address);
-            }
-            line.text = out.freeze();
+            let port = StackText::decimal(u64::from(port));
+            line.text = match address {
+                Some(address) => {
+                    let ip = StackText::ip(address);
+                    concat(&[
+                        b"a=rtcp:",
+                        port.as_bytes(),
+                        b" ",
+                        connection_prefix(address),
+                        ip.as_bytes(),
+                    ])
+                }
+                None => concat(&[b"a=rtcp:", port.as_bytes()]),
+            };
             count += 1;
         }
         self.modified |= count > 0;
@@ -838,17 +845,19 @@ impl SessionDescription {
         if let Some(version) = new.session_version {
             check_token(version, "origin session version")?;
         }
+        let ip = StackText::ip(new.address);
         let encode = |version: &[u8]| {
-            let mut out = BytesMut::with_capacity(96);
-            out.put_slice(b"o=");
-            out.put_slice(new.username);
-            out.put_u8(b' ');
-            out.put_slice(new.session_id);
-            out.put_u8(b' ');
-            out.put_slice(version);
-            out.put_u8(b' ');
-            put_connection(&mut out, new.address);
-            out.freeze()
+            concat(&[
+                b"o=",
+                new.username,
+                b" ",
+                new.session_id,
+                b" ",
+                version,
+                b" ",
+                connection_prefix(new.address),
+                ip.as_bytes(),
+            ])
         };
         let mut rewritten = 0;
         for line in self.session.iter_mut().filter(|l| l.kind() == b'o') {
@@ -872,10 +881,7 @@ impl SessionDescription {
                 field: "session name",
             });
         }
-        let mut out = BytesMut::with_capacity(2 + name.len());
-        out.put_slice(b"s=");
-        out.put_slice(name);
-        let text = out.freeze();
+        let text = concat(&[b"s=", name]);
         let mut rewritten = 0;
         for line in self.session.iter_mut().filter(|l| l.kind() == b's') {
             line.text = text.clone();
@@ -987,9 +993,10 @@ impl SessionDescription {
         if !self.is_modified() {
             return self.raw.clone();
         }
-        let mut out = BytesMut::with_capacity(self.encoded_len());
+        // Exactly sized, so the `Bytes` takes the vector over without a second allocation.
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.write_to(&mut out);
-        out.freeze()
+        Bytes::from(out)
     }
 }
 
@@ -1056,48 +1063,93 @@ fn bandwidths(lines: &[Line]) -> impl Iterator<Item = (&[u8], u64)> {
 }
 
 fn rewrite_connections(lines: &mut [Line], address: IpAddr) -> usize {
+    let ip = StackText::ip(address);
     let mut count = 0;
     for line in lines.iter_mut().filter(|l| l.kind() == b'c') {
-        let mut out = BytesMut::with_capacity(56);
-        out.put_slice(b"c=");
-        put_connection(&mut out, address);
-        line.text = out.freeze();
+        line.text = concat(&[b"c=", connection_prefix(address), ip.as_bytes()]);
         count += 1;
     }
     count
 }
 
-/// `IN IP4 <address>` or `IN IP6 <address>`.
-fn put_connection(out: &mut BytesMut, address: IpAddr) {
-    out.put_slice(match address {
+/// `IN IP4 ` or `IN IP6 `, the part of `c=`, `o=` and `a=rtcp` before the address.
+fn connection_prefix(address: IpAddr) -> &'static [u8] {
+    match address {
         IpAddr::V4(_) => b"IN IP4 ",
         IpAddr::V6(_) => b"IN IP6 ",
-    });
-    // `IpAddr`'s Display writes straight into the buffer through fmt::Write.
-    let _ = fmt::Write::write_fmt(&mut BytesMutWriter(out), format_args!("{address}"));
-}
-
-struct BytesMutWriter<'a>(&'a mut BytesMut);
-
-impl fmt::Write for BytesMutWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
     }
 }
 
-fn put_decimal(out: &mut BytesMut, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
+/// The concatenation of `parts` in one exactly sized allocation (a `Vec` whose length equals
+/// its capacity becomes a `Bytes` without the extra shared header a partly filled one needs).
+fn concat(parts: &[&[u8]]) -> Bytes {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    Bytes::from(out)
+}
+
+/// Short text formatted on the stack: a decimal number or an IP address (at most 45 bytes).
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl StackText {
+    fn decimal(mut value: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        let mut text = StackText {
+            buf: [0; 48],
+            len: 0,
+        };
+        text.push(&digits[start..]);
+        text
+    }
+
+    fn ip(address: IpAddr) -> Self {
+        let mut text = StackText {
+            buf: [0; 48],
+            len: 0,
+        };
+        // Cannot fail: the longest IPv6 text form is 45 bytes.
+        let _ = fmt::Write::write_fmt(&mut text, format_args!("{address}"));
+        text
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+                true
+            }
+            None => false,
         }
     }
-    out.put_slice(&digits[start..]);
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.push(s.as_bytes()) {
+            Ok(())
+        } else {
+            Err(fmt::Error)
+        }
+    }
 }
 
 fn check_token(value: &[u8], field: &'static str) -> Result<(), SdpError> {

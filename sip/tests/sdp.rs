@@ -393,6 +393,20 @@ fn media_connection_removal_and_port_count() {
 }
 
 #[test]
+fn the_longest_ipv6_text_form_is_written_whole() {
+    let widest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+    let mut sdp = parse(AUDIO_OFFER);
+    assert_eq!(sdp.set_all_connection_addresses(ip(widest)), 1);
+    let audio = sdp.media_mut().next().expect("audio");
+    assert_eq!(audio.rewrite_rtcp(65535, Some(ip(widest))), 1);
+    let rtcp = audio.rtcp().expect("a=rtcp");
+    assert_eq!(rtcp.port, 65535);
+    assert_eq!(rtcp.connection.map(|c| c.address), Some(widest.as_bytes()));
+    assert_eq!(rtcp.connection.map(|c| c.addr_type), Some(&b"IP6"[..]));
+    assert_eq!(sdp.connection().map(|c| c.address), Some(widest.as_bytes()));
+}
+
+#[test]
 fn rejects_malformed_bodies_with_named_causes() {
     let cases: &[(&[u8], SdpError)] = &[
         (b"", SdpError::Empty),
