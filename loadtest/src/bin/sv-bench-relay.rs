@@ -49,6 +49,10 @@ const LIVE_IFACE: &str = "svgen0";
     about = "Relay benchmark: sipveil XDP / userspace fallback / rtpengine / XDP ceiling"
 )]
 struct Opts {
+    /// The benchmark to run; `relay` is the only one (accepted so that `cargo xtask bench relay`
+    /// can pass its arguments through unchanged).
+    #[arg(value_parser = ["relay"])]
+    which: Option<String>,
     /// The sipveil binary (default: next to this one).
     #[arg(long)]
     sipveil: Option<PathBuf>,
