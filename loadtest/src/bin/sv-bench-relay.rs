@@ -965,6 +965,7 @@ impl Bench {
                 this.o.search_steps,
             );
             let step_secs = this.o.step_secs;
+            let mut limited_strikes = 0u32;
             while let Some(rate) = search.next_rate() {
                 let (ok, achieved, sent, got, cpu) =
                     this.trial(&mut run, streams, rate, step_secs)?;
@@ -1000,9 +1001,16 @@ impl Bench {
                         Some(res.zero_loss_pps.map_or(steady, |z: f64| z.max(steady)));
                 }
                 if limited && ok {
-                    // the generator is the bottleneck: higher offers measure nothing new
-                    res.generator_limited = true;
-                    break;
+                    // The generator fell short (other load on the machine can do that for a
+                    // trial); twice in a row means it is the bottleneck and higher offers measure
+                    // nothing new.
+                    limited_strikes += 1;
+                    if limited_strikes >= 2 {
+                        res.generator_limited = true;
+                        break;
+                    }
+                } else {
+                    limited_strikes = 0;
                 }
                 search.record(rate, ok);
             }
