@@ -22,15 +22,12 @@ pub fn cargo() -> Command {
 /// cargo's target directory for this workspace (honours CARGO_TARGET_DIR and config).
 pub fn target_dir() -> Result<PathBuf> {
     let metadata = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let key = "\"target_directory\":\"";
-    let start = metadata
-        .find(key)
-        .map(|at| at + key.len())
-        .context("cargo metadata has no target_directory")?;
-    let len = metadata[start..]
-        .find('"')
-        .context("cargo metadata: unterminated target_directory")?;
-    Ok(PathBuf::from(&metadata[start..start + len]))
+    let metadata: serde_json::Value =
+        serde_json::from_str(&metadata).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
 }
 
 /// The release binaries the lab, the demo and the benchmarks run.
