@@ -341,6 +341,9 @@ fn xdp_relay(shape: Shape, test: &str) {
     };
     let xdp = counter(&stats, "xdp", in_xdp);
     let userspace = counter(&stats, "userspace", "relayed");
+    println!(
+        "{shape}: {sent} packets sent, relayed in XDP ({in_xdp}) {xdp}, in userspace {userspace}"
+    );
     assert_eq!(counter(&stats, "xdp", other_way), 0, "{stats}");
     // Everything that arrived was relayed by someone (sv-rtp also sends end-of-stream packets).
     assert!(
@@ -408,9 +411,19 @@ fn lab_1000_streams_survive_a_daemon_restart() {
     // Userspace counters live in each daemon: the first one's are in `before`.
     let in_userspace =
         counter(&before, "userspace", "relayed") + counter(&after, "userspace", "relayed");
+    let sent = a_to_b.sent + b_to_a.sent;
+    println!(
+        "{STREAMS} streams, {sent} packets sent, relayed in XDP {}, in userspace {in_userspace}",
+        relayed(&after)
+    );
     assert!(
-        relayed(&after) + in_userspace >= a_to_b.sent + b_to_a.sent,
+        relayed(&after) + in_userspace >= sent,
         "before {before}, after {after}"
+    );
+    // Userspace carried only the packets before the neighbours resolved, not the streams.
+    assert!(
+        in_userspace <= STREAMS as u64,
+        "userspace relayed {in_userspace} of {sent}: before {before}, after {after}"
     );
     assert!(
         second.terminate(Duration::from_secs(10)),
@@ -441,6 +454,10 @@ fn lab_no_xdp_fallback_is_lossless() {
         "nothing should be pinned in --no-xdp mode: {stats}"
     );
     let relayed = counter(&stats, "userspace", "relayed");
+    println!(
+        "--no-xdp: {} packets sent, relayed in userspace {relayed}",
+        a_to_b.sent + b_to_a.sent
+    );
     assert!(
         relayed >= a_to_b.sent + b_to_a.sent,
         "userspace relayed {relayed} of {}: {stats}",
