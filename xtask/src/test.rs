@@ -187,8 +187,10 @@ pub fn run() -> Result<()> {
     step(
         &mut steps,
         "clippy (eBPF crate, bpfel-unknown-none)",
-        cargo()
-            .args(["+nightly", "clippy", "-p", EBPF_CRATE])
+        // `cargo` here is the toolchain's own binary, which knows no `+nightly`: ask rustup.
+        Command::new("rustup")
+            .current_dir(root())
+            .args(["run", "nightly", "cargo", "clippy", "-p", EBPF_CRATE])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(DENY_WARNINGS),
     );
