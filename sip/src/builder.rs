@@ -151,7 +151,10 @@ impl RequestBuilder {
         out.extend_from_slice(b" SIP/2.0\r\n");
         self.parts.write(&mut out);
         match parse_message(Bytes::from(out), &Limits::UNLIMITED, false) {
-            Ok(Message::Request(r)) => Ok(r),
+            Ok(Message::Request(r)) => match r.validate(&Limits::UNLIMITED) {
+                Ok(()) => Ok(r),
+                Err(e) => Err(BuildError::Parse(e.kind().clone())),
+            },
             Ok(Message::Response(_)) => Err(BuildError::Parse(
                 crate::error::ParseErrorKind::BadRequestLine,
             )),
@@ -274,7 +277,10 @@ impl ResponseBuilder {
         out.extend_from_slice(b"\r\n");
         self.parts.write(&mut out);
         match parse_message(Bytes::from(out), &Limits::UNLIMITED, false) {
-            Ok(Message::Response(r)) => Ok(r),
+            Ok(Message::Response(r)) => match r.validate(&Limits::UNLIMITED) {
+                Ok(()) => Ok(r),
+                Err(e) => Err(BuildError::Parse(e.kind().clone())),
+            },
             Ok(Message::Request(_)) => Err(BuildError::Parse(
                 crate::error::ParseErrorKind::BadStatusLine,
             )),

@@ -55,6 +55,30 @@
 //! );
 //! ```
 //!
+//! # What the parse checks, and what `validate` adds
+//!
+//! Headers stay raw until someone asks (house rule 2), so [`parse_datagram`]
+//! (and [`StreamFramer`]) check only what is needed to frame the message and
+//! to match or answer it: the start line (method, Request-URI, version, or
+//! status), the header section's shape (colons, names, folding, limits on
+//! size and count), Content-Length, the **top** Via value, CSeq (single,
+//! parses, names the request method), Call-ID (single, well formed), and
+//! that From and To are present once. A failure there maps to its answer at
+//! once ([`ParseError::answer`]).
+//!
+//! [`Message::validate`] (also on [`Request`] and [`Response`]) runs the rest
+//! of the RFC 3261 header checks an element relies on: every other Via value
+//! and their number ([`Limits::max_vias`]), the From and To name-addrs and
+//! their URIs, Max-Forwards, Route / Record-Route and their number, Contact
+//! and Content-Type. Its errors are [`ParseError`]s with the same answers.
+//! The core calls it on every request it handles itself or forwards; a
+//! relay that only needs the transaction key can skip it. Typed views
+//! (`from()`, `contacts()`...) check the value they read either way.
+//!
+//! Why the split: about a third of an eager parse went into validating
+//! values that a stateless forwarder or a retransmission match never reads
+//! (see BENCHMARKS.md, "SIP parser").
+//!
 //! # What allocates
 //!
 //! - Parsing a datagram into a [`Message`]: one `Vec<Header>` of exactly the

@@ -129,6 +129,17 @@ macro_rules! common {
                 &self.start_line
             }
 
+            /// The full header checks that [`crate::parse_datagram`] leaves
+            /// out (see the crate docs, "What the parse checks"): every Via
+            /// value and their number, the From/To name-addrs, Max-Forwards,
+            /// Route/Record-Route (and their number), Contact and
+            /// Content-Type. An error maps to its answer like a parse error
+            /// (`400` for a request other than ACK, a drop for a response).
+            pub fn validate(&self, limits: &crate::Limits) -> Result<(), crate::ParseError> {
+                crate::parse::validate_fields(&self.headers, limits)
+                    .map_err(|k| crate::ParseError::new(k, self.origin()))
+            }
+
             /// Call-ID value.
             pub fn call_id(&self) -> Result<Bytes, HeaderError> {
                 let v = self
@@ -243,6 +254,14 @@ common!(Request);
 common!(Response);
 
 impl Request {
+    fn origin(&self) -> crate::Origin {
+        if self.method == Method::Ack {
+            crate::Origin::UnanswerableRequest
+        } else {
+            crate::Origin::AnswerableRequest
+        }
+    }
+
     /// Method.
     pub fn method(&self) -> &Method {
         &self.method
@@ -352,6 +371,10 @@ impl Request {
 }
 
 impl Response {
+    fn origin(&self) -> crate::Origin {
+        crate::Origin::Response
+    }
+
     /// Status code.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -430,6 +453,14 @@ impl Message {
         match self {
             Message::Request(r) => r.write_to(out),
             Message::Response(r) => r.write_to(out),
+        }
+    }
+
+    /// The full header checks (see [`Request::validate`]).
+    pub fn validate(&self, limits: &crate::Limits) -> Result<(), crate::ParseError> {
+        match self {
+            Message::Request(r) => r.validate(limits),
+            Message::Response(r) => r.validate(limits),
         }
     }
 

@@ -186,7 +186,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
 
     match kind {
         StartLine::Response((status, reason)) => {
-            validate(&headers, limits, None)?;
+            check_addressable(&headers, None)?;
             Ok(Message::Response(Response {
                 status,
                 reason,
@@ -197,7 +197,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
             }))
         }
         StartLine::Request((method, uri)) => {
-            validate(&headers, limits, Some(&method))?;
+            check_addressable(&headers, Some(&method))?;
             Ok(Message::Request(Request {
                 method,
                 uri,
@@ -338,22 +338,18 @@ fn single(headers: &Headers, name: HeaderName) -> Result<&Bytes, K> {
     Ok(first.value())
 }
 
-/// Checks on the fields every element relies on (RFC 3261 §8.1.1, §8.2.2, §20).
-fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Result<(), K> {
-    // Via: present, every value parses, within limit.
-    let mut nvia = 0usize;
-    for v in headers.values(&HeaderName::Via) {
-        nvia += 1;
-        if nvia > limits.max_vias {
-            return Err(K::TooManyVias {
-                limit: limits.max_vias,
-            });
-        }
-        Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
-    }
-    if nvia == 0 {
-        return Err(K::MissingHeader(HeaderName::Via));
-    }
+/// The checks a datagram parse makes on header fields: what an element
+/// needs to match the message to a transaction and to address an answer
+/// (RFC 3261 §8.1.1, §8.2.6, §17.2.3). The top Via value parses; CSeq is
+/// single, parses and names the request method; Call-ID is single and well
+/// formed; From and To are single. Their values stay unchecked beyond that
+/// until [`validate_fields`] (or a typed view) looks at them.
+fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K> {
+    let top = headers
+        .values(&HeaderName::Via)
+        .next()
+        .ok_or(K::MissingHeader(HeaderName::Via))?;
+    Via::check(&top).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
     let cseq = CSeq::parse(single(headers, HeaderName::CSeq)?)
         .map_err(|e| K::InvalidHeader(HeaderName::CSeq, e))?;
     if let Some(m) = method
@@ -363,6 +359,32 @@ fn validate(headers: &Headers, limits: &Limits, method: Option<&Method>) -> Resu
     }
     parse_call_id(single(headers, HeaderName::CallId)?)
         .map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
+    single(headers, HeaderName::From)?;
+    single(headers, HeaderName::To)?;
+    Ok(())
+}
+
+/// The full checks on the fields every element relies on (RFC 3261 §8.2.2,
+/// §20), beyond [`check_addressable`]: every Via value (and their number),
+/// the From and To name-addrs, Max-Forwards, Route / Record-Route (and their
+/// number), Contact and Content-Type.
+pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), K> {
+    let mut nvia = 0usize;
+    for v in headers.values(&HeaderName::Via) {
+        nvia += 1;
+        if nvia > limits.max_vias {
+            return Err(K::TooManyVias {
+                limit: limits.max_vias,
+            });
+        }
+        // The top value was checked by the parse.
+        if nvia > 1 {
+            Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+        }
+    }
+    if nvia == 0 {
+        return Err(K::MissingHeader(HeaderName::Via));
+    }
     for name in [HeaderName::From, HeaderName::To] {
         let v = single(headers, name.clone())?;
         NameAddr::check(v).map_err(|e| K::InvalidHeader(name, e))?;

@@ -29,8 +29,10 @@ fn invite() -> sipveil_sip::Request {
 }
 
 fn kind_of(input: &str, limits: &Limits) -> (ParseErrorKind, ErrorAnswer) {
-    let e =
-        parse_datagram(Bytes::copy_from_slice(input.as_bytes()), limits).expect_err("must fail");
+    // What an element does with a datagram: parse, then the full header checks.
+    let e = parse_datagram(Bytes::copy_from_slice(input.as_bytes()), limits)
+        .and_then(|m| m.validate(limits))
+        .expect_err("must fail");
     (e.kind().clone(), e.answer())
 }
 
@@ -533,4 +535,55 @@ fn many_headers_with_folding_beyond_the_inline_index() {
     let mut copy = m.clone();
     let _ = copy.headers_mut();
     assert_eq!(copy.to_bytes(), s.as_bytes());
+}
+
+#[test]
+fn datagram_parse_checks_what_addresses_an_answer_and_validate_the_rest() {
+    // A malformed Contact (and a malformed second Via) pass the datagram parse,
+    // which only needs what addresses an answer; validate() finds them.
+    let bad_contact = INVITE.replace(
+        "Contact: <sip:alice@pc33.atlanta.example.com>",
+        "Contact: <sip:alice@pc33 atlanta>",
+    );
+    let m = parse_datagram(Bytes::from(bad_contact), &Limits::default()).expect("parses");
+    let e = m.validate(&Limits::default()).expect_err("bad Contact");
+    assert!(
+        matches!(
+            e.kind(),
+            ParseErrorKind::InvalidHeader(HeaderName::Contact, _)
+        ),
+        "{:?}",
+        e.kind()
+    );
+    assert!(matches!(
+        e.answer(),
+        ErrorAnswer::Respond { status: 400, .. }
+    ));
+    let bad_via = INVITE.replace(
+        "Via: SIP/2.0/UDP 192.0.2.7:5062",
+        "Via: SIP/2.0 192.0.2.7:5062",
+    );
+    let m = parse_datagram(Bytes::from(bad_via), &Limits::default()).expect("parses");
+    assert!(matches!(
+        m.validate(&Limits::default()).map_err(|e| e.kind().clone()),
+        Err(ParseErrorKind::InvalidHeader(HeaderName::Via, _))
+    ));
+    // The top Via, CSeq and Call-ID are checked by the parse itself.
+    let bad_top = INVITE.replacen("Via: SIP/2.0/UDP pc33", "Via: SIP/2.0 pc33", 1);
+    let (k, _) = kind_of(&bad_top, &Limits::default());
+    assert!(
+        matches!(k, ParseErrorKind::InvalidHeader(HeaderName::Via, _)),
+        "{k:?}"
+    );
+    assert!(
+        parse_datagram(Bytes::from(bad_top), &Limits::default()).is_err(),
+        "top Via checked at parse"
+    );
+    let no_cseq = INVITE.replace("CSeq: 314159 INVITE\r\n", "");
+    assert!(matches!(
+        parse_datagram(Bytes::from(no_cseq), &Limits::default()).map_err(|e| e.kind().clone()),
+        Err(ParseErrorKind::MissingHeader(HeaderName::CSeq))
+    ));
+    // A valid message validates.
+    invite().validate(&Limits::default()).expect("valid");
 }
