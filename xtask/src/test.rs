@@ -259,7 +259,7 @@ pub fn run() -> Result<()> {
         let counts = step.counts;
         let verdict = if step.ok { "ok" } else { "FAILED" };
         println!(
-            "{:<32} {verdict:<6} {:>5.0} s  {} passed, {} failed, {} skipped",
+            "{:<40} {verdict:<6} {:>5.0} s  {} passed, {} failed, {} skipped",
             step.name, step.seconds, counts.passed, counts.failed, counts.skipped
         );
         total.add(counts);
