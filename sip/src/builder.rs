@@ -292,7 +292,6 @@ impl ResponseBuilder {
 fn first_value(req: &Request, name: HeaderName) -> Result<Bytes, BuildError> {
     req.headers()
         .get_value(&name)
-        .cloned()
         .ok_or(BuildError::MissingHeader(name))
 }
 
@@ -328,7 +327,6 @@ impl Request {
             Some(r) => r
                 .headers()
                 .get_value(&HeaderName::To)
-                .cloned()
                 .ok_or(BuildError::MissingHeader(HeaderName::To))?,
             None => first_value(self, HeaderName::To)?,
         };

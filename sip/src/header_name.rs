@@ -52,7 +52,32 @@ macro_rules! header_names {
                     _ => None,
                 }
             }
+
+            /// Compact identity of a known name (its index in the table),
+            /// [`OTHER_ID`] for `Other`.
+            pub(crate) fn id(&self) -> u8 {
+                match self {
+                    $( HeaderName::$variant => KnownId::$variant as u8, )*
+                    HeaderName::Other(_) => OTHER_ID,
+                }
+            }
+
+            /// Known name and compact-form index of a lowercase name, or [`OTHER_ID`].
+            fn lookup_lower_id(l: &[u8]) -> u8 {
+                match l {
+                    $( $lower $(| $compact)? => KnownId::$variant as u8, )*
+                    _ => OTHER_ID,
+                }
+            }
         }
+
+        #[repr(u8)]
+        enum KnownId {
+            $( $variant, )*
+        }
+
+        /// Known names by id.
+        static KNOWN: &[HeaderName] = &[ $( HeaderName::$variant, )* ];
     };
 }
 
@@ -133,7 +158,28 @@ header_names! {
     Flowtimer => "Flow-Timer", b"flow-timer", false;
 }
 
+/// The id of names that are not in the table.
+pub(crate) const OTHER_ID: u8 = u8::MAX;
+
 impl HeaderName {
+    /// The known name with this id (`None` for [`OTHER_ID`]).
+    pub(crate) fn from_id(id: u8) -> Option<HeaderName> {
+        KNOWN.get(usize::from(id)).cloned()
+    }
+
+    /// The id of a raw name as written (case-insensitive, compact forms
+    /// mapped), or [`OTHER_ID`].
+    pub(crate) fn known_id(raw: &[u8]) -> u8 {
+        let mut buf = [0u8; 32];
+        if raw.len() > buf.len() {
+            return OTHER_ID;
+        }
+        let l = &mut buf[..raw.len()];
+        l.copy_from_slice(raw);
+        l.make_ascii_lowercase();
+        Self::lookup_lower_id(l)
+    }
+
     /// Classify a raw name as written (case-insensitive; compact forms map to
     /// the full name). `Other` keeps the given bytes.
     pub fn from_bytes(raw: Bytes) -> HeaderName {
@@ -243,5 +289,19 @@ mod tests {
         assert_eq!(o.as_bytes(), b"X-Foo");
         assert!(HeaderName::Via.matches(b"V"));
         assert!(!HeaderName::Via.matches(b"Vi"));
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        for raw in [&b"Via"[..], b"v", b"CSEQ", b"flow-timer", b"Content-Length"] {
+            let id = HeaderName::known_id(raw);
+            assert_ne!(id, OTHER_ID);
+            let name = HeaderName::from_id(id).expect("known");
+            assert_eq!(Some(name.clone()), HeaderName::known(raw));
+            assert_eq!(name.id(), id);
+        }
+        assert_eq!(HeaderName::known_id(b"X-Foo"), OTHER_ID);
+        assert_eq!(HeaderName::from_static("X-Foo").id(), OTHER_ID);
+        assert!(HeaderName::from_id(OTHER_ID).is_none());
     }
 }

@@ -1,25 +1,37 @@
 //! Raw, ordered header fields with typed views on demand.
+//!
+//! A parsed message keeps its header fields as compact records: the name's
+//! id and byte offsets into the message's one buffer, in an inline array of
+//! [`INLINE_FIELDS`] records (more spill to the heap). No `Bytes` slice is
+//! taken until someone asks for a field ([`Headers::iter`], [`Headers::get`],
+//! [`Headers::values`]...), so parsing and forwarding an unchanged message
+//! neither allocates nor touches the buffer's reference count per field.
+//! A field added by mutation keeps its own buffer next to the message's.
 
 use bytes::Bytes;
 
 use crate::error::BuildError;
-use crate::header_name::HeaderName;
-use crate::text::{CommaValues, all_token, trimmed};
+use crate::header_name::{HeaderName, OTHER_ID};
+use crate::text::{CommaValues, all_token, trim_range};
+
+/// How many header fields a message holds without a heap allocation.
+pub const INLINE_FIELDS: usize = 32;
 
 /// One header field as received (or built): its name, the whole raw line
 /// (name, colon, value, folding; without the final CRLF) and the value slice.
+///
+/// A `Header` is an owned view: [`Headers`] hands them out on demand (slices
+/// of the message buffer, reference-count increments only).
 #[derive(Clone, Debug)]
 pub struct Header {
     name: HeaderName,
     line: Bytes,
     value: Bytes,
+    /// Offsets of `value` inside `line`.
+    value_at: (u32, u32),
 }
 
 impl Header {
-    pub(crate) fn from_parts(name: HeaderName, line: Bytes, value: Bytes) -> Self {
-        Header { name, line, value }
-    }
-
     /// Build `Name: value` with the canonical name spelling. Allocates one buffer.
     /// Fails if the value contains CR or LF (header injection).
     pub fn new(name: HeaderName, value: &[u8]) -> Result<Header, BuildError> {
@@ -34,9 +46,19 @@ impl Header {
         line.extend_from_slice(n);
         line.extend_from_slice(b": ");
         line.extend_from_slice(value);
+        let (vs, ve) = trim_range(&line[n.len() + 2..]);
+        let (vs, ve) = (n.len() + 2 + vs, n.len() + 2 + ve);
+        let (Ok(s32), Ok(e32)) = (u32::try_from(vs), u32::try_from(ve)) else {
+            return Err(BuildError::InvalidHeaderValue(name));
+        };
         let line = Bytes::from(line);
-        let value = trimmed(&line.slice(n.len() + 2..));
-        Ok(Header { name, line, value })
+        let value = line.slice(vs..ve);
+        Ok(Header {
+            name,
+            line,
+            value,
+            value_at: (s32, e32),
+        })
     }
 
     /// The name (compact forms already mapped to the full name).
@@ -65,15 +87,162 @@ impl Header {
     }
 }
 
+/// A compact header record: offsets into one of the buffers of [`Headers`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Field {
+    /// 0: the message buffer; `k > 0`: `extra[k - 1]`.
+    src: u32,
+    line: (u32, u32),
+    value: (u32, u32),
+    /// End of the name as written (for `Other` names), relative to `line.0`.
+    name_len: u32,
+    /// [`HeaderName`] id, [`OTHER_ID`] for unknown names.
+    id: u8,
+}
+
+impl Field {
+    /// A field of the message buffer. Offsets are absolute; the caller
+    /// guarantees `line.0 <= value.0 <= value.1 <= line.1` and that the
+    /// buffer is at most `u32::MAX` bytes long.
+    pub(crate) fn parsed(id: u8, line: (u32, u32), name_len: u32, value: (u32, u32)) -> Self {
+        Field {
+            src: 0,
+            line,
+            value,
+            name_len,
+            id,
+        }
+    }
+
+    /// The name id.
+    pub(crate) fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The value, for a record of the message buffer `b`.
+    pub(crate) fn value_in<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        b.get(self.value.0 as usize..self.value.1 as usize)
+            .unwrap_or(&[])
+    }
+}
+
+/// The records: inline up to [`INLINE_FIELDS`], then all on the heap.
+#[derive(Clone, Debug)]
+pub(crate) struct Fields {
+    len: usize,
+    inline: [Field; INLINE_FIELDS],
+    /// Used instead of `inline` once more than `INLINE_FIELDS` were stored.
+    heap: Option<Vec<Field>>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            len: 0,
+            inline: [Field::default(); INLINE_FIELDS],
+            heap: None,
+        }
+    }
+}
+
+impl Fields {
+    pub(crate) fn as_slice(&self) -> &[Field] {
+        match &self.heap {
+            Some(v) => v,
+            None => &self.inline[..self.len],
+        }
+    }
+
+    pub(crate) fn push(&mut self, f: Field) {
+        let at = self.as_slice().len();
+        self.insert(at, f);
+    }
+
+    fn insert(&mut self, index: usize, f: Field) {
+        if let Some(v) = &mut self.heap {
+            let i = index.min(v.len());
+            v.insert(i, f);
+            return;
+        }
+        let i = index.min(self.len);
+        if self.len < INLINE_FIELDS {
+            self.inline.copy_within(i..self.len, i + 1);
+            self.inline[i] = f;
+            self.len += 1;
+        } else {
+            let mut v = Vec::with_capacity(INLINE_FIELDS * 2);
+            v.extend_from_slice(&self.inline[..self.len]);
+            v.insert(i, f);
+            self.heap = Some(v);
+            self.len = 0;
+        }
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Field> {
+        if let Some(v) = &mut self.heap {
+            return (index < v.len()).then(|| v.remove(index));
+        }
+        if index >= self.len {
+            return None;
+        }
+        let f = self.inline[index];
+        self.inline.copy_within(index + 1..self.len, index);
+        self.len -= 1;
+        Some(f)
+    }
+
+    fn set(&mut self, index: usize, f: Field) {
+        let slot = match &mut self.heap {
+            Some(v) => v.get_mut(index),
+            None => self.inline[..self.len].get_mut(index),
+        };
+        if let Some(slot) = slot {
+            *slot = f;
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Field) -> bool) {
+        if let Some(v) = &mut self.heap {
+            v.retain(keep);
+            return;
+        }
+        let mut w = 0;
+        for r in 0..self.len {
+            let f = self.inline[r];
+            if keep(&f) {
+                self.inline[w] = f;
+                w += 1;
+            }
+        }
+        self.len = w;
+    }
+}
+
 /// Header fields in message order.
 #[derive(Clone, Debug, Default)]
 pub struct Headers {
-    list: Vec<Header>,
+    store: Store,
+    fields: Fields,
+}
+
+/// The buffers records point into.
+#[derive(Clone, Debug, Default)]
+struct Store {
+    /// The message buffer the parsed records point into.
+    buf: Bytes,
+    /// Buffers of fields added by mutation (one line each).
+    extra: Vec<Bytes>,
 }
 
 impl Headers {
-    pub(crate) fn from_vec(list: Vec<Header>) -> Self {
-        Headers { list }
+    pub(crate) fn from_parsed(buf: Bytes, fields: Fields) -> Self {
+        Headers {
+            store: Store {
+                buf,
+                extra: Vec::new(),
+            },
+            fields,
+        }
     }
 
     /// An empty set.
@@ -81,40 +250,179 @@ impl Headers {
         Self::default()
     }
 
+    /// The value of a record, without taking a `Bytes` slice.
+    pub(crate) fn value_of(&self, f: &Field) -> &[u8] {
+        self.store.value_of(f)
+    }
+
+    fn line_of(&self, f: &Field) -> &[u8] {
+        self.store.line_of(f)
+    }
+
+    fn is(&self, f: &Field, name: &HeaderName) -> bool {
+        self.store.is(f, name)
+    }
+
+    fn header(&self, f: &Field) -> Header {
+        self.store.header(f)
+    }
+
+    fn field_for(&mut self, h: Header) -> Field {
+        self.store.field_for(h)
+    }
+}
+
+impl Store {
+    fn source(&self, f: &Field) -> &[u8] {
+        match f.src {
+            0 => &self.buf,
+            k => self.extra.get(k as usize - 1).map_or(&[][..], |b| &b[..]),
+        }
+    }
+
+    fn source_bytes(&self, f: &Field) -> Bytes {
+        match f.src {
+            0 => self.buf.clone(),
+            k => self.extra.get(k as usize - 1).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn slice(b: &[u8], r: (u32, u32)) -> &[u8] {
+        b.get(r.0 as usize..r.1 as usize).unwrap_or(&[])
+    }
+
+    fn value_of(&self, f: &Field) -> &[u8] {
+        Self::slice(self.source(f), f.value)
+    }
+
+    fn line_of(&self, f: &Field) -> &[u8] {
+        Self::slice(self.source(f), f.line)
+    }
+
+    fn is(&self, f: &Field, name: &HeaderName) -> bool {
+        match name {
+            HeaderName::Other(n) => {
+                f.id == OTHER_ID
+                    && self
+                        .line_of(f)
+                        .get(..f.name_len as usize)
+                        .is_some_and(|raw| raw.eq_ignore_ascii_case(n))
+            }
+            known => f.id == known.id(),
+        }
+    }
+
+    fn header(&self, f: &Field) -> Header {
+        let src = self.source_bytes(f);
+        let len = src.len();
+        let clamp = |r: (u32, u32)| {
+            let e = (r.1 as usize).min(len);
+            ((r.0 as usize).min(e), e)
+        };
+        let (ls, le) = clamp(f.line);
+        let (vs, ve) = clamp(f.value);
+        let name = match HeaderName::from_id(f.id) {
+            Some(n) => n,
+            None => HeaderName::Other(src.slice(ls..(ls + f.name_len as usize).min(le))),
+        };
+        let value_at = (
+            u32::try_from(vs.saturating_sub(ls)).unwrap_or(0),
+            u32::try_from(ve.saturating_sub(ls)).unwrap_or(0),
+        );
+        Header {
+            name,
+            line: src.slice(ls..le),
+            value: src.slice(vs..ve.max(vs)),
+            value_at,
+        }
+    }
+
+    /// Store `h`'s buffer and make its record.
+    fn field_for(&mut self, h: Header) -> Field {
+        let id = h.name.id();
+        let name_len = if id == OTHER_ID {
+            h.name.as_bytes().len() as u32
+        } else {
+            0
+        };
+        let len = u32::try_from(h.line.len()).unwrap_or(u32::MAX);
+        self.extra.push(h.line);
+        Field {
+            src: self.extra.len() as u32,
+            line: (0, len),
+            value: (h.value_at.0.min(len), h.value_at.1.min(len)),
+            name_len,
+            id,
+        }
+    }
+}
+
+impl Headers {
     /// Number of header fields.
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.fields.as_slice().len()
     }
 
     /// No header fields.
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.len() == 0
     }
 
     /// All fields in order.
-    pub fn iter(&self) -> core::slice::Iter<'_, Header> {
-        self.list.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            headers: self,
+            inner: self.fields.as_slice().iter(),
+        }
     }
 
     /// The field at `index`.
-    pub fn at(&self, index: usize) -> Option<&Header> {
-        self.list.get(index)
+    pub fn at(&self, index: usize) -> Option<Header> {
+        self.fields.as_slice().get(index).map(|f| self.header(f))
     }
 
     /// First field named `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&Header> {
-        self.list.iter().find(|h| &h.name == name)
+    pub fn get(&self, name: &HeaderName) -> Option<Header> {
+        self.fields
+            .as_slice()
+            .iter()
+            .find(|f| self.is(f, name))
+            .map(|f| self.header(f))
     }
 
     /// Value of the first field named `name`.
-    pub fn get_value(&self, name: &HeaderName) -> Option<&Bytes> {
-        self.get(name).map(|h| &h.value)
+    pub fn get_value(&self, name: &HeaderName) -> Option<Bytes> {
+        self.get(name).map(|h| h.value)
+    }
+
+    /// Value of the first field named `name`, borrowed (no `Bytes` slice taken).
+    pub fn get_raw_value(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.fields
+            .as_slice()
+            .iter()
+            .find(|f| self.is(f, name))
+            .map(|f| self.value_of(f))
+    }
+
+    /// Records named `name`, in order.
+    pub(crate) fn fields_named<'a>(
+        &'a self,
+        name: &'a HeaderName,
+    ) -> impl Iterator<Item = &'a Field> + 'a {
+        self.fields
+            .as_slice()
+            .iter()
+            .filter(move |f| self.is(f, name))
     }
 
     /// All fields named `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a Header> + 'a {
+    pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = Header> + 'a {
         let name = name.clone();
-        self.list.iter().filter(move |h| h.name == name)
+        self.fields
+            .as_slice()
+            .iter()
+            .filter(move |f| self.is(f, &name))
+            .map(|f| self.header(f))
     }
 
     /// Every value of `name`: list-valued fields are split at top-level commas,
@@ -125,40 +433,48 @@ impl Headers {
 
     /// Number of fields named `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
-        self.get_all(name).count()
+        self.fields
+            .as_slice()
+            .iter()
+            .filter(|f| self.is(f, name))
+            .count()
     }
 
     /// Index of the first field named `name`.
     pub fn position(&self, name: &HeaderName) -> Option<usize> {
-        self.list.iter().position(|h| &h.name == name)
+        self.fields.as_slice().iter().position(|f| self.is(f, name))
     }
 
     /// Append a field.
     pub fn push(&mut self, h: Header) {
-        self.list.push(h);
+        let f = self.field_for(h);
+        self.fields.push(f);
     }
 
     /// Insert a field at `index` (clamped to the end).
     pub fn insert(&mut self, index: usize, h: Header) {
-        let i = index.min(self.list.len());
-        self.list.insert(i, h);
+        let f = self.field_for(h);
+        self.fields.insert(index, f);
     }
 
     /// Remove the field at `index`.
     pub fn remove(&mut self, index: usize) -> Option<Header> {
-        (index < self.list.len()).then(|| self.list.remove(index))
+        let f = self.fields.remove(index)?;
+        Some(self.header(&f))
     }
 
     /// Remove all fields named `name`; returns how many.
     pub fn remove_all(&mut self, name: &HeaderName) -> usize {
-        let before = self.list.len();
-        self.list.retain(|h| &h.name != name);
-        before - self.list.len()
+        let before = self.len();
+        let store = &self.store;
+        self.fields.retain(|f| !store.is(f, name));
+        before - self.len()
     }
 
     /// Keep only fields for which `f` is true.
-    pub fn retain(&mut self, f: impl FnMut(&Header) -> bool) {
-        self.list.retain(f);
+    pub fn retain(&mut self, mut f: impl FnMut(&Header) -> bool) {
+        let store = &self.store;
+        self.fields.retain(|r| f(&store.header(r)));
     }
 
     /// Replace the first field with `h.name()` in place (dropping later ones),
@@ -167,18 +483,16 @@ impl Headers {
         match self.position(&h.name) {
             Some(i) => {
                 let name = h.name.clone();
-                self.list[i] = h;
-                let mut seen = 0usize;
-                self.list.retain(|x| {
-                    if x.name == name {
-                        seen += 1;
-                        seen == 1
-                    } else {
-                        true
-                    }
+                let f = self.field_for(h);
+                self.fields.set(i, f);
+                let store = &self.store;
+                let mut k = 0usize;
+                self.fields.retain(|r| {
+                    k += 1;
+                    k <= i + 1 || !store.is(r, &name)
                 });
             }
-            None => self.list.push(h),
+            None => self.push(h),
         }
     }
 
@@ -186,7 +500,7 @@ impl Headers {
     pub fn push_top_via(&mut self, value: &[u8]) -> Result<(), BuildError> {
         let h = Header::new(HeaderName::Via, value)?;
         let i = self.position(&HeaderName::Via).unwrap_or(0);
-        self.list.insert(i, h);
+        self.insert(i, h);
         Ok(())
     }
 
@@ -194,11 +508,12 @@ impl Headers {
     /// several); returns the removed value.
     pub fn pop_top_via(&mut self) -> Option<Bytes> {
         let i = self.position(&HeaderName::Via)?;
-        let mut vals = self.list[i].values();
+        let field = self.at(i)?;
+        let mut vals = field.values();
         let first = vals.next()?;
         let rest: Vec<Bytes> = vals.collect();
         if rest.is_empty() {
-            self.list.remove(i);
+            self.fields.remove(i);
         } else {
             let mut v = Vec::new();
             for (k, r) in rest.iter().enumerate() {
@@ -214,29 +529,54 @@ impl Headers {
                 .map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c })
                 .collect();
             if let Ok(h) = Header::new(HeaderName::Via, &v) {
-                self.list[i] = h;
+                let f = self.field_for(h);
+                self.fields.set(i, f);
             }
         }
         Some(first)
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
-        self.list.iter().map(|h| h.line.len() + 2).sum()
+        self.fields
+            .as_slice()
+            .iter()
+            .map(|f| self.line_of(f).len() + 2)
+            .sum()
     }
 
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
-        for h in &self.list {
-            out.extend_from_slice(&h.line);
+        for f in self.fields.as_slice() {
+            out.extend_from_slice(self.line_of(f));
             out.extend_from_slice(b"\r\n");
         }
     }
 }
 
+/// Iterator over the fields of [`Headers`], in order.
+#[derive(Clone, Debug)]
+pub struct Iter<'a> {
+    headers: &'a Headers,
+    inner: core::slice::Iter<'a, Field>,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Header;
+    fn next(&mut self) -> Option<Header> {
+        self.inner.next().map(|f| self.headers.header(f))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
 impl<'a> IntoIterator for &'a Headers {
-    type Item = &'a Header;
-    type IntoIter = core::slice::Iter<'a, Header>;
+    type Item = Header;
+    type IntoIter = Iter<'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.list.iter()
+        self.iter()
     }
 }
 
@@ -268,13 +608,13 @@ mod tests {
             Some(&b"SIP/2.0/UDP a;branch=z9hG4bK1"[..])
         );
         assert_eq!(
-            h.at(0).map(|x| &x.raw_line()[..]),
-            Some(&b"Via: SIP/2.0/UDP b"[..])
+            h.at(0).map(|x| x.raw_line().clone()),
+            Some(Bytes::from_static(b"Via: SIP/2.0/UDP b"))
         );
         h.set(Header::new(HeaderName::from_static("x-a"), b"2").expect("ok"));
         assert_eq!(
-            h.get_value(&HeaderName::from_static("X-A")).map(|b| &b[..]),
-            Some(&b"2"[..])
+            h.get_value(&HeaderName::from_static("X-A")),
+            Some(Bytes::from_static(b"2"))
         );
         assert_eq!(h.remove_all(&HeaderName::Via), 1);
         assert_eq!(h.len(), 1);

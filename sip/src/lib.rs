@@ -81,11 +81,17 @@
 //!
 //! # What allocates
 //!
-//! - Parsing a datagram into a [`Message`]: one `Vec<Header>` of exactly the
-//!   number of header fields. All names, values, the start line, the URI and
-//!   the body are `Bytes` slices of the input (refcount increments). If the
+//! - Parsing a datagram into a [`Message`]: nothing for up to
+//!   [`headers::INLINE_FIELDS`] (32) header fields. The header index is an
+//!   inline array of compact records (name id, offsets into the message's
+//!   one `Bytes`); more fields spill to one heap vector. The start line, the
+//!   Request-URI's parts and the body are `Bytes` slices of the input
+//!   (reference-count increments); header fields become `Bytes` slices only
+//!   when asked for ([`Headers::iter`], [`Headers::get`], typed views). If the
 //!   input `Bytes` was made from a `Vec`, the `bytes` crate allocates its
-//!   shared header once on the first slice. Known header names need no storage.
+//!   shared header once on the first slice (a receive path that already
+//!   shares its buffer avoids that). Known header names need no storage.
+//! - [`Message::validate`]: nothing.
 //! - Printing an unchanged message: nothing (`to_bytes` returns the original
 //!   `Bytes`; `write_to` copies into the caller's buffer).
 //! - Typed views: nothing (slices), except `display_name` with escapes

@@ -146,7 +146,7 @@ macro_rules! common {
                     .headers
                     .get_value(&HeaderName::CallId)
                     .ok_or(HeaderError::Missing(HeaderName::CallId))?;
-                parse_call_id(v).map_err(|e| HeaderError::Invalid(HeaderName::CallId, e))
+                parse_call_id(&v).map_err(|e| HeaderError::Invalid(HeaderName::CallId, e))
             }
 
             /// CSeq.
@@ -155,7 +155,7 @@ macro_rules! common {
                     .headers
                     .get_value(&HeaderName::CSeq)
                     .ok_or(HeaderError::Missing(HeaderName::CSeq))?;
-                CSeq::parse(v).map_err(|e| HeaderError::Invalid(HeaderName::CSeq, e))
+                CSeq::parse(&v).map_err(|e| HeaderError::Invalid(HeaderName::CSeq, e))
             }
 
             /// From.
@@ -181,7 +181,7 @@ macro_rules! common {
             fn name_addr(&self, name: HeaderName) -> Result<NameAddr, HeaderError> {
                 match self.headers.get_value(&name) {
                     None => Err(HeaderError::Missing(name)),
-                    Some(v) => NameAddr::parse(v).map_err(|e| HeaderError::Invalid(name, e)),
+                    Some(v) => NameAddr::parse(&v).map_err(|e| HeaderError::Invalid(name, e)),
                 }
             }
 
@@ -212,7 +212,7 @@ macro_rules! common {
             /// Expires header value, if present and valid.
             pub fn expires(&self) -> Option<u32> {
                 self.headers
-                    .get_value(&HeaderName::Expires)
+                    .get_raw_value(&HeaderName::Expires)
                     .and_then(|v| crate::views::parse_expires(v).ok())
             }
 
@@ -287,7 +287,7 @@ impl Request {
     /// Max-Forwards, if present and valid.
     pub fn max_forwards(&self) -> Option<u8> {
         self.headers
-            .get_value(&HeaderName::MaxForwards)
+            .get_raw_value(&HeaderName::MaxForwards)
             .and_then(|v| crate::views::parse_max_forwards(v).ok())
     }
 

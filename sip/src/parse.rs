@@ -1,24 +1,25 @@
 //! Message parser shared by the datagram entry point and the stream framer.
 //!
-//! Allocation: one `Vec<Header>` sized exactly to the number of header
-//! fields (counted in a first pass). Everything else is a `Bytes` slice of
-//! the input (refcount increments only; a `Bytes` made from a `Vec` is
-//! promoted to a shared buffer on its first slice, which is one more small
-//! allocation inside `bytes`).
+//! Allocation: none for up to [`crate::headers::INLINE_FIELDS`] header
+//! fields (the index is an inline array of compact records). The start line,
+//! Request-URI parts and the body are `Bytes` slices of the input (a `Bytes`
+//! made from a `Vec` is promoted to a shared buffer on its first slice,
+//! which is one small allocation inside `bytes`).
 
 use bytes::Bytes;
 
 use crate::error::{Origin, ParseError, ParseErrorKind as K};
 use crate::header_name::HeaderName;
-use crate::headers::{Header, Headers};
+use crate::header_name::OTHER_ID;
+use crate::headers::{Field, Fields, Headers};
 use crate::limits::Limits;
 use crate::message::{Message, Request, Response};
 use crate::method::Method;
 use crate::status::StatusCode;
-use crate::text::{CommaValues, eq_ic, is_token, trim_range};
+use crate::text::{CommaValues, eq_ic, find_top_level, is_token, trim_range};
 use crate::uri::{Scheme, Uri};
 use crate::views::{
-    CSeq, Contact, MediaType, NameAddr, Via, parse_call_id, parse_content_length,
+    CSeq, Contact, MediaType, NameAddr, Via, check_call_id, parse_content_length,
     parse_max_forwards,
 };
 
@@ -76,11 +77,15 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
         StartLine::Request(parse_request_line(&start_line, limits)?)
     };
 
-    // Pass 1: find the empty line and the logical fields (continuation lines
-    // folded into the field before them). Up to INLINE fields are remembered
-    // on the stack so the index is built without scanning again.
-    const INLINE: usize = 64;
-    let mut spans = [(0u32, 0u32); INLINE];
+    // One pass over the header section: each logical field (continuation
+    // lines folded into the field before them) becomes a compact record as
+    // soon as the next field starts.
+    if b.len() > u32::MAX as usize {
+        return Err(K::MessageTooLarge {
+            limit: u32::MAX as usize,
+        });
+    }
+    let mut fields = Fields::default();
     let mut count = 0usize;
     let mut cur: Option<(usize, usize)> = None; // (line start, content end)
     let mut i = hdr_start;
@@ -97,10 +102,8 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
                 None => return Err(K::BadHeaderLine),
             }
         } else {
-            if let Some((s, e)) = cur.take()
-                && let Some(slot) = spans.get_mut(count - 1)
-            {
-                *slot = (s as u32, e as u32);
+            if let Some((s, e)) = cur.take() {
+                fields.push(make_field(b, s, e, limits)?);
             }
             count += 1;
             if count > limits.max_headers {
@@ -112,55 +115,23 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
         }
         i = next;
     }
-    if let Some((s, e)) = cur
-        && let Some(slot) = spans.get_mut(count - 1)
-    {
-        *slot = (s as u32, e as u32);
+    if let Some((s, e)) = cur {
+        fields.push(make_field(b, s, e, limits)?);
     }
-
-    // Pass 2: build the index (exactly `count` entries).
-    let mut list: Vec<Header> = Vec::with_capacity(count);
-    if count <= INLINE && b.len() <= u32::MAX as usize {
-        for &(s, e) in &spans[..count] {
-            list.push(make_header(buf, s as usize, e as usize, limits)?);
-        }
-    } else {
-        let mut cur: Option<(usize, usize)> = None;
-        let mut i = hdr_start;
-        while i < body_start {
-            let Some((end, next)) = line_at(b, i) else {
-                break;
-            };
-            if end == i {
-                break;
-            }
-            if b[i] == b' ' || b[i] == b'\t' {
-                if let Some(c) = cur.as_mut() {
-                    c.1 = end;
-                }
-            } else {
-                if let Some((s, e)) = cur.take() {
-                    list.push(make_header(buf, s, e, limits)?);
-                }
-                cur = Some((i, end));
-            }
-            i = next;
-        }
-        if let Some((s, e)) = cur {
-            list.push(make_header(buf, s, e, limits)?);
-        }
-    }
-    let headers = Headers::from_vec(list);
 
     // Body.
     let mut cl: Option<usize> = None;
-    for h in headers.get_all(&HeaderName::ContentLength) {
-        if cl.is_some() || h.value().contains(&b',') {
+    for f in fields
+        .as_slice()
+        .iter()
+        .filter(|f| f.id() == HeaderName::ContentLength.id())
+    {
+        let v = f.value_in(b);
+        if cl.is_some() || v.contains(&b',') {
             return Err(K::DuplicateHeader(HeaderName::ContentLength));
         }
         cl = Some(
-            parse_content_length(h.value())
-                .map_err(|e| K::InvalidHeader(HeaderName::ContentLength, e))?,
+            parse_content_length(v).map_err(|e| K::InvalidHeader(HeaderName::ContentLength, e))?,
         );
     }
     let available = b.len() - body_start;
@@ -183,6 +154,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     let end = body_start + body_len;
     let body = buf.slice(body_start..end);
     let raw = Some(buf.slice(start..end));
+    let headers = Headers::from_parsed(buf.clone(), fields);
 
     match kind {
         StartLine::Response((status, reason)) => {
@@ -220,31 +192,32 @@ enum StartLine {
     Response((StatusCode, Bytes)),
 }
 
-fn make_header(buf: &Bytes, s: usize, e: usize, limits: &Limits) -> Result<Header, K> {
+fn make_field(b: &[u8], s: usize, e: usize, limits: &Limits) -> Result<Field, K> {
     if e - s > limits.max_header_len {
         return Err(K::HeaderTooLong {
             limit: limits.max_header_len,
         });
     }
-    let b = &buf[s..e];
-    let colon = crate::text::find_byte(b, b':').ok_or(K::BadHeaderLine)?;
+    let line = &b[s..e];
+    let colon = crate::text::find_byte(line, b':').ok_or(K::BadHeaderLine)?;
     let mut ne = colon;
-    while ne > 0 && (b[ne - 1] == b' ' || b[ne - 1] == b'\t') {
+    while ne > 0 && (line[ne - 1] == b' ' || line[ne - 1] == b'\t') {
         ne -= 1;
     }
-    let name_raw = &b[..ne];
-    let name = match HeaderName::known(name_raw) {
-        Some(n) => n,
-        None => {
-            if name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c)) {
-                return Err(K::BadHeaderLine);
-            }
-            HeaderName::Other(buf.slice(s..s + ne))
-        }
-    };
-    let (vs, ve) = trim_range(&b[colon + 1..]);
-    let value = buf.slice(s + colon + 1 + vs..s + colon + 1 + ve);
-    Ok(Header::from_parts(name, buf.slice(s..e), value))
+    let name_raw = &line[..ne];
+    let id = HeaderName::known_id(name_raw);
+    if id == OTHER_ID && (name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c))) {
+        return Err(K::BadHeaderLine);
+    }
+    let (vs, ve) = trim_range(&line[colon + 1..]);
+    // Offsets fit in u32: the caller checked the buffer length.
+    let at = |x: usize| x as u32;
+    Ok(Field::parsed(
+        id,
+        (at(s), at(e)),
+        at(ne),
+        (at(s + colon + 1 + vs), at(s + colon + 1 + ve)),
+    ))
 }
 
 fn parse_version(v: &[u8]) -> Result<(), K> {
@@ -329,13 +302,16 @@ fn parse_status_line(sl: &Bytes) -> Result<(StatusCode, Bytes), K> {
 }
 
 /// Exactly one field named `name`, else Missing/Duplicate.
-fn single(headers: &Headers, name: HeaderName) -> Result<&Bytes, K> {
-    let mut it = headers.get_all(&name);
-    let first = it.next().ok_or_else(|| K::MissingHeader(name.clone()))?;
-    if it.next().is_some() {
-        return Err(K::DuplicateHeader(name));
+fn single(headers: &Headers, name: HeaderName) -> Result<&[u8], K> {
+    let (first, dup) = {
+        let mut it = headers.fields_named(&name);
+        (it.next(), it.next().is_some())
+    };
+    match first {
+        None => Err(K::MissingHeader(name)),
+        Some(_) if dup => Err(K::DuplicateHeader(name)),
+        Some(f) => Ok(headers.value_of(f)),
     }
-    Ok(first.value())
 }
 
 /// The checks a datagram parse makes on header fields: what an element
@@ -345,20 +321,27 @@ fn single(headers: &Headers, name: HeaderName) -> Result<&Bytes, K> {
 /// formed; From and To are single. Their values stay unchecked beyond that
 /// until [`validate_fields`] (or a typed view) looks at them.
 fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K> {
-    let top = headers
-        .values(&HeaderName::Via)
-        .next()
+    let via = headers
+        .fields_named(&HeaderName::Via)
+        .map(|f| headers.value_of(f))
+        .find(|v| !v.is_empty())
         .ok_or(K::MissingHeader(HeaderName::Via))?;
-    Via::check(&top).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
-    let cseq = CSeq::parse(single(headers, HeaderName::CSeq)?)
-        .map_err(|e| K::InvalidHeader(HeaderName::CSeq, e))?;
-    if let Some(m) = method
-        && &cseq.method != m
+    let top = match find_top_level(via, 0, b',') {
+        Some(c) => &via[..c],
+        None => via,
+    };
+    let (ts, te) = trim_range(top);
+    Via::check(&top[ts..te]).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+    let cseq = single(headers, HeaderName::CSeq)?;
+    let (_, m) = CSeq::parse_parts(cseq).map_err(|e| K::InvalidHeader(HeaderName::CSeq, e))?;
+    if let Some(method) = method
+        && method.as_bytes() != &cseq[m]
     {
         return Err(K::CSeqMethodMismatch);
     }
-    parse_call_id(single(headers, HeaderName::CallId)?)
-        .map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
+    let call_id = single(headers, HeaderName::CallId)?;
+    let (cs, ce) = trim_range(call_id);
+    check_call_id(&call_id[cs..ce]).map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
     single(headers, HeaderName::From)?;
     single(headers, HeaderName::To)?;
     Ok(())

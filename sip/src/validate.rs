@@ -109,7 +109,7 @@ pub fn check_content_type(
     if req.body().is_empty() {
         return Ok(());
     }
-    let raw = req.headers().get_value(&HeaderName::ContentType).cloned();
+    let raw = req.headers().get_value(&HeaderName::ContentType);
     let ok = raw
         .as_ref()
         .and_then(|v| MediaType::parse(v).ok())

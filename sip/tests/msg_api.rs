@@ -312,9 +312,7 @@ fn response_cancel_and_ack_from_request() {
     assert_eq!(resp.cseq(), r.cseq());
     assert!(resp.headers().get(&HeaderName::Route).is_none());
     assert_eq!(
-        resp.headers()
-            .get_value(&HeaderName::ContentLength)
-            .map(|v| &v[..]),
+        resp.headers().get_raw_value(&HeaderName::ContentLength),
         Some(&b"0"[..])
     );
 
@@ -384,9 +382,7 @@ fn mutation_rewrites_only_what_changed() {
     r.set_body(None, Bytes::new()).expect("empty");
     assert!(r.headers().get(&HeaderName::ContentType).is_none());
     assert_eq!(
-        r.headers()
-            .get_value(&HeaderName::ContentLength)
-            .map(|v| &v[..]),
+        r.headers().get_raw_value(&HeaderName::ContentLength),
         Some(&b"0"[..])
     );
 }
@@ -586,4 +582,74 @@ fn datagram_parse_checks_what_addresses_an_answer_and_validate_the_rest() {
     ));
     // A valid message validates.
     invite().validate(&Limits::default()).expect("valid");
+}
+
+#[test]
+fn header_mutation_matches_a_line_model_below_and_above_the_inline_capacity() {
+    for extra in [0usize, 20, 21, 22, 23, 30, 40] {
+        let mut lines: Vec<String> = INVITE
+            .split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let cl = lines.pop().expect("Content-Length last");
+        for i in 0..extra {
+            lines.push(format!("X-Extra-{i}: {i}"));
+        }
+        lines.push(cl);
+        let wire = format!(
+            "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n{}\r\n\r\nv=0\n",
+            lines.join("\r\n")
+        );
+        let Ok(Message::Request(mut r)) = parse_datagram(Bytes::from(wire), &Limits::default())
+        else {
+            panic!("{extra}: parse");
+        };
+        assert_eq!(r.headers().len(), lines.len());
+        let h = r.headers_mut();
+        // remove_all, set (replaces the first in place), push, insert, retain, Via ops.
+        assert_eq!(h.remove_all(&HeaderName::MaxForwards), 1);
+        lines.retain(|l| !l.starts_with("Max-Forwards:"));
+        h.set(Header::new(HeaderName::CallId, b"new@edge").expect("ok"));
+        for l in lines.iter_mut() {
+            if l.starts_with("Call-ID:") {
+                *l = "Call-ID: new@edge".into();
+            }
+        }
+        h.push(Header::new(HeaderName::from_static("X-Tail"), b"t").expect("ok"));
+        lines.push("X-Tail: t".into());
+        h.insert(2, Header::new(HeaderName::Subject, b"s").expect("ok"));
+        lines.insert(2, "Subject: s".into());
+        h.retain(|f| f.name() != &HeaderName::from_static("x-extra-3"));
+        lines.retain(|l| !l.starts_with("X-Extra-3:"));
+        h.push_top_via(b"SIP/2.0/UDP edge;branch=z9hG4bKe")
+            .expect("ok");
+        lines.insert(0, "Via: SIP/2.0/UDP edge;branch=z9hG4bKe".into());
+        assert_eq!(
+            h.pop_top_via().as_deref(),
+            Some(&b"SIP/2.0/UDP edge;branch=z9hG4bKe"[..])
+        );
+        lines.remove(0);
+        assert_eq!(h.remove(1).map(|x| x.name().clone()), Some(HeaderName::Via));
+        lines.remove(1);
+        assert_eq!(h.len(), lines.len(), "{extra}");
+        let got: Vec<String> = h
+            .iter()
+            .map(|x| String::from_utf8_lossy(x.raw_line()).into_owned())
+            .collect();
+        assert_eq!(got, lines, "{extra}");
+        assert_eq!(
+            h.get_value(&HeaderName::from_static("X-TAIL")).as_deref(),
+            Some(&b"t"[..])
+        );
+        let printed = r.to_bytes();
+        let expect = format!(
+            "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n{}\r\n\r\nv=0\n",
+            lines.join("\r\n")
+        );
+        assert_eq!(printed, expect, "{extra}");
+        let again = parse_datagram(printed, &Limits::default()).expect("reparse");
+        again.validate(&Limits::default()).expect("valid");
+    }
 }

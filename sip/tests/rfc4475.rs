@@ -217,7 +217,7 @@ fn table() -> Vec<(&'static str, Expect)> {
             Valid(|m| {
                 let r = req(m);
                 let ct =
-                    MediaType::parse(r.headers().get_value(&HeaderName::ContentType).expect("ct"))
+                    MediaType::parse(&r.headers().get_value(&HeaderName::ContentType).expect("ct"))
                         .expect("ok");
                 assert!(ct.is("multipart", "signed"));
                 assert_eq!(
@@ -340,7 +340,7 @@ fn table() -> Vec<(&'static str, Expect)> {
             "regaut01",
             Accept(|m| {
                 let a = Auth::parse(
-                    req(m)
+                    &req(m)
                         .headers()
                         .get_value(&HeaderName::Authorization)
                         .expect("auth"),

@@ -19,11 +19,19 @@ pub struct CSeq {
 impl CSeq {
     /// Parse a CSeq value.
     pub fn parse(value: &Bytes) -> Result<CSeq, ViewError> {
-        let v = trimmed(value);
-        if v.is_empty() {
+        let (seq, m) = Self::parse_parts(value)?;
+        let method = Method::from_bytes(value.slice(m));
+        Ok(CSeq { seq, method })
+    }
+
+    /// The checks of [`CSeq::parse`] on a borrowed value: the sequence
+    /// number and where the method token is in `value`.
+    pub(crate) fn parse_parts(value: &[u8]) -> Result<(u32, core::ops::Range<usize>), ViewError> {
+        let (s, e) = crate::text::trim_range(value);
+        let b = &value[s..e];
+        if b.is_empty() {
             return Err(ViewError::Empty);
         }
-        let b = &v[..];
         let mut i = 0;
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
@@ -39,15 +47,22 @@ impl CSeq {
         if j == i {
             return Err(ViewError::BadMethod);
         }
-        let m = v.slice(j..);
-        let method = Method::parse(m).ok_or(ViewError::BadMethod)?;
-        Ok(CSeq { seq, method })
+        if !all_token(&b[j..]) {
+            return Err(ViewError::BadMethod);
+        }
+        Ok((seq, s + j..e))
     }
 }
 
 /// Validate a Call-ID value (`word ["@" word]`, no white space); returns it trimmed.
 pub fn parse_call_id(value: &Bytes) -> Result<Bytes, ViewError> {
-    let v = trimmed(value);
+    let (s, e) = crate::text::trim_range(value);
+    check_call_id(&value[s..e])?;
+    Ok(value.slice(s..e))
+}
+
+/// The checks of [`parse_call_id`] on a trimmed, borrowed value.
+pub(crate) fn check_call_id(v: &[u8]) -> Result<(), ViewError> {
     if v.is_empty() {
         return Err(ViewError::Empty);
     }
@@ -80,7 +95,7 @@ pub fn parse_call_id(value: &Bytes) -> Result<Bytes, ViewError> {
     if at > 1 || v.first() == Some(&b'@') || v.last() == Some(&b'@') {
         return Err(ViewError::BadToken);
     }
-    Ok(v)
+    Ok(())
 }
 
 /// Max-Forwards: 0..=255.

@@ -7,6 +7,7 @@ mod name_addr;
 mod via;
 
 pub use auth::{Auth, AuthParams};
+pub(crate) use misc::check_call_id;
 pub use misc::{
     CSeq, MediaType, Privacy, ProductItem, parse_allow, parse_call_id, parse_content_length,
     parse_expires, parse_max_forwards, parse_products, parse_token_list,
