@@ -46,27 +46,12 @@ macro_rules! header_names {
                 }
             }
 
-            fn lookup_lower(l: &[u8]) -> Option<HeaderName> {
-                match l {
-                    $( $lower $(| $compact)? => Some(HeaderName::$variant), )*
-                    _ => None,
-                }
-            }
-
             /// Compact identity of a known name (its index in the table),
             /// [`OTHER_ID`] for `Other`.
             pub(crate) fn id(&self) -> u8 {
                 match self {
                     $( HeaderName::$variant => KnownId::$variant as u8, )*
                     HeaderName::Other(_) => OTHER_ID,
-                }
-            }
-
-            /// Known name and compact-form index of a lowercase name, or [`OTHER_ID`].
-            fn lookup_lower_id(l: &[u8]) -> u8 {
-                match l {
-                    $( $lower $(| $compact)? => KnownId::$variant as u8, )*
-                    _ => OTHER_ID,
                 }
             }
         }
@@ -78,6 +63,11 @@ macro_rules! header_names {
 
         /// Known names by id.
         static KNOWN: &[HeaderName] = &[ $( HeaderName::$variant, )* ];
+
+        /// Every lowercase spelling (full and compact) with its id.
+        const SPELLINGS: &[(&[u8], u8)] = &[
+            $( ($lower, KnownId::$variant as u8), $( ($compact, KnownId::$variant as u8), )? )*
+        ];
     };
 }
 
@@ -161,6 +151,73 @@ header_names! {
 /// The id of names that are not in the table.
 pub(crate) const OTHER_ID: u8 = u8::MAX;
 
+/// Slots of the open-addressed spelling table (a power of two, well above
+/// the number of spellings so that probes stay short).
+const NAME_SLOTS: usize = 512;
+
+/// Slot of a non-empty name: length, first, middle and last byte with the
+/// ASCII case bit set (the identity on the lowercase spellings).
+const fn name_hash(raw: &[u8]) -> usize {
+    let n = raw.len();
+    let f = (raw[0] | 0x20) as usize;
+    let m = (raw[n / 2] | 0x20) as usize;
+    let l = (raw[n - 1] | 0x20) as usize;
+    (n.wrapping_mul(97) ^ f.wrapping_mul(31) ^ m.wrapping_mul(7) ^ l.wrapping_mul(131)) % NAME_SLOTS
+}
+
+/// `raw` (same length as `lower`) equals the lowercase spelling `lower`
+/// (letters, digits, `-`) ignoring ASCII case, eight bytes at a time.
+/// Setting bit 0x20 lowercases letters and leaves digits and `-` alone; it
+/// would also turn control bytes 0x0D / 0x1X into `-` / digits, so a word
+/// with any byte below 0x20 never matches.
+#[inline]
+fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let word = |b: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let same = |a: u64, b: u64| (a | CASE) == b && (a.wrapping_sub(LO * 0x20) & !a & HI) == 0;
+    let n = raw.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return raw
+            .iter()
+            .zip(lower)
+            .all(|(&a, &b)| a >= 0x20 && (a | 0x20) == b);
+    }
+    let mut i = 0;
+    while i + 8 <= n {
+        if !same(word(raw, i), word(lower, i)) {
+            return false;
+        }
+        i += 8;
+    }
+    // The last, overlapping word.
+    i == n || same(word(raw, n - 8), word(lower, n - 8))
+}
+
+/// Open-addressed table: slot -> index + 1 into `SPELLINGS` (0 = empty),
+/// built at compile time with linear probing.
+static NAME_TABLE: [u16; NAME_SLOTS] = {
+    let mut t = [0u16; NAME_SLOTS];
+    let mut i = 0;
+    while i < SPELLINGS.len() {
+        let mut slot = name_hash(SPELLINGS[i].0);
+        while t[slot] != 0 {
+            slot = (slot + 1) % NAME_SLOTS;
+        }
+        t[slot] = (i + 1) as u16;
+        i += 1;
+    }
+    t
+};
+
 impl HeaderName {
     /// The known name with this id (`None` for [`OTHER_ID`]).
     pub(crate) fn from_id(id: u8) -> Option<HeaderName> {
@@ -168,16 +225,31 @@ impl HeaderName {
     }
 
     /// The id of a raw name as written (case-insensitive, compact forms
-    /// mapped), or [`OTHER_ID`].
+    /// mapped), or [`OTHER_ID`]: one hash of length, first, middle and last
+    /// byte, then one case-insensitive comparison per probe.
     pub(crate) fn known_id(raw: &[u8]) -> u8 {
-        let mut buf = [0u8; 32];
-        if raw.len() > buf.len() {
+        if raw.is_empty() {
             return OTHER_ID;
         }
-        let l = &mut buf[..raw.len()];
-        l.copy_from_slice(raw);
-        l.make_ascii_lowercase();
-        Self::lookup_lower_id(l)
+        let mut slot = name_hash(raw);
+        for _ in 0..NAME_SLOTS {
+            let entry = NAME_TABLE[slot];
+            if entry == 0 {
+                return OTHER_ID;
+            }
+            if let Some(&(spelling, id)) = SPELLINGS.get(usize::from(entry) - 1)
+                && eq_lower(raw, spelling)
+            {
+                return id;
+            }
+            slot = (slot + 1) % NAME_SLOTS;
+        }
+        OTHER_ID
+    }
+
+    /// Look up a known name without needing an owned buffer.
+    pub fn known(raw: &[u8]) -> Option<HeaderName> {
+        Self::from_id(Self::known_id(raw))
     }
 
     /// Classify a raw name as written (case-insensitive; compact forms map to
@@ -187,18 +259,6 @@ impl HeaderName {
             Some(h) => h,
             None => HeaderName::Other(raw),
         }
-    }
-
-    /// Look up a known name without needing an owned buffer.
-    pub fn known(raw: &[u8]) -> Option<HeaderName> {
-        let mut buf = [0u8; 32];
-        if raw.len() > buf.len() {
-            return None;
-        }
-        let l = &mut buf[..raw.len()];
-        l.copy_from_slice(raw);
-        l.make_ascii_lowercase();
-        Self::lookup_lower(l)
     }
 
     /// A name from a static string (known names are recognised).
@@ -303,5 +363,38 @@ mod tests {
         assert_eq!(HeaderName::known_id(b"X-Foo"), OTHER_ID);
         assert_eq!(HeaderName::from_static("X-Foo").id(), OTHER_ID);
         assert!(HeaderName::from_id(OTHER_ID).is_none());
+        // Every spelling is found, in any case, and near misses are not.
+        for &(spelling, id) in SPELLINGS {
+            assert_eq!(HeaderName::known_id(spelling), id);
+            let upper = spelling.to_ascii_uppercase();
+            assert_eq!(HeaderName::known_id(&upper), id);
+            let mut longer = spelling.to_vec();
+            longer.push(b'x');
+            assert_ne!(HeaderName::known_id(&longer), id);
+        }
+        assert_eq!(HeaderName::known_id(b""), OTHER_ID);
+        // Control bytes that turn into `-` or digits with the case bit set.
+        assert_eq!(HeaderName::known_id(b"Call\rID"), OTHER_ID);
+        assert_eq!(HeaderName::known_id(b"Content\rLength"), OTHER_ID);
+        assert_eq!(
+            HeaderName::known_id(b"content-LENGTH"),
+            HeaderName::ContentLength.id()
+        );
+        assert_eq!(HeaderName::known_id(b"Via\x80"), OTHER_ID);
+        for name in [
+            &b"content-lengtH"[..],
+            b"CONTENT-LENGTH",
+            b"p-access-network-info",
+            b"Min-SE",
+        ] {
+            assert_eq!(
+                HeaderName::known(name),
+                SPELLINGS
+                    .iter()
+                    .find(|(s, _)| s.eq_ignore_ascii_case(name))
+                    .and_then(|&(_, id)| HeaderName::from_id(id))
+            );
+        }
+        assert_eq!(HeaderName::known_id(&[b'a'; 100]), OTHER_ID);
     }
 }

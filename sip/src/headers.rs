@@ -153,9 +153,18 @@ impl Fields {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, f: Field) {
-        let at = self.as_slice().len();
-        self.insert(at, f);
+        match &mut self.heap {
+            Some(v) => v.push(f),
+            None => match self.inline.get_mut(self.len) {
+                Some(slot) => {
+                    *slot = f;
+                    self.len += 1;
+                }
+                None => self.insert(self.len, f),
+            },
+        }
     }
 
     fn insert(&mut self, index: usize, f: Field) {
@@ -402,6 +411,11 @@ impl Headers {
             .iter()
             .find(|f| self.is(f, name))
             .map(|f| self.value_of(f))
+    }
+
+    /// All records, in order.
+    pub(crate) fn fields(&self) -> &[Field] {
+        self.fields.as_slice()
     }
 
     /// Records named `name`, in order.

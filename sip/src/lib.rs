@@ -91,7 +91,7 @@
 //!   input `Bytes` was made from a `Vec`, the `bytes` crate allocates its
 //!   shared header once on the first slice (a receive path that already
 //!   shares its buffer avoids that). Known header names need no storage.
-//! - [`Message::validate`]: nothing.
+//! - [`Message::validate`] allocates nothing.
 //! - Printing an unchanged message: nothing (`to_bytes` returns the original
 //!   `Bytes`; `write_to` copies into the caller's buffer).
 //! - Typed views: nothing (slices), except `display_name` with escapes

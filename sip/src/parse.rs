@@ -321,29 +321,68 @@ fn single(headers: &Headers, name: HeaderName) -> Result<&[u8], K> {
 /// formed; From and To are single. Their values stay unchecked beyond that
 /// until [`validate_fields`] (or a typed view) looks at them.
 fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K> {
-    let via = headers
-        .fields_named(&HeaderName::Via)
-        .map(|f| headers.value_of(f))
-        .find(|v| !v.is_empty())
-        .ok_or(K::MissingHeader(HeaderName::Via))?;
+    // One pass: the first (non-blank) Via and the single-valued fields.
+    let (via_id, cseq_id, call_id_id, from_id, to_id) = (
+        HeaderName::Via.id(),
+        HeaderName::CSeq.id(),
+        HeaderName::CallId.id(),
+        HeaderName::From.id(),
+        HeaderName::To.id(),
+    );
+    let mut via: Option<&[u8]> = None;
+    // (value of the first, how many) for CSeq, Call-ID, From, To.
+    let mut seen: [(&[u8], u8); 4] = [(&[], 0); 4];
+    for f in headers.fields() {
+        let id = f.id();
+        let k = if id == via_id {
+            if via.is_none() {
+                let v = headers.value_of(f);
+                if !v.is_empty() {
+                    via = Some(v);
+                }
+            }
+            continue;
+        } else if id == cseq_id {
+            0
+        } else if id == call_id_id {
+            1
+        } else if id == from_id {
+            2
+        } else if id == to_id {
+            3
+        } else {
+            continue;
+        };
+        let slot = &mut seen[k];
+        if slot.1 == 0 {
+            slot.0 = headers.value_of(f);
+        }
+        slot.1 = slot.1.saturating_add(1);
+    }
+    let via = via.ok_or(K::MissingHeader(HeaderName::Via))?;
     let top = match find_top_level(via, 0, b',') {
         Some(c) => &via[..c],
         None => via,
     };
     let (ts, te) = trim_range(top);
     Via::check(&top[ts..te]).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
-    let cseq = single(headers, HeaderName::CSeq)?;
+    let single = |k: usize, name: HeaderName| match seen[k] {
+        (_, 0) => Err(K::MissingHeader(name)),
+        (v, 1) => Ok(v),
+        _ => Err(K::DuplicateHeader(name)),
+    };
+    let cseq = single(0, HeaderName::CSeq)?;
     let (_, m) = CSeq::parse_parts(cseq).map_err(|e| K::InvalidHeader(HeaderName::CSeq, e))?;
     if let Some(method) = method
         && method.as_bytes() != &cseq[m]
     {
         return Err(K::CSeqMethodMismatch);
     }
-    let call_id = single(headers, HeaderName::CallId)?;
+    let call_id = single(1, HeaderName::CallId)?;
     let (cs, ce) = trim_range(call_id);
     check_call_id(&call_id[cs..ce]).map_err(|e| K::InvalidHeader(HeaderName::CallId, e))?;
-    single(headers, HeaderName::From)?;
-    single(headers, HeaderName::To)?;
+    single(2, HeaderName::From)?;
+    single(3, HeaderName::To)?;
     Ok(())
 }
 
