@@ -61,13 +61,14 @@
 //! (and [`StreamFramer`]) check only what is needed to frame the message and
 //! to match or answer it: the start line (method, Request-URI, version, or
 //! status), the header section's shape (colons, names, folding, limits on
-//! size and count), Content-Length, the **top** Via value, CSeq (single,
+//! size and count), Content-Length, a Via (in a request: the **top** Via
+//! value parses, since it addresses the answer), CSeq (single,
 //! parses, names the request method), Call-ID (single, well formed), and
 //! that From and To are present once. A failure there maps to its answer at
 //! once ([`ParseError::answer`]).
 //!
 //! [`Message::validate`] (also on [`Request`] and [`Response`]) runs the rest
-//! of the RFC 3261 header checks an element relies on: every other Via value
+//! of the RFC 3261 header checks an element relies on: every Via value
 //! and their number ([`Limits::max_vias`]), the From and To name-addrs and
 //! their URIs, Max-Forwards, Route / Record-Route and their number, Contact
 //! and Content-Type. Its errors are [`ParseError`]s with the same answers.

@@ -316,7 +316,8 @@ fn single(headers: &Headers, name: HeaderName) -> Result<&[u8], K> {
 
 /// The checks a datagram parse makes on header fields: what an element
 /// needs to match the message to a transaction and to address an answer
-/// (RFC 3261 §8.1.1, §8.2.6, §17.2.3). The top Via value parses; CSeq is
+/// (RFC 3261 §8.1.1, §8.2.6, §17.2.3). A Via is present and, in a
+/// request, the top Via value parses; CSeq is
 /// single, parses and names the request method; Call-ID is single and well
 /// formed; From and To are single. Their values stay unchecked beyond that
 /// until [`validate_fields`] (or a typed view) looks at them.
@@ -360,12 +361,17 @@ fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K
         slot.1 = slot.1.saturating_add(1);
     }
     let via = via.ok_or(K::MissingHeader(HeaderName::Via))?;
-    let top = match find_top_level(via, 0, b',') {
-        Some(c) => &via[..c],
-        None => via,
-    };
-    let (ts, te) = trim_range(top);
-    Via::check(&top[ts..te]).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+    // A request's top Via addresses its answer, so it must parse now. A
+    // response is never answered; whoever matches it to a transaction reads
+    // its top Via through `top_via()`, which checks it (as does `validate`).
+    if method.is_some() {
+        let top = match find_top_level(via, 0, b',') {
+            Some(c) => &via[..c],
+            None => via,
+        };
+        let (ts, te) = trim_range(top);
+        Via::check(&top[ts..te]).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+    }
     let single = |k: usize, name: HeaderName| match seen[k] {
         (_, 0) => Err(K::MissingHeader(name)),
         (v, 1) => Ok(v),
@@ -387,7 +393,8 @@ fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K
 }
 
 /// The full checks on the fields every element relies on (RFC 3261 §8.2.2,
-/// §20), beyond [`check_addressable`]: every Via value (and their number),
+/// §20), beyond [`check_addressable`]: every Via value, the top one included
+/// (and their number),
 /// the From and To name-addrs, Max-Forwards, Route / Record-Route (and their
 /// number), Contact and Content-Type.
 pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), K> {
@@ -399,10 +406,7 @@ pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), 
                 limit: limits.max_vias,
             });
         }
-        // The top value was checked by the parse.
-        if nvia > 1 {
-            Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
-        }
+        Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
     }
     if nvia == 0 {
         return Err(K::MissingHeader(HeaderName::Via));

@@ -580,6 +580,14 @@ fn datagram_parse_checks_what_addresses_an_answer_and_validate_the_rest() {
         parse_datagram(Bytes::from(no_cseq), &Limits::default()).map_err(|e| e.kind().clone()),
         Err(ParseErrorKind::MissingHeader(HeaderName::CSeq))
     ));
+    // A response is never answered: its top Via is checked by validate() (and
+    // by top_via(), which transaction matching reads), not by the parse.
+    let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0 pc33\r\nTo: <sip:b@h>;tag=1\r\nFrom: <sip:a@h>;tag=2\r\nCall-ID: c@h\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let m =
+        parse_datagram(Bytes::from_static(resp.as_bytes()), &Limits::default()).expect("parses");
+    assert!(m.top_via().is_err());
+    let e = m.validate(&Limits::default()).expect_err("bad Via");
+    assert_eq!(e.answer(), ErrorAnswer::Drop);
     // A valid message validates.
     invite().validate(&Limits::default()).expect("valid");
 }
