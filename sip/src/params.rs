@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::text::{end_of_quoted, eq_ic, is_lws, trim_range};
+use crate::text::{end_of_quoted, eq_ic, is_lws, is_token, trim_range};
 
 /// One parameter: name and optional value, both slices of the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +109,56 @@ pub(crate) fn param_well_formed(name: &[u8], value: Option<&[u8]>) -> bool {
         }
 }
 
+/// One pass over `;name[=value]` parameters with the checks of
+/// [`raw_params`] + [`param_well_formed`], calling `each(name, value)` for
+/// every parameter; `false` at the first malformed one or when `each`
+/// returns `false`. (What the parser runs on a request's top Via.)
+pub(crate) fn check_each(b: &[u8], mut each: impl FnMut(&[u8], Option<&[u8]>) -> bool) -> bool {
+    let n = b.len();
+    let mut i = crate::text::skip_lws(b, 0);
+    while i < n {
+        if b[i] == b';' {
+            i = crate::text::skip_lws(b, i + 1);
+        }
+        let ns = i;
+        while i < n && is_token(b[i]) {
+            i += 1;
+        }
+        if i == ns {
+            return false;
+        }
+        let name = &b[ns..i];
+        i = crate::text::skip_lws(b, i);
+        let mut value = None;
+        if i < n && b[i] == b'=' {
+            i = crate::text::skip_lws(b, i + 1);
+            let vs = i;
+            if i < n && b[i] == b'"' {
+                match end_of_quoted(b, i) {
+                    Some(e) => i = e,
+                    None => return false,
+                }
+            } else {
+                while i < n && (is_token(b[i]) || matches!(b[i], b':' | b'[' | b']')) {
+                    i += 1;
+                }
+                if i == vs {
+                    return false;
+                }
+            }
+            value = Some(&b[vs..i]);
+            i = crate::text::skip_lws(b, i);
+        }
+        if i < n && b[i] != b';' {
+            return false;
+        }
+        if !each(name, value) {
+            return false;
+        }
+    }
+    true
+}
+
 type Span = core::ops::Range<usize>;
 
 /// Borrowed iteration: trimmed `(name, value)` ranges into `b`.
@@ -210,5 +260,37 @@ mod tests {
         assert!(p.well_formed());
         assert!(!Params::new(Bytes::from_static(b";;a")).well_formed());
         assert!(Params::new(Bytes::new()).is_empty());
+    }
+
+    /// The one-pass checker agrees with iterate-then-check on every short
+    /// string over the characters that matter.
+    #[test]
+    fn check_each_agrees_with_raw_params() {
+        let alphabet = b";= \"a:\\,";
+        let k = alphabet.len();
+        for len in 0..=6u32 {
+            for mut code in 0..k.pow(len) {
+                let mut s = Vec::new();
+                for _ in 0..len {
+                    s.push(alphabet[code % k]);
+                    code /= k;
+                }
+                let mut seen_old = Vec::new();
+                let old = raw_params(&s).all(|(n, v)| {
+                    let (name, value) = (&s[n], v.map(|v| &s[v]));
+                    seen_old.push((name.to_vec(), value.map(<[u8]>::to_vec)));
+                    param_well_formed(name, value)
+                });
+                let mut seen_new = Vec::new();
+                let new = check_each(&s, |name, value| {
+                    seen_new.push((name.to_vec(), value.map(<[u8]>::to_vec)));
+                    true
+                });
+                assert_eq!(old, new, "{:?}", String::from_utf8_lossy(&s));
+                if old {
+                    assert_eq!(seen_old, seen_new, "{:?}", String::from_utf8_lossy(&s));
+                }
+            }
+        }
     }
 }

@@ -156,9 +156,14 @@ pub(crate) fn find_top_level(b: &[u8], from: usize, needle: u8) -> Option<usize>
     None
 }
 
-/// ASCII case-insensitive equality.
+/// ASCII case-insensitive equality. Equal bytes cost one compare; only a
+/// pair that differs in the case bit alone is checked for being a letter.
+#[inline]
 pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
-    a.eq_ignore_ascii_case(b)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(&x, &y)| x == y || (x ^ y == 0x20 && (x | 0x20).is_ascii_lowercase()))
 }
 
 fn hex_val(c: u8) -> Option<u8> {
@@ -377,6 +382,17 @@ mod tests {
         assert_eq!(find_byte(b"abc\r\n", b'\n'), Some(4));
         assert_eq!(find_byte(b"", b'\n'), None);
         assert_eq!(find_byte(&[0x80, 0x0a], 0x0a), Some(1));
+    }
+
+    #[test]
+    fn case_insensitive_equality_is_ascii_only() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                assert_eq!(eq_ic(&[a], &[b]), [a].eq_ignore_ascii_case(&[b]), "{a} {b}");
+            }
+        }
+        assert!(eq_ic(b"SIP/2.0", b"sip/2.0"));
+        assert!(!eq_ic(b"SIP/2.0", b"SIP/2.00"));
     }
 
     #[test]

@@ -148,23 +148,16 @@ fn scan(value: &[u8], strict: bool) -> Result<Spans, ViewError> {
     if strict {
         // One pass over the parameters: shape of every one, and the values of
         // those with constrained values.
-        for (n, v) in crate::params::raw_params(params) {
-            let name = &params[n];
-            let value = v.map(|v| &params[v]);
-            if !crate::params::param_well_formed(name, value) {
-                return Err(ViewError::BadParam);
+        let ok = crate::params::check_each(params, |name, value| match name.len() {
+            3 if eq_ic(name, b"ttl") => value.and_then(parse_u32).is_some_and(|n| n <= 255),
+            5 if eq_ic(name, b"rport") => {
+                value.is_none_or(|x| parse_u32(x).is_some_and(|n| n <= 65535))
             }
-            let ok = match name.len() {
-                3 if eq_ic(name, b"ttl") => value.and_then(parse_u32).is_some_and(|n| n <= 255),
-                5 if eq_ic(name, b"rport") => {
-                    value.is_none_or(|x| parse_u32(x).is_some_and(|n| n <= 65535))
-                }
-                6 if eq_ic(name, b"branch") => value.is_some_and(all_token),
-                _ => true,
-            };
-            if !ok {
-                return Err(ViewError::BadParam);
-            }
+            6 if eq_ic(name, b"branch") => value.is_some_and(all_token),
+            _ => true,
+        });
+        if !ok {
+            return Err(ViewError::BadParam);
         }
     }
     Ok(Spans {
