@@ -56,8 +56,10 @@ macro_rules! header_names {
             }
         }
 
+        /// Ids of the known names (`KnownId::Via as u8`), for matching
+        /// header records without building a [`HeaderName`].
         #[repr(u8)]
-        enum KnownId {
+        pub(crate) enum KnownId {
             $( $variant, )*
         }
 

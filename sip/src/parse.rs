@@ -10,13 +10,13 @@ use bytes::Bytes;
 
 use crate::error::{Origin, ParseError, ParseErrorKind as K};
 use crate::header_name::HeaderName;
-use crate::header_name::OTHER_ID;
+use crate::header_name::{KnownId, OTHER_ID};
 use crate::headers::{Field, Fields, Headers};
 use crate::limits::Limits;
 use crate::message::{Message, Request, Response};
 use crate::method::Method;
 use crate::status::StatusCode;
-use crate::text::{CommaValues, eq_ic, find_top_level, is_token, trim_range};
+use crate::text::{CommaValues, eq_ic, find_top_level, is_token, list_elements, trim_range};
 use crate::uri::{Scheme, Uri};
 use crate::views::{
     CSeq, Contact, MediaType, NameAddr, Via, check_call_id, parse_content_length,
@@ -398,15 +398,25 @@ fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K
 /// the From and To name-addrs, Max-Forwards, Route / Record-Route (and their
 /// number), Contact and Content-Type.
 pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), K> {
+    // Borrowed values of the records with this id, in order (no `Bytes`
+    // slices are taken).
+    let named = |id: KnownId| {
+        let id = id as u8;
+        headers
+            .fields()
+            .iter()
+            .filter(move |f| f.id() == id)
+            .map(|f| headers.value_of(f))
+    };
     let mut nvia = 0usize;
-    for v in headers.values(&HeaderName::Via) {
+    for v in named(KnownId::Via).flat_map(list_elements) {
         nvia += 1;
         if nvia > limits.max_vias {
             return Err(K::TooManyVias {
                 limit: limits.max_vias,
             });
         }
-        Via::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
+        Via::check(v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
     }
     if nvia == 0 {
         return Err(K::MissingHeader(HeaderName::Via));
@@ -415,27 +425,30 @@ pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), 
         let v = single(headers, name.clone())?;
         NameAddr::check(v).map_err(|e| K::InvalidHeader(name, e))?;
     }
-    let mut mf = headers.get_all(&HeaderName::MaxForwards);
-    if let Some(h) = mf.next() {
+    let mut mf = named(KnownId::MaxForwards);
+    if let Some(v) = mf.next() {
         if mf.next().is_some() {
             return Err(K::DuplicateHeader(HeaderName::MaxForwards));
         }
-        parse_max_forwards(h.value()).map_err(|e| K::InvalidHeader(HeaderName::MaxForwards, e))?;
+        parse_max_forwards(v).map_err(|e| K::InvalidHeader(HeaderName::MaxForwards, e))?;
     }
-    for name in [HeaderName::Route, HeaderName::RecordRoute] {
+    for (id, name) in [
+        (KnownId::Route, HeaderName::Route),
+        (KnownId::RecordRoute, HeaderName::RecordRoute),
+    ] {
         let mut n = 0usize;
-        for v in headers.values(&name) {
+        for v in named(id).flat_map(list_elements) {
             n += 1;
             if n > limits.max_routes {
                 return Err(K::TooManyRoutes {
                     limit: limits.max_routes,
                 });
             }
-            NameAddr::check(&v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
+            NameAddr::check(v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
         }
     }
-    for v in headers.values(&HeaderName::Contact) {
-        Contact::check(&v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
+    for v in named(KnownId::Contact).flat_map(list_elements) {
+        Contact::check(v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
     }
     let mut ct = headers.get_all(&HeaderName::ContentType);
     if let Some(h) = ct.next() {

@@ -317,6 +317,31 @@ impl Iterator for CommaValues {
     }
 }
 
+/// The elements of a list-valued header value as borrowed slices, with the
+/// splitting of [`CommaValues::new`]: top-level commas, each element
+/// trimmed, nothing for a blank value.
+pub(crate) fn list_elements(src: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let (s, e) = trim_range(src);
+    let mut done = s == e;
+    let mut pos = 0usize;
+    core::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let end = match find_top_level(src, pos, b',') {
+            Some(c) => c,
+            None => {
+                done = true;
+                src.len()
+            }
+        };
+        let (a, z) = trim_range(&src[pos..end]);
+        let piece = &src[pos + a..pos + z];
+        pos = end + 1;
+        Some(piece)
+    })
+}
+
 /// A header value is safe to emit: no NUL, and CR/LF only as folding
 /// (`CRLF` followed by SP or HT), so it cannot inject a header or end the section.
 pub(crate) fn safe_header_value(v: &[u8]) -> bool {
@@ -355,6 +380,26 @@ mod tests {
             ]
         );
         assert_eq!(CommaValues::new(Bytes::from_static(b"  ")).count(), 0);
+    }
+
+    #[test]
+    fn list_elements_split_like_comma_values() {
+        for v in [
+            &b"\"a, b\" <sip:x@y;p=1,2>;q=1 , <sip:z@w>,,"[..],
+            b"  ",
+            b"",
+            b"a",
+            b" a , b ",
+            b",",
+            b"\"unterminated, x",
+        ] {
+            let want: Vec<Bytes> = CommaValues::new(Bytes::copy_from_slice(v)).collect();
+            let got: Vec<&[u8]> = list_elements(v).collect();
+            assert_eq!(got.len(), want.len(), "{v:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(*g, &w[..]);
+            }
+        }
     }
 
     #[test]
