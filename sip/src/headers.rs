@@ -87,29 +87,31 @@ impl Header {
     }
 }
 
-/// A compact header record: offsets into one of the buffers of [`Headers`].
+/// A compact header record (16 bytes): offsets into one of the buffers of
+/// [`Headers`]. The value runs from `value_start` to the end of the line
+/// without trailing white space (how both the parser and [`Header::new`]
+/// trim it); the raw name of an `Other` field is found again from the colon
+/// when someone asks.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Field {
-    /// 0: the message buffer; `k > 0`: `extra[k - 1]`.
-    src: u32,
     line: (u32, u32),
-    value: (u32, u32),
-    /// End of the name as written (for `Other` names), relative to `line.0`.
-    name_len: u32,
+    value_start: u32,
+    /// 0: the message buffer; `k > 0`: `extra[k - 1]`.
+    src: u16,
     /// [`HeaderName`] id, [`OTHER_ID`] for unknown names.
     id: u8,
 }
 
 impl Field {
     /// A field of the message buffer. Offsets are absolute; the caller
-    /// guarantees `line.0 <= value.0 <= value.1 <= line.1` and that the
-    /// buffer is at most `u32::MAX` bytes long.
-    pub(crate) fn parsed(id: u8, line: (u32, u32), name_len: u32, value: (u32, u32)) -> Self {
+    /// guarantees `line.0 <= value_start <= line.1`, that the value ends at
+    /// the line's end without trailing LWS, and that the buffer is at most
+    /// `u32::MAX` bytes long.
+    pub(crate) fn parsed(id: u8, line: (u32, u32), value_start: u32) -> Self {
         Field {
-            src: 0,
             line,
-            value,
-            name_len,
+            value_start,
+            src: 0,
             id,
         }
     }
@@ -119,11 +121,31 @@ impl Field {
         self.id
     }
 
+    /// Value range (absolute) in the record's buffer `b`.
+    fn value_range(&self, b: &[u8]) -> (usize, usize) {
+        let s = self.value_start as usize;
+        let mut e = (self.line.1 as usize).min(b.len());
+        while e > s && crate::text::is_lws(b[e - 1]) {
+            e -= 1;
+        }
+        (s.min(e), e)
+    }
+
     /// The value, for a record of the message buffer `b`.
     pub(crate) fn value_in<'a>(&self, b: &'a [u8]) -> &'a [u8] {
-        b.get(self.value.0 as usize..self.value.1 as usize)
-            .unwrap_or(&[])
+        let (s, e) = self.value_range(b);
+        &b[s..e]
     }
+}
+
+/// Length of the raw name at the start of `line` (before the colon, without
+/// trailing SP/HT).
+fn raw_name_len(line: &[u8]) -> usize {
+    let mut ne = crate::text::find_byte(line, b':').unwrap_or(line.len());
+    while ne > 0 && matches!(line[ne - 1], b' ' | b'\t') {
+        ne -= 1;
+    }
+    ne
 }
 
 /// The records: inline up to [`INLINE_FIELDS`], then all on the heap.
@@ -277,7 +299,7 @@ impl Headers {
     }
 
     fn field_for(&mut self, h: Header) -> Field {
-        self.store.field_for(h)
+        self.store.field_for(h, &mut self.fields)
     }
 }
 
@@ -285,14 +307,21 @@ impl Store {
     fn source(&self, f: &Field) -> &[u8] {
         match f.src {
             0 => &self.buf,
-            k => self.extra.get(k as usize - 1).map_or(&[][..], |b| &b[..]),
+            k => self
+                .extra
+                .get(usize::from(k) - 1)
+                .map_or(&[][..], |b| &b[..]),
         }
     }
 
     fn source_bytes(&self, f: &Field) -> Bytes {
         match f.src {
             0 => self.buf.clone(),
-            k => self.extra.get(k as usize - 1).cloned().unwrap_or_default(),
+            k => self
+                .extra
+                .get(usize::from(k) - 1)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -301,7 +330,7 @@ impl Store {
     }
 
     fn value_of(&self, f: &Field) -> &[u8] {
-        Self::slice(self.source(f), f.value)
+        f.value_in(self.source(f))
     }
 
     fn line_of(&self, f: &Field) -> &[u8] {
@@ -311,11 +340,11 @@ impl Store {
     fn is(&self, f: &Field, name: &HeaderName) -> bool {
         match name {
             HeaderName::Other(n) => {
-                f.id == OTHER_ID
-                    && self
-                        .line_of(f)
-                        .get(..f.name_len as usize)
-                        .is_some_and(|raw| raw.eq_ignore_ascii_case(n))
+                if f.id != OTHER_ID {
+                    return false;
+                }
+                let line = self.line_of(f);
+                line[..raw_name_len(line)].eq_ignore_ascii_case(n)
             }
             known => f.id == known.id(),
         }
@@ -324,44 +353,67 @@ impl Store {
     fn header(&self, f: &Field) -> Header {
         let src = self.source_bytes(f);
         let len = src.len();
-        let clamp = |r: (u32, u32)| {
-            let e = (r.1 as usize).min(len);
-            ((r.0 as usize).min(e), e)
-        };
-        let (ls, le) = clamp(f.line);
-        let (vs, ve) = clamp(f.value);
+        let le = (f.line.1 as usize).min(len);
+        let ls = (f.line.0 as usize).min(le);
+        let (vs, ve) = f.value_range(&src);
+        let (vs, ve) = (vs.clamp(ls, le), ve.clamp(ls, le));
         let name = match HeaderName::from_id(f.id) {
             Some(n) => n,
-            None => HeaderName::Other(src.slice(ls..(ls + f.name_len as usize).min(le))),
+            None => HeaderName::Other(src.slice(ls..ls + raw_name_len(&src[ls..le]))),
         };
         let value_at = (
-            u32::try_from(vs.saturating_sub(ls)).unwrap_or(0),
-            u32::try_from(ve.saturating_sub(ls)).unwrap_or(0),
+            u32::try_from(vs - ls).unwrap_or(0),
+            u32::try_from(ve - ls).unwrap_or(0),
         );
         Header {
             name,
             line: src.slice(ls..le),
-            value: src.slice(vs..ve.max(vs)),
+            value: src.slice(vs..ve),
             value_at,
         }
     }
 
-    /// Store `h`'s buffer and make its record.
-    fn field_for(&mut self, h: Header) -> Field {
-        let id = h.name.id();
-        let name_len = if id == OTHER_ID {
-            h.name.as_bytes().len() as u32
-        } else {
-            0
-        };
+    /// Store `h`'s buffer and make its record. `fields` are re-pointed when
+    /// the buffers have to be merged (after `u16::MAX` added fields).
+    fn field_for(&mut self, h: Header, fields: &mut Fields) -> Field {
+        if self.extra.len() >= usize::from(u16::MAX) {
+            self.merge_extra(fields);
+        }
         let len = u32::try_from(h.line.len()).unwrap_or(u32::MAX);
         self.extra.push(h.line);
         Field {
-            src: self.extra.len() as u32,
             line: (0, len),
-            value: (h.value_at.0.min(len), h.value_at.1.min(len)),
-            name_len,
-            id,
+            value_start: h.value_at.0.min(len),
+            src: u16::try_from(self.extra.len()).unwrap_or(u16::MAX),
+            id: h.name.id(),
+        }
+    }
+
+    /// Copy the lines of every live added field into one buffer (the only
+    /// `extra` afterwards) and re-point their records.
+    fn merge_extra(&mut self, fields: &mut Fields) {
+        let mut merged = Vec::new();
+        let mut moved = Vec::new();
+        for f in fields.as_slice() {
+            if f.src == 0 {
+                moved.push(*f);
+                continue;
+            }
+            let line = self.line_of(f);
+            let base = merged.len();
+            merged.extend_from_slice(line);
+            let start = f.value_start.saturating_sub(f.line.0) as usize;
+            let at = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+            moved.push(Field {
+                line: (at(base), at(merged.len())),
+                value_start: at(base + start.min(line.len())),
+                src: 1,
+                id: f.id,
+            });
+        }
+        self.extra = vec![Bytes::from(merged)];
+        for (i, f) in moved.into_iter().enumerate() {
+            fields.set(i, f);
         }
     }
 }

@@ -209,15 +209,12 @@ fn make_field(b: &[u8], s: usize, e: usize, limits: &Limits) -> Result<Field, K>
     if id == OTHER_ID && (name_raw.is_empty() || !name_raw.iter().all(|&c| is_token(c))) {
         return Err(K::BadHeaderLine);
     }
-    let (vs, ve) = trim_range(&line[colon + 1..]);
+    // The value starts after the colon and leading LWS; it ends where the
+    // line ends without trailing LWS, which the record recomputes on access.
+    let vs = crate::text::skip_lws(line, colon + 1);
     // Offsets fit in u32: the caller checked the buffer length.
     let at = |x: usize| x as u32;
-    Ok(Field::parsed(
-        id,
-        (at(s), at(e)),
-        at(ne),
-        (at(s + colon + 1 + vs), at(s + colon + 1 + ve)),
-    ))
+    Ok(Field::parsed(id, (at(s), at(e)), at(s + vs)))
 }
 
 fn parse_version(v: &[u8]) -> Result<(), K> {

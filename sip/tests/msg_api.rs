@@ -661,3 +661,36 @@ fn header_mutation_matches_a_line_model_below_and_above_the_inline_capacity() {
         again.validate(&Limits::default()).expect("valid");
     }
 }
+
+#[test]
+fn many_added_fields_stay_addressable() {
+    // More added fields than the records can name buffers for (u16): the
+    // added lines are merged into one buffer on the way, nothing is lost.
+    let mut r = invite();
+    let base = r.headers().len();
+    let h = r.headers_mut();
+    for i in 0..70_000u32 {
+        let name = if i % 2 == 0 {
+            HeaderName::from_static("X-Many")
+        } else {
+            HeaderName::Subject
+        };
+        h.push(Header::new(name, format!("v{i}  ").as_bytes()).expect("ok"));
+    }
+    assert_eq!(h.len(), base + 70_000);
+    assert_eq!(h.count(&HeaderName::from_static("x-many")), 35_000);
+    let last = h.at(base + 69_999).expect("last");
+    assert_eq!(last.name(), &HeaderName::Subject);
+    assert_eq!(last.value(), "v69999");
+    assert_eq!(last.raw_line(), "Subject: v69999  ");
+    let first = h.at(base).expect("first added");
+    assert_eq!(first.name(), &HeaderName::from_static("X-Many"));
+    assert_eq!(first.value(), "v0");
+    assert_eq!(
+        h.get_value(&HeaderName::CSeq).as_deref(),
+        Some(&b"314159 INVITE"[..])
+    );
+    let printed = r.to_bytes();
+    let again = parse_datagram(printed, &Limits::UNLIMITED).expect("reparse");
+    assert_eq!(again.headers().len(), base + 70_000);
+}
