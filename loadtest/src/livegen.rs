@@ -22,8 +22,9 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-/// Frames per BPF_PROG_TEST_RUN call (see [`send_paced`]).
-pub const LIVE_CHUNK: u64 = 128;
+/// Frames per BPF_PROG_TEST_RUN call, and the kernel batch size: one batch per call (see
+/// [`send_paced`]).
+pub const LIVE_CHUNK: u64 = 64;
 
 /// Frame length of one generated packet: Ethernet + IPv4 + UDP + the sv-rtp packet.
 pub const FRAME_LEN: usize = 14 + 20 + 8 + PACKET_LEN;
@@ -230,7 +231,7 @@ pub fn send_paced(
         // off, so the peer veth's NAPI (and its 256-slot ring) is only served between runs; a
         // larger run after an oversleep would overflow that ring and count as relay loss.
         let chunk = (due - sent).min(LIVE_CHUNK) as u32;
-        run_live(prog, frame, ifindex, chunk, 64)?;
+        run_live(prog, frame, ifindex, chunk, LIVE_CHUNK as u32)?;
         sent += u64::from(chunk);
     }
     Ok(sent)

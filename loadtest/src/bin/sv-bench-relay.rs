@@ -122,17 +122,21 @@ struct Opts {
     /// Use the lab as it is (brought up by someone else) and leave it up.
     #[arg(long)]
     external_lab: bool,
-    /// Packet generator: `sendmmsg` (sv-rtp send, paced, ramped), `live` (BPF_PROG_TEST_RUN live
-    /// frames with sv_gen, one flow, 1 ms bursts) or `auto` (live above --live-above pps).
-    /// Default sendmmsg: live frames reach the edge intact (--live-selftest) but were lost after
-    /// the edge's redirect, for the ceiling as much as for sipveil; see BENCHMARKS.md.
-    #[arg(long, default_value = "sendmmsg", value_parser = ["auto", "sendmmsg", "live"])]
+    /// Packet generator for the XDP systems (xdp, ceiling): `sendmmsg` (sv-rtp send, paced,
+    /// ramped), `live` (BPF_PROG_TEST_RUN live frames with sv_gen, one flow, one 64-frame batch
+    /// per call) or `auto` (live above --live-above pps). The userspace relays (fallback,
+    /// rtpengine) always get sendmmsg.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "sendmmsg", "live"])]
     generator: String,
     #[arg(long, default_value_t = 100_000.0)]
     live_above: f64,
     /// With --external-lab: only run the live-frames generator self-test at these rates (pps).
     #[arg(long, value_delimiter = ',')]
     live_selftest: Vec<f64>,
+    /// Skip the live generator's capacity run (flat out, sv_sink on ea0, no relay) that the
+    /// relay-only figures are derived from.
+    #[arg(long)]
+    no_live_capacity: bool,
     /// Only bring the two-arm lab up (or down) and exit (for debugging with --external-lab).
     #[arg(long, value_parser = ["up", "down"])]
     lab_only: Option<String>,
@@ -284,6 +288,17 @@ struct Bench {
     sv_rtp: PathBuf,
     baseline_busy_ns_per_s: f64,
     tag: u32,
+    /// The system being measured (the live generator is used only for the XDP systems).
+    current: String,
+}
+
+/// The live generator with no relay in the path: flat out, sv_sink on ea0.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct LiveCapacity {
+    offered_pps: f64,
+    achieved_pps: f64,
+    sent: u64,
+    arrived_at_edge: u64,
 }
 
 /// Everything measured for one system.
@@ -294,6 +309,13 @@ struct SystemResult {
     zero_loss_pps: Option<f64>,
     /// The generator could not reach the offered rate: the system's limit lies higher.
     generator_limited: bool,
+    /// The generator of the trial that set `zero_loss_pps` (`sendmmsg` or `live`).
+    zero_loss_generator: Option<String>,
+    /// Live generator, saturated: the relay's own cost per packet, 1/zero_loss_pps minus the
+    /// generator's and sink's cost per frame without a relay (the capacity run), ns.
+    relay_only_ns_per_packet: Option<f64>,
+    /// 1e9 / relay_only_ns_per_packet: what one CPU could relay if it did nothing else.
+    relay_only_pps: Option<f64>,
     trials: Vec<Json>,
     cpu: Option<CpuWindow>,
     cpu_window_lossless: Option<bool>,
@@ -671,8 +693,9 @@ impl Bench {
 
     /// Generator self-test (lab up, nothing on ea0): counts with sv_sink on ea0 what the
     /// live-frames generator delivers to the edge at each rate, with no relay in the path.
-    fn live_selftest(&mut self, rates: &[f64], secs: f64) -> Result<()> {
+    fn live_selftest(&mut self, rates: &[f64], secs: f64) -> Result<Vec<LiveCapacity>> {
         self.prepare_live()?;
+        let previous = std::mem::replace(&mut self.current, "selftest".into());
         let _ = self.lab_xdp(&["detach", "--netns", lab::NS_EDGE, "--iface", "ea0"]);
         let ports = format!("{CEILING_PORT}-{CEILING_PORT}");
         self.lab_xdp(&[
@@ -705,21 +728,36 @@ impl Bench {
             ],
             sipveil: self.sipveil.clone(),
         };
-        for &rate in rates {
-            let before = self.read_sink_at(lab::NS_EDGE, "ea0")?;
-            let (sent, achieved, _) = self.offer_live(&run, rate, secs)?;
-            let got = self
-                .read_sink_at(lab::NS_EDGE, "ea0")?
-                .saturating_sub(before);
-            println!(
-                "live generator self-test: offered {rate:.0} pps (achieved {achieved:.0}): sent {sent}, arrived at ea0 {got} ({:.3} %)",
-                100.0 * got as f64 / sent.max(1) as f64
-            );
-        }
-        Ok(())
+        let mut out = Vec::new();
+        let result = (|| -> Result<()> {
+            for &rate in rates {
+                let before = self.read_sink_at(lab::NS_EDGE, "ea0")?;
+                let (sent, achieved, _) = self.offer_live(&run, rate, secs)?;
+                let got = self
+                    .read_sink_at(lab::NS_EDGE, "ea0")?
+                    .saturating_sub(before);
+                eprintln!(
+                    "live generator self-test: offered {rate:.0} pps (achieved {achieved:.0}): sent {sent}, arrived at ea0 {got} ({:.3} %)",
+                    100.0 * got as f64 / sent.max(1) as f64
+                );
+                out.push(LiveCapacity {
+                    offered_pps: rate,
+                    achieved_pps: achieved,
+                    sent,
+                    arrived_at_edge: got,
+                });
+            }
+            Ok(())
+        })();
+        self.current = previous;
+        drop(run);
+        result.map(|()| out)
     }
 
     fn use_live(&self, rate: f64) -> bool {
+        if !matches!(self.current.as_str(), "xdp" | "ceiling" | "selftest") {
+            return false;
+        }
         match self.o.generator.as_str() {
             "live" => true,
             "sendmmsg" => false,
@@ -796,7 +834,7 @@ impl Bench {
                 ifindex,
                 total,
                 Some(rate),
-                Duration::from_secs_f64(secs + 5.0),
+                Duration::from_secs_f64(secs + 0.2),
             )?;
             Ok((sent, thread_cpu_ns() - c0))
         })?;
@@ -981,6 +1019,7 @@ impl Bench {
     }
 
     fn measure(&mut self, name: &str, res: &mut SystemResult) -> Result<()> {
+        self.current = name.to_owned();
         let n = self.o.latency_streams.max(self.o.search_streams);
         let mut run = match name {
             "xdp" => self.start_sipveil(true, n)?,
@@ -1038,7 +1077,13 @@ impl Bench {
                     if ok { "lossless" } else { "LOSS" },
                     if limited { " (generator-limited)" } else { "" }
                 );
+                let generator = if this.use_live(rate) {
+                    "live"
+                } else {
+                    "sendmmsg"
+                };
                 res.trials.push(json!({
+                    "generator": generator,
                     "offered_pps": rate, "achieved_pps": achieved, "sent": sent,
                     "relayed": got, "lossless": ok, "generator_limited": limited,
                     "cpu_ns_per_packet": cpu.ns_per_packet(),
@@ -1054,17 +1099,25 @@ impl Bench {
                     } else {
                         rate
                     };
-                    res.zero_loss_pps =
-                        Some(res.zero_loss_pps.map_or(steady, |z: f64| z.max(steady)));
+                    if res.zero_loss_pps.is_none_or(|z| steady > z) {
+                        res.zero_loss_pps = Some(steady);
+                        res.zero_loss_generator = Some(generator.to_owned());
+                    }
                 }
                 if limited && ok {
                     // The generator fell short (other load on the machine can do that for a
                     // trial); twice in a row means it is the bottleneck and higher offers measure
-                    // nothing new.
+                    // nothing new. A saturated live trial is the capacity figure itself (the
+                    // best of three is kept).
                     limited_strikes += 1;
-                    if limited_strikes >= 2 {
+                    if limited_strikes >= if generator == "live" { 3 } else { 2 } {
                         res.generator_limited = true;
                         break;
+                    }
+                    if generator == "live" {
+                        // saturated: repeat at this rate (not recorded, so the search cannot end
+                        // at its maximum before the third saturated trial)
+                        continue;
                     }
                 } else {
                     limited_strikes = 0;
@@ -1178,6 +1231,7 @@ fn run() -> Result<bool> {
         sv_rtp,
         baseline_busy_ns_per_s: 0.0,
         tag: 0x5256,
+        current: String::new(),
     };
     let session = if bench.o.external_lab {
         eprintln!("lab: using the lab as it is (--external-lab)");
@@ -1189,7 +1243,9 @@ fn run() -> Result<bool> {
     if !bench.o.live_selftest.is_empty() {
         let rates = bench.o.live_selftest.clone();
         let secs = bench.o.step_secs;
-        bench.live_selftest(&rates, secs)?;
+        for c in bench.live_selftest(&rates, secs)? {
+            println!("{}", serde_json::to_string(&c)?);
+        }
         drop(session);
         return Ok(true);
     }
@@ -1203,6 +1259,29 @@ fn run() -> Result<bool> {
         eprintln!("live-frames generator unavailable ({e:#}); using sendmmsg only");
         bench.o.generator = "sendmmsg".into();
     }
+    // What the live generator (and sv_sink) cost per frame without a relay: flat out at the
+    // search maximum into sv_sink on ea0. Live frames are processed to completion inside the
+    // generator's syscall (the veth NAPI runs as softirq when the call re-enables bottom halves),
+    // so a saturated live trial measures generator + relay + sink on one CPU; this run measures
+    // generator + sink, and the difference is the relay's own cost per packet.
+    let mut live_capacity: Option<LiveCapacity> = None;
+    let capacity_run = |bench: &mut Bench, best: &mut Option<LiveCapacity>| {
+        if bench.o.generator == "sendmmsg" || bench.o.no_live_capacity {
+            return;
+        }
+        let (max, secs) = (bench.o.search_max, bench.o.step_secs);
+        match bench.live_selftest(&[max], secs) {
+            Ok(c) => {
+                if let Some(c) = c.first().copied()
+                    && best.is_none_or(|b| c.achieved_pps > b.achieved_pps)
+                {
+                    *best = Some(c);
+                }
+            }
+            Err(e) => eprintln!("live generator capacity run failed: {e:#}"),
+        }
+    };
+    capacity_run(&mut bench, &mut live_capacity);
     let mut results: BTreeMap<String, SystemResult> = BTreeMap::new();
     for name in bench.o.systems.clone() {
         eprintln!("== {name}");
@@ -1216,8 +1295,24 @@ fn run() -> Result<bool> {
         }
         results.insert(name, res);
     }
+    // once more at the end (the best of the two is kept, as for the systems' saturated trials)
+    capacity_run(&mut bench, &mut live_capacity);
     drop(session);
 
+    if let Some(cap) = live_capacity.filter(|c| c.achieved_pps > 0.0) {
+        for r in results.values_mut() {
+            if r.generator_limited
+                && r.zero_loss_generator.as_deref() == Some("live")
+                && let Some(z) = r.zero_loss_pps.filter(|z| *z > 0.0)
+            {
+                let ns = 1e9 / z - 1e9 / cap.achieved_pps;
+                if ns > 0.0 {
+                    r.relay_only_ns_per_packet = Some(ns);
+                    r.relay_only_pps = Some(1e9 / ns);
+                }
+            }
+        }
+    }
     let get = |n: &str| results.get(n);
     let cpu = |n: &str| get(n).and_then(|r| r.cpu_ns_per_packet);
     let acpu = |n: &str| get(n).and_then(|r| r.cpu_attributed_ns_per_packet);
@@ -1244,12 +1339,16 @@ fn run() -> Result<bool> {
     let xdp_pps = ratio(zl("xdp"), zl("rtpengine"));
     let fb_cpu = ratio(cpu("fallback"), cpu("rtpengine"));
     let xdp_ceil = ratio(zl("xdp"), zl("ceiling"));
+    let ronly = |n: &str| get(n).and_then(|r| r.relay_only_pps);
+    let xdp_ceil_relay_only = ratio(ronly("xdp"), ronly("ceiling"));
     let summary = json!({
         "command": "cargo xtask bench relay",
         "xdp_vs_rtpengine_cpu_per_packet": xdp_cpu,
         "xdp_vs_rtpengine_zero_loss_pps": xdp_pps,
         "fallback_vs_rtpengine_cpu_per_packet": fb_cpu,
         "xdp_vs_ceiling": xdp_ceil,
+        "xdp_vs_ceiling_relay_only": xdp_ceil_relay_only,
+        "live_generator_capacity": live_capacity,
         "cpu_method": cpu_method,
         "attributed_cpu": {
             "xdp_vs_rtpengine_cpu_per_packet": ratio(acpu("xdp"), acpu("rtpengine")),
@@ -1259,6 +1358,7 @@ fn run() -> Result<bool> {
             "cpu_per_packet_le_0.1": xdp_cpu.map(|r| r <= 0.1),
             "zero_loss_pps_ge_10x": xdp_pps.map(|r| r >= 10.0),
             "ceiling_ge_0.9": xdp_ceil.map(|r| r >= 0.9),
+            "ceiling_relay_only_ge_0.9": xdp_ceil_relay_only.map(|r| r >= 0.9),
         },
         "baseline_busy_cpus": bench.baseline_busy_ns_per_s / 1e9,
         "config": {
@@ -1319,6 +1419,24 @@ fn run() -> Result<bool> {
     println!("  xdp / rtpengine zero-loss pps:       {}", show(xdp_pps));
     println!("  fallback / rtpengine cpu per packet: {}", show(fb_cpu));
     println!("  xdp / ceiling zero-loss pps:         {}", show(xdp_ceil));
+    println!(
+        "  xdp / ceiling relay-only pps:        {}",
+        show(xdp_ceil_relay_only)
+    );
+    if let Some(c) = live_capacity {
+        println!(
+            "  live generator + sink alone:         {:.0} pps ({} of {} frames at the edge)",
+            c.achieved_pps, c.arrived_at_edge, c.sent
+        );
+    }
+    for r in results.values() {
+        if let (Some(ns), Some(pps)) = (r.relay_only_ns_per_packet, r.relay_only_pps) {
+            println!(
+                "  {:<10} relay-only {ns:.0} ns/packet = {pps:.0} pps per CPU",
+                r.name
+            );
+        }
+    }
     Ok(results.values().all(|r| r.errors.is_empty()))
 }
 
