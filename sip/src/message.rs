@@ -65,9 +65,9 @@ macro_rules! common {
                 content_type: Option<&[u8]>,
                 body: Bytes,
             ) -> Result<(), BuildError> {
-                let mut n = Vec::with_capacity(20);
-                crate::text::push_u64(&mut n, body.len() as u64);
-                let cl = Header::new(HeaderName::ContentLength, &n)?;
+                let mut n = [0u8; 20];
+                let n = crate::text::decimal(body.len() as u64, &mut n);
+                let cl = Header::new(HeaderName::ContentLength, n)?;
                 let ct = match content_type {
                     Some(ct) => Some(Header::new(HeaderName::ContentType, ct)?),
                     None => None,
@@ -300,9 +300,9 @@ impl Request {
             Some(n) => n - 1,
             None => 69,
         };
-        let mut v = Vec::with_capacity(3);
-        crate::text::push_u64(&mut v, u64::from(next));
-        if let Ok(h) = Header::new(HeaderName::MaxForwards, &v) {
+        let mut v = [0u8; 20];
+        let v = crate::text::decimal(u64::from(next), &mut v);
+        if let Ok(h) = Header::new(HeaderName::MaxForwards, v) {
             self.raw = None;
             self.headers.set(h);
         }

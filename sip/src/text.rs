@@ -245,6 +245,11 @@ pub(crate) fn eq_unescaped(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
 /// Append the decimal form of `n`.
 pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
+    out.extend_from_slice(decimal(n, &mut buf));
+}
+
+/// The decimal form of `n`, written into `buf` (no allocation).
+pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut v = n;
     loop {
@@ -255,7 +260,7 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    &buf[i..]
 }
 
 /// Splits a header value at top-level commas (outside quotes and `<>`),
