@@ -290,6 +290,8 @@ pub enum LabError {
     Verify(Vec<String>),
     /// The daemon did not start, or its control socket misbehaved.
     Daemon(String),
+    /// An sv-rtp process did not start, bind or finish.
+    Rtp(String),
 }
 
 impl fmt::Display for LabError {
@@ -310,6 +312,7 @@ impl fmt::Display for LabError {
                 write!(f, "the lab does not verify: {}", problems.join("; "))
             }
             LabError::Daemon(text) => write!(f, "sipveil daemon: {text}"),
+            LabError::Rtp(text) => write!(f, "sv-rtp: {text}"),
         }
     }
 }
@@ -1094,6 +1097,142 @@ pub fn wait_udp_bound(ns: &str, addr: std::net::SocketAddrV4, timeout: Duration)
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One bidirectional sv-rtp run between sv-a and sv-b through the edge: a receiver on
+/// `port` and a sender from `port + 2` on each side. Both receivers are bound before either
+/// sender starts, so no packet reaches a side that is not listening yet. Reports go to
+/// `DIR/{a,b}-{send,recv}.json` ([`RtpRun::report`]), human summaries to the same names `.log`.
+/// Dropping it kills what still runs.
+pub struct RtpRun {
+    children: Vec<(&'static str, std::process::Child)>,
+    dir: PathBuf,
+    deadline: Instant,
+}
+
+/// What one side of an [`RtpRun`] sends: stream *i* goes to `dsts[i]` (the edge's ports).
+pub struct RtpSide<'a> {
+    pub dsts: &'a [std::net::SocketAddrV4],
+    /// Run tag in its packets.
+    pub tag: u32,
+}
+
+impl RtpRun {
+    /// Starts the four processes; `pps` packets/s per stream for `seconds`.
+    pub fn start(
+        sv_rtp: &Path,
+        port: u16,
+        (a, b): (RtpSide<'_>, RtpSide<'_>),
+        seconds: u32,
+        pps: u32,
+        dir: &Path,
+    ) -> Result<RtpRun, LabError> {
+        let mut run = RtpRun {
+            children: Vec::new(),
+            dir: dir.to_path_buf(),
+            deadline: Instant::now() + Duration::from_secs(u64::from(seconds) + 60),
+        };
+        let sides = [
+            (NS_A, A_ADDR, ["a-recv", "a-send"], a),
+            (NS_B, B_ADDR, ["b-recv", "b-send"], b),
+        ];
+        for (ns, addr, [name, _], send) in &sides {
+            let bind = std::net::SocketAddrV4::new(*addr, port);
+            let cmd = rtp_recv(
+                sv_rtp,
+                ns,
+                bind,
+                send.dsts.len(),
+                seconds + 15,
+                &run.report(name),
+            );
+            run.spawn(name, cmd)?;
+        }
+        for (ns, addr, _, _) in &sides {
+            let bind = std::net::SocketAddrV4::new(*addr, port);
+            if !wait_udp_bound(ns, bind, Duration::from_secs(10)) {
+                return Err(LabError::Rtp(format!(
+                    "the receiver in {ns} did not bind {bind}"
+                )));
+            }
+        }
+        for (ns, addr, [_, name], send) in &sides {
+            let bind = std::net::SocketAddrV4::new(*addr, port + 2);
+            let mut cmd = rtp_send(
+                sv_rtp,
+                ns,
+                bind,
+                send.dsts,
+                seconds,
+                send.tag,
+                &run.report(name),
+            );
+            cmd.args(["--pps", &pps.to_string()]);
+            run.spawn(name, cmd)?;
+        }
+        Ok(run)
+    }
+
+    /// The JSON report of `name` (`a-send`, `a-recv`, `b-send`, `b-recv`).
+    pub fn report(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> Result<(), LabError> {
+        let log = self.dir.join(format!("{name}.log"));
+        let file = File::create(&log).map_err(|source| LabError::Io {
+            what: format!("creating {}", log.display()),
+            source,
+        })?;
+        let command = describe(&cmd);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .map_err(|source| LabError::Spawn { command, source })?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Waits for every process, at most until the run's deadline (`seconds` + 60 s).
+    pub fn wait(&mut self) -> Result<(), LabError> {
+        for (name, child) in &mut self.children {
+            let status = loop {
+                let status = child.try_wait().map_err(|source| LabError::Io {
+                    what: format!("waiting for sv-rtp {name}"),
+                    source,
+                })?;
+                if let Some(status) = status {
+                    break status;
+                }
+                if Instant::now() > self.deadline {
+                    return Err(LabError::Rtp(format!(
+                        "sv-rtp {name} did not finish in time"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if !status.success() {
+                let log = self.dir.join(format!("{name}.log"));
+                return Err(LabError::Rtp(format!(
+                    "sv-rtp {name} failed ({status}), see {}",
+                    log.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RtpRun {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 

@@ -15,16 +15,15 @@
 
 use serde_json::Value;
 use sipveil_loadtest::lab::{
-    A_ADDR, B_ADDR, Control, Daemon, LAB_CONTROL_SOCKET, LAB_INSTANCE, Lab, LabSession, NS_A, NS_B,
-    Shape, rtp_recv, rtp_send, wait_udp_bound,
+    A_ADDR, B_ADDR, Control, Daemon, LAB_CONTROL_SOCKET, LAB_INSTANCE, Lab, LabSession, RtpRun,
+    RtpSide, Shape,
 };
 use sipveil_loadtest::report::{DirectionCheck, RunReport, check_direction};
-use std::fs::File;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The port sv-rtp receives on in sv-a and sv-b (the relays' peer port); senders use + 2.
 const PEER_PORT: u16 = 40000;
@@ -168,130 +167,36 @@ fn open_relays(count: usize) -> Vec<Relay> {
         .collect()
 }
 
-/// The sv-rtp processes of a run: a receiver on PEER_PORT and a sender (from PEER_PORT + 2) in
-/// each of sv-a and sv-b. Both receivers are bound before either sender starts, so no packet
-/// arrives at a side that is not listening yet.
-struct Peers {
-    children: Vec<(String, Child)>,
-    dir: PathBuf,
-    limit: Instant,
+/// Runs sv-rtp both ways through `relays` for `seconds` at `pps` per stream (started now,
+/// finished by [`finish`]).
+fn start_rtp(relays: &[Relay], seconds: u32, pps: u32, dir: &Path) -> RtpRun {
+    let a: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.a_edge).collect();
+    let b: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.b_edge).collect();
+    let sides = (RtpSide { dsts: &a, tag: 1 }, RtpSide { dsts: &b, tag: 2 });
+    RtpRun::start(&binaries().sv_rtp, PEER_PORT, sides, seconds, pps, dir)
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
-impl Peers {
-    fn start(relays: &[Relay], seconds: u32, pps: u32, dir: &Path) -> Peers {
-        let sv_rtp = &binaries().sv_rtp;
-        let mut peers = Peers {
-            children: Vec::new(),
-            dir: dir.to_path_buf(),
-            limit: Instant::now() + Duration::from_secs(u64::from(seconds) + 60),
-        };
-        // The reports are read from the JSON files; the human summaries go to logs.
-        let mut spawn = |name: &str, mut cmd: Command| {
-            let log = dir.join(format!("{name}.log"));
-            let log =
-                File::create(&log).unwrap_or_else(|error| panic!("{}: {error}", log.display()));
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|error| panic!("cannot start sv-rtp: {error}"));
-            peers.children.push((name.to_owned(), child));
-        };
-        let receive_seconds = seconds + 15;
-        for (name, ns, addr) in [("a-recv", NS_A, A_ADDR), ("b-recv", NS_B, B_ADDR)] {
-            let json = dir.join(format!("{name}.json"));
-            let bind = SocketAddrV4::new(addr, PEER_PORT);
-            spawn(
-                name,
-                rtp_recv(sv_rtp, ns, bind, relays.len(), receive_seconds, &json),
-            );
-        }
-        for (ns, addr) in [(NS_A, A_ADDR), (NS_B, B_ADDR)] {
-            let bound = wait_udp_bound(
-                ns,
-                SocketAddrV4::new(addr, PEER_PORT),
-                Duration::from_secs(10),
-            );
-            assert!(
-                bound,
-                "the sv-rtp receiver in {ns} did not bind {addr}:{PEER_PORT}"
-            );
-        }
-        let sends = [
-            (
-                "b-send",
-                NS_B,
-                B_ADDR,
-                2,
-                relays.iter().map(|relay| relay.b_edge).collect::<Vec<_>>(),
-            ),
-            (
-                "a-send",
-                NS_A,
-                A_ADDR,
-                1,
-                relays.iter().map(|relay| relay.a_edge).collect(),
-            ),
-        ];
-        for (name, ns, addr, tag, dsts) in sends {
-            let json = dir.join(format!("{name}.json"));
-            let bind = SocketAddrV4::new(addr, PEER_PORT + 2);
-            let mut cmd = rtp_send(sv_rtp, ns, bind, &dsts, seconds, tag, &json);
-            cmd.args(["--pps", &pps.to_string()]);
-            spawn(name, cmd);
-        }
-        peers
-    }
-
-    /// Waits for every process (bounded) and joins the reports: (A→B, B→A).
-    fn finish(mut self) -> (DirectionCheck, DirectionCheck) {
-        for (name, child) in &mut self.children {
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("waiting for sv-rtp") {
-                    break status;
-                }
-                if Instant::now() > self.limit {
-                    let _ = child.kill();
-                    panic!("sv-rtp {name} did not finish in time");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            assert!(
-                status.success(),
-                "sv-rtp {name} failed: {status} (see {})",
-                self.dir.join(format!("{name}.log")).display()
-            );
-        }
-        let read = |name: &str| -> RunReport {
-            let path = self.dir.join(format!("{name}.json"));
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-            serde_json::from_str(&text)
-                .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-        };
-        let direction = |from: &str, to: &str| {
-            let (sent, received) = (read(from), read(to));
-            check_direction(
-                sent.sender.as_ref().expect("send report without sender"),
-                received
-                    .receiver
-                    .as_ref()
-                    .expect("recv report without receiver"),
-            )
-        };
-        (direction("a-send", "b-recv"), direction("b-send", "a-recv"))
-    }
-}
-
-impl Drop for Peers {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
+/// Waits for the run and joins its reports: (A→B, B→A).
+fn finish(mut run: RtpRun) -> (DirectionCheck, DirectionCheck) {
+    run.wait().unwrap_or_else(|error| panic!("{error}"));
+    let read = |name: &str| -> RunReport {
+        let path = run.report(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    };
+    let direction = |from: &str, to: &str| {
+        let (sent, received) = (read(from), read(to));
+        check_direction(
+            sent.sender.as_ref().expect("send report without sender"),
+            received
+                .receiver
+                .as_ref()
+                .expect("recv report without receiver"),
+        )
+    };
+    (direction("a-send", "b-recv"), direction("b-send", "a-recv"))
 }
 
 /// `sipveil stats --instance lab --json`.
@@ -330,7 +235,7 @@ fn xdp_relay(shape: Shape, test: &str) {
     let daemon = start_daemon(shape, &dir, "driver", &[]);
     assert_eq!(ready_field(&daemon, "mode"), "xdp", "{}", daemon.ready);
     let relays = open_relays(STREAMS);
-    let (a_to_b, b_to_a) = Peers::start(&relays, 3, 50, &dir).finish();
+    let (a_to_b, b_to_a) = finish(start_rtp(&relays, 3, 50, &dir));
     assert_lossless(&a_to_b, &b_to_a, STREAMS);
 
     let stats = stats();
@@ -385,7 +290,7 @@ fn lab_1000_streams_survive_a_daemon_restart() {
     let first = start_daemon(shape, &dir, "driver", &[]);
     assert_eq!(ready_field(&first, "mode"), "xdp", "{}", first.ready);
     let relays = open_relays(STREAMS);
-    let peers = Peers::start(&relays, 10, 20, &dir);
+    let rtp = start_rtp(&relays, 10, 20, &dir);
 
     std::thread::sleep(Duration::from_secs(3));
     let before = stats();
@@ -399,7 +304,7 @@ fn lab_1000_streams_survive_a_daemon_restart() {
         second.ready
     );
 
-    let (a_to_b, b_to_a) = peers.finish();
+    let (a_to_b, b_to_a) = finish(rtp);
     assert_lossless(&a_to_b, &b_to_a, STREAMS);
     let after = stats();
     let relayed = |stats: &Value| counter(stats, "xdp", "relayed_redirect");
@@ -445,7 +350,7 @@ fn lab_no_xdp_fallback_is_lossless() {
         daemon.ready
     );
     let relays = open_relays(STREAMS);
-    let (a_to_b, b_to_a) = Peers::start(&relays, 3, 50, &dir).finish();
+    let (a_to_b, b_to_a) = finish(start_rtp(&relays, 3, 50, &dir));
     assert_lossless(&a_to_b, &b_to_a, STREAMS);
 
     let stats = stats();

@@ -7,16 +7,15 @@
 
 use crate::cmd::{output, run};
 use crate::lab::{
-    A_ADDR, B_ADDR, Daemon, LAB_INSTANCE, Lab, NS_A, NS_B, NS_EDGE, Shape, rtp_recv, rtp_send,
-    wait_udp_bound,
+    A_ADDR, B_ADDR, Daemon, LAB_INSTANCE, Lab, NS_A, NS_B, NS_EDGE, RtpRun, RtpSide, Shape,
 };
 use crate::workspace::{release_binaries, root, target_dir};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The port sv-rtp receives on in sv-a and sv-b (the relays' peers); the senders use + 2.
 const PEER_PORT: u16 = 40000;
@@ -84,59 +83,27 @@ pub fn run_demo(options: Options) -> Result<()> {
         "demo: sv-rtp in {NS_A} and {NS_B}: {} stream(s) each way at 50 packets/s for {} s",
         options.streams, options.seconds
     );
-    // Receivers on PEER_PORT (the relays' peers) first, senders from PEER_PORT + 2 once both
-    // receivers are bound: no packet reaches a side that is not listening yet.
-    let report = |name: &str| work.join(format!("{name}.json"));
-    let mut children = Vec::new();
-    for (ns, addr, name) in [(NS_A, A_ADDR, "a-recv"), (NS_B, B_ADDR, "b-recv")] {
-        let bind = SocketAddrV4::new(addr, PEER_PORT);
-        let streams = relays.len();
-        let seconds = options.seconds + 15;
-        children.push(spawn(
-            &mut rtp_recv(&binaries.sv_rtp, ns, bind, streams, seconds, &report(name)),
-            &work.join(format!("{name}.log")),
-        )?);
-        if !wait_udp_bound(ns, bind, Duration::from_secs(10)) {
-            bail!("the sv-rtp receiver in {ns} did not bind {bind}");
-        }
-    }
-    let sends = [
-        (
-            NS_A,
-            A_ADDR,
-            "a-send",
-            1,
-            relays.iter().map(|relay| relay.a_edge).collect::<Vec<_>>(),
-        ),
-        (
-            NS_B,
-            B_ADDR,
-            "b-send",
-            2,
-            relays.iter().map(|relay| relay.b_edge).collect(),
-        ),
-    ];
-    for (ns, addr, name, tag, dsts) in sends {
-        let bind = SocketAddrV4::new(addr, PEER_PORT + 2);
-        children.push(spawn(
-            &mut rtp_send(
-                &binaries.sv_rtp,
-                ns,
-                bind,
-                &dsts,
-                options.seconds,
-                tag,
-                &report(name),
-            ),
-            &work.join(format!("{name}.log")),
-        )?);
-    }
-    let limit = Duration::from_secs(u64::from(options.seconds) + 30);
-    for child in children {
-        if !wait_bounded(child, limit)? {
-            bail!("an sv-rtp process failed (logs in {})", work.display());
-        }
-    }
+    let a_dsts: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.a_edge).collect();
+    let b_dsts: Vec<SocketAddrV4> = relays.iter().map(|relay| relay.b_edge).collect();
+    let sides = (
+        RtpSide {
+            dsts: &a_dsts,
+            tag: 1,
+        },
+        RtpSide {
+            dsts: &b_dsts,
+            tag: 2,
+        },
+    );
+    let mut rtp = RtpRun::start(
+        &binaries.sv_rtp,
+        PEER_PORT,
+        sides,
+        options.seconds,
+        50,
+        &work,
+    )?;
+    rtp.wait()?;
 
     let stats_text = output(Command::new(&binaries.sipveil).args([
         "stats",
@@ -150,9 +117,9 @@ pub fn run_demo(options: Options) -> Result<()> {
     for (send, recv) in [("a-send", "b-recv"), ("b-send", "a-recv")] {
         let check = Command::new(&binaries.sv_rtp)
             .args(["check", "--send"])
-            .arg(report(send))
+            .arg(rtp.report(send))
             .arg("--recv")
-            .arg(report(recv))
+            .arg(rtp.report(recv))
             .output()
             .context("running sv-rtp check")?;
         lossless &= check.status.success();
@@ -167,7 +134,7 @@ pub fn run_demo(options: Options) -> Result<()> {
         NS_EDGE,
     ]))?;
 
-    let read = |name: &str| read_json(&report(name));
+    let read = |name: &str| read_json(&rtp.report(name));
     println!("\n=== demo summary");
     let counter = |side: &str, name: &str| stats[side][name].as_u64().unwrap_or(0);
     println!(
@@ -234,33 +201,6 @@ fn parse_relay(answer: &Value) -> Result<Relay> {
         a_edge: addr("a")?,
         b_edge: addr("b")?,
     })
-}
-
-/// Starts an sv-rtp process with its output in `log` (the numbers come from its JSON report).
-fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
-    println!("+ {} 2>{}", crate::cmd::show(cmd), log.display());
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    cmd.stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", crate::cmd::show(cmd)))
-}
-
-/// Waits for `child` at most `limit`, then kills it; true when it exited successfully in time.
-fn wait_bounded(mut child: Child, limit: Duration) -> Result<bool> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status.success());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
