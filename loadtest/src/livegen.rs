@@ -22,8 +22,8 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-/// Frames per BPF_PROG_TEST_RUN call, and the kernel batch size: one batch per call (see
-/// [`send_paced`]).
+/// Frames per BPF_PROG_TEST_RUN call by default, and the kernel batch size: one batch per call
+/// (see [`send_paced`]).
 pub const LIVE_CHUNK: u64 = 64;
 
 /// Frame length of one generated packet: Ethernet + IPv4 + UDP + the sv-rtp packet.
@@ -206,8 +206,9 @@ pub fn build_frame(
     f
 }
 
-/// Sends `total` frames at `rate` pps (None: flat out) for at most `limit`, in 1 ms slices of
-/// live-frame runs. Returns the frames handed to the kernel.
+/// Sends `total` frames at `rate` pps (None: flat out) for at most `limit`, at most `chunk` frames
+/// per BPF_PROG_TEST_RUN call ([`LIVE_CHUNK`] is right; larger values exist to reproduce the
+/// page-reuse loss described below). Returns the frames handed to the kernel.
 pub fn send_paced(
     prog: &OwnedFd,
     frame: &[u8],
@@ -215,7 +216,9 @@ pub fn send_paced(
     total: u64,
     rate: Option<f64>,
     limit: Duration,
+    chunk: u64,
 ) -> io::Result<u64> {
+    let max_chunk = chunk.max(1);
     let start = Instant::now();
     let mut sent: u64 = 0;
     while sent < total && start.elapsed() < limit {
@@ -227,12 +230,14 @@ pub fn send_paced(
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        // At most LIVE_CHUNK frames per run: the kernel transmits a whole run with bottom halves
-        // off, so the peer veth's NAPI (and its 256-slot ring) is only served between runs; a
-        // larger run after an oversleep would overflow that ring and count as relay loss.
-        let chunk = (due - sent).min(LIVE_CHUNK) as u32;
-        run_live(prog, frame, ifindex, chunk, LIVE_CHUNK as u32)?;
-        sent += u64::from(chunk);
+        // One kernel batch per call: the kernel gives every call its own page pool and, when a
+        // frame's page comes back to that pool (after a receiver dropped it), reuses it for a
+        // later batch of the same call with only the pointers reset, not the data. A relay that
+        // rewrote the frame in place (addresses, ports, MACs) would then get its own output back
+        // as input, match no flow and drop it.
+        let n = (due - sent).min(max_chunk) as u32;
+        run_live(prog, frame, ifindex, n, LIVE_CHUNK as u32)?;
+        sent += u64::from(n);
     }
     Ok(sent)
 }

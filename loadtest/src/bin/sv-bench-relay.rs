@@ -130,6 +130,10 @@ struct Opts {
     generator: String,
     #[arg(long, default_value_t = 100_000.0)]
     live_above: f64,
+    /// Live frames per BPF_PROG_TEST_RUN call. 64 (one kernel batch) is right; larger values
+    /// reproduce the loss of reused, relay-rewritten pages (see loadtest/README.md).
+    #[arg(long, default_value_t = livegen::LIVE_CHUNK)]
+    live_chunk: u64,
     /// With --external-lab: only run the live-frames generator self-test at these rates (pps).
     #[arg(long, value_delimiter = ',')]
     live_selftest: Vec<f64>,
@@ -815,6 +819,7 @@ impl Bench {
         );
         let total = (rate * secs).ceil() as u64;
         let pin = format!("{}/{}-{LIVE_IFACE}/link", lab::LAB_PIN_DIR, lab::NS_A);
+        let chunk = self.o.live_chunk;
         let relay0 = pid_cpu_ns(run.relay_pid());
         let cpu0 = read_cpu()?;
         let t0 = Instant::now();
@@ -835,6 +840,7 @@ impl Bench {
                 total,
                 Some(rate),
                 Duration::from_secs_f64(secs + 0.2),
+                chunk,
             )?;
             Ok((sent, thread_cpu_ns() - c0))
         })?;
@@ -1368,6 +1374,7 @@ fn run() -> Result<bool> {
             "latency_secs": bench.o.latency_secs, "gen_threads": bench.o.gen_threads,
             "generator": bench.o.generator,
             "live_above_pps": bench.o.live_above,
+            "live_chunk": bench.o.live_chunk,
             "counter": bench.o.counter,
         },
         "systems": results,
