@@ -58,6 +58,7 @@ macro_rules! header_names {
 
         /// Ids of the known names (`KnownId::Via as u8`), for matching
         /// header records without building a [`HeaderName`].
+        #[derive(Clone, Copy)]
         #[repr(u8)]
         pub(crate) enum KnownId {
             $( $variant, )*

@@ -470,17 +470,6 @@ impl Headers {
         self.fields.as_slice()
     }
 
-    /// Records named `name`, in order.
-    pub(crate) fn fields_named<'a>(
-        &'a self,
-        name: &'a HeaderName,
-    ) -> impl Iterator<Item = &'a Field> + 'a {
-        self.fields
-            .as_slice()
-            .iter()
-            .filter(move |f| self.is(f, name))
-    }
-
     /// All fields named `name`, in order.
     pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = Header> + 'a {
         let name = name.clone();

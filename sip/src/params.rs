@@ -87,13 +87,17 @@ impl Params {
 
 /// Whether every parameter of the raw list `b` has a non-empty token name
 /// and a well-formed value (token, host-ish, or a complete quoted string).
+/// One pass ([`check_each`], which a test compares with iterating
+/// [`raw_params`] and checking each with [`param_well_formed`]).
 pub(crate) fn well_formed(b: &[u8]) -> bool {
-    raw_params(b).all(|(n, v)| param_well_formed(&b[n], v.map(|v| &b[v])))
+    check_each(b, |_, _| true)
 }
 
 /// One parameter: a non-empty token name; a value, when present, that is a
-/// token / host-ish run or one complete quoted string.
-pub(crate) fn param_well_formed(name: &[u8], value: Option<&[u8]>) -> bool {
+/// token / host-ish run or one complete quoted string. (The reference that
+/// [`check_each`] is tested against.)
+#[cfg(test)]
+fn param_well_formed(name: &[u8], value: Option<&[u8]>) -> bool {
     crate::text::all_token(name)
         && match value {
             None => true,

@@ -298,19 +298,6 @@ fn parse_status_line(sl: &Bytes) -> Result<(StatusCode, Bytes), K> {
     Ok((status, reason))
 }
 
-/// Exactly one field named `name`, else Missing/Duplicate.
-fn single(headers: &Headers, name: HeaderName) -> Result<&[u8], K> {
-    let (first, dup) = {
-        let mut it = headers.fields_named(&name);
-        (it.next(), it.next().is_some())
-    };
-    match first {
-        None => Err(K::MissingHeader(name)),
-        Some(_) if dup => Err(K::DuplicateHeader(name)),
-        Some(f) => Ok(headers.value_of(f)),
-    }
-}
-
 /// The checks a datagram parse makes on header fields: what an element
 /// needs to match the message to a transaction and to address an answer
 /// (RFC 3261 §8.1.1, §8.2.6, §17.2.3). A Via is present and, in a
@@ -395,38 +382,45 @@ fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K
 /// the From and To name-addrs, Max-Forwards, Route / Record-Route (and their
 /// number), Contact and Content-Type.
 pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), K> {
-    // Borrowed values of the records with this id, in order (no `Bytes`
-    // slices are taken).
-    let named = |id: KnownId| {
-        let id = id as u8;
-        headers
-            .fields()
-            .iter()
-            .filter(move |f| f.id() == id)
-            .map(|f| headers.value_of(f))
-    };
+    // Records are matched by name id and read as borrowed slices (no `Bytes`
+    // is taken); each category is one scan of the records, in the order the
+    // checks have always been reported.
+    let fields = headers.fields();
     let mut nvia = 0usize;
-    for v in named(KnownId::Via).flat_map(list_elements) {
-        nvia += 1;
-        if nvia > limits.max_vias {
-            return Err(K::TooManyVias {
-                limit: limits.max_vias,
-            });
+    for f in fields.iter().filter(|f| f.id() == KnownId::Via as u8) {
+        for v in list_elements(headers.value_of(f)) {
+            nvia += 1;
+            if nvia > limits.max_vias {
+                return Err(K::TooManyVias {
+                    limit: limits.max_vias,
+                });
+            }
+            Via::check(v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
         }
-        Via::check(v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
     }
     if nvia == 0 {
         return Err(K::MissingHeader(HeaderName::Via));
     }
-    for name in [HeaderName::From, HeaderName::To] {
-        let v = single(headers, name.clone())?;
-        NameAddr::check(v).map_err(|e| K::InvalidHeader(name, e))?;
-    }
-    let mut mf = named(KnownId::MaxForwards);
-    if let Some(v) = mf.next() {
-        if mf.next().is_some() {
-            return Err(K::DuplicateHeader(HeaderName::MaxForwards));
+    // At most one field with this id: its value, or Duplicate.
+    let at_most_one = |id: KnownId, name: fn() -> HeaderName| {
+        let id = id as u8;
+        let mut found = None;
+        for f in fields.iter().filter(|f| f.id() == id) {
+            if found.is_some() {
+                return Err(K::DuplicateHeader(name()));
+            }
+            found = Some(headers.value_of(f));
         }
+        Ok(found)
+    };
+    for (id, name) in [
+        (KnownId::From, (|| HeaderName::From) as fn() -> HeaderName),
+        (KnownId::To, || HeaderName::To),
+    ] {
+        let v = at_most_one(id, name)?.ok_or_else(|| K::MissingHeader(name()))?;
+        NameAddr::check(v).map_err(|e| K::InvalidHeader(name(), e))?;
+    }
+    if let Some(v) = at_most_one(KnownId::MaxForwards, || HeaderName::MaxForwards)? {
         parse_max_forwards(v).map_err(|e| K::InvalidHeader(HeaderName::MaxForwards, e))?;
     }
     for (id, name) in [
@@ -434,25 +428,28 @@ pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), 
         (KnownId::RecordRoute, HeaderName::RecordRoute),
     ] {
         let mut n = 0usize;
-        for v in named(id).flat_map(list_elements) {
-            n += 1;
-            if n > limits.max_routes {
-                return Err(K::TooManyRoutes {
-                    limit: limits.max_routes,
-                });
+        for f in fields.iter().filter(|f| f.id() == id as u8) {
+            for v in list_elements(headers.value_of(f)) {
+                n += 1;
+                if n > limits.max_routes {
+                    return Err(K::TooManyRoutes {
+                        limit: limits.max_routes,
+                    });
+                }
+                NameAddr::check(v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
             }
-            NameAddr::check(v).map_err(|e| K::InvalidHeader(name.clone(), e))?;
         }
     }
-    for v in named(KnownId::Contact).flat_map(list_elements) {
-        Contact::check(v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
-    }
-    let mut ct = headers.get_all(&HeaderName::ContentType);
-    if let Some(h) = ct.next() {
-        if ct.next().is_some() {
-            return Err(K::DuplicateHeader(HeaderName::ContentType));
+    for f in fields.iter().filter(|f| f.id() == KnownId::Contact as u8) {
+        for v in list_elements(headers.value_of(f)) {
+            Contact::check(v).map_err(|e| K::InvalidHeader(HeaderName::Contact, e))?;
         }
-        MediaType::parse(h.value()).map_err(|e| K::InvalidHeader(HeaderName::ContentType, e))?;
+    }
+    if at_most_one(KnownId::ContentType, || HeaderName::ContentType)?.is_some() {
+        let v = headers
+            .get_value(&HeaderName::ContentType)
+            .unwrap_or_default();
+        MediaType::parse(&v).map_err(|e| K::InvalidHeader(HeaderName::ContentType, e))?;
     }
     Ok(())
 }
