@@ -148,6 +148,28 @@ fn raw_name_len(line: &[u8]) -> usize {
     ne
 }
 
+/// A name to look for, resolved once: the id of a known name, or the
+/// spelling of an `Other` one.
+struct Matcher {
+    id: u8,
+    other: Option<Bytes>,
+}
+
+impl Matcher {
+    fn new(name: &HeaderName) -> Self {
+        match name {
+            HeaderName::Other(n) => Matcher {
+                id: OTHER_ID,
+                other: Some(n.clone()),
+            },
+            known => Matcher {
+                id: known.id(),
+                other: None,
+            },
+        }
+    }
+}
+
 /// The records: inline up to [`INLINE_FIELDS`], then all on the heap.
 #[derive(Clone, Debug)]
 pub(crate) struct Fields {
@@ -290,7 +312,7 @@ impl Headers {
         self.store.line_of(f)
     }
 
-    fn is(&self, f: &Field, name: &HeaderName) -> bool {
+    fn is(&self, f: &Field, name: &Matcher) -> bool {
         self.store.is(f, name)
     }
 
@@ -337,16 +359,16 @@ impl Store {
         Self::slice(self.source(f), f.line)
     }
 
-    fn is(&self, f: &Field, name: &HeaderName) -> bool {
-        match name {
-            HeaderName::Other(n) => {
+    fn is(&self, f: &Field, name: &Matcher) -> bool {
+        match &name.other {
+            None => f.id == name.id,
+            Some(n) => {
                 if f.id != OTHER_ID {
                     return false;
                 }
                 let line = self.line_of(f);
                 line[..raw_name_len(line)].eq_ignore_ascii_case(n)
             }
-            known => f.id == known.id(),
         }
     }
 
@@ -444,6 +466,7 @@ impl Headers {
 
     /// First field named `name`.
     pub fn get(&self, name: &HeaderName) -> Option<Header> {
+        let name = &Matcher::new(name);
         self.fields
             .as_slice()
             .iter()
@@ -458,6 +481,7 @@ impl Headers {
 
     /// Value of the first field named `name`, borrowed (no `Bytes` slice taken).
     pub fn get_raw_value(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = &Matcher::new(name);
         self.fields
             .as_slice()
             .iter()
@@ -472,7 +496,7 @@ impl Headers {
 
     /// All fields named `name`, in order.
     pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = Header> + 'a {
-        let name = name.clone();
+        let name = Matcher::new(name);
         self.fields
             .as_slice()
             .iter()
@@ -488,6 +512,7 @@ impl Headers {
 
     /// Number of fields named `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
+        let name = &Matcher::new(name);
         self.fields
             .as_slice()
             .iter()
@@ -497,6 +522,7 @@ impl Headers {
 
     /// Index of the first field named `name`.
     pub fn position(&self, name: &HeaderName) -> Option<usize> {
+        let name = &Matcher::new(name);
         self.fields.as_slice().iter().position(|f| self.is(f, name))
     }
 
@@ -521,6 +547,7 @@ impl Headers {
     /// Remove all fields named `name`; returns how many.
     pub fn remove_all(&mut self, name: &HeaderName) -> usize {
         let before = self.len();
+        let name = &Matcher::new(name);
         let store = &self.store;
         self.fields.retain(|f| !store.is(f, name));
         before - self.len()
@@ -537,7 +564,7 @@ impl Headers {
     pub fn set(&mut self, h: Header) {
         match self.position(&h.name) {
             Some(i) => {
-                let name = h.name.clone();
+                let name = Matcher::new(&h.name);
                 let f = self.field_for(h);
                 self.fields.set(i, f);
                 let store = &self.store;
