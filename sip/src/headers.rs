@@ -27,8 +27,9 @@ pub struct Header {
     name: HeaderName,
     line: Bytes,
     value: Bytes,
-    /// Offsets of `value` inside `line`.
-    value_at: (u32, u32),
+    /// Where `value` starts inside `line` (it ends at the line's end
+    /// without trailing white space).
+    value_start: u32,
 }
 
 impl Header {
@@ -48,7 +49,7 @@ impl Header {
         line.extend_from_slice(value);
         let (vs, ve) = trim_range(&line[n.len() + 2..]);
         let (vs, ve) = (n.len() + 2 + vs, n.len() + 2 + ve);
-        let (Ok(s32), Ok(e32)) = (u32::try_from(vs), u32::try_from(ve)) else {
+        let Ok(value_start) = u32::try_from(vs) else {
             return Err(BuildError::InvalidHeaderValue(name));
         };
         let line = Bytes::from(line);
@@ -57,7 +58,7 @@ impl Header {
             name,
             line,
             value,
-            value_at: (s32, e32),
+            value_start,
         })
     }
 
@@ -383,15 +384,11 @@ impl Store {
             Some(n) => n,
             None => HeaderName::Other(src.slice(ls..ls + raw_name_len(&src[ls..le]))),
         };
-        let value_at = (
-            u32::try_from(vs - ls).unwrap_or(0),
-            u32::try_from(ve - ls).unwrap_or(0),
-        );
         Header {
             name,
             line: src.slice(ls..le),
             value: src.slice(vs..ve),
-            value_at,
+            value_start: u32::try_from(vs - ls).unwrap_or(0),
         }
     }
 
@@ -405,7 +402,7 @@ impl Store {
         self.extra.push(h.line);
         Field {
             line: (0, len),
-            value_start: h.value_at.0.min(len),
+            value_start: h.value_start.min(len),
             src: u16::try_from(self.extra.len()).unwrap_or(u16::MAX),
             id: h.name.id(),
         }
