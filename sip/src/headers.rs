@@ -486,6 +486,12 @@ impl Headers {
             .map(|f| self.value_of(f))
     }
 
+    /// Append a record of the message buffer (the parser).
+    #[inline]
+    pub(crate) fn push_field(&mut self, f: Field) {
+        self.fields.push(f);
+    }
+
     /// All records, in order.
     pub(crate) fn fields(&self) -> &[Field] {
         self.fields.as_slice()

@@ -85,7 +85,8 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
             limit: u32::MAX as usize,
         });
     }
-    let mut fields = Fields::default();
+    // Built in place: the records go straight into the message's index.
+    let mut headers = Headers::from_parsed(buf.clone(), Fields::default());
     let mut count = 0usize;
     let mut cur: Option<(usize, usize)> = None; // (line start, content end)
     let mut i = hdr_start;
@@ -103,7 +104,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
             }
         } else {
             if let Some((s, e)) = cur.take() {
-                fields.push(make_field(b, s, e, limits)?);
+                headers.push_field(make_field(b, s, e, limits)?);
             }
             count += 1;
             if count > limits.max_headers {
@@ -116,13 +117,13 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
         i = next;
     }
     if let Some((s, e)) = cur {
-        fields.push(make_field(b, s, e, limits)?);
+        headers.push_field(make_field(b, s, e, limits)?);
     }
 
     // Body.
     let mut cl: Option<usize> = None;
-    for f in fields
-        .as_slice()
+    for f in headers
+        .fields()
         .iter()
         .filter(|f| f.id() == HeaderName::ContentLength.id())
     {
@@ -154,7 +155,6 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     let end = body_start + body_len;
     let body = buf.slice(body_start..end);
     let raw = Some(buf.slice(start..end));
-    let headers = Headers::from_parsed(buf.clone(), fields);
 
     match kind {
         StartLine::Response((status, reason)) => {
