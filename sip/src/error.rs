@@ -321,6 +321,14 @@ impl ParseError {
     }
 }
 
+/// An error whose origin is not known yet (answered by a drop until the
+/// parser classifies the input).
+impl From<ParseErrorKind> for ParseError {
+    fn from(kind: ParseErrorKind) -> Self {
+        ParseError::new(kind, Origin::Unknown)
+    }
+}
+
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (code, reason) = self.kind.status();

@@ -44,8 +44,13 @@ pub(crate) fn parse_message(
     if start == b.len() {
         return Err(ParseError::new(K::Empty, Origin::Unknown));
     }
-    parse_inner(&buf, start, limits, stream)
-        .map_err(|k| ParseError::new(k, classify(&buf.slice(start..))))
+    // Errors come back with an unknown origin; classify the input only then
+    // (the message itself is returned as is, without re-wrapping).
+    let mut result = parse_inner(&buf, start, limits, stream);
+    if let Err(e) = &mut result {
+        *e = ParseError::new(e.kind().clone(), classify(&buf.slice(start..)));
+    }
+    result
 }
 
 /// Find the end of the line starting at `i`: `(content_end, next_line_start)`.
@@ -59,12 +64,18 @@ fn line_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
     Some((end, lf + 1))
 }
 
-fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Result<Message, K> {
+fn parse_inner(
+    buf: &Bytes,
+    start: usize,
+    limits: &Limits,
+    stream: bool,
+) -> Result<Message, ParseError> {
     let b = &buf[..];
     if b.len() - start > limits.max_message_size {
-        return Err(K::MessageTooLarge {
+        return Err((K::MessageTooLarge {
             limit: limits.max_message_size,
-        });
+        })
+        .into());
     }
     let (sl_end, hdr_start) = line_at(b, start).ok_or(K::UnterminatedHeaders)?;
 
@@ -81,9 +92,10 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     // lines folded into the field before them) becomes a compact record as
     // soon as the next field starts.
     if b.len() > u32::MAX as usize {
-        return Err(K::MessageTooLarge {
+        return Err((K::MessageTooLarge {
             limit: u32::MAX as usize,
-        });
+        })
+        .into());
     }
     // Built in place: the records go straight into the message's index.
     let mut headers = Headers::from_parsed(buf.clone(), Fields::default());
@@ -100,7 +112,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
         if b[i] == b' ' || b[i] == b'\t' {
             match cur.as_mut() {
                 Some(c) => c.1 = end,
-                None => return Err(K::BadHeaderLine),
+                None => return Err(K::BadHeaderLine.into()),
             }
         } else {
             if let Some((s, e)) = cur.take() {
@@ -108,9 +120,10 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
             }
             count += 1;
             if count > limits.max_headers {
-                return Err(K::TooManyHeaders {
+                return Err((K::TooManyHeaders {
                     limit: limits.max_headers,
-                });
+                })
+                .into());
             }
             cur = Some((i, end));
         }
@@ -129,7 +142,7 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     {
         let v = f.value_in(b);
         if cl.is_some() || v.contains(&b',') {
-            return Err(K::DuplicateHeader(HeaderName::ContentLength));
+            return Err(K::DuplicateHeader(HeaderName::ContentLength).into());
         }
         cl = Some(
             parse_content_length(v).map_err(|e| K::InvalidHeader(HeaderName::ContentLength, e))?,
@@ -138,19 +151,21 @@ fn parse_inner(buf: &Bytes, start: usize, limits: &Limits, stream: bool) -> Resu
     let available = b.len() - body_start;
     let body_len = match (cl, stream) {
         (Some(n), _) => n,
-        (None, true) => return Err(K::ContentLengthRequired),
+        (None, true) => return Err(K::ContentLengthRequired.into()),
         (None, false) => available,
     };
     if body_len > limits.max_body_size {
-        return Err(K::BodyTooLarge {
+        return Err((K::BodyTooLarge {
             limit: limits.max_body_size,
-        });
+        })
+        .into());
     }
     if body_len > available {
-        return Err(K::ContentLengthExceedsBody {
+        return Err((K::ContentLengthExceedsBody {
             declared: body_len,
             available,
-        });
+        })
+        .into());
     }
     let end = body_start + body_len;
     let body = buf.slice(body_start..end);
