@@ -89,11 +89,30 @@ struct ThreadResult {
     ended_by: &'static str,
 }
 
+/// Options of [`run_sender_with`] beyond [`SendConfig`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendTuning {
+    /// Paced modes: wait (sleeping, never spinning) until a whole `batch` of slots is due, so the
+    /// sender's CPU time is its sending work only and a CPU benchmark can subtract it. Packets
+    /// then leave in bursts of `batch`, slightly later than their slots.
+    pub batch_pacing: bool,
+}
+
 /// Runs the sender on `sock` (cloned once per thread). `stop` ends the run early.
 pub fn run_sender(
     sock: &UdpSocket,
     cfg: &SendConfig,
     stop: &AtomicBool,
+) -> Result<SendReport, SendError> {
+    run_sender_with(sock, cfg, stop, SendTuning::default())
+}
+
+/// [`run_sender`] with [`SendTuning`].
+pub fn run_sender_with(
+    sock: &UdpSocket,
+    cfg: &SendConfig,
+    stop: &AtomicBool,
+    tuning: SendTuning,
 ) -> Result<SendReport, SendError> {
     let n = cfg.dsts.len();
     if n == 0 {
@@ -143,7 +162,8 @@ pub fn run_sender(
             let start = t0 + total_rate.map_or(0, |r| (t as f64 * 1e9 / r) as u64);
             handles.push(scope.spawn(move || {
                 send_thread(
-                    &sock, &streams, dsts, rate, ramp_ns, start, deadline, budget, batch, tag, stop,
+                    &sock, &streams, dsts, rate, ramp_ns, start, deadline, budget, batch, tag,
+                    stop, tuning,
                 )
             }));
         }
@@ -198,6 +218,7 @@ fn send_thread(
     batch_len: usize,
     tag: u32,
     stop: &AtomicBool,
+    tuning: SendTuning,
 ) -> ThreadResult {
     let mut next_seq = vec![0u64; streams.len()];
     let mut batch = SendBatch::with_capacity(batch_len);
@@ -224,6 +245,23 @@ fn send_thread(
             None => u64::MAX,
         }
         .min(budget);
+        // Batch pacing: a whole batch (or what is left of the budget) must be due.
+        let want = if tuning.batch_pacing && schedule.is_some() {
+            (batch_len as u64).min(budget - slot).max(1)
+        } else {
+            1
+        };
+        if due < slot + want
+            && want > 1
+            && let Some(sch) = &schedule
+        {
+            let next_at = start.saturating_add(sch.time_of(slot + want - 1) as u64);
+            let wait = next_at
+                .saturating_sub(now)
+                .min(deadline.saturating_sub(now));
+            std::thread::sleep(Duration::from_nanos(wait.max(1_000)));
+            continue;
+        }
         if due <= slot {
             // Sleep until the next slot (coarse sleep, then spin the last stretch).
             if let Some(sch) = &schedule {
@@ -362,6 +400,40 @@ fn send_end_packets(sock: &UdpSocket, cfg: &SendConfig, sent: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_pacing_sends_every_packet_including_the_last_partial_batch() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let dst = match rx.local_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => a,
+            other => panic!("local addr: {other:?}"),
+        };
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let cfg = SendConfig {
+            dsts: vec![dst],
+            pacing: Pacing::Total(20_000.0),
+            threads: 1,
+            duration: Duration::from_secs(10),
+            max_packets: 150, // two full batches of 64 and one of 22
+            batch: 64,
+            tag: 7,
+            end_packets: 0,
+            ramp: Duration::ZERO,
+        };
+        let stop = AtomicBool::new(false);
+        let tuning = SendTuning { batch_pacing: true };
+        let r = run_sender_with(&tx, &cfg, &stop, tuning).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.sent, 150);
+        assert_eq!(r.ended_by, "max_packets");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while got < 150 && rx.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 150);
+    }
 
     #[test]
     fn flat_schedule_spaces_slots_evenly() {

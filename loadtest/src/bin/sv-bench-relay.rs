@@ -95,7 +95,7 @@ struct Opts {
     /// The common offered rate (pps) of the CPU-per-packet window.
     #[arg(long, default_value_t = 20_000.0)]
     cpu_rate: f64,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     cpu_secs: f64,
     /// Idle baseline measurement (s) before the systems run.
     #[arg(long, default_value_t = 3.0)]
@@ -294,6 +294,10 @@ struct Bench {
     tag: u32,
     /// The system being measured (the live generator is used only for the XDP systems).
     current: String,
+    /// The generator alone at the CPU-window rate (sv_sink on ea0, no relay).
+    reference: Option<CpuWindow>,
+    /// sv-rtp send paces with --batch-pacing (CPU windows).
+    batch_pacing: bool,
 }
 
 /// The live generator with no relay in the path: flat out, sv_sink on ea0.
@@ -325,6 +329,12 @@ struct SystemResult {
     cpu_window_lossless: Option<bool>,
     cpu_ns_per_packet: Option<f64>,
     cpu_attributed_ns_per_packet: Option<f64>,
+    /// Precise task runtimes (generator via getrusage, relay process via /proc), ÷ packets, minus
+    /// the same for the generator-only reference window: the relay's cost including the work the
+    /// kernel does for it inline in the generator's context (XDP, veth and UDP receive paths).
+    cpu_tasks_ns_per_packet: Option<f64>,
+    /// The generator-only window measured right before this system.
+    reference_cpu: Option<CpuWindow>,
     latency: Option<LatencySummary>,
     latency_lost: Option<u64>,
     latency_hlog: Option<String>,
@@ -695,6 +705,71 @@ impl Bench {
         Ok(running)
     }
 
+    /// The generator alone at the CPU-window rate and streams: sv_sink on ea0 counts and drops
+    /// what a relay would get. What the generator's process costs here (including the kernel
+    /// work done in its context up to ea0's XDP) is subtracted from every system's task figure.
+    fn reference_window(&mut self) -> Result<CpuWindow> {
+        let _ = self.lab_xdp(&["detach", "--netns", lab::NS_EDGE, "--iface", "ea0"]);
+        self.lab_xdp(&[
+            "attach",
+            "--netns",
+            lab::NS_EDGE,
+            "--iface",
+            "ea0",
+            "--program",
+            "sv_sink",
+            "--sink-ports",
+            "20000-29999",
+        ])?;
+        let streams = self.o.search_streams as usize;
+        let run = Running {
+            process: None,
+            dsts: (0..streams)
+                .map(|i| {
+                    let port = u16::try_from(20_000 + 2 * i).unwrap_or(20_000);
+                    SocketAddrV4::new(EDGE_A, port)
+                })
+                .collect(),
+            rtpengine_generation: None,
+            teardown: vec![
+                [
+                    "lab-xdp",
+                    "detach",
+                    "--netns",
+                    lab::NS_EDGE,
+                    "--iface",
+                    "ea0",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ],
+            sipveil: self.sipveil.clone(),
+        };
+        let previous = std::mem::replace(&mut self.current, "reference".into());
+        self.tag = self.tag.wrapping_add(1);
+        let result = (|| -> Result<CpuWindow> {
+            let before = self.read_sink_at(lab::NS_EDGE, "ea0")?;
+            self.batch_pacing = true;
+            let window = self.offer_load(&run, streams, self.o.cpu_rate, self.o.cpu_secs, 0);
+            self.batch_pacing = false;
+            let (sent, _, mut cpu) = window?;
+            let got = self
+                .read_sink_at(lab::NS_EDGE, "ea0")?
+                .saturating_sub(before);
+            cpu.packets = got;
+            eprintln!(
+                "generator-only reference at {:.0} pps: sent {sent}, at ea0 {got}, generator {:.0} ns/packet",
+                self.o.cpu_rate,
+                cpu.generator_ns / got.max(1) as f64
+            );
+            Ok(cpu)
+        })();
+        self.current = previous;
+        drop(run);
+        result
+    }
+
     /// Generator self-test (lab up, nothing on ea0): counts with sv_sink on ea0 what the
     /// live-frames generator delivers to the edge at each rate, with no relay in the path.
     fn live_selftest(&mut self, rates: &[f64], secs: f64) -> Result<Vec<LiveCapacity>> {
@@ -916,6 +991,12 @@ impl Bench {
             .arg(max_packets.to_string())
             .arg("--tag")
             .arg(self.tag.to_string());
+        if self.batch_pacing {
+            // CPU windows: no spinning between slots, so the generator's CPU time is its sending
+            // work only, which the task figure subtracts (a spinning pacer would hide relay work
+            // done inline in its context, and fill the whole-system figure with spin)
+            cmd.arg("--batch-pacing");
+        }
         let relay0 = pid_cpu_ns(run.relay_pid());
         let kids0 = children_cpu_ns();
         let cpu0 = read_cpu()?;
@@ -1025,6 +1106,15 @@ impl Bench {
     }
 
     fn measure(&mut self, name: &str, res: &mut SystemResult) -> Result<()> {
+        // The generator alone, right before this system (other load drifts during a run).
+        match self.reference_window() {
+            Ok(r) => self.reference = Some(r),
+            Err(e) => {
+                self.reference = None;
+                res.errors.push(format!("generator-only reference: {e:#}"));
+            }
+        }
+        res.reference_cpu = self.reference;
         self.current = name.to_owned();
         let n = self.o.latency_streams.max(self.o.search_streams);
         let mut run = match name {
@@ -1047,7 +1137,10 @@ impl Bench {
             let this = &mut *self;
             // CPU per packet at the common rate
             let (cpu_rate, cpu_secs) = (this.o.cpu_rate, this.o.cpu_secs);
-            let (ok, _ach, sent, got, cpu) = this.trial(&mut run, streams, cpu_rate, cpu_secs)?;
+            this.batch_pacing = true;
+            let window = this.trial(&mut run, streams, cpu_rate, cpu_secs);
+            this.batch_pacing = false;
+            let (ok, _ach, sent, got, cpu) = window?;
             eprintln!(
                 "  [{name}] cpu window at {:.0} pps: sent {sent}, relayed {got}, {:.0} ns/packet (attributed {:.0})",
                 cpu_rate,
@@ -1057,6 +1150,10 @@ impl Bench {
             res.cpu_window_lossless = Some(ok);
             res.cpu_ns_per_packet = cpu.ns_per_packet();
             res.cpu_attributed_ns_per_packet = cpu.attributed_ns_per_packet();
+            res.cpu_tasks_ns_per_packet = this.reference.and_then(|r| {
+                let own = (cpu.generator_ns + cpu.relay_process_ns) / cpu.packets.max(1) as f64;
+                (r.packets > 0 && cpu.packets > 0).then(|| own - r.generator_ns / r.packets as f64)
+            });
             res.cpu = Some(cpu);
 
             let mut search = RateSearch::new(
@@ -1238,6 +1335,8 @@ fn run() -> Result<bool> {
         baseline_busy_ns_per_s: 0.0,
         tag: 0x5256,
         current: String::new(),
+        reference: None,
+        batch_pacing: false,
     };
     let session = if bench.o.external_lab {
         eprintln!("lab: using the lab as it is (--external-lab)");
@@ -1326,11 +1425,17 @@ fn run() -> Result<bool> {
     // The whole-system figure needs an idle-enough machine: when other load keeps every CPU busy,
     // our load displaces it instead of adding busy time and the difference is meaningless. Then
     // the ratios use the attributed figure and say so.
+    let tcpu = |n: &str| get(n).and_then(|r| r.cpu_tasks_ns_per_packet);
+    let tasks_ok = ["xdp", "fallback", "rtpengine"]
+        .iter()
+        .all(|n| get(n).is_none_or(|r| r.cpu_tasks_ns_per_packet.is_some()));
     let whole_ok = bench.baseline_busy_ns_per_s / 1e9 <= bench.o.quiet_baseline
         && ["xdp", "fallback", "rtpengine"]
             .iter()
             .all(|n| get(n).is_none_or(|r| r.cpu_ns_per_packet.is_some()));
-    let cpu_method = if whole_ok {
+    let cpu_method = if tasks_ok {
+        "tasks (precise runtime of generator + relay process, minus the generator-only reference window)".to_owned()
+    } else if whole_ok {
         "whole-system (/proc/stat busy - generator CPU - idle baseline)".to_owned()
     } else {
         format!(
@@ -1338,8 +1443,16 @@ fn run() -> Result<bool> {
             bench.baseline_busy_ns_per_s / 1e9
         )
     };
+    let whole_xdp = ratio(cpu("xdp"), cpu("rtpengine"));
+    let whole_fb = ratio(cpu("fallback"), cpu("rtpengine"));
     let cpu = |n: &str| {
-        if whole_ok { cpu(n) } else { acpu(n) }
+        if tasks_ok {
+            tcpu(n)
+        } else if whole_ok {
+            cpu(n)
+        } else {
+            acpu(n)
+        }
     };
     let xdp_cpu = ratio(cpu("xdp"), cpu("rtpengine"));
     let xdp_pps = ratio(zl("xdp"), zl("rtpengine"));
@@ -1356,6 +1469,15 @@ fn run() -> Result<bool> {
         "xdp_vs_ceiling_relay_only": xdp_ceil_relay_only,
         "live_generator_capacity": live_capacity,
         "cpu_method": cpu_method,
+        "whole_system_cpu": {
+            "usable": bench.baseline_busy_ns_per_s / 1e9 <= bench.o.quiet_baseline,
+            "xdp_vs_rtpengine_cpu_per_packet": whole_xdp,
+            "fallback_vs_rtpengine_cpu_per_packet": whole_fb,
+        },
+        "tasks_cpu": {
+            "xdp_vs_rtpengine_cpu_per_packet": ratio(tcpu("xdp"), tcpu("rtpengine")),
+            "fallback_vs_rtpengine_cpu_per_packet": ratio(tcpu("fallback"), tcpu("rtpengine")),
+        },
         "attributed_cpu": {
             "xdp_vs_rtpengine_cpu_per_packet": ratio(acpu("xdp"), acpu("rtpengine")),
             "fallback_vs_rtpengine_cpu_per_packet": ratio(acpu("fallback"), acpu("rtpengine")),
@@ -1402,10 +1524,11 @@ fn run() -> Result<bool> {
     println!("relay benchmark ({})", path.display());
     for r in results.values() {
         println!(
-            "  {:<10} zero-loss {:>10} pps{}  cpu {:>8} ns/pkt (attributed {:>8})  p50/p99/p99.9 {}{}",
+            "  {:<10} zero-loss {:>10} pps{}  cpu tasks {:>8} ns/pkt (whole {:>8}, attributed {:>8})  p50/p99/p99.9 {}{}",
             r.name,
             r.zero_loss_pps.map_or("n/a".into(), |v| format!("{v:.0}")),
             if r.generator_limited { "+" } else { " " },
+            show(r.cpu_tasks_ns_per_packet),
             show(r.cpu_ns_per_packet),
             show(r.cpu_attributed_ns_per_packet),
             r.latency.map_or("n/a".into(), |l| format!(

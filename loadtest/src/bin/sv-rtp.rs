@@ -13,7 +13,9 @@ use sipveil_loadtest::hlog::HlogLog;
 use sipveil_loadtest::net;
 use sipveil_loadtest::receiver::{RecvConfig, RecvReport, run_receiver};
 use sipveil_loadtest::report::{DirectionCheck, RunReport, check_direction};
-use sipveil_loadtest::sender::{Pacing, SendConfig, SendReport, run_sender};
+use sipveil_loadtest::sender::{
+    Pacing, SendConfig, SendReport, SendTuning, run_sender, run_sender_with,
+};
 
 #[derive(Parser)]
 #[command(
@@ -99,6 +101,10 @@ struct SendArgs {
     /// Packets per sendmmsg call.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Paced: sleep (never spin) until a whole --batch is due, so the sender's CPU time is only
+    /// its sending work (for CPU benchmarks that subtract it); packets leave in bursts of --batch.
+    #[arg(long)]
+    batch_pacing: bool,
     /// Run time in seconds (always bounded).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -317,7 +323,10 @@ fn run() -> Result<ExitCode> {
         Cmd::Send { send, out } => {
             let cfg = send_config(&send)?;
             let sock = bind(send.bind)?;
-            let r = run_sender(&sock, &cfg, &stop)?;
+            let tuning = SendTuning {
+                batch_pacing: send.batch_pacing,
+            };
+            let r = run_sender_with(&sock, &cfg, &stop, tuning)?;
             print_send(&r);
             emit(
                 &RunReport {
