@@ -148,6 +148,8 @@ pub(crate) fn end_of_quoted(b: &[u8], i: usize) -> Option<usize> {
 
 /// First index `>= from` of `needle` outside quoted strings and `<...>`.
 pub(crate) fn find_top_level(b: &[u8], from: usize, needle: u8) -> Option<usize> {
+    // Most values hold no `needle` at all: one SWAR scan settles that.
+    find_byte(b.get(from..)?, needle)?;
     let mut i = from;
     let mut angle = false;
     while i < b.len() {
@@ -463,6 +465,17 @@ mod tests {
         }
         assert!(eq_ic(b"SIP/2.0", b"sip/2.0"));
         assert!(!eq_ic(b"SIP/2.0", b"SIP/2.00"));
+    }
+
+    #[test]
+    fn find_top_level_skips_quotes_and_angles() {
+        let v = b"\"a,b\" <sip:x;y,z> , w;q";
+        assert_eq!(find_top_level(v, 0, b','), Some(18));
+        assert_eq!(find_top_level(v, 0, b';'), Some(21));
+        assert_eq!(find_top_level(v, 20, b','), None);
+        assert_eq!(find_top_level(v, 100, b','), None);
+        assert_eq!(find_top_level(b"\"a,b\"", 0, b','), None);
+        assert_eq!(find_top_level(b"<a,b", 0, b','), None);
     }
 
     #[test]
