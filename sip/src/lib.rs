@@ -5,9 +5,12 @@
 //!
 //! - [`message`]: [`Request`], [`Response`], [`Message`]; printing (`to_bytes`,
 //!   `write_to`); mutation (`headers_mut`, `set_body`, `set_uri`).
-//! - [`parse`]: [`parse_datagram`] (UDP).
+//! - [`parse`]: [`parse_datagram`] (UDP): framing, start line, header index
+//!   and the checks that address an answer; [`Message::validate`] runs the
+//!   full header checks (see below).
 //! - [`framer`]: [`StreamFramer`] (TCP/TLS), incremental, with RFC 5626 keep-alives.
-//! - [`headers`], [`header_name`]: raw ordered header fields; open name table with compact forms.
+//! - [`headers`], [`header_name`]: raw ordered header fields (compact inline
+//!   records, `Bytes` views on demand); open name table with compact forms.
 //! - [`views`]: typed views on demand (Via, NameAddr for From/To/Contact/Route/PAI,
 //!   CSeq, Call-ID, Max-Forwards, Content-Length, Content-Type, Expires, auth, Privacy, token lists).
 //!   `Via::check`, `NameAddr::check`, `Contact::check` and `Uri::check` validate
@@ -97,8 +100,9 @@
 //!   `Bytes`; `write_to` copies into the caller's buffer).
 //! - Typed views: nothing (slices), except `display_name` with escapes
 //!   (`Cow::Owned`), `Uri::user_unescaped`, and list helpers returning `Vec`.
-//! - Mutation: the new header line / start line; printing a mutated message
-//!   allocates one output buffer.
+//! - Mutation: the new header line / start line (the first added header
+//!   line also allocates the small list that holds added lines); printing a
+//!   mutated message allocates one output buffer.
 //! - [`StreamFramer`]: its receive buffer grows as needed; complete messages
 //!   are split off without copying.
 //! - Error paths only: a framing error in [`StreamFramer`] copies the buffered
