@@ -335,6 +335,10 @@ struct SystemResult {
     cpu_tasks_ns_per_packet: Option<f64>,
     /// The generator-only window measured right before this system.
     reference_cpu: Option<CpuWindow>,
+    /// Whole-system busy time (/proc/stat) of the window minus that of the reference window
+    /// (scaled to the same length), ÷ packets: the idle baseline and the generator cancel out.
+    /// Tick-sampled, needs a quiet machine.
+    cpu_whole_vs_reference_ns_per_packet: Option<f64>,
     latency: Option<LatencySummary>,
     latency_lost: Option<u64>,
     latency_hlog: Option<String>,
@@ -1154,6 +1158,11 @@ impl Bench {
                 let own = (cpu.generator_ns + cpu.relay_process_ns) / cpu.packets.max(1) as f64;
                 (r.packets > 0 && cpu.packets > 0).then(|| own - r.generator_ns / r.packets as f64)
             });
+            res.cpu_whole_vs_reference_ns_per_packet = this.reference.and_then(|r| {
+                let scale = cpu.window_s / r.window_s.max(1e-9);
+                let net = cpu.system_busy_ns - r.system_busy_ns * scale;
+                (cpu.packets > 0).then(|| net / cpu.packets as f64)
+            });
             res.cpu = Some(cpu);
 
             let mut search = RateSearch::new(
@@ -1443,8 +1452,9 @@ fn run() -> Result<bool> {
             bench.baseline_busy_ns_per_s / 1e9
         )
     };
-    let whole_xdp = ratio(cpu("xdp"), cpu("rtpengine"));
-    let whole_fb = ratio(cpu("fallback"), cpu("rtpengine"));
+    let wref = |n: &str| get(n).and_then(|r| r.cpu_whole_vs_reference_ns_per_packet);
+    let whole_xdp = ratio(wref("xdp"), wref("rtpengine"));
+    let whole_fb = ratio(wref("fallback"), wref("rtpengine"));
     let cpu = |n: &str| {
         if tasks_ok {
             tcpu(n)
@@ -1470,6 +1480,7 @@ fn run() -> Result<bool> {
         "live_generator_capacity": live_capacity,
         "cpu_method": cpu_method,
         "whole_system_cpu": {
+            "method": "(/proc/stat busy of the window - busy of the generator-only reference window) / packets",
             "usable": bench.baseline_busy_ns_per_s / 1e9 <= bench.o.quiet_baseline,
             "xdp_vs_rtpengine_cpu_per_packet": whole_xdp,
             "fallback_vs_rtpengine_cpu_per_packet": whole_fb,
@@ -1524,11 +1535,12 @@ fn run() -> Result<bool> {
     println!("relay benchmark ({})", path.display());
     for r in results.values() {
         println!(
-            "  {:<10} zero-loss {:>10} pps{}  cpu tasks {:>8} ns/pkt (whole {:>8}, attributed {:>8})  p50/p99/p99.9 {}{}",
+            "  {:<10} zero-loss {:>10} pps{}  cpu tasks {:>8} ns/pkt (whole-vs-ref {:>8}, whole {:>8}, attributed {:>8})  p50/p99/p99.9 {}{}",
             r.name,
             r.zero_loss_pps.map_or("n/a".into(), |v| format!("{v:.0}")),
             if r.generator_limited { "+" } else { " " },
             show(r.cpu_tasks_ns_per_packet),
+            show(r.cpu_whole_vs_reference_ns_per_packet),
             show(r.cpu_ns_per_packet),
             show(r.cpu_attributed_ns_per_packet),
             r.latency.map_or("n/a".into(), |l| format!(
