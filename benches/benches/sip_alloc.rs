@@ -90,6 +90,17 @@ fn main() {
             |b| drop(black_box(common::rsip::parse(b))),
         ),
         (
+            "parse_validate",
+            |b| {
+                let message = common::sipveil::parse(b);
+                message
+                    .validate(&sipveil_sip::Limits::default())
+                    .expect("benchmark message validates");
+                drop(black_box(message))
+            },
+            |b| drop(black_box(common::rsip::parse(b))),
+        ),
+        (
             "parse_print",
             |b| drop(black_box(common::sipveil::parse_print(b))),
             |b| drop(black_box(common::rsip::parse_print(b))),

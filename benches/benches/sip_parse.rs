@@ -2,9 +2,11 @@
 //!
 //! `cargo bench -p sipveil-benches --bench sip_parse`
 //!
-//! For a REGISTER, an INVITE with SDP and a 200 OK with SDP, three operations each:
-//! `parse`, `parse_print` (forwarding an unmodified message) and `parse_rewrite_print` (the
-//! privacy rewrite, see `common/mod.rs`). At the end the binary prints two tables:
+//! For a REGISTER, an INVITE with SDP and a 200 OK with SDP, four operations each:
+//! `parse`, `parse_validate` (sipveil: the datagram parse plus `Message::validate`, the full
+//! header checks; rsip: its parse, which has no validation step), `parse_print` (forwarding an
+//! unmodified message) and `parse_rewrite_print` (the privacy rewrite, see `common/mod.rs`).
+//! At the end the binary prints two tables:
 //!
 //! 1. criterion's mean wall-clock time per message for both parsers and the ratio;
 //! 2. an interleaved comparison: batches of sipveil and rsip alternate, each batch timed with
@@ -23,10 +25,25 @@ mod common;
 
 type Operation = (&'static str, fn(&bytes::Bytes), fn(&bytes::Bytes));
 
+/// sipveil's datagram parse followed by the full header checks that it leaves to
+/// `Message::validate` (see the `sipveil-sip` crate docs).
+fn sipveil_parse_validate(b: &bytes::Bytes) -> sipveil_sip::Message {
+    let message = common::sipveil::parse(b);
+    message
+        .validate(&sipveil_sip::Limits::default())
+        .expect("benchmark message validates");
+    message
+}
+
 const OPERATIONS: &[Operation] = &[
     (
         "parse",
         |b| drop(black_box(common::sipveil::parse(b))),
+        |b| drop(black_box(common::rsip::parse(b))),
+    ),
+    (
+        "parse_validate",
+        |b| drop(black_box(sipveil_parse_validate(b))),
         |b| drop(black_box(common::rsip::parse(b))),
     ),
     (
