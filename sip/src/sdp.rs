@@ -204,7 +204,12 @@ impl Line {
 
     fn write_to<B: BufMut>(&self, out: &mut B) {
         out.put_slice(&self.text);
-        out.put_slice(self.ending.as_bytes());
+        // Constant-length copies, so the two-byte terminator needs no `memcpy` call.
+        match self.ending {
+            LineEnding::CrLf => out.put_slice(b"\r\n"),
+            LineEnding::Lf => out.put_slice(b"\n"),
+            LineEnding::None => {}
+        }
     }
 }
 
@@ -603,14 +608,12 @@ impl MediaSection {
     /// `IN IP4|IP6 <address>`. Returns how many lines were rewritten.
     pub fn rewrite_rtcp(&mut self, port: u16, address: Option<IpAddr>) -> usize {
         let mut count = 0;
+        let port = StackText::decimal(u64::from(port));
         for line in &mut self.lines {
-            let is_rtcp = line
-                .attribute()
-                .is_some_and(|a| a.name == b"rtcp" && a.value.is_some());
-            if !is_rtcp {
+            // `a=rtcp:...`, tested without splitting every attribute at its colon.
+            if !line.text.starts_with(b"a=rtcp:") {
                 continue;
             }
-            let port = StackText::decimal(u64::from(port));
             line.text = match address {
                 Some(address) => {
                     let ip = StackText::ip(address);
@@ -698,15 +701,17 @@ impl SessionDescription {
                 }
                 return Err(SdpError::EmptyLine { line: line_no });
             }
-            let (content_len, ending, consumed) = match rest.iter().position(|&b| b == b'\n') {
-                Some(lf) if lf > 0 && rest[lf - 1] == b'\r' => (lf - 1, LineEnding::CrLf, lf + 1),
-                Some(lf) => (lf, LineEnding::Lf, lf + 1),
-                None => (rest.len(), LineEnding::None, rest.len()),
+            // One scan finds the end of the line and any carriage return inside it.
+            let content_len = find_cr_or_lf(rest);
+            let (ending, consumed) = match rest.get(content_len..content_len + 2) {
+                Some(b"\r\n") => (LineEnding::CrLf, content_len + 2),
+                _ => match rest.get(content_len) {
+                    Some(b'\n') => (LineEnding::Lf, content_len + 1),
+                    Some(_) => return Err(SdpError::BareCarriageReturn { line: line_no }),
+                    None => (LineEnding::None, content_len),
+                },
             };
-            let content = &rest[..content_len];
-            if content.contains(&b'\r') {
-                return Err(SdpError::BareCarriageReturn { line: line_no });
-            }
+            let content = rest.get(..content_len).unwrap_or_default();
             let [kind, b'=', value @ ..] = content else {
                 return Err(SdpError::MalformedLine { line: line_no });
             };
@@ -1026,10 +1031,12 @@ fn validate_line(kind: u8, value: &[u8], line: usize) -> Result<(), SdpError> {
             parse_bandwidth(value).ok_or(SdpError::MalformedBandwidth { line })?;
         }
         b'a' => {
-            let attribute = Attribute::parse(value);
-            if attribute.name == b"rtcp" {
-                attribute
-                    .value
+            // Only `a=rtcp` is validated: test for that name without splitting every attribute.
+            if let Some(after) = value.strip_prefix(b"rtcp")
+                && matches!(after.first(), None | Some(b':'))
+            {
+                after
+                    .get(1..)
                     .and_then(Rtcp::parse)
                     .ok_or(SdpError::MalformedRtcp { line })?;
             }
@@ -1037,6 +1044,36 @@ fn validate_line(kind: u8, value: &[u8], line: usize) -> Result<(), SdpError> {
         _ => {}
     }
     Ok(())
+}
+
+/// The index of the first CR or LF in `bytes`, or its length: eight bytes per step.
+fn find_cr_or_lf(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const CR: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let (lf, cr) = (word ^ LF, word ^ CR);
+        // A zero byte in `lf` or `cr` is a match. The lowest flagged byte is always a true
+        // match (borrows only create false flags above a real one), so counting trailing
+        // zeros of the little-endian word gives the first match.
+        let found = ((lf.wrapping_sub(ONES) & !lf) | (cr.wrapping_sub(ONES) & !cr)) & HIGHS;
+        if found != 0 {
+            return offset + (found.trailing_zeros() / 8) as usize;
+        }
+        offset += 8;
+    }
+    offset
+        + chunks
+            .remainder()
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(chunks.remainder().len())
 }
 
 fn parse_timing(value: &[u8]) -> Option<(u64, u64)> {
@@ -1121,9 +1158,35 @@ impl StackText {
             buf: [0; 48],
             len: 0,
         };
-        // Cannot fail: the longest IPv6 text form is 45 bytes.
-        let _ = fmt::Write::write_fmt(&mut text, format_args!("{address}"));
+        match address {
+            // Dotted quad written directly: the `Display` machinery costs ~900 instructions.
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b".");
+                    }
+                    text.push_u8(octet);
+                }
+            }
+            IpAddr::V6(_) => {
+                // Cannot fail: the longest IPv6 text form is 45 bytes. IPv6 keeps `Display`
+                // for its zero-run compression rules (RFC 5952).
+                let _ = fmt::Write::write_fmt(&mut text, format_args!("{address}"));
+            }
+        }
         text
+    }
+
+    /// Append a decimal `u8` (1 to 3 digits).
+    fn push_u8(&mut self, value: u8) {
+        let (hundreds, tens, ones) = (value / 100, value / 10 % 10, value % 10);
+        if hundreds > 0 {
+            self.push(&[b'0' + hundreds, b'0' + tens, b'0' + ones]);
+        } else if tens > 0 {
+            self.push(&[b'0' + tens, b'0' + ones]);
+        } else {
+            self.push(&[b'0' + ones]);
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) -> bool {
@@ -1187,19 +1250,26 @@ impl<'a> Tokens<'a> {
     }
 
     fn skip_spaces(&mut self) {
-        while self.input.get(self.pos) == Some(&b' ') {
-            self.pos += 1;
+        let (input, mut pos) = (self.input, self.pos);
+        while pos < input.len() && input[pos] == b' ' {
+            pos += 1;
         }
+        self.pos = pos;
     }
 
     /// The next token as a range into the input.
     fn next_range(&mut self) -> Option<(usize, usize)> {
-        self.skip_spaces();
-        let start = self.pos;
-        while self.input.get(self.pos).is_some_and(|&b| b != b' ') {
-            self.pos += 1;
+        // A local cursor: the loops stay in registers.
+        let (input, mut pos) = (self.input, self.pos);
+        while pos < input.len() && input[pos] == b' ' {
+            pos += 1;
         }
-        (self.pos > start).then_some((start, self.pos))
+        let start = pos;
+        while pos < input.len() && input[pos] != b' ' {
+            pos += 1;
+        }
+        self.pos = pos;
+        (pos > start).then_some((start, pos))
     }
 
     /// What follows the last token, leading spaces skipped.

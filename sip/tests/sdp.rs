@@ -627,6 +627,33 @@ fn config() -> ProptestConfig {
     }
 }
 
+#[test]
+fn line_ends_and_bare_carriage_returns_are_found_at_every_offset() {
+    // Line lengths around and beyond the eight-byte scan step, every terminator kind.
+    for len in 1..40 {
+        let value = "x".repeat(len);
+        for ending in ["\r\n", "\n", ""] {
+            let body = format!("v=0\r\ns={value}{ending}");
+            let sdp = parse(body.as_bytes());
+            assert_eq!(sdp.session_name(), Some(value.as_bytes()), "{body:?}");
+            assert_eq!(&sdp.to_bytes()[..], body.as_bytes());
+        }
+        for cr_at in 0..len {
+            let mut bad = value.clone().into_bytes();
+            bad[cr_at] = b'\r';
+            let mut body = b"v=0\r\ns=".to_vec();
+            body.extend_from_slice(&bad);
+            body.extend_from_slice(b"\r\nt=0 0\r\n");
+            assert_eq!(
+                SessionDescription::parse(Bytes::from(body.clone())),
+                Err(SdpError::BareCarriageReturn { line: 2 }),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -671,6 +698,28 @@ proptest! {
             .all(|a| !ICE_ATTRIBUTES.iter().any(|p| p.matches(a.name))));
         prop_assert!(reparsed.media().all(|m| m.port() == port));
         prop_assert_eq!(reparsed.origin().map(|o| o.session_id), Some(&b"42"[..]));
+    }
+
+    #[test]
+    fn rewritten_ipv4_addresses_are_written_as_dotted_quads(bits in any::<u32>(), port in any::<u16>()) {
+        let address = Ipv4Addr::from(bits);
+        let expected = address.to_string();
+        let mut sdp = parse(b"v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\n\
+            t=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:4001 IN IP4 192.0.2.1\r\n");
+        sdp.rewrite_origin(&OriginRewrite {
+            username: b"-", session_id: b"7", session_version: None, address: IpAddr::V4(address),
+        }).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        sdp.set_all_connection_addresses(IpAddr::V4(address));
+        for media in sdp.media_mut() {
+            media.rewrite_rtcp(port, Some(IpAddr::V4(address)));
+        }
+        let printed = String::from_utf8(sdp.to_bytes().to_vec())
+            .map_err(|_| TestCaseError::fail("not UTF-8"))?;
+        let wanted = format!(
+            "v=0\r\no=- 7 1 IN IP4 {expected}\r\ns=-\r\nc=IN IP4 {expected}\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 0\r\na=rtcp:{port} IN IP4 {expected}\r\n"
+        );
+        prop_assert_eq!(printed, wanted);
     }
 
     #[test]
