@@ -866,7 +866,8 @@ impl SessionDescription {
         };
         let mut rewritten = 0;
         for line in self.session.iter_mut().filter(|l| l.kind() == b'o') {
-            let old_version = Origin::parse(line.value()).map(|o| o.session_version);
+            // The third token; every `o=` line was checked to have six when parsed.
+            let old_version = Tokens::new(line.value()).nth(2);
             line.text = encode(new.session_version.or(old_version).unwrap_or(b"0"));
             rewritten += 1;
         }
@@ -1018,12 +1019,10 @@ fn validate_line(kind: u8, value: &[u8], line: usize) -> Result<(), SdpError> {
         b'v' if line == 1 => return Err(SdpError::UnsupportedVersion),
         b'v' => return Err(SdpError::DuplicateVersion { line }),
         _ if line == 1 => return Err(SdpError::MissingVersion),
-        b'o' => {
-            Origin::parse(value).ok_or(SdpError::MalformedOrigin { line })?;
-        }
-        b'c' => {
-            Connection::parse(value).ok_or(SdpError::MalformedConnection { line })?;
-        }
+        // Exactly what `Origin::parse` / `Connection::parse` accept, counted without
+        // building the views.
+        b'o' if count_tokens(value) != 6 => return Err(SdpError::MalformedOrigin { line }),
+        b'c' if count_tokens(value) != 3 => return Err(SdpError::MalformedConnection { line }),
         b't' => {
             parse_timing(value).ok_or(SdpError::MalformedTiming { line })?;
         }
@@ -1236,6 +1235,17 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 
 fn parse_u16(digits: &[u8]) -> Option<u16> {
     parse_u64(digits).and_then(|v| u16::try_from(v).ok())
+}
+
+/// How many space-separated tokens `value` has (what [`Tokens`] would yield).
+fn count_tokens(value: &[u8]) -> usize {
+    let mut count = 0;
+    let mut previous = b' ';
+    for &b in value {
+        count += usize::from(previous == b' ' && b != b' ');
+        previous = b;
+    }
+    count
 }
 
 /// Space-separated tokens; runs of spaces count as one separator.
