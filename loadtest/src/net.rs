@@ -97,19 +97,7 @@ impl SendBatch {
                 iov_len: PACKET_LEN,
             });
         }
-        self.hdrs.clear();
-        for i in 0..n {
-            // SAFETY: an all-zero msghdr is valid (null pointers with zero lengths).
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_name = (&raw mut self.addrs[i]).cast();
-            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = &raw mut self.iovs[i];
-            msg.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: msg,
-                msg_len: 0,
-            });
-        }
+        fill_mmsghdrs(&mut self.hdrs, &mut self.addrs[..n], &mut self.iovs[..n]);
         let vlen = libc::c_uint::try_from(n).unwrap_or(libc::c_uint::MAX);
         // SAFETY: hdrs[..n] point into addrs/iovs/packets, which are not touched until the call
         // returns; every pointer/length pair describes memory owned by `self`.
@@ -163,19 +151,7 @@ impl RecvBatch {
                 iov_len: RECV_BUF_LEN,
             });
         }
-        self.hdrs.clear();
-        for i in 0..n {
-            // SAFETY: an all-zero msghdr is valid.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_name = (&raw mut self.addrs[i]).cast();
-            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = &raw mut self.iovs[i];
-            msg.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: msg,
-                msg_len: 0,
-            });
-        }
+        fill_mmsghdrs(&mut self.hdrs, &mut self.addrs[..n], &mut self.iovs[..n]);
         let vlen = libc::c_uint::try_from(n).unwrap_or(libc::c_uint::MAX);
         // SAFETY: every header points at buffers/addresses owned by `self` that outlive the call;
         // MSG_WAITFORONE returns as soon as one datagram is there (after blocking for the first
@@ -211,6 +187,29 @@ impl RecvBatch {
             });
         }
         Ok(got)
+    }
+}
+
+/// Rebuilds `hdrs` with one header per (address, iovec) pair: the shared shape of the send and
+/// receive batches. The headers point into `addrs` and `iovs`, which must not move or be resized
+/// until the syscall that uses them has returned.
+fn fill_mmsghdrs(
+    hdrs: &mut Vec<libc::mmsghdr>,
+    addrs: &mut [libc::sockaddr_in],
+    iovs: &mut [libc::iovec],
+) {
+    hdrs.clear();
+    for (addr, iov) in addrs.iter_mut().zip(iovs.iter_mut()) {
+        // SAFETY: an all-zero msghdr is valid (null pointers with zero lengths).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (addr as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        hdrs.push(libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        });
     }
 }
 
