@@ -1,0 +1,1 @@
+//! sans-IO anonymous registrar (issue 4). Work in progress.
