@@ -1,8 +1,11 @@
-//! The sipveil daemon as a library: the binary (`src/main.rs`), the tests and the benches use it.
+//! The daemon as a library: the binary (`src/main.rs`), the tests and the benches use it.
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod media;
+pub mod metrics;
 pub mod relay;
+pub mod sip;
+pub mod store;
 pub mod sys;

@@ -1,0 +1,1 @@
+//! Prometheus metrics and HdrHistogram interval logs. Work in progress (issue 4).

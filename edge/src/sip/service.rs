@@ -1,0 +1,1 @@
+//! The transaction user on each worker. Work in progress (issue 4).

@@ -1,0 +1,1 @@
+//! Durable registrar storage (redb, group commit). Work in progress (issue 4).
