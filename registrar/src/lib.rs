@@ -7,7 +7,18 @@
 
 use std::net::SocketAddr;
 
-use sipveil_sip::{Request, Response};
+use sipveil_sip::Response;
+
+mod binding;
+mod digest;
+mod registrar;
+mod users;
+
+pub use registrar::Registrar;
+pub use users::{
+    MAX_NAME, NameError, RESERVED, format_user_line, ha1_md5, ha1_sha256, normalize_name,
+    parse_users,
+};
 
 /// Registration policy of a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,30 +115,6 @@ impl core::fmt::Display for UsersError {
 }
 
 impl std::error::Error for UsersError {}
-
-/// Parse a users file.
-pub fn parse_users(text: &str) -> Result<Vec<UserEntry>, UsersError> {
-    let _ = text;
-    todo!()
-}
-
-/// SHA-256 HA1 = SHA-256(user ":" realm ":" password).
-pub fn ha1_sha256(user: &str, realm: &str, password: &str) -> [u8; 32] {
-    let _ = (user, realm, password);
-    todo!()
-}
-
-/// MD5 HA1 = MD5(user ":" realm ":" password).
-pub fn ha1_md5(user: &str, realm: &str, password: &str) -> [u8; 16] {
-    let _ = (user, realm, password);
-    todo!()
-}
-
-/// One users-file line for `sipveil ha1` (`name sha256:<hex> md5:<hex>`).
-pub fn format_user_line(user: &str, realm: &str, password: &str, with_md5: bool) -> String {
-    let _ = (user, realm, password, with_md5);
-    todo!()
-}
 
 /// Transport of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -283,6 +270,13 @@ pub enum RegisterOutcome {
         /// For metrics.
         report: Report,
     },
+    /// The request's own header fields do not allow any response to be
+    /// built (for example a malformed lower Via the TU did not validate):
+    /// drop it. No state changed.
+    Drop {
+        /// For metrics.
+        report: Report,
+    },
     /// Persist `ops` durably, then send `response`.
     Commit {
         /// Store operations.
@@ -340,64 +334,4 @@ pub struct DomainCount {
     pub bindings: usize,
     /// Distinct addresses of record.
     pub aors: usize,
-}
-
-/// The registrar.
-#[derive(Debug)]
-pub struct Registrar {
-    cfg: RegistrarConfig,
-    secret: [u8; 32],
-}
-
-impl Registrar {
-    /// New registrar.
-    pub fn new(cfg: RegistrarConfig, secret: [u8; 32]) -> Registrar {
-        Registrar { cfg, secret }
-    }
-    /// Replace the configuration; keeps bindings.
-    pub fn reconfigure(&mut self, cfg: RegistrarConfig) {
-        self.cfg = cfg;
-    }
-    /// Load one stored binding (drops expired ones).
-    pub fn restore(&mut self, key: &[u8], value: &[u8], now_ms: u64) -> Result<(), DecodeError> {
-        let _ = (key, value, now_ms, &self.secret);
-        todo!()
-    }
-    /// Handle a REGISTER.
-    pub fn register(&mut self, now_ms: u64, req: &Request, flow: &FlowInfo) -> RegisterOutcome {
-        let _ = (now_ms, req, flow);
-        todo!()
-    }
-    /// Drop expired bindings; the Delete ops to persist.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<StoreOp> {
-        let _ = now_ms;
-        todo!()
-    }
-    /// Earliest expiry, ms since the UNIX epoch.
-    pub fn next_expiry(&self) -> Option<u64> {
-        todo!()
-    }
-    /// Live bindings of `user@host`, q descending.
-    pub fn lookup(&self, user: &str, host: &str, now_ms: u64) -> Vec<Binding> {
-        let _ = (user, host, now_ms);
-        todo!()
-    }
-    /// The served domain for `host` (case-insensitive).
-    pub fn domain(&self, host: &str) -> Option<&DomainConfig> {
-        let _ = host;
-        todo!()
-    }
-    /// Whether `user@host` refuses anonymous calls (user setting overrides the domain default).
-    pub fn refuses_anonymous(&self, user: &str, host: &str) -> bool {
-        let _ = (user, host);
-        todo!()
-    }
-    /// Every binding held (live or not yet expired by `expire`).
-    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
-        self.cfg.domains.iter().filter_map(|_| None::<&Binding>)
-    }
-    /// Bindings per domain, for metrics gauges.
-    pub fn counts(&self) -> Vec<DomainCount> {
-        todo!()
-    }
 }
