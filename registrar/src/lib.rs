@@ -1,9 +1,95 @@
-//! sans-IO anonymous registrar (issue 4): per-domain policy (open /
-//! authenticated / closed), bindings, RFC 7616 digest. No sockets, clocks or
-//! randomness inside: time (`now_ms`, wall-clock milliseconds since the UNIX
-//! epoch) and secrets are parameters.
+//! sans-IO anonymous registrar (issue 4): domains as virtual hosts with a
+//! per-domain policy (open / authenticated / closed), bindings (RFC 3261
+//! §10.3, RFC 5626), RFC 7616 digest. No sockets, clocks or randomness
+//! inside: time (`now_ms`, wall-clock milliseconds since the UNIX epoch, so
+//! expiry survives restarts) and the 32-byte secret are parameters.
 //!
-//! Work in progress: public types only; the bodies follow.
+//! # Domains
+//!
+//! A REGISTER is served by the domain whose name equals the Request-URI
+//! host (ASCII case-insensitive). No such domain: 403 "Domain Not Served"
+//! (never forwarded). `closed`: 403 "Registration Closed". The To URI's host
+//! must be the same domain (else 403 "To Domain Mismatch"); its user is the
+//! nickname / user name: 1–64 characters of `[a-z0-9._-]`, upper case
+//! folded to lower case (else 400 "Invalid Nickname ..."); `anonymous` is
+//! reserved (403 "Nickname Reserved").
+//!
+//! # Ownership of open nicknames
+//!
+//! In an `open` domain anyone may register any free nickname, without an
+//! account. **A live nickname is owned by the claim that created it: the
+//! Call-ID of the REGISTER that created its first binding, plus that
+//! REGISTER's `+sip.instance` if it carried one.** While the nickname has at
+//! least one live binding, only REGISTERs with the same Call-ID may refresh
+//! it, add or remove contacts, remove everything with `*`, or fetch its
+//! bindings; when the claim carried a `+sip.instance`, every REGISTER that
+//! carries contacts must carry the same instance (and a claim made without
+//! one only accepts contacts without one). Anyone else gets 403 "Nickname
+//! In Use" and nothing changes. When every binding has expired or been
+//! removed, the nickname is free for the next claimant.
+//!
+//! The Call-ID acts as a bearer secret (RFC 3261 §8.1.1.4 recommends it be
+//! cryptographically random),
+//! and only the owner and the edge ever see it: sipveil is a B2BUA, it
+//! never forwards a REGISTER and never copies a Call-ID from one leg to the
+//! other, so callers and callees of the owner learn nothing that would let
+//! them take the nickname. A client that loses its Call-ID (restart without
+//! saved state) waits for its old bindings to expire. Over UDP without TLS
+//! an on-path attacker can read the Call-ID; use TLS for a claim that must
+//! withstand that.
+//!
+//! In `authenticated` domains the digest credentials authorize every
+//! change to the user's bindings (RFC 3261 §10.3); there is no claim.
+//!
+//! # REGISTER processing (RFC 3261 §10.3)
+//!
+//! - Several contacts per address of record, up to the domain's
+//!   `max_contacts` (beyond: 403 "Too Many Contacts"); at most 64 Contact
+//!   values per request.
+//! - Lifetime: the contact's `expires` parameter, else the Expires header,
+//!   else the domain default; above `max` it is lowered to `max`; non-zero
+//!   below `min`: 423 with Min-Expires. `0` removes that binding.
+//! - `*` only alone and with `Expires: 0` (else 400); removes every binding
+//!   of the AOR.
+//! - Same Call-ID as a live binding with a CSeq not higher: 500 "CSeq Out
+//!   Of Order" (§10.3 step 7; retransmissions are absorbed by the TU's
+//!   server transaction before they get here).
+//! - A binding is identified by (`+sip.instance`, `reg-id`) when both are
+//!   present (RFC 5626: a re-registration from a new flow replaces it),
+//!   else by its Contact URI as written (byte comparison).
+//! - No Contact: a fetch, 200 listing the requester's bindings, no store ops.
+//! - The 200 OK lists **only the requester's own bindings** (same Call-ID,
+//!   or same `+sip.instance`) with their remaining `expires`; never other
+//!   people's or other devices'. With `Supported: outbound` and a `reg-id`
+//!   it carries `Require: outbound`.
+//! - The global `max_bindings` cap: a REGISTER that would add a binding
+//!   beyond it gets 503 with Retry-After; refreshes and removals still work.
+//! - The To-tag is an HMAC of the secret over Call-ID and From-tag, so a
+//!   retransmitted REGISTER gets an identical answer. Responses carry no Date.
+//!
+//! # Digest (RFC 7616)
+//!
+//! 401 carries two challenges, `algorithm=SHA-256` first, then `MD5`, both
+//! `qop="auth"` with realm, nonce and opaque. Nonces are stateless:
+//! base64url(issue_ms ‖ HMAC-SHA256(secret, issue_ms ‖ realm)[..16]). An
+//! authentic, correct response on an expired nonce gets 401 `stale=true`.
+//! The highest nonce-count per (nonce, username, cnonce) is kept in a
+//! bounded table (two clients challenged in the same millisecond share a
+//! nonce; a replay repeats the cnonce, a new cnonce needs the password); a
+//! count not higher is a replay (401 with a fresh challenge). Evicting an
+//! entry raises a floor: unknown nonces issued before it count as stale. MD5 succeeds only
+//! for users with an MD5 HA1. The `username` must equal the To user (else
+//! 403). `userhash` is not supported (never offered). Unknown user and wrong
+//! password give byte-identical answers (same status, reason, headers,
+//! fresh challenge) after the same work against a dummy HA1, with a
+//! constant-time comparison; only [`Report`] tells them apart, for metrics.
+//!
+//! # State and durability
+//!
+//! [`Registrar::register`] changes the in-memory state at once; with
+//! [`RegisterOutcome::Commit`] the TU sends the response only after `ops`
+//! are durable. [`Binding::encode`] / [`Binding::decode`] are a versioned
+//! binary format; keys are AOR bytes ‖ 0x00 ‖ binding id.
 
 use std::net::SocketAddr;
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use sipveil_sip::views::parse_token_list;
 use sipveil_sip::{Auth, HeaderName, NameAddr, Request, Response, StatusCode, Uri};
 
-use crate::digest::{self, Alg, Inputs, Keys, NONCE_RAW};
+use crate::digest::{self, Alg, Inputs, Keys};
 use crate::users::{NameError, normalize_name};
 use crate::{
     AuthFailure, Binding, DecodeError, DomainConfig, DomainCount, FlowInfo, Policy,
@@ -22,14 +22,19 @@ const RETRY_AFTER_FULL: &str = "60";
 /// A nonce issued this far in the future (ms) is not accepted.
 const NONCE_FUTURE_SLACK_MS: u64 = 5_000;
 
-/// Highest nc per nonce, bounded. Evicting a nonce raises `floor_ms`: an
+/// Highest nc per (nonce, username, cnonce), bounded. Nonces are
+/// stateless (two clients challenged in the same millisecond get the same
+/// one), so the count is kept per client: a replayed request repeats the
+/// cnonce, and a new cnonce needs the password. Keys are an HMAC of the
+/// three, so the table holds fixed-size entries. Evicting a nonce raises `floor_ms`: an
 /// unknown nonce issued at or before the floor is treated as stale, so an
 /// eviction never re-opens a nonce for replay.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NcTable {
-    map: HashMap<[u8; NONCE_RAW], u32>,
-    order: VecDeque<([u8; NONCE_RAW], u64)>,
+    map: HashMap<[u8; 32], u32>,
+    order: VecDeque<([u8; 32], u64)>,
     floor_ms: u64,
+    cap: usize,
 }
 
 enum NcCheck {
@@ -39,7 +44,16 @@ enum NcCheck {
 }
 
 impl NcTable {
-    fn check_and_record(&mut self, raw: [u8; NONCE_RAW], issue_ms: u64, nc: u32) -> NcCheck {
+    fn new(cap: usize) -> NcTable {
+        NcTable {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            floor_ms: 0,
+            cap,
+        }
+    }
+
+    fn check_and_record(&mut self, raw: [u8; 32], issue_ms: u64, nc: u32) -> NcCheck {
         if let Some(prev) = self.map.get_mut(&raw) {
             if nc <= *prev {
                 return NcCheck::Replayed;
@@ -50,7 +64,7 @@ impl NcTable {
         if issue_ms <= self.floor_ms {
             return NcCheck::Evicted;
         }
-        while self.map.len() >= NC_CAPACITY {
+        while self.map.len() >= self.cap {
             let Some((old, issued)) = self.order.pop_front() else {
                 break;
             };
@@ -145,7 +159,7 @@ impl Registrar {
             aors: HashMap::new(),
             by_expiry: BTreeSet::new(),
             total: 0,
-            nc: NcTable::default(),
+            nc: NcTable::new(NC_CAPACITY),
             stale_keys: Vec::new(),
             dummy_sha,
             dummy_md5,
@@ -864,7 +878,8 @@ impl Registrar {
         if now_ms > issue_ms.saturating_add(ttl_ms) || issue_ms > now_ms + NONCE_FUTURE_SLACK_MS {
             return Err(fail(AuthFailure::Stale));
         }
-        let verdict = self.nc.check_and_record(raw, issue_ms, nc_val);
+        let nc_key = self.keys.tag(b"nc", &[&raw, name.as_bytes(), &cnonce]);
+        let verdict = self.nc.check_and_record(nc_key, issue_ms, nc_val);
         match verdict {
             NcCheck::Fresh => Ok(()),
             NcCheck::Replayed => Err(self.fresh_challenge(now_ms, di, AuthFailure::Replayed)),
@@ -934,5 +949,50 @@ fn list_own<'a>(a: &mut Answer, own: impl Iterator<Item = &'a Binding>, now_ms: 
             }
         }
         a.headers.push((HeaderName::Contact, v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nc_table_is_bounded_and_eviction_never_reopens_a_nonce() {
+        let mut t = NcTable::new(2);
+        assert!(matches!(
+            t.check_and_record([1; 32], 100, 1),
+            NcCheck::Fresh
+        ));
+        assert!(matches!(
+            t.check_and_record([1; 32], 100, 1),
+            NcCheck::Replayed
+        ));
+        assert!(matches!(
+            t.check_and_record([1; 32], 100, 2),
+            NcCheck::Fresh
+        ));
+        assert!(matches!(
+            t.check_and_record([2; 32], 200, 1),
+            NcCheck::Fresh
+        ));
+        // full: the oldest entry goes, the floor rises to its issue time
+        assert!(matches!(
+            t.check_and_record([3; 32], 300, 1),
+            NcCheck::Fresh
+        ));
+        assert_eq!(t.map.len(), 2);
+        assert_eq!(t.floor_ms, 100);
+        // the evicted one cannot be replayed as if new
+        assert!(matches!(
+            t.check_and_record([1; 32], 100, 1),
+            NcCheck::Evicted
+        ));
+        // pruning by age
+        t.prune(250);
+        assert_eq!(t.map.len(), 1);
+        assert!(matches!(
+            t.check_and_record([3; 32], 300, 1),
+            NcCheck::Replayed
+        ));
     }
 }
