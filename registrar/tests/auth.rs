@@ -24,7 +24,10 @@ fn first_challenge(r: &mut Registrar, now: u64, user: &str, call_id: &str) -> (S
     (n, op)
 }
 
-#[expect(clippy::too_many_arguments, reason = "mirrors the digest fields one to one")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the digest fields one to one"
+)]
 fn with_auth(
     user: &str,
     call_id: &str,

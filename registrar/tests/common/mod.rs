@@ -231,7 +231,10 @@ pub fn challenge(o: &RegisterOutcome, algorithm: &str) -> (String, String, bool)
 
 /// Client side of RFC 7616: the Authorization value (written independently
 /// of the registrar's own digest code).
-#[expect(clippy::too_many_arguments, reason = "mirrors the digest fields one to one")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the digest fields one to one"
+)]
 pub fn authorization(
     user: &str,
     realm: &str,
