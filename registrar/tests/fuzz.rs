@@ -132,7 +132,7 @@ proptest! {
             if let RegisterOutcome::Commit { ops, .. } = &o {
                 apply(&mut store, ops);
             }
-            if now % 3 == 0 {
+            if now.is_multiple_of(3) {
                 apply(&mut store, &r.expire(now));
             }
             prop_assert_eq!(r.len(), r.bindings().count());
