@@ -16,7 +16,13 @@ use sipveil_edge::{daemon, sys};
 #[command(
     name = "sipveil",
     version,
-    about = "SIP/RTP privacy edge: XDP media relay, io_uring daemon"
+    about = "SIP/RTP privacy edge: XDP media relay, io_uring daemon",
+    after_help = "Examples:
+  sipveil check-config /etc/sipveil/sipveil.toml
+  sipveil run --config /etc/sipveil/sipveil.toml
+  sipveil reload --instance default
+  sipveil registrations --aor alice@auth.lab
+  echo -n 'secret' | sipveil ha1 --realm auth.lab --md5 alice >> users/auth.lab.users"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -66,9 +72,113 @@ enum Cmd {
     },
     /// Talk to a running daemon over its control socket; prints the JSON answer.
     Ctl(CtlArgs),
+    /// Validate a config file and print what would run (exit 0), or the error (exit 2).
+    ///
+    /// Checks everything the daemon checks at start: syntax, unknown keys, values, the users files
+    /// of authenticated domains, and that the TLS certificate and key are readable PEM files.
+    #[command(after_help = "Examples:\n  sipveil check-config edge/lab.toml\n  \
+        sipveil check-config /etc/sipveil/sipveil.toml && systemctl reload sipveil")]
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Make the running daemon re-read its config: domains, users and limits (like SIGHUP).
+    ///
+    /// Registrations and calls stay. Prints the daemon's JSON answer; exit 1 when it refused
+    /// (the answer names the error; the old config stays in force).
+    #[command(
+        after_help = "Examples:\n  sipveil reload\n  sipveil reload --instance lab\n  \
+        sipveil reload --socket /run/sipveil/lab.sock"
+    )]
+    Reload(SocketArgs),
+    /// List the registrar's live bindings (optionally of one address of record).
+    #[command(after_help = "Examples:\n  sipveil registrations --instance lab\n  \
+        sipveil registrations --instance lab --aor alice@auth.lab --json")]
+    Registrations {
+        /// Only this address of record (user@domain).
+        #[arg(long)]
+        aor: Option<String>,
+        /// Print the daemon's JSON answer (one line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Start or stop HdrHistogram interval logs of transaction latency.
+    #[command(subcommand)]
+    Hlog(HlogCmd),
+    /// Print the daemon's metrics (Prometheus text format).
+    #[command(
+        after_help = "Examples:\n  sipveil metrics --instance lab | grep sipveil_registrations"
+    )]
+    Metrics(SocketArgs),
+    /// Print a users-file line: HA1 hashes of NAME in REALM; the password is read from stdin.
+    ///
+    /// HA1 = SHA-256(NAME ":" REALM ":" PASSWORD) (and MD5 with --md5, for clients without
+    /// SHA-256 digest). The first line of stdin is the password (without its line end); on a
+    /// terminal it is asked for without echo.
+    #[command(after_help = "Examples:\n  \
+        echo -n 'alice-secret' | sipveil ha1 --realm auth.lab --md5 alice >> lab/auth.lab.users\n  \
+        sipveil ha1 --realm example.net --refuse-anonymous bob")]
+    Ha1 {
+        /// The digest realm of the domain (its `realm`, default its name).
+        #[arg(long)]
+        realm: String,
+        /// Also write the MD5 HA1 (needed by clients that only do MD5 digest).
+        #[arg(long)]
+        md5: bool,
+        /// Mark the user as refusing anonymous calls (overrides the domain default).
+        #[arg(long, conflicts_with = "accept_anonymous")]
+        refuse_anonymous: bool,
+        /// Mark the user as accepting anonymous calls (overrides the domain default).
+        #[arg(long)]
+        accept_anonymous: bool,
+        /// The user name.
+        name: String,
+    },
     /// Lab and benchmark XDP helpers (programs of the lab object).
     #[command(subcommand)]
     LabXdp(LabCmd),
+}
+
+/// Which daemon to talk to.
+#[derive(Args)]
+struct SocketArgs {
+    /// Instance name: the socket is /run/sipveil/<instance>.sock.
+    #[arg(long, default_value = "default")]
+    instance: String,
+    /// Control socket path (instead of --instance).
+    #[arg(long, conflicts_with = "instance")]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(self) -> anyhow::Result<PathBuf> {
+        if self.socket.is_none() {
+            check_instance(&self.instance)?;
+        }
+        Ok(control::socket_path(self.socket, &self.instance))
+    }
+}
+
+#[derive(Subcommand)]
+enum HlogCmd {
+    /// Write an HdrHistogram interval log of transaction latency to FILE (overwritten).
+    #[command(
+        after_help = "Examples:\n  sipveil hlog start /tmp/register.hlog --interval-ms 1000\n  \
+        sipveil hlog stop"
+    )]
+    Start {
+        /// The log file (made absolute here: the daemon has its own working directory).
+        file: PathBuf,
+        /// One histogram per interval of this many milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        interval_ms: u64,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Stop the interval log (flushes and closes the file).
+    Stop(SocketArgs),
 }
 
 #[derive(Args)]
@@ -276,7 +386,14 @@ fn main() -> ExitCode {
             | LabCmd::Detach { netns, .. }
             | LabCmd::ReadSink { netns, .. },
         ) => netns.clone(),
-        Cmd::Stats { .. } | Cmd::Ctl(_) => None,
+        Cmd::Stats { .. }
+        | Cmd::Ctl(_)
+        | Cmd::CheckConfig { .. }
+        | Cmd::Reload(_)
+        | Cmd::Registrations { .. }
+        | Cmd::Hlog(_)
+        | Cmd::Metrics(_)
+        | Cmd::Ha1 { .. } => None,
     };
     if let Err(e) = enter(netns.as_deref()) {
         eprintln!("sipveil: {}", report(&e));
@@ -349,6 +466,73 @@ fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
             stats(&instance, as_json, socket)
         }
         Cmd::Ctl(args) => ctl(args),
+        Cmd::CheckConfig { file } => Ok(check_config(&file)),
+        Cmd::Reload(socket) => {
+            let answer = daemon_request(socket, &json!({"cmd": "reload"}))?;
+            println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Registrations {
+            aor,
+            json: as_json,
+            socket,
+        } => {
+            let request = match &aor {
+                Some(aor) => json!({"cmd": "registrations", "aor": aor}),
+                None => json!({"cmd": "registrations"}),
+            };
+            let answer = daemon_request(socket, &request)?;
+            if as_json || !is_ok(&answer) {
+                println!("{answer}");
+            } else {
+                print_registrations(&answer);
+            }
+            Ok(answer_code(&answer))
+        }
+        Cmd::Hlog(HlogCmd::Start {
+            file,
+            interval_ms,
+            socket,
+        }) => {
+            let file = std::path::absolute(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let request = json!({"cmd": "hlog-start", "path": file, "interval_ms": interval_ms});
+            let answer = daemon_request(socket, &request)?;
+            println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Hlog(HlogCmd::Stop(socket)) => {
+            let answer = daemon_request(socket, &json!({"cmd": "hlog-stop"}))?;
+            println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Metrics(socket) => {
+            let answer = daemon_request(socket, &json!({"cmd": "metrics"}))?;
+            match answer.get("text").and_then(Value::as_str) {
+                Some(text) if is_ok(&answer) => print!("{text}"),
+                _ => println!("{answer}"),
+            }
+            Ok(answer_code(&answer))
+        }
+        Cmd::Ha1 {
+            realm,
+            md5,
+            refuse_anonymous,
+            accept_anonymous,
+            name,
+        } => {
+            let password = read_password(&name, &realm)?;
+            let line = ha1_line(
+                &name,
+                &realm,
+                &password,
+                md5,
+                refuse_anonymous,
+                accept_anonymous,
+            )?;
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::LabXdp(cmd) => {
             need_root()?;
             lab_xdp(cmd, netns)
@@ -408,6 +592,156 @@ fn stats(instance: &str, as_json: bool, socket: Option<PathBuf>) -> anyhow::Resu
         None => println!("userspace: no daemon answering at {}", path.display()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `check-config`: 0 and a summary, or 2 and the error.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let checked = Config::load(file).and_then(|cfg| cfg.check_files().map(|n| (cfg, n)));
+    match checked {
+        Ok((cfg, certs)) => {
+            println!("{}: OK", file.display());
+            print!("{}", cfg.summary());
+            if certs > 0 {
+                println!("tls files     readable PEM, {certs} certificate(s) in the chain");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sipveil: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn daemon_request(socket: SocketArgs, request: &Value) -> anyhow::Result<Value> {
+    let path = socket.path()?;
+    control::request(&path, request, Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))
+}
+
+fn is_ok(answer: &Value) -> bool {
+    answer.get("ok").and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn answer_code(answer: &Value) -> ExitCode {
+    if is_ok(answer) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// One line per binding: its fields as `key=value` (the daemon decides which fields exist).
+fn print_registrations(answer: &Value) {
+    let list = answer
+        .get("registrations")
+        .or_else(|| answer.get("bindings"))
+        .and_then(Value::as_array);
+    let Some(list) = list else {
+        println!("{answer}");
+        return;
+    };
+    for entry in list {
+        match entry.as_object() {
+            Some(obj) => {
+                let fields: Vec<String> = obj
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect();
+                println!("{}", fields.join(" "));
+            }
+            None => println!("{entry}"),
+        }
+    }
+    println!("{} binding(s)", list.len());
+}
+
+/// Turns terminal echo off while it lives (restores the old settings on drop).
+struct NoEcho(Option<libc::termios>);
+
+impl NoEcho {
+    fn new() -> NoEcho {
+        // SAFETY: termios is plain old data; tcgetattr fills it or fails.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 and a valid pointer to a termios.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } != 0 {
+            return NoEcho(None);
+        }
+        let old = t;
+        t.c_lflag &= !libc::ECHO;
+        // SAFETY: fd 0 and a valid termios copied from tcgetattr.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) } != 0 {
+            return NoEcho(None);
+        }
+        NoEcho(Some(old))
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the settings tcgetattr returned for fd 0.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, old) };
+        }
+    }
+}
+
+/// The first line of stdin, without its line end; asked for without echo on a terminal.
+fn read_password(name: &str, realm: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        eprint!("password for {name} in realm {realm}: ");
+        let _echo = NoEcho::new();
+        stdin.lock().read_line(&mut line)?;
+        eprintln!();
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        anyhow::bail!("empty password (give it on stdin, e.g. `echo -n SECRET | sipveil ha1 ...`)");
+    }
+    Ok(password.to_owned())
+}
+
+/// A users-file line, checked by parsing it back as the daemon will.
+fn ha1_line(
+    name: &str,
+    realm: &str,
+    password: &str,
+    md5: bool,
+    refuse_anonymous: bool,
+    accept_anonymous: bool,
+) -> anyhow::Result<String> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("bad user name {name:?}: no spaces or control characters");
+    }
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        anyhow::bail!("bad realm {realm:?}: no quotes, backslashes or control characters");
+    }
+    let mut line = sipveil_registrar::format_user_line(name, realm, password, md5);
+    if refuse_anonymous {
+        line.push_str(" refuse-anonymous");
+    } else if accept_anonymous {
+        line.push_str(" accept-anonymous");
+    }
+    match sipveil_registrar::parse_users(&line) {
+        Ok(users) if users.len() == 1 => Ok(line),
+        Ok(users) => anyhow::bail!("internal: the line parses as {} users: {line}", users.len()),
+        Err(e) => anyhow::bail!("{name:?} cannot be a user in a users file: {}", e.message),
+    }
 }
 
 fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {

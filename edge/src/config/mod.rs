@@ -1,9 +1,21 @@
-//! The daemon's TOML configuration: `[dataplane]`, `[media]`, `[control]`.
+//! The daemon's TOML configuration: `[dataplane]`, `[media]`, `[control]`, and the SIP side:
+//! `[sip]`, `[registrar]`, `[[domain]]`, `[metrics]` (see `edge/sipveil.example.toml`).
 //!
-//! Errors name the file, the line and column, and the key, so an operator can fix the file without
-//! reading the source. Sections this version does not know (for example `[sip]`) are ignored so a
-//! newer example file still starts an older daemon; unknown keys inside a known section are errors.
-use std::net::IpAddr;
+//! Errors name the file, the line and column, and the key, and say what would be valid, so an
+//! operator can fix the file without reading the source. Unknown sections and unknown keys are
+//! errors: the daemon refuses to start rather than guess. Users files of authenticated domains are
+//! read at load time (their errors name the users file and line, and the config key that named
+//! it). TLS certificate and key files are checked by [`Config::check_files`] /
+//! [`SipSettings::load_tls`] (the lab generates them after its config exists).
+mod sip;
+
+pub use sip::{
+    DEFAULT_DEFAULT_EXPIRES, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_CONTACTS, DEFAULT_MAX_EXPIRES,
+    DEFAULT_MIN_EXPIRES, DEFAULT_NONCE_TTL_SECS, KeyOrigin, MAX_WORKERS, RegistrarSettings,
+    SipSettings, TlsMaterial, default_database, default_sip_workers,
+};
+
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -89,12 +101,18 @@ pub struct ControlSection {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileConfig {
     #[serde(default)]
     dataplane: DataplaneSection,
     media: MediaSection,
     #[serde(default)]
     control: ControlSection,
+    sip: Option<sip::SipSection>,
+    registrar: Option<sip::RegistrarSection>,
+    #[serde(default)]
+    domain: Vec<sip::DomainSection>,
+    metrics: Option<sip::MetricsSection>,
 }
 
 /// The validated configuration.
@@ -105,6 +123,12 @@ pub struct Config {
     pub instance: String,
     pub media: MediaConfig,
     pub control_socket: PathBuf,
+    /// `[sip]`: listeners and transport limits; no listener (`[sip]` absent) = SIP side off.
+    pub sip: SipSettings,
+    /// `[registrar]` + `[[domain]]` (with the users of authenticated domains).
+    pub registrar: RegistrarSettings,
+    /// `[metrics] listen`: Prometheus text at `GET /metrics`; None = off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Media relay settings.
@@ -140,6 +164,43 @@ pub enum ConfigError {
     },
     #[error("config error in {path}: {message}")]
     InvalidNoSpan { path: PathBuf, message: String },
+    /// A file the config names (TLS certificate/key, users file) is missing or unreadable.
+    #[error("{file}: {message} (named by {origin})")]
+    File {
+        file: PathBuf,
+        /// The config file, key and line that named the file.
+        origin: String,
+        message: String,
+    },
+    /// A users file has a bad line.
+    #[error("users file {file} at line {line}: {message} (named by {origin})")]
+    Users {
+        file: PathBuf,
+        line: usize,
+        message: String,
+        /// The config file, key and line that named the users file.
+        origin: String,
+    },
+}
+
+/// The config text and its path, for errors that name file, line and key.
+pub(crate) struct Ctx<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) text: &'a str,
+}
+
+impl Ctx<'_> {
+    /// An error at `span` about `key`; a default (empty span at 0) has no line.
+    pub(crate) fn at(&self, span: Range<usize>, key: &str, why: String) -> ConfigError {
+        if span.is_empty() && span.start == 0 {
+            ConfigError::InvalidNoSpan {
+                path: self.path.to_owned(),
+                message: format!("key `{key}`: {why}"),
+            }
+        } else {
+            spanned_error(self.path, self.text, span, format!("key `{key}`: {why}"))
+        }
+    }
 }
 
 /// The default control socket of an instance.
@@ -184,16 +245,8 @@ impl Config {
                 },
             }
         })?;
-        let bad = |span: Range<usize>, key: &str, why: String| {
-            if span.is_empty() && span.start == 0 {
-                ConfigError::InvalidNoSpan {
-                    path: path.to_owned(),
-                    message: format!("key `{key}`: {why}"),
-                }
-            } else {
-                spanned_error(path, text, span, format!("key `{key}`: {why}"))
-            }
-        };
+        let ctx = Ctx { path, text };
+        let bad = |span: Range<usize>, key: &str, why: String| ctx.at(span, key, why);
 
         let instance = file.dataplane.instance.get_ref().clone();
         if !valid_instance_name(&instance) {
@@ -273,6 +326,14 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| default_control_socket(&instance));
+        let parts = sip::build(
+            &ctx,
+            &instance,
+            file.sip.as_ref(),
+            file.registrar.as_ref(),
+            &file.domain,
+            file.metrics.as_ref(),
+        )?;
         Ok(Config {
             interfaces: file.dataplane.interfaces,
             xdp: file.dataplane.xdp,
@@ -286,7 +347,132 @@ impl Config {
                 workers,
             },
             control_socket,
+            sip: parts.sip,
+            registrar: parts.registrar,
+            metrics_listen: parts.metrics_listen,
         })
+    }
+
+    /// Checks the files the config names beyond the users files (read at load): the TLS
+    /// certificate chain and key must be readable PEM. Returns the number of certificates in the
+    /// chain (0 without TLS listeners).
+    pub fn check_files(&self) -> Result<usize, ConfigError> {
+        Ok(self.sip.load_tls()?.map_or(0, |m| m.certs.len()))
+    }
+
+    /// A short human summary of what would run (for `sipveil check-config` and the logs).
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "instance      {}", self.instance);
+        let ifaces = if self.interfaces.is_empty() {
+            "(none)".to_owned()
+        } else {
+            self.interfaces.join(", ")
+        };
+        let xdp = match self.xdp {
+            XdpSetting::Auto => "auto",
+            XdpSetting::Driver => "driver",
+            XdpSetting::Generic => "generic",
+            XdpSetting::Off => "off",
+        };
+        let _ = writeln!(s, "dataplane     xdp {xdp} on {ifaces}");
+        let m = &self.media;
+        let legs = if m.addr_a == m.addr_b {
+            format!("{} (one-arm)", m.addr_a)
+        } else {
+            format!("A {} / B {}", m.addr_a, m.addr_b)
+        };
+        let _ = writeln!(
+            s,
+            "media         {legs}, ports {}-{}, idle {} s, {} relay worker(s)",
+            m.port_min, m.port_max, m.idle_timeout_secs, m.workers
+        );
+        let _ = writeln!(s, "control       {}", self.control_socket.display());
+        let sip = &self.sip;
+        if sip.enabled() {
+            let list = |v: &[SocketAddr]| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "sip           {} worker(s); udp {}; tcp {}; tls {}",
+                sip.workers,
+                list(&sip.udp),
+                list(&sip.tcp),
+                list(&sip.tls)
+            );
+            if let (Some(c), Some(k)) = (&sip.tls_cert, &sip.tls_key) {
+                let _ = writeln!(s, "tls           cert {} key {}", c.display(), k.display());
+            }
+            let _ = writeln!(
+                s,
+                "limits        {} connections ({} per IP), idle {} s, messages <= {} B, \
+                 write queue {} B",
+                sip.max_connections,
+                sip.max_connections_per_ip,
+                sip.idle_timeout.as_secs(),
+                sip.max_message_bytes,
+                sip.write_queue_bytes
+            );
+        } else {
+            let _ = writeln!(s, "sip           off (no [sip] listeners)");
+        }
+        let r = &self.registrar;
+        let _ = writeln!(
+            s,
+            "registrar     database {}, nonce ttl {} s, max {} bindings",
+            r.database.display(),
+            r.config.nonce_ttl_secs,
+            r.config.max_bindings
+        );
+        if r.config.domains.is_empty() {
+            let _ = writeln!(s, "domains       none: every REGISTER is refused");
+        }
+        for d in &r.config.domains {
+            let mut line = format!("domain        {} {}", d.name, d.policy.as_str());
+            if d.policy == sipveil_registrar::Policy::Authenticated {
+                let file = r
+                    .users_files
+                    .iter()
+                    .find(|(n, _)| *n == d.name)
+                    .map_or_else(String::new, |(_, f)| format!(" from {}", f.display()));
+                let _ = write!(
+                    line,
+                    ", realm {:?}, {} user(s){file}",
+                    d.realm,
+                    d.users.len()
+                );
+            }
+            let _ = write!(
+                line,
+                ", anonymous callers {}, refuse anonymous {}, expires {}..{} (default {}), \
+                 {} contact(s)",
+                if d.anonymous_callers { "yes" } else { "no" },
+                if d.refuse_anonymous { "yes" } else { "no" },
+                d.expires.min,
+                d.expires.max,
+                d.expires.default,
+                d.max_contacts
+            );
+            let _ = writeln!(s, "{line}");
+        }
+        match self.metrics_listen {
+            Some(a) => {
+                let _ = writeln!(s, "metrics       http://{a}/metrics");
+            }
+            None => {
+                let _ = writeln!(s, "metrics       off");
+            }
+        }
+        s
     }
 }
 
@@ -325,7 +511,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 /// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -351,9 +537,6 @@ addresses = { a = "198.18.1.1", b = "198.18.2.1" }
 
 [control]
 socket = "/run/sipveil/lab.sock"
-
-[sip]
-whatever = 1
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
