@@ -252,11 +252,14 @@ pub fn rewrite_sdp(
         .media()
         .map(|m| Stream {
             port: m.port(),
-            ip: m.connection().and_then(|c| c.ip()).or(if m.connection().is_some() {
-                None
-            } else {
-                session_ip
-            }),
+            ip: m
+                .connection()
+                .and_then(|c| c.ip())
+                .or(if m.connection().is_some() {
+                    None
+                } else {
+                    session_ip
+                }),
             has_c: m.connection().is_some() || session_has_c,
             rtcp: m
                 .rtcp()
@@ -309,7 +312,12 @@ pub fn rewrite_sdp(
     let edge_ip = edge_ip.unwrap_or(ctx.edge_ip);
 
     // Lines and attributes by allowlist.
-    sdp.retain_lines(|l| matches!(l.kind(), b'v' | b'o' | b's' | b'c' | b't' | b'b' | b'm' | b'a'));
+    sdp.retain_lines(|l| {
+        matches!(
+            l.kind(),
+            b'v' | b'o' | b's' | b'c' | b't' | b'b' | b'm' | b'a'
+        )
+    });
     sdp.retain_attributes(|a| attribute_allowed(a.name, policy));
 
     // Every stream on hold with an unspecified address stays on hold.
@@ -461,14 +469,25 @@ mod tests {
     }
 
     fn anchor() -> CountingAnchor {
-        CountingAnchor::new("198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap(), 30000)
+        CountingAnchor::new(
+            "198.18.1.1".parse().unwrap(),
+            "198.18.2.1".parse().unwrap(),
+            30000,
+        )
     }
 
     #[test]
     fn offer_is_rebuilt_around_the_relay() {
         let mut a = anchor();
         let mut origin = SdpOrigin::new(99);
-        let out = rewrite_sdp(Bytes::from_static(OFFER.as_bytes()), &crate::SdpPolicy::default(), &mut origin, &mut a, ctx()).unwrap();
+        let out = rewrite_sdp(
+            Bytes::from_static(OFFER.as_bytes()),
+            &crate::SdpPolicy::default(),
+            &mut origin,
+            &mut a,
+            ctx(),
+        )
+        .unwrap();
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert_eq!(
             text,
@@ -507,7 +526,14 @@ mod tests {
         let mut a = anchor();
         let mut origin = SdpOrigin::new(5);
         let body = Bytes::from_static(b"v=0\r\no=x 1 1 IN IP4 10.1.1.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n");
-        let out = rewrite_sdp(body, &crate::SdpPolicy::default(), &mut origin, &mut a, ctx()).unwrap();
+        let out = rewrite_sdp(
+            body,
+            &crate::SdpPolicy::default(),
+            &mut origin,
+            &mut a,
+            ctx(),
+        )
+        .unwrap();
         assert!(out.windows(17).any(|w| w == b"c=IN IP4 0.0.0.0\r"));
         assert_eq!(a.allocations[0].0.peer, None);
     }
@@ -516,8 +542,17 @@ mod tests {
     fn missing_connection_is_an_offer_fault() {
         let mut a = anchor();
         let mut origin = SdpOrigin::new(5);
-        let body = Bytes::from_static(b"v=0\r\no=x 1 1 IN IP4 10.1.1.1\r\ns=x\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n");
-        let e = rewrite_sdp(body, &crate::SdpPolicy::default(), &mut origin, &mut a, ctx()).unwrap_err();
+        let body = Bytes::from_static(
+            b"v=0\r\no=x 1 1 IN IP4 10.1.1.1\r\ns=x\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n",
+        );
+        let e = rewrite_sdp(
+            body,
+            &crate::SdpPolicy::default(),
+            &mut origin,
+            &mut a,
+            ctx(),
+        )
+        .unwrap_err();
         assert_eq!(e, MediaError::NoConnection { index: 0 });
         assert!(e.is_offer_fault());
     }

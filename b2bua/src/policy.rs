@@ -509,7 +509,10 @@ mod tests {
              X-Secret: 10.0.0.9\r\nSubject: hi from 10.0.0.9\r\nUser-Agent: Phone/1\r\n");
         let p = PrivacyPolicy::default();
         let h = p.crossing_headers(r.headers());
-        let names: Vec<String> = h.iter().map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v))).collect();
+        let names: Vec<String> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -525,7 +528,11 @@ mod tests {
     fn edge_written_headers_never_pass_even_if_configured() {
         let r = req("Contact: <sip:a@10.0.0.9>\r\nX-Ok: fine\r\n");
         let p = PrivacyPolicy {
-            pass_headers: vec![HeaderName::Contact, HeaderName::Via, HeaderName::from_static("X-Ok")],
+            pass_headers: vec![
+                HeaderName::Contact,
+                HeaderName::Via,
+                HeaderName::from_static("X-Ok"),
+            ],
             ..PrivacyPolicy::default()
         };
         let h = p.crossing_headers(r.headers());
@@ -536,7 +543,13 @@ mod tests {
     #[test]
     fn unsupported_required_tags() {
         let p = PrivacyPolicy::default();
-        assert_eq!(p.unsupported_required(&req("Require: 100rel, timer\r\n")), vec![Bytes::from_static(b"100rel")]);
-        assert!(p.unsupported_required(&req("Require: timer\r\n")).is_empty());
+        assert_eq!(
+            p.unsupported_required(&req("Require: 100rel, timer\r\n")),
+            vec![Bytes::from_static(b"100rel")]
+        );
+        assert!(
+            p.unsupported_required(&req("Require: timer\r\n"))
+                .is_empty()
+        );
     }
 }

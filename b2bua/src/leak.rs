@@ -1,0 +1,255 @@
+//! The leak detector: does a message about to leave on one leg carry
+//! anything of the other party? Two checks, both on raw bytes so nothing a
+//! parser might skip (a folded line, a body, a parameter) escapes them:
+//!
+//! - known identifiers of the other leg (its addresses, host names, tags,
+//!   user agent, display name...), matched ASCII case-insensitively;
+//! - any literal IP address in a private, shared, link-local, loopback or
+//!   unique-local range (RFC 1918, RFC 6598, RFC 3927, RFC 4193, RFC 4291):
+//!   the edge itself never writes one (its own addresses are public or, in
+//!   the lab, 198.18.0.0/15), so one on the wire means a party's LAN leaked.
+//!
+//! The daemon counts findings as its "leak detector" metric (expected: 0).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Something that identifies a party and must not reach the other one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identifier {
+    /// What it is (for reports): `"caller IP"`, `"callee User-Agent"`...
+    pub label: String,
+    /// The bytes to look for (ASCII case-insensitive). Empty never matches.
+    pub value: Vec<u8>,
+}
+
+impl Identifier {
+    /// An identifier from a label and a value.
+    pub fn new(label: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        Identifier {
+            label: label.into(),
+            value: value.as_ref().to_vec(),
+        }
+    }
+}
+
+/// What was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FindingKind {
+    /// A known identifier (its label).
+    Identifier(String),
+    /// A literal address in a non-public range.
+    PrivateAddress(IpAddr),
+}
+
+/// One finding: what and where (byte offset into the scanned message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What.
+    pub kind: FindingKind,
+    /// Byte offset.
+    pub offset: usize,
+}
+
+/// Every occurrence of an identifier in `bytes`. Combine with
+/// [`foreign_private_addresses`] for the full check ([`audit`]).
+pub fn leak_scan(bytes: &[u8], identifiers: &[Identifier]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for id in identifiers {
+        let n = id.value.len();
+        if n == 0 || n > bytes.len() {
+            continue;
+        }
+        for (i, w) in bytes.windows(n).enumerate() {
+            if w.eq_ignore_ascii_case(&id.value) {
+                out.push(Finding {
+                    kind: FindingKind::Identifier(id.label.clone()),
+                    offset: i,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Non-public literal addresses in `bytes` other than the receiving
+/// party's own (`own`): a NATed client's own contact legitimately comes
+/// back to it in the Request-URI and its own Via in responses.
+pub fn foreign_private_addresses(bytes: &[u8], own: &[IpAddr]) -> Vec<Finding> {
+    private_addresses(bytes)
+        .into_iter()
+        .filter(|(_, ip)| !own.contains(ip))
+        .map(|(offset, ip)| Finding {
+            kind: FindingKind::PrivateAddress(ip),
+            offset,
+        })
+        .collect()
+}
+
+/// Both checks: identifiers of the other party and non-public addresses
+/// that are not the receiver's own. The daemon's leak metric counts
+/// messages for which this is non-empty.
+pub fn audit(bytes: &[u8], identifiers: &[Identifier], own: &[IpAddr]) -> Vec<Finding> {
+    let mut out = leak_scan(bytes, identifiers);
+    out.extend(foreign_private_addresses(bytes, own));
+    out
+}
+
+/// Whether `ip` is in a range that names a private network rather than a
+/// reachable host: RFC 1918, 100.64/10 (CGNAT), 169.254/16, 127/8, 0/8,
+/// fc00::/7, fe80::/10, ::1, and IPv4-mapped forms of those.
+pub fn is_non_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4_non_public(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4_non_public(v4);
+            }
+            let s = v6.segments()[0];
+            v6.is_loopback() || (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn v4_non_public(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 0 && !v4.is_unspecified())
+}
+
+/// Literal IPv4 (dotted quad) and IPv6 addresses in non-public ranges, with
+/// their offsets. `0.0.0.0` (SDP hold) is not reported.
+pub fn private_addresses(bytes: &[u8]) -> Vec<(usize, IpAddr)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let starts_token = i == 0 || !is_addr_byte(bytes[i - 1]);
+        if starts_token && (c.is_ascii_hexdigit() || c == b':') {
+            let mut j = i;
+            while j < bytes.len() && is_addr_byte(bytes[j]) {
+                j += 1;
+            }
+            let token = &bytes[i..j];
+            // A dotted quad may end a longer token ("1.2.3.4." or a port after ':').
+            if let Some(ip) = parse_token(token) {
+                if is_non_public(ip) {
+                    out.push((i, ip));
+                }
+            } else {
+                for (k, ip) in embedded_v4(token) {
+                    if is_non_public(IpAddr::V4(ip)) {
+                        out.push((i + k, IpAddr::V4(ip)));
+                    }
+                }
+            }
+            i = j.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn is_addr_byte(c: u8) -> bool {
+    c.is_ascii_hexdigit() || c == b'.' || c == b':'
+}
+
+fn parse_token(token: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(token).ok()?;
+    let s = s.trim_end_matches('.');
+    if let Ok(v4) = s.parse::<Ipv4Addr>() {
+        return Some(IpAddr::V4(v4));
+    }
+    if s.contains("::") || s.matches(':').count() >= 2 {
+        if let Ok(v6) = s.parse::<Ipv6Addr>() {
+            return Some(IpAddr::V6(v6));
+        }
+    }
+    None
+}
+
+/// Dotted quads inside a token that is not itself an address
+/// (`192.168.1.2:5060`, `a:10.0.0.1`).
+fn embedded_v4(token: &[u8]) -> Vec<(usize, Ipv4Addr)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for piece in token.split(|&c| c == b':') {
+        if let Ok(s) = std::str::from_utf8(piece)
+            && let Ok(ip) = s.trim_end_matches('.').parse::<Ipv4Addr>()
+        {
+            out.push((start, ip));
+        }
+        start += piece.len() + 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_identifiers_case_insensitively() {
+        let f = leak_scan(
+            b"Via: SIP/2.0/UDP AliceBox.lan",
+            &[Identifier::new("host", "alicebox.LAN")],
+        );
+        assert_eq!(
+            f,
+            vec![Finding {
+                kind: FindingKind::Identifier("host".into()),
+                offset: 17
+            }]
+        );
+    }
+
+    #[test]
+    fn finds_private_addresses_in_any_form() {
+        let text =
+            b"c=IN IP4 192.168.7.20\r\nVia: SIP/2.0/UDP 10.1.2.3:5060;received=100.64.1.1\r\n\
+            a=candidate:1 1 udp 1 fd00::1 4000 typ host\r\nContact: <sip:a@[fe80::2]>\r\n\
+            edge 198.18.1.1 and 203.0.113.5, hold 0.0.0.0, version 1.2.3.4.5";
+        let found: Vec<IpAddr> = private_addresses(text)
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        let want: Vec<IpAddr> = [
+            "192.168.7.20",
+            "10.1.2.3",
+            "100.64.1.1",
+            "fd00::1",
+            "fe80::2",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(found, want);
+    }
+
+    #[test]
+    fn public_and_lab_addresses_are_not_findings() {
+        assert!(
+            audit(
+                b"c=IN IP4 198.18.2.1\r\no=- 1 1 IN IP6 2001:db8::1\r\n",
+                &[],
+                &[]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn own_addresses_are_not_findings() {
+        let own: IpAddr = "10.0.0.7".parse().unwrap();
+        let msg = b"INVITE sip:bob@10.0.0.7 SIP/2.0\r\nX: 10.0.0.8\r\n";
+        let f = audit(msg, &[], &[own]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].kind,
+            FindingKind::PrivateAddress("10.0.0.8".parse().unwrap())
+        );
+    }
+}
