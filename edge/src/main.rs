@@ -731,6 +731,12 @@ fn ha1_line(
     {
         anyhow::bail!("bad realm {realm:?}: no quotes, backslashes or control characters");
     }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        eprintln!(
+            "sipveil: note: user names are case-folded; the line is for {:?} (lower case)",
+            name.to_ascii_lowercase()
+        );
+    }
     let mut line = sipveil_registrar::format_user_line(name, realm, password, md5);
     if refuse_anonymous {
         line.push_str(" refuse-anonymous");

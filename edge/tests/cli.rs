@@ -304,3 +304,216 @@ fn lab_xdp_sink_counts_and_detaches() {
     assert!(ok, "detach: {err}");
     assert!(!std::path::Path::new(&pin_dir).exists());
 }
+
+/// Runs sipveil with `stdin` as its standard input: (exit code, stdout, stderr).
+fn sipveil_with_input(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running sipveil {args:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct TmpDir(std::path::PathBuf);
+impl TmpDir {
+    fn new(tag: &str) -> TmpDir {
+        let dir = std::env::temp_dir().join(format!("svt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        TmpDir(dir)
+    }
+}
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SIP_CONFIG: &str = r#"[media]
+port_min = 30000
+port_max = 30099
+addresses = ["198.18.0.1"]
+
+[sip]
+workers = 2
+udp = ["198.18.0.1:5060"]
+tls = ["198.18.0.1:5061"]
+tls_cert = "edge.pem"
+tls_key = "edge.key"
+
+[registrar]
+database = "registrar.redb"
+
+[[domain]]
+name = "open.lab"
+policy = "open"
+
+[[domain]]
+name = "auth.lab"
+policy = "authenticated"
+users = "auth.users"
+
+[metrics]
+listen = "127.0.0.1:9090"
+"#;
+
+#[test]
+fn check_config_summarises_or_exits_2() {
+    let dir = TmpDir::new("checkcfg");
+    let config = dir.0.join("edge.toml");
+    std::fs::write(&config, SIP_CONFIG).expect("write");
+    std::fs::write(
+        dir.0.join("auth.users"),
+        format!("{}\n", ha1_vector("alice", "auth.lab", "pw", true)),
+    )
+    .expect("users");
+    std::fs::write(
+        dir.0.join("edge.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("pem");
+    let cfg = config.to_string_lossy().into_owned();
+    // The key file is missing: exit 2, the message names the file and the key.
+    let (code, _, err) = sipveil_with_input(&["check-config", &cfg], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("edge.key") && err.contains("sip.tls_key"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.0.join("edge.key"),
+        "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("key");
+    let (code, out, err) = sipveil_with_input(&["check-config", &cfg], "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+    assert!(out.contains("udp 198.18.0.1:5060"), "listeners: {out}");
+    assert!(out.contains("tls 198.18.0.1:5061"), "listeners: {out}");
+    assert!(out.contains("open.lab open"), "domains: {out}");
+    assert!(
+        out.contains("auth.lab authenticated") && out.contains("1 user(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&dir.0.join("registrar.redb").display().to_string()),
+        "database: {out}"
+    );
+    assert!(out.contains("127.0.0.1:9090"), "metrics: {out}");
+    assert!(out.lines().count() <= 24, "one screen: {out}");
+
+    // A bad value: exit 2 with file, line and key.
+    let bad = SIP_CONFIG.replace("policy = \"open\"", "policy = \"opne\"");
+    let policy_line = bad
+        .lines()
+        .position(|l| l.contains("opne"))
+        .map_or(0, |i| i + 1);
+    std::fs::write(&config, &bad).expect("write");
+    let (code, _, err) = sipveil_with_input(&["check-config", &cfg], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("edge.toml")
+            && err.contains(&format!("line {policy_line}"))
+            && err.contains("domain.policy"),
+        "{err}"
+    );
+    // An issue-2 config (no SIP side) is fine.
+    std::fs::write(
+        &config,
+        "[media]\nport_min = 30000\nport_max = 30099\naddresses = [\"198.18.0.1\"]\n",
+    )
+    .expect("write");
+    let (code, out, err) = sipveil_with_input(&["check-config", &cfg], "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("sip           off"), "{out}");
+    // No such file.
+    let (code, _, err) = sipveil_with_input(&["check-config", "/nonexistent/x.toml"], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/x.toml"), "{err}");
+}
+
+/// The users-file line for NAME, computed with sha2 / md-5 directly.
+fn ha1_vector(name: &str, realm: &str, password: &str, md5: bool) -> String {
+    use sha2::Digest as _;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let a1 = format!("{name}:{realm}:{password}");
+    let mut line = format!(
+        "{name} sha256:{}",
+        hex(&sha2::Sha256::digest(a1.as_bytes()))
+    );
+    if md5 {
+        line.push_str(&format!(" md5:{}", hex(&md5::Md5::digest(a1.as_bytes()))));
+    }
+    line
+}
+
+#[test]
+fn ha1_prints_a_users_file_line() {
+    // Known vector: alice / auth.lab / alice-secret (as in edge/lab/auth.lab.users, computed
+    // with Python's hashlib) and the same computed here with sha2.
+    let (code, out, err) =
+        sipveil_with_input(&["ha1", "--realm", "auth.lab", "alice"], "alice-secret\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim_end(),
+        ha1_vector("alice", "auth.lab", "alice-secret", false)
+    );
+    assert_eq!(
+        out.trim_end(),
+        "alice sha256:7c2c0edd11bbd3c91969610e3ac0465e6ab2751c8625d3c57c524bc75b1203c9"
+    );
+    // User names are case-folded: the line is for the lower-case name, with a note.
+    let (code, out, err) =
+        sipveil_with_input(&["ha1", "--realm", "auth.lab", "Alice"], "alice-secret");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim_end(),
+        ha1_vector("alice", "auth.lab", "alice-secret", false)
+    );
+    assert!(err.contains("lower case"), "{err}");
+    // A name the users file cannot hold.
+    let (code, _, err) = sipveil_with_input(&["ha1", "--realm", "auth.lab", "a@b"], "pw");
+    assert_ne!(code, Some(0), "bad name refused");
+    assert!(err.contains("a@b"), "{err}");
+    let (code, out, err) = sipveil_with_input(
+        &[
+            "ha1",
+            "--realm",
+            "auth.lab",
+            "--md5",
+            "--refuse-anonymous",
+            "bob",
+        ],
+        "bob-secret",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim_end(),
+        format!(
+            "{} refuse-anonymous",
+            ha1_vector("bob", "auth.lab", "bob-secret", true)
+        )
+    );
+    // Windows line end and no trailing newline give the same password.
+    let (_, crlf, _) = sipveil_with_input(&["ha1", "--realm", "r", "u"], "pw\r\n");
+    let (_, bare, _) = sipveil_with_input(&["ha1", "--realm", "r", "u"], "pw");
+    assert_eq!(crlf, bare);
+    let (code, _, err) = sipveil_with_input(&["ha1", "--realm", "r", "u"], "\n");
+    assert_ne!(code, Some(0), "empty password refused");
+    assert!(err.contains("password"), "{err}");
+}
