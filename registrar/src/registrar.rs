@@ -4,7 +4,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use sipveil_sip::views::parse_token_list;
-use sipveil_sip::{Auth, HeaderName, NameAddr, Request, Response, StatusCode, Uri};
+use sipveil_sip::{
+    Auth, HeaderName, Limits, Message, NameAddr, Request, Response, StatusCode, Uri, parse_datagram,
+};
 
 use crate::digest::{self, Alg, Inputs, Keys};
 use crate::users::{NameError, normalize_name};
@@ -364,11 +366,68 @@ impl Registrar {
         crate::users::hex(&t[..8])
     }
 
+    /// The response: written directly and parsed once (the fast path), or,
+    /// should that not parse, through `ResponseBuilder` (which checks more).
     fn build(&self, req: &Request, a: &Answer) -> Option<Response> {
+        let tag = self.to_tag(req);
+        if let Some(r) = self.build_fast(req, a, &tag) {
+            return Some(r);
+        }
+        self.build_checked(req, a, tag)
+    }
+
+    /// RFC 3261 §8.2.6.2: Via (all, in order), From, To (+ tag), Call-ID and
+    /// CSeq copied as written; then our header fields.
+    fn build_fast(&self, req: &Request, a: &Answer, tag: &str) -> Option<Response> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"SIP/2.0 ");
+        out.extend_from_slice(a.status.as_u16().to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(a.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let has_tag = req.to_tag().is_some();
+        for h in req.headers() {
+            let name = h.name();
+            if !matches!(
+                name,
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
+            ) {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value());
+            if *name == HeaderName::To && !has_tag {
+                out.extend_from_slice(b";tag=");
+                out.extend_from_slice(tag.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        for (n, v) in &a.headers {
+            if v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+                return None;
+            }
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        match parse_datagram(Bytes::from(out), &Limits::UNLIMITED) {
+            Ok(Message::Response(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn build_checked(&self, req: &Request, a: &Answer, tag: String) -> Option<Response> {
         let mut b = req
             .response(a.status)
             .reason(Bytes::from_static(a.reason.as_bytes()))
-            .to_tag(self.to_tag(req));
+            .to_tag(tag);
         for (n, v) in &a.headers {
             b = b.header(n.clone(), v.clone());
         }
@@ -994,5 +1053,51 @@ mod tests {
             t.check_and_record([3; 32], 300, 1),
             NcCheck::Replayed
         ));
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_writes_what_the_builder_writes() {
+        let text = "REGISTER sip:open.lab SIP/2.0\r\n\
+            v: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK1;rport\r\n\
+            Via: SIP/2.0/TCP 198.18.1.9;branch=z9hG4bK2\r\n\
+            Max-Forwards: 70\r\n\
+            f: <sip:a@open.lab>;tag=x1\r\n\
+            t: \"A\" <sip:a@open.lab>\r\n\
+            i: cid-1\r\n\
+            CSeq: 3 REGISTER\r\n\
+            m: <sip:a@198.18.1.2>\r\n\
+            l: 0\r\n\r\n";
+        let Ok(Message::Request(req)) =
+            parse_datagram(Bytes::from_static(text.as_bytes()), &Limits::default())
+        else {
+            panic!("fixture parses");
+        };
+        let r = Registrar::new(
+            RegistrarConfig {
+                domains: Vec::new(),
+                nonce_ttl_secs: 300,
+                max_bindings: 10,
+            },
+            [1; 32],
+        );
+        let mut a = Answer::new(StatusCode::OK, "OK", ReportResult::Registered);
+        a.headers
+            .push((HeaderName::Contact, "<sip:a@198.18.1.2>;expires=60".into()));
+        a.headers.push((HeaderName::Require, "outbound".into()));
+        let tag = r.to_tag(&req);
+        let fast = r.build_fast(&req, &a, &tag).expect("fast path");
+        let checked = r.build_checked(&req, &a, tag).expect("builder");
+        assert_eq!(
+            String::from_utf8_lossy(&fast.to_bytes()),
+            String::from_utf8_lossy(&checked.to_bytes())
+        );
+        // a value that would split the header section falls back
+        a.headers.push((HeaderName::Contact, "x\r\nEvil: 1".into()));
+        assert!(r.build_fast(&req, &a, "t").is_none());
     }
 }
