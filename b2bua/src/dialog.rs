@@ -1549,6 +1549,18 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
             None,
             Body::None,
         ) {
+            // Kept so a retransmitted 2xx is ACKed again (no request on the
+            // B leg ever matches this link: the callee does not ACK).
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.acks.push(AckLink {
+                    in_leg: leg,
+                    in_cseq: invite_cseq,
+                    out: leg,
+                    out_remote: remote,
+                    out_cseq: invite_cseq,
+                    sent: Some(ack.clone()),
+                });
+            }
             out.push(Action::SendAck {
                 call,
                 leg,

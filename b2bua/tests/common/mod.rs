@@ -178,7 +178,16 @@ pub fn callee_sdp(n: u8, version: u32, port: u16) -> String {
 
 /// The caller's INVITE with every identifier in it.
 pub fn caller_invite(privacy: Option<&str>) -> Request {
-    let sdp = caller_sdp(1, 16000, "");
+    caller_invite_with(privacy, "", Some(caller_sdp(1, 16000, "")))
+}
+
+/// The caller's INVITE with extra header lines (each ending in CRLF) and
+/// an optional SDP offer.
+pub fn caller_invite_with(privacy: Option<&str>, extra: &str, sdp: Option<String>) -> Request {
+    let (ct, sdp) = match sdp {
+        Some(s) => ("Content-Type: application/sdp\r\n", s),
+        None => ("", String::new()),
+    };
     let privacy = privacy
         .map(|p| format!("Privacy: {p}\r\n"))
         .unwrap_or_default();
@@ -205,8 +214,7 @@ pub fn caller_invite(privacy: Option<&str>) -> Request {
          Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, SUBSCRIBE, NOTIFY, INFO, UPDATE, MESSAGE\r\n\
          Supported: replaces, timer, 100rel, gruu, outbound\r\n\
          Session-Expires: 1800\r\n\
-         {privacy}\
-         Content-Type: application/sdp\r\n\
+         {privacy}{extra}{ct}\
          Content-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     ))
