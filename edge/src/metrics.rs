@@ -410,20 +410,20 @@ impl Metrics {
         let parse_errors = PROTOS
             .iter()
             .map(|p| {
-                [
-                    pe_family
-                        .get_or_create(&ParseErrorLabels {
-                            proto: p,
-                            answered: "false",
-                        })
-                        .clone(),
-                    pe_family
-                        .get_or_create(&ParseErrorLabels {
-                            proto: p,
-                            answered: "true",
-                        })
-                        .clone(),
-                ]
+                // One at a time: a `get_or_create` guard blocks the family's next insertion.
+                let no = pe_family
+                    .get_or_create(&ParseErrorLabels {
+                        proto: p,
+                        answered: "false",
+                    })
+                    .clone();
+                let yes = pe_family
+                    .get_or_create(&ParseErrorLabels {
+                        proto: p,
+                        answered: "true",
+                    })
+                    .clone();
+                [no, yes]
             })
             .collect();
         reg.register(
