@@ -16,6 +16,15 @@ impl Binding {
         }
     }
 
+    /// Whether `self` and `o` have the same [`Binding::id`] (without allocating).
+    pub fn same_id(&self, o: &Binding) -> bool {
+        match ((&self.instance, self.reg_id), (&o.instance, o.reg_id)) {
+            ((Some(a), Some(x)), (Some(b), Some(y))) => x == y && a == b,
+            ((Some(_), Some(_)), _) | (_, (Some(_), Some(_))) => false,
+            _ => self.contact == o.contact,
+        }
+    }
+
     /// Store key: AOR bytes ++ 0x00 ++ binding id.
     pub fn key(&self) -> Vec<u8> {
         let id = self.id();
@@ -223,6 +232,15 @@ mod tests {
         assert_eq!(Binding::decode(&c.encode()), Ok(c.clone()));
         assert!(c.key().starts_with(b"alice@open.lab\0c:sip:alice@"));
         assert!(b.key().starts_with(b"alice@open.lab\0o:<urn:uuid:"));
+        // same_id agrees with comparing ids
+        let mut d = b.clone();
+        d.contact = "sip:other".into();
+        for (x, y) in [(&b, &c), (&b, &d), (&c, &c), (&b, &b)] {
+            assert_eq!(x.same_id(y), x.id() == y.id());
+        }
+        let mut e = c.clone();
+        e.contact = "sip:other".into();
+        assert_eq!(c.same_id(&e), c.id() == e.id());
     }
 
     #[test]

@@ -727,10 +727,9 @@ impl Registrar {
                 flow: *flow,
                 registered_at_ms: now_ms,
             };
-            let id = b.id();
             if old
                 .iter()
-                .any(|o| o.expires_at_ms > now_ms && o.id() == id && out_of_order(o))
+                .any(|o| o.expires_at_ms > now_ms && o.same_id(&b) && out_of_order(o))
             {
                 return Decision::Answer(Answer::new(
                     StatusCode::SERVER_INTERNAL_ERROR,
@@ -738,7 +737,7 @@ impl Registrar {
                     R::OutOfOrder,
                 ));
             }
-            if let Some(pos) = new.iter().position(|o| o.id() == id) {
+            if let Some(pos) = new.iter().position(|o| o.same_id(&b)) {
                 if e == 0 {
                     new.remove(pos);
                 } else {
@@ -756,7 +755,7 @@ impl Registrar {
         }
         let added = new
             .iter()
-            .filter(|b| !old.iter().any(|o| o.key() == b.key()))
+            .filter(|b| !old.iter().any(|o| o.same_id(b)))
             .count();
         let after = self.total - old.len() + new.len();
         if added > 0 && after > self.cfg.max_bindings {
@@ -769,7 +768,7 @@ impl Registrar {
         // 9. Store ops, 200 OK with the requester's own bindings.
         let mut ops = Vec::new();
         for o in old {
-            if !new.iter().any(|b| b.key() == o.key()) {
+            if !new.iter().any(|b| b.same_id(o)) {
                 ops.push(StoreOp::Delete { key: o.key() });
             }
         }
