@@ -580,16 +580,19 @@ impl Metrics {
         }
     }
 
-    fn worker_slot(&self, worker: usize) -> Arc<WorkerSlot> {
+    /// Runs `f` on the slot of `worker`, creating it first if needed (rare: after that only a
+    /// shared read lock is taken).
+    fn with_slot<R>(&self, worker: usize, f: impl FnOnce(&WorkerSlot) -> R) -> R {
         let idx = worker.min(MAX_WORKERS - 1);
-        if let Some(s) = self
-            .latency
-            .slots
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(idx)
         {
-            return s.clone();
+            let slots = self
+                .latency
+                .slots
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = slots.get(idx) {
+                return f(s);
+            }
         }
         self.set_workers(idx + 1);
         let slots = self
@@ -598,7 +601,7 @@ impl Metrics {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match slots.get(idx) {
-            Some(s) => s.clone(),
+            Some(s) => f(s),
             None => unreachable!("set_workers({}) created slot {idx}", idx + 1),
         }
     }
@@ -709,9 +712,10 @@ impl Metrics {
     /// Worker `worker` handled `messages` messages and was busy for `busy` (one loop turn or a
     /// batch of them).
     pub fn worker_loop(&self, worker: usize, messages: u64, busy: Duration) {
-        let slot = self.worker_slot(worker);
-        slot.messages.inc_by(messages);
-        slot.busy.inc_by(busy.as_secs_f64());
+        self.with_slot(worker, |slot| {
+            slot.messages.inc_by(messages);
+            slot.busy.inc_by(busy.as_secs_f64());
+        });
     }
 
     /// A `method` transaction handled on `worker` took `d` (request in → final response out).
@@ -720,7 +724,7 @@ impl Metrics {
     pub fn transaction_latency(&self, worker: usize, method: &str, d: Duration) {
         self.latency_hist[method_index(method)].observe(d.as_secs_f64());
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        lock(&self.worker_slot(worker).interval).saturating_record(us);
+        self.with_slot(worker, |slot| lock(&slot.interval).saturating_record(us));
     }
 
     /// The store committed a transaction of `ops` operations in `d` (fsync included).
