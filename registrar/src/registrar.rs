@@ -933,7 +933,9 @@ impl Registrar {
             }));
         }
         let ttl_ms = self.cfg.nonce_ttl_secs.saturating_mul(1000);
-        if now_ms > issue_ms.saturating_add(ttl_ms) || issue_ms > now_ms + NONCE_FUTURE_SLACK_MS {
+        if now_ms > issue_ms.saturating_add(ttl_ms)
+            || issue_ms > now_ms.saturating_add(NONCE_FUTURE_SLACK_MS)
+        {
             return Err(fail(AuthFailure::Stale));
         }
         let nc_key = self.keys.tag(b"nc", &[&raw, name.as_bytes(), &cnonce]);
