@@ -90,6 +90,10 @@ pub enum Action<F, K> {
 
 /// Result of [`DialogMap::handle_request`].
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the request is handed back by value once per out-of-dialog request; boxing would allocate"
+)]
 pub enum Outcome<F, K> {
     /// The map owned the request; do these.
     Handled(Vec<Action<F, K>>),
@@ -1199,10 +1203,9 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
             {
                 r.target = t;
             }
-            let body = match self.body(call, p.out, inc.leg, resp.headers(), resp.body(), anchor) {
-                Ok(b) => Some(b),
-                Err(_) => None,
-            };
+            let body = self
+                .body(call, p.out, inc.leg, resp.headers(), resp.body(), anchor)
+                .ok();
             let (status_out, body) = match body {
                 Some(b) => (map_status(status), b),
                 None => (500, Body::None),

@@ -163,10 +163,10 @@ fn parse_token(token: &[u8]) -> Option<IpAddr> {
     if let Ok(v4) = s.parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    if s.contains("::") || s.matches(':').count() >= 2 {
-        if let Ok(v6) = s.parse::<Ipv6Addr>() {
-            return Some(IpAddr::V6(v6));
-        }
+    if (s.contains("::") || s.matches(':').count() >= 2)
+        && let Ok(v6) = s.parse::<Ipv6Addr>()
+    {
+        return Some(IpAddr::V6(v6));
     }
     None
 }

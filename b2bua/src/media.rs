@@ -26,9 +26,9 @@
 //!   anchors media anyway, so its relay port is the only path; offering one
 //!   relay candidate instead would need the relay to answer ICE
 //!   connectivity checks (STUN with the right credentials), which the XDP
-//!   relay does not. Without ICE attributes in the answer an ICE agent falls
-//!   back to the `c=`/`m=` address (RFC 8445 §... "ICE mismatch" / RFC 8839
-//!   §5). `ssrc`, `ssrc-group`, `msid`, `msid-semantic`: `a=ssrc:… cname:`
+//!   relay does not. An answer without ICE attributes tells an ICE agent
+//!   that the peer does not do ICE, and it uses the `c=`/`m=` address
+//!   (RFC 8839, ICE offer/answer). `ssrc`, `ssrc-group`, `msid`, `msid-semantic`: `a=ssrc:… cname:`
 //!   often carries `user@host`, and the SSRC/msid values are stable
 //!   per-device ids in several clients; RTP works without them (RFC 5576 is
 //!   optional). `group`, `mid`, `bundle-only`, `extmap`, `label`,

@@ -375,7 +375,7 @@ impl PrivacyRequest {
     /// `critical`, a request whose privacy cannot be provided is rejected,
     /// not forwarded with less privacy).
     pub fn check_honourable(&self) -> Result<(), Refusal> {
-        if (self.critical || self.malformed) && !self.unknown.is_empty() {
+        if self.critical && !self.unknown.is_empty() {
             return Err(Refusal::privacy_unavailable(self.unknown.clone()));
         }
         Ok(())
@@ -413,11 +413,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// 500 "Privacy Unavailable". RFC 3323 asks a privacy service to reject
-    /// a `critical` request it cannot fully serve; it names no dedicated
-    /// status code, and 500 is the customary one (the reason phrase says
-    /// why; a 4xx would tell the caller to change the request, which is not
-    /// the issue).
+    /// 500 "Privacy Unavailable". RFC 3323 (privacy service behaviour,
+    /// §5) has a privacy service reject a `critical` request whose privacy
+    /// it cannot provide rather than forward it with less; our reading is
+    /// that it names 500 with this reason phrase (the exact wording was not
+    /// re-checked against the RFC text while writing this). A 4xx would be
+    /// wrong anyway: the request is fine, the service is what is missing.
     pub fn privacy_unavailable(values: Vec<Bytes>) -> Refusal {
         Refusal {
             status: 500,

@@ -25,7 +25,7 @@ fn established(identity: CallerIdentity, privacy: Option<&str>) -> World {
     let ok = w.last_response_a();
     assert_eq!(ok.status().as_u16(), 200);
     let tag = String::from_utf8(ok.to_tag().expect("edge tag").to_vec()).expect("utf8");
-    w.from_a(caller_in_dialog("ACK", &tag, 31337, None));
+    w.caller_sends(caller_in_dialog("ACK", &tag, 31337, None));
     assert_eq!(w.acks_b.len(), 1, "ACK crossed");
     w
 }
@@ -133,7 +133,7 @@ fn forking_to_two_contacts() {
     w.b_responds(0, callee_response(1, &inv1, 487, None));
     // The loser answers anyway (race): ACK + BYE it.
     let tag = edge_tag_a(&w);
-    w.from_a(caller_in_dialog("ACK", &tag, 31337, None));
+    w.caller_sends(caller_in_dialog("ACK", &tag, 31337, None));
     assert_eq!(w.acks_b.iter().filter(|(f, _)| *f == 1).count(), 1);
 
     let mut callee_ids = callee_identifiers(1);
@@ -222,7 +222,7 @@ fn re_invite_both_ways() {
     // Caller puts the call on hold with a new port and fresh candidates.
     let sdp = caller_sdp(2, 16002, "a=ssrc:99 cname:other@alicebox\r\n")
         .replace("a=sendrecv", "a=sendonly");
-    w.from_a(caller_in_dialog("INVITE", &tag, 31338, Some(sdp)));
+    w.caller_sends(caller_in_dialog("INVITE", &tag, 31338, Some(sdp)));
     let re = w.last_to_b(0, "INVITE");
     assert_eq!(
         w.sent_b
@@ -240,7 +240,7 @@ fn re_invite_both_ways() {
             Some(callee_sdp(1, 2, 20002).replace("a=sendrecv", "a=recvonly")),
         ),
     );
-    w.from_a(caller_in_dialog("ACK", &tag, 31338, None));
+    w.caller_sends(caller_in_dialog("ACK", &tag, 31338, None));
     assert_eq!(w.acks_b.len(), 2);
     // The callee re-INVITEs back (resume).
     let first = w.last_to_b(0, "INVITE");
@@ -259,14 +259,14 @@ fn re_invite_both_ways() {
         bytes::Bytes::from(callee_sdp(1, 3, 20004)),
     )
     .expect("body");
-    w.from_b(0, r);
+    w.callee_sends(0, r);
     let to_a = w.last_to_a("INVITE");
     w.a_responds(caller_response(&to_a, 200, Some(caller_sdp(3, 16004, ""))));
     let ok_b = w.responses_b.last().expect("200 to callee").1.clone();
     assert_eq!(ok_b.status().as_u16(), 200);
     let mut ack = callee_in_dialog(1, "ACK", &edge_from, &cid, 7000);
     ack.headers_mut().remove_all(&HeaderName::Contact);
-    w.from_b(0, ack);
+    w.callee_sends(0, ack);
     assert_eq!(w.acks_a.len(), 1);
     assert_clean(
         "callee inbox",
@@ -289,7 +289,7 @@ fn cancel_before_answer() {
     let inv = w.last_to_b(0, "INVITE");
     w.b_responds(0, callee_response(1, &inv, 180, None));
     let cancel = caller_invite(None).cancel().expect("cancel");
-    let cancel_tx = w.from_a(cancel);
+    let cancel_tx = w.caller_sends(cancel);
     let codes: Vec<(u32, u16)> = w
         .responses_a
         .iter()
@@ -329,7 +329,7 @@ fn bye_from_the_callee() {
     )
     .expect("utf8");
     let cid = String::from_utf8(inv.call_id().expect("cid").to_vec()).expect("utf8");
-    w.from_b(0, callee_in_dialog(1, "BYE", &edge_from, &cid, 9000));
+    w.callee_sends(0, callee_in_dialog(1, "BYE", &edge_from, &cid, 9000));
     let bye = w.last_to_a("BYE");
     assert_eq!(bye.call_id().expect("cid").as_ref(), A_CALL_ID.as_bytes());
     // The request goes to the caller's contact through its Record-Route.
@@ -359,14 +359,14 @@ fn bye_from_the_caller_and_in_dialog_info_options() {
         bytes::Bytes::from_static(b"Signal=5\r\nDuration=160\r\n"),
     )
     .expect("body");
-    w.from_a(info);
+    w.caller_sends(info);
     let to_b = w.last_to_b(0, "INFO");
     assert_eq!(to_b.body().as_ref(), b"Signal=5\r\nDuration=160\r\n");
     w.b_responds(0, callee_response(1, &to_b, 200, None));
-    w.from_a(caller_in_dialog("OPTIONS", &tag, 31339, None));
+    w.caller_sends(caller_in_dialog("OPTIONS", &tag, 31339, None));
     let to_b = w.last_to_b(0, "OPTIONS");
     w.b_responds(0, callee_response(1, &to_b, 200, None));
-    w.from_a(caller_in_dialog("BYE", &tag, 31340, None));
+    w.caller_sends(caller_in_dialog("BYE", &tag, 31340, None));
     let bye = w.last_to_b(0, "BYE");
     w.b_responds(0, callee_response(1, &bye, 200, None));
     assert_eq!(w.map.stats().calls, 0);

@@ -1,9 +1,5 @@
 //! Test harness: two parties with distinctive identifiers, the dialog map
 //! between them, and inboxes of exactly the bytes each party receives.
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the harness"
-)]
 
 use bytes::Bytes;
 use sipveil_b2bua::{
@@ -389,7 +385,7 @@ impl World {
     }
 
     /// The caller sends an in-dialog request or CANCEL.
-    pub fn from_a(&mut self, r: Request) -> Tx {
+    pub fn caller_sends(&mut self, r: Request) -> Tx {
         let tx = self.a_tx();
         match self
             .map
@@ -402,7 +398,7 @@ impl World {
     }
 
     /// Callee device `fork` sends a request.
-    pub fn from_b(&mut self, fork: u16, r: Request) -> Tx {
+    pub fn callee_sends(&mut self, fork: u16, r: Request) -> Tx {
         let tx = self.b_tx(fork);
         let flow = if fork == 0 { "b1" } else { "b2" };
         match self
