@@ -84,12 +84,67 @@
 //! fresh challenge) after the same work against a dummy HA1, with a
 //! constant-time comparison; only [`Report`] tells them apart, for metrics.
 //!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use sipveil_registrar::*;
+//! use sipveil_sip::{Limits, Message, parse_datagram};
+//!
+//! let cfg = RegistrarConfig {
+//!     domains: vec![DomainConfig {
+//!         name: "open.lab".into(),
+//!         policy: Policy::Open,
+//!         realm: "open.lab".into(),
+//!         users: Vec::new(),
+//!         anonymous_callers: true,
+//!         refuse_anonymous: false,
+//!         expires: ExpiresLimits { min: 60, max: 3600, default: 600 },
+//!         max_contacts: 8,
+//!     }],
+//!     nonce_ttl_secs: 300,
+//!     max_bindings: 100_000,
+//! };
+//! let mut reg = Registrar::new(cfg, [7; 32]); // the secret comes from the daemon
+//! let wire = Bytes::from_static(
+//!     b"REGISTER sip:open.lab SIP/2.0\r\n\
+//!       Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK1\r\n\
+//!       From: <sip:neo@open.lab>;tag=a1\r\n\
+//!       To: <sip:neo@open.lab>\r\n\
+//!       Call-ID: 8f2c1d@198.18.1.2\r\n\
+//!       CSeq: 1 REGISTER\r\n\
+//!       Contact: <sip:neo@198.18.1.2:5060>\r\n\
+//!       Content-Length: 0\r\n\r\n",
+//! );
+//! let Ok(Message::Request(req)) = parse_datagram(wire, &Limits::default()) else { panic!() };
+//! let flow = FlowInfo {
+//!     proto: Proto::Udp,
+//!     local: "198.18.1.1:5060".parse().unwrap(),
+//!     peer: "198.18.1.2:5060".parse().unwrap(),
+//!     worker: 0,
+//!     conn: 0,
+//! };
+//! let now_ms = 1_700_000_000_000; // the driver's wall clock
+//! match reg.register(now_ms, &req, &flow) {
+//!     RegisterOutcome::Commit { ops, response, report } => {
+//!         // persist `ops`, and only then send `response`
+//!         assert_eq!(ops.len(), 1);
+//!         assert_eq!(response.status().as_u16(), 200);
+//!         assert_eq!(report.result, ReportResult::Registered);
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(reg.lookup("neo", "open.lab", now_ms)[0].contact, "sip:neo@198.18.1.2:5060");
+//! ```
+//!
 //! # State and durability
 //!
 //! [`Registrar::register`] changes the in-memory state at once; with
 //! [`RegisterOutcome::Commit`] the TU sends the response only after `ops`
 //! are durable. [`Binding::encode`] / [`Binding::decode`] are a versioned
 //! binary format; keys are AOR bytes ‖ 0x00 ‖ binding id.
+
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 
