@@ -9,3 +9,4 @@ pub mod relay;
 pub mod sip;
 pub mod store;
 pub mod sys;
+pub(crate) mod uring_util;

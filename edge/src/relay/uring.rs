@@ -2,19 +2,19 @@
 //! batched `sendmsg`.
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
-use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use sipveil_abi::FlowKey;
 
 use super::{Command, Shared};
 use crate::media::counters::UserCounter;
 use crate::media::datapath::{Verdict, decide};
+use crate::uring_util::{BufRing, parse_sockaddr, write_sockaddr};
 
 /// Buffers in the provided ring (power of two) and their size (an RTP packet plus the
 /// `io_uring_recvmsg_out` header and the source address).
@@ -31,81 +31,6 @@ const K_CANCEL: u64 = 4;
 
 fn ud(kind: u64, idx: usize) -> u64 {
     (kind << KIND_SHIFT) | idx as u64
-}
-
-/// The provided buffer ring: the ring of `io_uring_buf` entries (page-aligned, mmap'd) and the
-/// buffers themselves.
-struct BufRing {
-    ring: *mut BufRingEntry,
-    ring_len: usize,
-    bufs: Vec<u8>,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new() -> io::Result<BufRing> {
-        let ring_len = usize::from(BUFFERS) * size_of::<BufRingEntry>();
-        // SAFETY: anonymous private mapping; checked for MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut r = BufRing {
-            ring: ptr.cast(),
-            ring_len,
-            bufs: vec![0u8; usize::from(BUFFERS) * BUF_SIZE],
-            tail: 0,
-        };
-        for bid in 0..BUFFERS {
-            r.push(bid);
-        }
-        r.publish();
-        Ok(r)
-    }
-
-    /// Queues buffer `bid` for the kernel (visible after `publish`).
-    fn push(&mut self, bid: u16) {
-        let idx = usize::from(self.tail & (BUFFERS - 1));
-        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * BUF_SIZE as u64;
-        // SAFETY: idx < BUFFERS, so the entry lies inside the mapping of `ring_len` bytes; the
-        // kernel only reads entries between its head and our published tail, and this one is past
-        // the published tail.
-        let entry = unsafe { &mut *self.ring.add(idx) };
-        entry.set_addr(addr);
-        entry.set_len(BUF_SIZE as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: the tail field overlays the first entry's `resv`, inside the mapping; the kernel
-        // reads it with acquire semantics, we store with release after writing the entries.
-        let tail = unsafe { BufRingEntry::tail(self.ring) } as *const AtomicU16;
-        // SAFETY: as above; the pointer is valid and suitably aligned for a u16.
-        unsafe { (*tail).store(self.tail, Ordering::Release) };
-    }
-
-    fn buffer(&self, bid: u16, len: usize) -> Option<&[u8]> {
-        let start = usize::from(bid) * BUF_SIZE;
-        self.bufs.get(start..start + len.min(BUF_SIZE))
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; the ring was dropped before (field
-        // order in `run`), so the kernel no longer uses it.
-        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
-    }
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -130,56 +55,6 @@ struct SendSlot {
     ip_len: u64,
     rtcp: bool,
     sock: Option<Arc<UdpSocket>>,
-}
-
-fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
-    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
-    match i32::from(family) {
-        libc::AF_INET => {
-            let o: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port))
-        }
-        libc::AF_INET6 => {
-            let o: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
-        }
-        _ => None,
-    }
-}
-
-/// Writes `dst` into `storage`; returns the address length.
-fn write_sockaddr(dst: SocketAddr, storage: &mut libc::sockaddr_in6) -> libc::socklen_t {
-    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
-    *storage = unsafe { std::mem::zeroed() };
-    match dst {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in (16 bytes) fits in sockaddr_in6 (28 bytes); both are POD and
-            // the destination is valid and writable.
-            unsafe {
-                std::ptr::write_unaligned(
-                    (storage as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>(),
-                    sin,
-                )
-            };
-            size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(v6) => {
-            storage.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            storage.sin6_port = v6.port().to_be();
-            storage.sin6_addr.s6_addr = v6.ip().octets();
-            storage.sin6_scope_id = v6.scope_id();
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
 }
 
 struct Worker {
@@ -225,16 +100,8 @@ pub(crate) fn run(
 impl Worker {
     fn new(id: usize, shared: Arc<Shared>, wake_fd: Arc<OwnedFd>) -> io::Result<Worker> {
         let ring: IoUring = IoUring::builder().build(SQ_ENTRIES)?;
-        let bufs = BufRing::new()?;
-        // SAFETY: the ring memory is valid for BUFFERS entries and outlives the registration (it
-        // is unmapped only after the ring is dropped, see the field order of `Worker`).
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.ring as u64, BUFFERS, BGID, 0)
-        }
-        .map_err(|e| {
-            io::Error::new(e.kind(), format!("registering a provided buffer ring: {e}"))
-        })?;
+        let bufs = BufRing::new(BUFFERS, BUF_SIZE)?;
+        bufs.register(&ring, BGID)?;
         // SAFETY: msghdr is POD; zero is valid (no name/control pointers: multishot recvmsg only
         // reads the lengths).
         let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
