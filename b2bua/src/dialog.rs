@@ -968,9 +968,12 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         };
         let (out, out_remote, out_cseq) = (c.acks[i].out, c.acks[i].out_remote, c.acks[i].out_cseq);
         // An ACK may carry the answer to an offer made in a 2xx (late offer).
-        let body = self
-            .body(call, leg, out, req.headers(), req.body(), anchor)
-            .unwrap_or(Body::None);
+        // One that cannot be anchored leaves the session without media: the
+        // ACK still completes the far side's handshake, then the call ends.
+        let (body, failed) = match self.body(call, leg, out, req.headers(), req.body(), anchor) {
+            Ok(b) => (b, false),
+            Err(_) => (Body::None, true),
+        };
         let Some(ack) = self.build_request(
             ids,
             call,
@@ -992,12 +995,16 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         let Some(flow) = c.leg(out).map(|l| l.flow.clone()) else {
             return Vec::new();
         };
-        vec![Action::SendAck {
+        let mut actions = vec![Action::SendAck {
             call,
             leg: out,
             flow,
             request: ack,
-        }]
+        }];
+        if failed {
+            actions.extend(self.end_call(ids, anchor, call));
+        }
+        actions
     }
 
     #[expect(
@@ -1166,7 +1173,7 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         }
         let Some((call, idx)) = self.find_pending(&resp) else {
             // A 2xx retransmission for a winning INVITE whose pending entry is gone.
-            return self.retransmitted_2xx(ids, &resp);
+            return self.unmatched_2xx(ids, &resp);
         };
         let Some(p) = self
             .calls
@@ -1206,6 +1213,7 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
             let body = self
                 .body(call, p.out, inc.leg, resp.headers(), resp.body(), anchor)
                 .ok();
+            let failed = body.is_none();
             let (status_out, body) = match body {
                 Some(b) => (map_status(status), b),
                 None => (500, Body::None),
@@ -1237,11 +1245,45 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
                     response,
                 });
             }
+            if failed && (200..300).contains(&status) && p.method == Method::Invite {
+                // The far side accepted a session the edge cannot anchor:
+                // complete its handshake, then end the call on both legs.
+                if let Some(ack) = self.build_request(
+                    ids,
+                    call,
+                    p.out,
+                    p.remote,
+                    Method::Ack,
+                    p.cseq,
+                    None,
+                    Body::None,
+                ) && let Some(flow) = self
+                    .calls
+                    .get(&call)
+                    .and_then(|c| c.leg(p.out))
+                    .map(|l| l.flow.clone())
+                {
+                    out.push(Action::SendAck {
+                        call,
+                        leg: p.out,
+                        flow,
+                        request: ack,
+                    });
+                }
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.acks.retain(|a| a.in_leg != inc.leg);
+                }
+                out.extend(self.end_call(ids, anchor, call));
+            }
         }
         self.collect(call, anchor, out)
     }
 
-    fn retransmitted_2xx(&mut self, _ids: &mut dyn IdSource, resp: &Response) -> Actions<F, K> {
+    /// A 2xx to an INVITE whose transaction the map no longer tracks: a
+    /// retransmission (the ACK is sent again, RFC 3261 §13.2.2.4), or a
+    /// further dialog created by the same far-leg INVITE (a forking proxy
+    /// behind the target), which is ACKed and ended with BYE.
+    fn unmatched_2xx(&mut self, ids: &mut dyn IdSource, resp: &Response) -> Actions<F, K> {
         if !(200..300).contains(&resp.status().as_u16()) {
             return Vec::new();
         }
@@ -1251,25 +1293,49 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         if cseq.method != Method::Invite {
             return Vec::new();
         }
-        let Some(entries) = self.by_call_id.get(&call_id) else {
+        let Some(entries) = self.by_call_id.get(&call_id).cloned() else {
             return Vec::new();
         };
+        let tag = resp.to_tag();
         for (call, leg) in entries {
-            let Some(c) = self.calls.get(call) else {
+            let Some(c) = self.calls.get(&call) else {
                 continue;
             };
-            if let Some(a) = c
-                .acks
-                .iter()
-                .find(|a| a.out == *leg && a.out_cseq == cseq.seq)
-                && let (Some(ack), Some(l)) = (&a.sent, c.leg(*leg))
+            let Some(l) = c.leg(leg) else { continue };
+            let known = l.remotes.iter().position(|r| r.tag == tag);
+            if let Some(r) = known {
+                if let Some(a) = c
+                    .acks
+                    .iter()
+                    .find(|a| a.out == leg && a.out_remote == r && a.out_cseq == cseq.seq)
+                {
+                    return match &a.sent {
+                        Some(ack) => vec![Action::SendAck {
+                            call,
+                            leg,
+                            flow: l.flow.clone(),
+                            request: ack.clone(),
+                        }],
+                        None => Vec::new(),
+                    };
+                }
+                // The winner's dialog (its ACK link replaced by a later
+                // re-INVITE's): nothing to do.
+                if let LegRef::B(f) = leg
+                    && c.winner == Some((f, r))
+                {
+                    return Vec::new();
+                }
+            }
+            if let LegRef::B(fork) = leg
+                && c.forks
+                    .get(usize::from(fork))
+                    .is_some_and(|f| f.invite_cseq == cseq.seq)
             {
-                return vec![Action::SendAck {
-                    call: *call,
-                    leg: *leg,
-                    flow: l.flow.clone(),
-                    request: ack.clone(),
-                }];
+                let Some(r) = self.remote_for(call, fork, resp) else {
+                    return Vec::new();
+                };
+                return self.ack_and_bye(ids, call, fork, r);
             }
         }
         Vec::new()

@@ -521,3 +521,213 @@ fn bodies_other_than_sdp_pass_only_by_allowlist() {
     assert!(to_b.body().is_empty());
     assert!(to_b.headers().get(&HeaderName::ContentType).is_none());
 }
+
+#[test]
+fn downstream_forking_two_early_dialogs_in_one_fork() {
+    let mut w = World::new(PrivacyPolicy::default());
+    let (call, _) = w.start(caller_invite(None), alice(), vec![target(1, "b1")]);
+    let call = call.expect("call");
+    let inv = w.last_to_b(0, "INVITE");
+    // A forking proxy behind the target: two devices answer with different tags.
+    w.b_responds(0, callee_response(1, &inv, 180, None));
+    w.b_responds(0, callee_response(2, &inv, 180, None));
+    // The caller sees one early dialog: the same edge tag on both.
+    let tags: Vec<_> = w.responses_a.iter().map(|(_, r)| r.to_tag()).collect();
+    assert_eq!(tags.len(), 2);
+    assert_eq!(tags[0], tags[1]);
+    w.b_responds(
+        0,
+        callee_response(2, &inv, 200, Some(callee_sdp(2, 1, 22000))),
+    );
+    w.b_responds(
+        0,
+        callee_response(1, &inv, 200, Some(callee_sdp(1, 1, 20000))),
+    );
+    assert_eq!(
+        w.responses_a
+            .iter()
+            .filter(|(_, r)| r.status().as_u16() == 200)
+            .count(),
+        1
+    );
+    // The second answer (tag of device 1) is ACKed and ended.
+    let bye = w.last_to_b(0, "BYE");
+    assert_eq!(bye.to_tag().as_deref(), Some(b_tag(1).as_bytes()));
+    let (_, ack) = w.acks_b.last().expect("ack");
+    assert_eq!(ack.to_tag().as_deref(), Some(b_tag(1).as_bytes()));
+    w.b_responds(0, callee_response(1, &bye, 200, None));
+    // The caller's ACK goes to the winner (device 2).
+    let tag = String::from_utf8(w.last_response_a().to_tag().expect("tag").to_vec()).expect("utf8");
+    w.caller_sends(caller_in_dialog("ACK", &tag, 31337, None));
+    let (_, ack) = w.acks_b.last().expect("ack");
+    assert_eq!(ack.to_tag().as_deref(), Some(b_tag(2).as_bytes()));
+    assert!(w.map.is_confirmed(call));
+    // A retransmitted 2xx of the winner is ACKed again, not shown to the caller.
+    let before = w.responses_a.len();
+    w.b_responds(
+        0,
+        callee_response(2, &inv, 200, Some(callee_sdp(2, 1, 22000))),
+    );
+    assert_eq!(w.responses_a.len(), before);
+    assert_eq!(
+        w.acks_b.last().expect("ack").1.to_tag().as_deref(),
+        Some(b_tag(2).as_bytes())
+    );
+}
+
+#[test]
+fn early_update_goes_to_the_latest_early_dialog() {
+    let mut w = World::new(PrivacyPolicy::default());
+    w.start(
+        caller_invite(None),
+        alice(),
+        vec![target(1, "b1"), target(2, "b2")],
+    );
+    let (inv1, inv2) = (w.last_to_b(0, "INVITE"), w.last_to_b(1, "INVITE"));
+    w.b_responds(0, callee_response(1, &inv1, 180, None));
+    w.b_responds(
+        1,
+        callee_response(2, &inv2, 183, Some(callee_sdp(2, 1, 22000))),
+    );
+    let tag = String::from_utf8(w.last_response_a().to_tag().expect("tag").to_vec()).expect("utf8");
+    w.caller_sends(caller_in_dialog(
+        "UPDATE",
+        &tag,
+        31338,
+        Some(caller_sdp(2, 16000, "")),
+    ));
+    let up = w.last_to_b(1, "UPDATE");
+    assert_eq!(up.to_tag().as_deref(), Some(b_tag(2).as_bytes()));
+    assert_eq!(up.call_id().expect("cid"), inv2.call_id().expect("cid"));
+}
+
+#[test]
+fn callers_sdp_version_rises_across_forks() {
+    let mut w = World::new(PrivacyPolicy::default());
+    w.start(
+        caller_invite(None),
+        alice(),
+        vec![target(1, "b1"), target(2, "b2")],
+    );
+    let (inv1, inv2) = (w.last_to_b(0, "INVITE"), w.last_to_b(1, "INVITE"));
+    w.b_responds(
+        0,
+        callee_response(1, &inv1, 183, Some(callee_sdp(1, 1, 20000))),
+    );
+    w.b_responds(
+        1,
+        callee_response(2, &inv2, 200, Some(callee_sdp(2, 1, 22000))),
+    );
+    let origins: Vec<(Vec<u8>, u64)> = w
+        .responses_a
+        .iter()
+        .map(|(_, r)| {
+            let sdp = sipveil_sip::sdp::SessionDescription::parse(r.body().clone()).expect("sdp");
+            let o = sdp.origin().expect("o=");
+            let v = std::str::from_utf8(o.session_version)
+                .expect("utf8")
+                .parse()
+                .expect("num");
+            (o.session_id.to_vec(), v)
+        })
+        .collect();
+    assert_eq!(origins.len(), 2);
+    assert_eq!(
+        origins[0].0, origins[1].0,
+        "one session id on the caller's leg"
+    );
+    assert_eq!(origins[1].1, origins[0].1 + 1);
+}
+
+#[test]
+fn unanchorable_late_answer_ends_the_call() {
+    let mut w = World::new(PrivacyPolicy::default());
+    w.start(
+        caller_invite_with(None, "", None),
+        alice(),
+        vec![target(1, "b1")],
+    );
+    let inv = w.last_to_b(0, "INVITE");
+    w.b_responds(
+        0,
+        callee_response(1, &inv, 200, Some(callee_sdp(1, 1, 20000))),
+    );
+    let tag = String::from_utf8(w.last_response_a().to_tag().expect("tag").to_vec()).expect("utf8");
+    let no_c = "v=0\r\no=x 1 1 IN IP4 192.168.77.10\r\ns=x\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+    w.caller_sends(caller_in_dialog("ACK", &tag, 31337, Some(no_c.to_owned())));
+    let (_, ack) = w.acks_b.last().expect("ack");
+    assert!(ack.body().is_empty());
+    assert!(w.sent_a.iter().any(|r| *r.method() == Method::Bye));
+    assert!(w.sent_b.iter().any(|(_, r)| *r.method() == Method::Bye));
+    assert_eq!(w.ended.len(), 1);
+}
+
+#[test]
+fn unanchorable_reinvite_answer_fails_and_ends() {
+    let mut w = World::new(PrivacyPolicy::default());
+    let tag = establish(&mut w);
+    w.caller_sends(caller_in_dialog(
+        "INVITE",
+        &tag,
+        31338,
+        Some(caller_sdp(2, 16000, "")),
+    ));
+    let re = w.last_to_b(0, "INVITE");
+    let no_c = "v=0\r\no=x 1 2 IN IP4 10.20.30.41\r\ns=x\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+    w.b_responds(0, callee_response(1, &re, 200, Some(no_c.to_owned())));
+    assert_eq!(w.last_response_a().status().as_u16(), 500);
+    let (_, ack) = w.acks_b.last().expect("ack");
+    assert_eq!(ack.cseq().expect("cseq").seq, re.cseq().expect("cseq").seq);
+    assert!(w.sent_a.iter().any(|r| *r.method() == Method::Bye));
+    assert_eq!(
+        w.sent_b
+            .iter()
+            .filter(|(_, r)| *r.method() == Method::Bye)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn offers_that_cannot_be_anchored_are_refused() {
+    // Bad SDP: 488.
+    let mut w = World::new(PrivacyPolicy::default());
+    let no_c = "v=0\r\no=x 1 1 IN IP4 192.168.77.10\r\ns=x\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+    let (call, _) = w.start(
+        caller_invite_with(None, "", Some(no_c.to_owned())),
+        alice(),
+        vec![target(1, "b1")],
+    );
+    assert!(call.is_none());
+    assert_eq!(w.last_response_a().status().as_u16(), 488);
+    assert!(w.sent_b.is_empty());
+
+    // The relay is out of ports: 500, and nothing stays allocated.
+    struct Full;
+    impl sipveil_b2bua::MediaAnchor for Full {
+        fn allocate(
+            &mut self,
+            _: &sipveil_b2bua::MediaRequest,
+        ) -> Result<std::net::SocketAddr, sipveil_b2bua::MediaError> {
+            Err(sipveil_b2bua::MediaError::Exhausted)
+        }
+        fn release(&mut self, _: sipveil_b2bua::CallRef, _: Option<u16>) {}
+    }
+    let mut map: sipveil_b2bua::DialogMap<&str, u32> =
+        sipveil_b2bua::DialogMap::new(PrivacyPolicy::default());
+    let mut ids = sipveil_b2bua::SeededIds::new(1);
+    let setup = sipveil_b2bua::CallSetup {
+        identity: alice(),
+        callee: Uri::parse_str(B_AOR).expect("uri"),
+        targets: vec![target(1, "b1")],
+        a_flow: "a",
+        edge_a: edge_a(),
+        edge_b: edge_b(),
+    };
+    let (call, actions) = map.start_call(&mut ids, &mut Full, 7, caller_invite(None), setup);
+    assert!(call.is_none());
+    assert!(
+        matches!(&actions[..], [sipveil_b2bua::Action::Respond { tx: 7, response }] if response.status().as_u16() == 500)
+    );
+    assert_eq!(map.stats().calls, 0);
+}
