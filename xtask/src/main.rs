@@ -1,4 +1,9 @@
 //! `cargo xtask …`: the project's automation (see README.md).
+#[expect(
+    dead_code,
+    reason = "shared with the SIP end-to-end tests, which use the in-memory bundle"
+)]
+mod certs;
 mod cmd;
 mod demo;
 #[path = "../../loadtest/src/lab.rs"]
@@ -63,7 +68,15 @@ enum Task {
         #[arg(long)]
         keep_lab: bool,
     },
-    /// Build in release mode and run the relay benchmark harness `sv-bench-relay` with ARGS.
+    /// A throwaway CA and an edge certificate for the lab (SANs: edge.lab, open.lab, auth.lab,
+    /// closed.lab, 198.18.1.1, 198.18.0.1, 127.0.0.1): OUT/ca.pem, OUT/edge.pem (chain),
+    /// OUT/edge.key. Never for production.
+    Certs {
+        #[arg(long, default_value = certs::DEFAULT_CERT_DIR)]
+        out: PathBuf,
+    },
+    /// Build in release mode and run a benchmark harness: `bench register ARGS` runs
+    /// `sv-bench-register ARGS`, `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -108,9 +121,30 @@ fn main() -> Result<()> {
             seconds,
             keep_lab,
         }),
-        Task::Bench { args } => metal::bench(&args),
+        Task::Certs { out } => write_certs(&out),
+        Task::Bench { args } => match args.split_first() {
+            Some((first, rest)) if first == "register" => {
+                metal::bench_harness("sv-bench-register", rest)
+            }
+            _ => metal::bench_harness("sv-bench-relay", &args),
+        },
         Task::Test => test::run(),
     }
+}
+
+fn write_certs(out: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    let bundle = certs::generate(&certs::EDGE_SANS).context("generating the certificates")?;
+    let files =
+        certs::write(&bundle, out).with_context(|| format!("writing into {}", out.display()))?;
+    println!(
+        "certs: CA {}, edge certificate {} (SANs: {}), key {}",
+        files.ca.display(),
+        files.cert.display(),
+        certs::EDGE_SANS.join(", "),
+        files.key.display()
+    );
+    Ok(())
 }
 
 fn lab_command(action: LabAction) -> Result<()> {

@@ -36,17 +36,18 @@ pub fn unload(iface: Option<&str>, instance: &str) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
-/// Builds (release) and runs `sv-bench-relay ARGS`.
-pub fn bench(args: &[String]) -> Result<()> {
+/// Builds (release) and runs the benchmark harness `name` (`sv-bench-relay`,
+/// `sv-bench-register`) from the release directory with `args`.
+pub fn bench_harness(name: &str, args: &[String]) -> Result<()> {
     let binaries = release_binaries()?;
     let harness = binaries
         .sv_rtp
         .parent()
         .context("no release directory")?
-        .join("sv-bench-relay");
+        .join(name);
     if !harness.exists() {
         bail!(
-            "{} was not built (loadtest has no sv-bench-relay yet)",
+            "{} was not built (loadtest has no {name} yet)",
             harness.display()
         );
     }

@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "decoding SIP/RTP captures"),
     ("sip-tester", "SIPp scenarios (loadtest, tests)"),
     (
+        "socat",
+        "tests: TLS bridge for SIPp (Debian's SIPp is built without OpenSSL, so no `-t l1`)",
+    ),
+    (
         "rtpengine-daemon",
         "the peer the relay benchmark compares against",
     ),
