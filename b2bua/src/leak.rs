@@ -13,6 +13,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use sipveil_sip::sdp::SessionDescription;
+use sipveil_sip::{HeaderName, Message};
+
 /// Something that identifies a party and must not reach the other one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identifier {
@@ -183,6 +186,159 @@ fn embedded_v4(token: &[u8]) -> Vec<(usize, Ipv4Addr)> {
             out.push((start, ip));
         }
         start += piece.len() + 1;
+    }
+    out
+}
+
+/// Identifiers shorter than this are not collected: a short value (`-`,
+/// `0`, a port) would match everywhere.
+pub const MIN_IDENTIFIER_LEN: usize = 4;
+
+/// The identifiers a message reveals about its sender, for scanning what
+/// the *other* leg receives: Via sent-by hosts and branches, Contact users
+/// and hosts, the sender's display name and tag (From in a request, To in
+/// a response), Call-ID, User-Agent, Server,
+/// SDP origin username / session id / address, `c=` addresses, ICE
+/// candidate addresses and credentials, `a=ssrc` CNAMEs, and the values of
+/// `Subject`, `Organization` and unknown (`X-`) headers.
+///
+/// Left out: the Request-URI and To (they name the callee and often the
+/// edge), the From URI (the caller's AOR, which the edge may show on
+/// purpose), addresses in `exclude` (the edge's own), values shorter than
+/// [`MIN_IDENTIFIER_LEN`], and any value contained in one of `shown`
+/// (what the edge deliberately shows, e.g. the authenticated AOR).
+pub fn identifiers_of(msg: &Message, exclude: &[IpAddr], shown: &[&[u8]]) -> Vec<Identifier> {
+    let mut out: Vec<Identifier> = Vec::new();
+    let mut add = |label: &str, value: &[u8]| {
+        let value = value.trim_ascii();
+        if value.len() < MIN_IDENTIFIER_LEN {
+            return;
+        }
+        if let Ok(text) = std::str::from_utf8(value)
+            && let Ok(ip) = text
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+            && (exclude.contains(&ip) || ip.is_unspecified())
+        {
+            return;
+        }
+        if shown.iter().any(|s| {
+            s.len() >= value.len()
+                && s.windows(value.len())
+                    .any(|w| w.eq_ignore_ascii_case(value))
+        }) {
+            return;
+        }
+        if !out.iter().any(|i| i.value.eq_ignore_ascii_case(value)) {
+            out.push(Identifier::new(label, value));
+        }
+    };
+    let headers = msg.headers();
+    for v in headers.values(&HeaderName::Via) {
+        if let Ok(via) = sipveil_sip::Via::parse(&v) {
+            add("Via host", via.host_raw());
+            if let Some(b) = via.branch() {
+                add("Via branch", &b);
+            }
+        }
+    }
+    for v in headers.values(&HeaderName::Contact) {
+        if let Ok(c) = sipveil_sip::Contact::parse(&v)
+            && let Some(a) = c.address()
+        {
+            if let Some(u) = a.uri().user() {
+                add("Contact user", u);
+            }
+            add("Contact host", a.uri().host_raw());
+            if let Some(d) = a.display_name() {
+                add("Contact display name", &d);
+            }
+        }
+    }
+    // The sender's own name-addr: From in a request, To in a response.
+    let own = match msg {
+        Message::Request(_) => HeaderName::From,
+        Message::Response(_) => HeaderName::To,
+    };
+    if let Some(v) = headers.get_value(&own)
+        && let Ok(f) = sipveil_sip::NameAddr::parse(&v)
+    {
+        if let Some(d) = f.display_name() {
+            add("sender display name", &d);
+        }
+        if let Some(t) = f.tag() {
+            add("sender tag", &t);
+        }
+    }
+    if let Some(v) = headers.get_value(&HeaderName::CallId) {
+        add("Call-ID", &v);
+    }
+    for name in [
+        HeaderName::UserAgent,
+        HeaderName::Server,
+        HeaderName::Subject,
+        HeaderName::Organization,
+    ] {
+        for v in headers.values(&name) {
+            add(&name.to_string(), &v);
+        }
+    }
+    for h in headers {
+        if let HeaderName::Other(n) = h.name()
+            && n.len() > 2
+            && n[..2].eq_ignore_ascii_case(b"x-")
+        {
+            add("X- header", h.value());
+        }
+    }
+    if let Ok(sdp) = SessionDescription::parse(msg.body().clone()) {
+        if let Some(o) = sdp.origin() {
+            add("SDP origin user", o.username);
+            add("SDP session id", o.session_id);
+            add("SDP origin address", o.address);
+        }
+        if let Some(name) = sdp.session_name() {
+            add("SDP session name", name);
+        }
+        let lines = sdp
+            .session_lines()
+            .iter()
+            .chain(sdp.media().flat_map(|m| m.lines().iter()));
+        for line in lines {
+            match line.kind() {
+                b'c' => {
+                    if let Some(addr) = line.value().split(|&c| c == b' ').nth(2) {
+                        let base = addr.split(|&c| c == b'/').next().unwrap_or(addr);
+                        add("SDP connection address", base);
+                    }
+                }
+                b'a' => {
+                    let Some(a) = line.attribute() else { continue };
+                    let value = a.value.unwrap_or_default();
+                    match a.name {
+                        b"candidate" => {
+                            // foundation component transport priority address port typ ...
+                            for (i, tok) in value.split(|&c| c == b' ').enumerate() {
+                                if i == 4
+                                    || (i > 7 && tok.contains(&b'.'))
+                                    || (i > 7 && tok.contains(&b':'))
+                                {
+                                    add("ICE candidate address", tok);
+                                }
+                            }
+                        }
+                        b"ice-ufrag" | b"ice-pwd" => add("ICE credential", value),
+                        b"ssrc" => {
+                            if let Some(pos) = value.windows(6).position(|w| w == b"cname:") {
+                                add("SSRC CNAME", &value[pos + 6..]);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     out
 }

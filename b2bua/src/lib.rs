@@ -35,8 +35,8 @@
 //! [`policy::default_pass_headers`]): `Accept`, `Session-Expires`,
 //! `Min-SE`, `Expires`, `Event`, `Subscription-State`, `Priority`,
 //! `Info-Package`, `Recv-Info`; `Supported` / `Require` / `Unsupported`
-//! filtered to the option tags that work end to end (`timer`), `Allow`
-//! intersected with the methods the map translates. Everything else —
+//! filtered to the option tags that work end to end (`timer`); `Allow`
+//! replaced by the edge's own list of the methods the map translates. Everything else —
 //! `Subject`, `Warning`, `Date`, `Call-Info`, `History-Info`, `X-...`,
 //! any unknown name — is dropped: an unknown header carrying an address
 //! cannot leak, because nothing unknown crosses. Bodies: SDP is rewritten;
@@ -118,8 +118,8 @@ pub mod policy;
 pub use dialog::{Action, CallSetup, DialogMap, LegRef, MapStats, Outcome};
 pub use ids::{IdSource, SeededIds};
 pub use leak::{
-    Finding, FindingKind, Identifier, audit, foreign_private_addresses, is_non_public, leak_scan,
-    private_addresses,
+    Finding, FindingKind, Identifier, MIN_IDENTIFIER_LEN, audit, foreign_private_addresses,
+    identifiers_of, is_non_public, leak_scan, private_addresses,
 };
 pub use leg::{
     ANONYMOUS_FROM, CallerIdentity, EdgeAddress, EdgeTransport, FarInvite, FarTarget,

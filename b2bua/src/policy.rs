@@ -4,12 +4,13 @@
 //! follow from them.
 
 use bytes::Bytes;
-use sipveil_sip::views::{MediaType, parse_allow, parse_token_list};
+use sipveil_sip::views::{MediaType, parse_token_list};
 use sipveil_sip::{HeaderName, Headers, Method, Privacy, Request};
 
-/// The methods the dialog map translates inside a dialog. `Allow` crossing
-/// the edge is intersected with this list, so a peer is never invited to
-/// use a method (REFER, SUBSCRIBE, PRACK, MESSAGE) the edge would refuse.
+/// The methods the dialog map translates inside a dialog. An `Allow` never
+/// crosses: the edge writes this list instead, so a peer is never invited
+/// to use a method (REFER, SUBSCRIBE, PRACK, MESSAGE) the edge would refuse,
+/// and the other party's method set (a software fingerprint) stays hidden.
 pub const TRANSLATED_METHODS: &[Method] = &[
     Method::Invite,
     Method::Ack,
@@ -216,8 +217,8 @@ impl PrivacyPolicy {
 
     /// The header fields of `src` that may cross, rebuilt: the allowlisted
     /// fields as written, then `Supported` / `Require` / `Unsupported`
-    /// filtered to [`Self::option_tags`] and `Allow` intersected with
-    /// [`TRANSLATED_METHODS`] (each dropped when nothing is left).
+    /// filtered to [`Self::option_tags`] (dropped when nothing is left), and
+    /// `Allow` replaced by the edge's own [`TRANSLATED_METHODS`].
     pub fn crossing_headers(&self, src: &Headers) -> Vec<(HeaderName, Bytes)> {
         let mut out = Vec::new();
         for h in src {
@@ -245,20 +246,12 @@ impl PrivacyPolicy {
                 out.push((name, join(&tags)));
             }
         }
-        let mut methods: Vec<Bytes> = Vec::new();
-        for v in src.values(&HeaderName::Allow) {
-            if let Ok(list) = parse_allow(&v) {
-                for m in list {
-                    if TRANSLATED_METHODS.contains(&m)
-                        && !methods.iter().any(|x| x.as_ref() == m.as_bytes())
-                    {
-                        methods.push(Bytes::copy_from_slice(m.as_bytes()));
-                    }
-                }
-            }
-        }
-        if !methods.is_empty() {
-            out.push((HeaderName::Allow, join(&methods)));
+        // The peer's method list is a software fingerprint; the edge
+        // announces its own (what it translates on every leg) instead. A
+        // method the far party lacks is answered 405/501 there and that
+        // answer crosses back.
+        if src.get(&HeaderName::Allow).is_some() {
+            out.push((HeaderName::Allow, Self::allow_value()));
         }
         out
     }
@@ -520,7 +513,7 @@ mod tests {
                 "Session-Expires: 1800;refresher=uac",
                 "Supported: timer",
                 "Require: timer",
-                "Allow: INVITE, BYE"
+                "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
             ]
         );
     }

@@ -378,3 +378,109 @@ fn bye_from_the_caller_and_in_dialog_info_options() {
     );
     assert_clean("caller inbox", &w.inbox.a, &callee_identifiers(1), &[A_LAN]);
 }
+
+/// The daemon's detector: identifiers extracted from what the caller sent
+/// (not a hand-written list) are absent from everything the callee got.
+#[test]
+fn extracted_identifiers_catch_the_raw_message_and_not_the_bridged_one() {
+    let edge: Vec<std::net::IpAddr> = [EDGE_A, EDGE_B]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+    let invite = caller_invite(None);
+    let ids =
+        sipveil_b2bua::identifiers_of(&sipveil_sip::Message::Request(invite.clone()), &edge, &[]);
+    // (Values are collected once: the Contact host, the X- header and the SDP
+    // addresses are all the LAN address, already found in Via.)
+    let values: Vec<&[u8]> = ids.iter().map(|i| i.value.as_slice()).collect();
+    for want in [
+        A_LAN,
+        A_PUBLIC,
+        A_HOST,
+        A_DISPLAY,
+        A_CONTACT_USER,
+        A_TAG,
+        A_CALL_ID,
+        A_BRANCH,
+        A_UA,
+        A_SDP_USER,
+        A_SDP_SESSION,
+        A_SDP_NAME,
+        A_CNAME,
+        "aliceufrag",
+    ] {
+        assert!(
+            values.contains(&want.as_bytes()),
+            "{want} not extracted: {ids:?}"
+        );
+    }
+    // Non-vacuous: the caller's own INVITE is full of them...
+    assert!(sipveil_b2bua::leak_scan(&invite.to_bytes(), &ids).len() > 10);
+    // ...and the bridged call carries none.
+    let w = established(CallerIdentity::Anonymous, None);
+    assert_clean("callee inbox", &callee_inbox(&w, 0), &ids, &[B1_LAN]);
+    // An identified caller's AOR is shown on purpose: pass it as `shown`.
+    let ids = sipveil_b2bua::identifiers_of(
+        &sipveil_sip::Message::Request(invite),
+        &edge,
+        &[A_AOR.as_bytes()],
+    );
+    let w = established(
+        CallerIdentity::Authenticated {
+            aor: Uri::parse_str(A_AOR).expect("aor"),
+        },
+        None,
+    );
+    assert_clean(
+        "callee inbox (identified)",
+        &callee_inbox(&w, 0),
+        &ids,
+        &[B1_LAN],
+    );
+}
+
+#[test]
+fn extracted_callee_identifiers_never_reach_the_caller() {
+    let edge: Vec<std::net::IpAddr> = [EDGE_A, EDGE_B]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+    let w = established(CallerIdentity::Anonymous, None);
+    let inv = w.last_to_b(0, "INVITE");
+    let answer = callee_response(1, &inv, 200, Some(callee_sdp(1, 1, 20000)));
+    // What the callee reveals, minus what the edge itself wrote into its
+    // response (Via, From, To, Call-ID are the edge's own on this leg).
+    let edge_values: Vec<Vec<u8>> = [HeaderName::Via, HeaderName::From, HeaderName::CallId]
+        .iter()
+        .flat_map(|h| {
+            inv.headers()
+                .values(h)
+                .map(|v| v.to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let shown: Vec<&[u8]> = edge_values.iter().map(|v| v.as_slice()).collect();
+    let ids = sipveil_b2bua::identifiers_of(
+        &sipveil_sip::Message::Response(answer.clone()),
+        &edge,
+        &shown,
+    );
+    let values: Vec<&[u8]> = ids.iter().map(|i| i.value.as_slice()).collect();
+    for want in [
+        b_lan(1),
+        b_public(1),
+        b_contact_user(1),
+        b_ua(1),
+        B_SDP_USER.to_owned(),
+        "bobufrag".to_owned(),
+    ] {
+        assert!(
+            values
+                .iter()
+                .any(|v| v.windows(want.len()).any(|w| w == want.as_bytes())),
+            "{want}: {ids:?}"
+        );
+    }
+    assert!(!sipveil_b2bua::leak_scan(&answer.to_bytes(), &ids).is_empty());
+    assert_clean("caller inbox", &w.inbox.a, &ids, &[A_LAN]);
+}
