@@ -14,7 +14,26 @@
 //! | [`DialogMap::start_call`] | a new INVITE (no To tag) that the TU decided to bridge |
 //! | [`DialogMap::handle_request`] | any other request; [`Outcome::NotInDialog`] hands back what the map does not own |
 //! | [`DialogMap::handle_response`] | every response of a client transaction the map started; a timed-out transaction as a synthesised 408 |
-//! | [`DialogMap::end_call`] | the TU ends a call (media timeout, maximum duration) |
+//! | [`DialogMap::handle_ack`] | an ACK for a 2xx (`Incoming::Ack`); it has no transaction to answer |
+//! | [`DialogMap::end_call`] | the TU ends a call (media timeout, maximum duration, Timer L: no ACK for the edge's 2xx) |
+//!
+//! # Driving it with `sipveil_sip::transaction::TransactionLayer`
+//!
+//! - `Incoming::Request { key, request, .. }` without To tag, INVITE, and
+//!   the TU decides to bridge → [`DialogMap::start_call`] with `key`;
+//!   anything else → [`DialogMap::handle_request`] with `key` (CANCEL
+//!   included: the map answers it 200 and the INVITE 487 itself).
+//! - `Incoming::Ack { request, .. }` → [`DialogMap::handle_ack`].
+//! - `Incoming::Response { response, .. }` → [`DialogMap::handle_response`]
+//!   (INVITE 2xx retransmissions too: the map re-sends its ACK).
+//! - `Event::Timeout` of a client transaction the map started → build
+//!   `layer.request(key)?.response(408)` and feed it to `handle_response`, so
+//!   forks and in-dialog requests that never get an answer are settled.
+//! - [`Action::Respond`] → `send_response(now, tx, response)`;
+//!   [`Action::Send`] → `send_request(now, Remote::…(flow), request)` (the
+//!   top Via already carries an RFC 3261 branch from the [`IdSource`]);
+//!   [`Action::SendAck`] → `send_stateless(flow, &Message::Request(ack))`;
+//!   [`Action::CallEnded`] → metrics (media was already released).
 
 use std::collections::HashMap;
 
@@ -720,6 +739,33 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
             }
         };
         Outcome::Handled(self.collect(call, anchor, actions))
+    }
+
+    /// Handle an ACK for a 2xx (the transaction layer's `Incoming::Ack`): it
+    /// crosses as the far leg's ACK, with a late-offer answer if it carries
+    /// one. An ACK for no known dialog is dropped.
+    pub fn handle_ack(
+        &mut self,
+        ids: &mut dyn IdSource,
+        anchor: &mut dyn MediaAnchor,
+        from: F,
+        ack: &Request,
+    ) -> Actions<F, K> {
+        let (Some(to_tag), Ok(call_id), Ok(cseq)) = (ack.to_tag(), ack.call_id(), ack.cseq())
+        else {
+            return Vec::new();
+        };
+        if *ack.method() != Method::Ack {
+            return Vec::new();
+        }
+        let Some((call, leg, _)) = self.find(&call_id, ack.from_tag().as_ref(), &to_tag) else {
+            return Vec::new();
+        };
+        if let Some(l) = self.calls.get_mut(&call).and_then(|c| c.leg_mut(leg)) {
+            l.flow = from;
+        }
+        let out = self.on_ack(ids, anchor, call, leg, cseq.seq, ack);
+        self.collect(call, anchor, out)
     }
 
     /// GC after an event: a finished call is removed (and its media released).

@@ -556,4 +556,66 @@ mod tests {
         assert_eq!(e, MediaError::NoConnection { index: 0 });
         assert!(e.is_offer_fault());
     }
+
+    #[test]
+    fn srtp_attributes_follow_the_policy() {
+        let mut a = anchor();
+        let body = Bytes::from_static(OFFER.as_bytes());
+        let strict = crate::SdpPolicy {
+            sdes_srtp: false,
+            dtls_fingerprint: false,
+            extra_attributes: Vec::new(),
+        };
+        let out =
+            rewrite_sdp(body.clone(), &strict, &mut SdpOrigin::new(1), &mut a, ctx()).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            !text.contains("crypto") && !text.contains("fingerprint") && !text.contains("setup")
+        );
+        let dtls = crate::SdpPolicy {
+            sdes_srtp: false,
+            dtls_fingerprint: true,
+            extra_attributes: vec!["label".into()],
+        };
+        let out = rewrite_sdp(body, &dtls, &mut SdpOrigin::new(1), &mut a, ctx()).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("a=fingerprint:sha-256 AA:BB\r\na=setup:actpass\r\n"));
+        assert!(!text.contains("crypto"));
+    }
+
+    #[test]
+    fn ipv6_edge_and_rtcp_mux() {
+        let mut a = CountingAnchor::new(
+            "2001:db8::a".parse().unwrap(),
+            "2001:db8::b".parse().unwrap(),
+            50000,
+        );
+        let body = Bytes::from_static(
+            b"v=0\r\no=x 1 1 IN IP6 fd00::5\r\ns=x\r\nc=IN IP6 fd00::5\r\nt=0 0\r\n\
+              m=audio 6000 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:6000\r\n",
+        );
+        let c = MediaContext {
+            call: CallRef(1),
+            fork: 0,
+            from: Side::A,
+            edge_ip: "2001:db8::b".parse().unwrap(),
+        };
+        let out = rewrite_sdp(
+            body,
+            &crate::SdpPolicy::default(),
+            &mut SdpOrigin::new(3),
+            &mut a,
+            c,
+        )
+        .unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "v=0\r\no=- 3 1 IN IP6 2001:db8::b\r\ns=-\r\nc=IN IP6 2001:db8::b\r\nt=0 0\r\n\
+             m=audio 50000 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:50000\r\n"
+        );
+        let req = &a.allocations[0].0;
+        assert!(req.rtcp_mux && req.rtcp_peer.is_none());
+        assert_eq!(req.peer, Some("[fd00::5]:6000".parse().unwrap()));
+    }
 }

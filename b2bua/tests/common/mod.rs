@@ -384,9 +384,17 @@ impl World {
         self.next_tx
     }
 
-    /// The caller sends an in-dialog request or CANCEL.
+    /// The caller sends an in-dialog request or CANCEL (an ACK goes
+    /// through `handle_ack`, as the transaction layer reports it).
     pub fn caller_sends(&mut self, r: Request) -> Tx {
         let tx = self.a_tx();
+        if *r.method() == sipveil_sip::Method::Ack {
+            let actions = self
+                .map
+                .handle_ack(&mut self.ids, &mut self.anchor, "a", &r);
+            self.deliver(actions);
+            return tx;
+        }
         match self
             .map
             .handle_request(&mut self.ids, &mut self.anchor, "a", tx, r)
@@ -401,6 +409,13 @@ impl World {
     pub fn callee_sends(&mut self, fork: u16, r: Request) -> Tx {
         let tx = self.b_tx(fork);
         let flow = if fork == 0 { "b1" } else { "b2" };
+        if *r.method() == sipveil_sip::Method::Ack {
+            let actions = self
+                .map
+                .handle_ack(&mut self.ids, &mut self.anchor, flow, &r);
+            self.deliver(actions);
+            return tx;
+        }
         match self
             .map
             .handle_request(&mut self.ids, &mut self.anchor, flow, tx, r)
