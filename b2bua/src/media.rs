@@ -11,7 +11,7 @@
 //!   is the edge's own per leg ([`SdpOrigin`]), the version starts at 1 and
 //!   increases by one exactly when the description sent on that leg changes
 //!   (RFC 3264 §8), so re-INVITEs stay valid offers.
-//! - `s=-`.
+//! - `s=-`; `t=0 0` (NTP start/stop times would tell the sender's clock).
 //! - Every `c=` carries the edge's media address (an unspecified address
 //!   such as `0.0.0.0`, the old hold form, stays unspecified).
 //! - Each `m=` port becomes the relay port the [`MediaAnchor`] allocated for
@@ -127,6 +127,23 @@ pub struct MediaRequest {
 /// (a re-INVITE or UPDATE: hold, resume, new port, codec change) returns the
 /// same edge address and updates the peer in place, so media has no gap.
 /// Ports are even; RTCP is at port + 1 (see `docs/contracts.md`, flows).
+///
+/// One relay per `(call, fork, index)` serves both directions; a natural
+/// mapping onto `MediaRelay` (A = caller side, B = callee side):
+///
+/// - `from: Side::A` (the caller's offer, or its later SDP): the first time,
+///   `open(a_peer = peer, b_peer = <unspecified, same family>, latch)` and
+///   return the relay's **B-side** edge address (the callee sends there);
+///   later, `update(a_peer = peer, ..)` and return the same B-side address.
+/// - `from: Side::B` (the callee's answer or offer): `update(b_peer = peer,
+///   ..)` (open first if needed) and return the **A-side** edge address.
+/// - `peer: None` (hold with `0.0.0.0`, or a host name): keep the relay,
+///   rely on latching.
+/// - `MediaRelay` cannot switch rtcp-mux on an open relay: when a request's
+///   `rtcp_mux` differs from the relay's (offer with mux, answer without),
+///   the daemon opens a new one (a short gap is unavoidable there).
+/// - [`MediaAnchor::release`] with `Some(fork)` closes a losing fork's
+///   relays, with `None` all of the call's.
 pub trait MediaAnchor {
     /// The edge address and RTP port the other leg should send this stream to.
     fn allocate(&mut self, req: &MediaRequest) -> Result<SocketAddr, MediaError>;
@@ -376,7 +393,35 @@ fn with_origin(
         address: ip,
     })
     .map_err(MediaError::Sdp)?;
-    Ok(sdp.to_bytes())
+    Ok(zero_timing(sdp.to_bytes()))
+}
+
+/// `t=<start> <stop>` with NTP times tells the other party the sender's
+/// clock (a device fingerprint); calls are unbounded sessions, `t=0 0`.
+fn zero_timing(b: Bytes) -> Bytes {
+    let needs = b
+        .split(|&c| c == b'\n')
+        .any(|l| l.starts_with(b"t=") && !l.starts_with(b"t=0 0"));
+    if !needs {
+        return b;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    for line in b.split_inclusive(|&c| c == b'\n') {
+        if line.starts_with(b"t=") {
+            out.extend_from_slice(b"t=0 0");
+            let ending: &[u8] = if line.ends_with(b"\r\n") {
+                b"\r\n"
+            } else if line.ends_with(b"\n") {
+                b"\n"
+            } else {
+                b""
+            };
+            out.extend_from_slice(ending);
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    Bytes::from(out)
 }
 
 /// The description without its `o=` line, for change detection.
@@ -617,5 +662,22 @@ mod tests {
         let req = &a.allocations[0].0;
         assert!(req.rtcp_mux && req.rtcp_peer.is_none());
         assert_eq!(req.peer, Some("[fd00::5]:6000".parse().unwrap()));
+    }
+
+    #[test]
+    fn timing_is_zeroed() {
+        let mut a = anchor();
+        let body = Bytes::from_static(b"v=0\r\no=x 1 1 IN IP4 10.1.1.1\r\ns=x\r\nc=IN IP4 10.1.1.1\r\nt=3034423619 3042462419\r\nr=7d 1h 0 25h\r\nm=audio 5000 RTP/AVP 0\r\n");
+        let out = rewrite_sdp(
+            body,
+            &crate::SdpPolicy::default(),
+            &mut SdpOrigin::new(1),
+            &mut a,
+            ctx(),
+        )
+        .unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("\r\nt=0 0\r\nm=audio"), "{text}");
+        assert!(!text.contains("3034423619") && !text.contains("r="));
     }
 }
