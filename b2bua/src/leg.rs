@@ -99,10 +99,26 @@ pub struct FarTarget<F> {
     /// Pre-loaded route set (outbound proxy / Path of the binding), in order.
     pub route: Vec<Uri>,
     /// The next hop is inside the trust domain (RFC 3325): it may receive
-    /// `P-Asserted-Identity`. A registered user's device never is.
+    /// `P-Asserted-Identity`. A registered user's device never is. A target
+    /// whose next hop ([`FarTarget::next_hop_host`]) is in
+    /// [`PrivacyPolicy::trust_domains`] counts as trusted too.
     pub trusted: bool,
     /// The transport flow to send on (the registration's flow, RFC 5626).
     pub flow: F,
+}
+
+impl<F> FarTarget<F> {
+    /// The host the request goes to first: the first Route's, else the
+    /// Request-URI's.
+    pub fn next_hop_host(&self) -> String {
+        let uri = self.route.first().unwrap_or(&self.uri);
+        String::from_utf8_lossy(uri.host_raw()).into_owned()
+    }
+
+    /// Whether the next hop may receive an asserted identity.
+    pub fn is_trusted(&self, policy: &PrivacyPolicy) -> bool {
+        self.trusted || policy.is_trusted(&self.next_hop_host())
+    }
 }
 
 /// The initial far-leg INVITE and the dialog identifiers it fixes.
@@ -216,7 +232,7 @@ pub fn build_far_invite<F>(
     // RFC 3325 §5: the edge asserts only what it authenticated, and only to
     // a trusted next hop.
     if let CallerIdentity::Authenticated { aor } = who
-        && target.trusted
+        && target.is_trusted(policy)
         && (!privacy.id || policy.pai_to_trusted_with_privacy_id)
     {
         b = b.header(

@@ -731,3 +731,35 @@ fn offers_that_cannot_be_anchored_are_refused() {
     );
     assert_eq!(map.stats().calls, 0);
 }
+
+#[test]
+fn trust_domain_next_hop_and_server_value() {
+    // The next hop named in the policy's trust domains receives the PAI.
+    let policy = PrivacyPolicy {
+        trust_domains: vec!["peer.lab".to_owned()],
+        server: None,
+        ..PrivacyPolicy::default()
+    };
+    let mut w = World::new(policy);
+    let mut t = target(1, "b1");
+    t.route = vec![Uri::parse_str("sip:peer.lab;lr").expect("uri")];
+    w.start(caller_invite(None), alice(), vec![t]);
+    let inv = w.last_to_b(0, "INVITE");
+    assert_eq!(
+        header(&inv, HeaderName::PAssertedIdentity).as_deref(),
+        Some("<sip:alice@auth.lab>")
+    );
+    assert_eq!(
+        header(&inv, HeaderName::Route).as_deref(),
+        Some("<sip:peer.lab;lr>")
+    );
+    // `server: None`: neither User-Agent nor Server is written.
+    assert!(inv.headers().get(&HeaderName::UserAgent).is_none());
+    w.b_responds(
+        0,
+        callee_response(1, &inv, 200, Some(callee_sdp(1, 1, 20000))),
+    );
+    let ok = w.last_response_a();
+    assert!(ok.headers().get(&HeaderName::Server).is_none());
+    assert!(ok.headers().get(&HeaderName::UserAgent).is_none());
+}
