@@ -3,7 +3,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -49,7 +49,31 @@ pub enum Request {
     },
     RelayList,
     Stats,
+    /// Re-read the configuration file: domains, users, limits (not listeners).
+    Reload,
+    /// The live registrar bindings, optionally of one address of record (`user@domain`).
+    Registrations {
+        #[serde(default)]
+        aor: Option<String>,
+    },
+    /// Start writing HdrHistogram interval logs of transaction latency to `path`.
+    HlogStart {
+        path: PathBuf,
+        #[serde(default = "default_hlog_interval_ms")]
+        interval_ms: u64,
+    },
+    /// Stop writing the interval log.
+    HlogStop,
+    /// The Prometheus text (as served on the metrics address).
+    Metrics,
 }
+
+fn default_hlog_interval_ms() -> u64 {
+    1000
+}
+
+/// Re-reads and applies the configuration; answers a JSON summary or an error message.
+pub type Reload = dyn Fn() -> Result<Value, String> + Send + Sync;
 
 fn one() -> u32 {
     1
@@ -65,6 +89,10 @@ pub type XdpCounters = dyn Fn() -> Option<Vec<(&'static str, u64)>> + Send + Syn
 pub struct ControlState {
     pub relay: Mutex<MediaRelay>,
     pub xdp_counters: Box<XdpCounters>,
+    /// The SIP side, once started (absent when the configuration has no `[sip]`).
+    pub sip: OnceLock<Arc<crate::sip::SipEdge>>,
+    /// What `reload` does (set by `daemon::run`, which knows the configuration file).
+    pub reload: OnceLock<Box<Reload>>,
 }
 
 fn error(e: &MediaError) -> Value {
@@ -89,6 +117,48 @@ pub fn handle_line(state: &ControlState, line: &str) -> Value {
         Ok(r) => r,
         Err(e) => return bad_request(format!("bad request: {e}")),
     };
+    match req {
+        Request::Reload => match state.reload.get() {
+            Some(reload) => match reload() {
+                Ok(v) => v,
+                Err(e) => json!({"ok": false, "error": e, "kind": "config"}),
+            },
+            None => bad_request("this daemon cannot reload".to_owned()),
+        },
+        Request::Registrations { aor } => match state.sip.get() {
+            Some(sip) => json!({"ok": true, "bindings": sip.bindings_json(aor.as_deref())}),
+            None => no_sip(),
+        },
+        Request::HlogStart { path, interval_ms } => match state.sip.get() {
+            Some(sip) => {
+                let interval = Duration::from_millis(interval_ms.max(1));
+                match sip.metrics.start_hlog(&path, interval) {
+                    Ok(()) => json!({"ok": true, "path": path, "interval_ms": interval_ms}),
+                    Err(e) => json!({"ok": false, "error": e.to_string(), "kind": "io"}),
+                }
+            }
+            None => no_sip(),
+        },
+        Request::HlogStop => match state.sip.get() {
+            Some(sip) => match sip.metrics.stop_hlog() {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"ok": false, "error": e.to_string(), "kind": "io"}),
+            },
+            None => no_sip(),
+        },
+        Request::Metrics => match state.sip.get() {
+            Some(sip) => json!({"ok": true, "text": sip.metrics.render()}),
+            None => no_sip(),
+        },
+        relay_request => handle_relay(state, relay_request),
+    }
+}
+
+fn no_sip() -> Value {
+    bad_request("the SIP side is not running (no [sip] section)".to_owned())
+}
+
+fn handle_relay(state: &ControlState, req: Request) -> Value {
     let mut relay = match state.relay.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -185,6 +255,7 @@ pub fn handle_line(state: &ControlState, line: &str) -> Value {
                 "relays": relay.len(),
             })
         }
+        other => bad_request(format!("{other:?} is not a relay request")),
     }
 }
 

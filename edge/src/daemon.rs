@@ -1,5 +1,6 @@
 //! The running edge: data plane (or not), flow table, relay workers, `MediaRelay`, control socket,
 //! signal handling and idle expiry.
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -13,6 +14,7 @@ use crate::media::counters::UserCounters;
 use crate::media::table::{BpfFlowTable, FlowTable, UserFlowTable};
 use crate::media::{MediaRelay, SocketHost};
 use crate::relay::RelayWorkers;
+use crate::sip::SipEdge;
 
 /// The data plane and the media relay, without the control socket and the signal loop (tests use
 /// this directly).
@@ -70,6 +72,8 @@ impl Edge {
             state: Arc::new(ControlState {
                 relay: Mutex::new(relay),
                 xdp_counters,
+                sip: std::sync::OnceLock::new(),
+                reload: std::sync::OnceLock::new(),
             }),
             mode,
             adopted_flows,
@@ -89,11 +93,14 @@ impl Edge {
 /// `sipveil run`: blocks SIGTERM/SIGINT (before any thread starts, so every thread inherits the
 /// mask), starts the edge and the control socket, prints the ready line, then waits for a signal
 /// while expiring idle relays once a second. Returns on a signal, leaving XDP attached.
-pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
+pub fn run(cfg: &Config, config_path: &Path, no_xdp: bool) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
-    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+    signals.add(Signal::SIGHUP);
+    signals
+        .thread_block()
+        .context("blocking SIGTERM/SIGINT/SIGHUP")?;
 
     // Refuse early, before touching the data plane, when another daemon serves this instance.
     if std::os::unix::net::UnixStream::connect(&cfg.control_socket).is_ok() {
@@ -104,6 +111,21 @@ pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
         );
     }
     let edge = Edge::start(cfg, no_xdp)?;
+    let sip = if cfg.sip.enabled() {
+        let sip = SipEdge::start(cfg).context("starting the SIP side")?;
+        let _ = edge.state.sip.set(sip.clone());
+        Some(sip)
+    } else {
+        None
+    };
+    let running = Arc::new(Mutex::new(cfg.clone()));
+    {
+        let path = config_path.to_path_buf();
+        let running = running.clone();
+        let sip = sip.clone();
+        let reload = move || reload_config(&path, &running, sip.as_deref());
+        let _ = edge.state.reload.set(Box::new(reload));
+    }
     control::serve(&cfg.control_socket, edge.state.clone()).with_context(|| {
         format!(
             "serving the control socket {}",
@@ -116,6 +138,10 @@ pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
         "mode": edge.mode,
         "control": cfg.control_socket,
         "adopted_flows": edge.adopted_flows,
+        "sip": sip.as_ref().map(|s| serde_json::json!({
+            "listen": s.local_addrs.iter().map(|(p, a)| format!("{}:{a}", crate::sip::transport::proto_label(*p))).collect::<Vec<_>>(),
+            "restored_bindings": s.restored(),
+        })),
         "interfaces": edge.dataplane.as_ref().map(|d| d.interfaces.iter().map(|i| {
             serde_json::json!({"name": i.name, "ifindex": i.ifindex, "mode": i.mode.as_str()})
         }).collect::<Vec<_>>()),
@@ -125,16 +151,60 @@ pub fn run(cfg: &Config, no_xdp: bool) -> anyhow::Result<()> {
 
     let signal = loop {
         match wait_signal(&signals, 1) {
+            Some(sig) if sig == Signal::SIGHUP as i32 => {
+                match edge.state.reload.get().map(|reload| reload()) {
+                    Some(Ok(summary)) => {
+                        tracing::info!(%summary, "configuration reloaded (SIGHUP)")
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!("reload refused, the running configuration stays: {e}")
+                    }
+                    None => {}
+                }
+            }
             Some(sig) => break sig,
-            None => edge.expire(),
+            None => {
+                edge.expire();
+                if let Some(sip) = &sip {
+                    sip.update_binding_gauges();
+                }
+            }
         }
     };
     tracing::info!(
         signal,
         "shutting down; the XDP program stays attached and flows stay in place"
     );
+    if let Some(sip) = &sip {
+        // Workers stop first, then the store drains: every 200 OK sent was durable already.
+        sip.shutdown();
+    }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())
+}
+
+/// Re-reads the configuration file and applies what can change while running (domains, users,
+/// limits, settings). The instance and control socket stay those of the running daemon. A bad file
+/// changes nothing.
+fn reload_config(
+    path: &Path,
+    running: &Mutex<Config>,
+    sip: Option<&SipEdge>,
+) -> Result<serde_json::Value, String> {
+    let mut new = Config::load(path).map_err(|e| e.to_string())?;
+    let mut current = running
+        .lock()
+        .map_err(|_| "configuration lock poisoned".to_owned())?;
+    new.instance = current.instance.clone();
+    new.control_socket = current.control_socket.clone();
+    let answer = match sip {
+        Some(sip) => sip.reload(&current, &new),
+        None => {
+            serde_json::json!({"ok": true, "note": "no SIP side running; [sip] listeners need a restart"})
+        }
+    };
+    *current = new;
+    Ok(answer)
 }
 
 /// Waits up to `secs` for one of `set`; returns the signal number.

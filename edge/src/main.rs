@@ -438,7 +438,7 @@ fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
             if !no_xdp && cfg.xdp != sipveil_edge::config::XdpSetting::Off {
                 need_root()?;
             }
-            daemon::run(&cfg, no_xdp)?;
+            daemon::run(&cfg, &config, no_xdp)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unload {
