@@ -169,7 +169,9 @@ struct Leg<F> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ForkState {
+    /// No response yet (a CANCEL must wait, §9.1).
     Calling,
+    /// A provisional response (100 included) arrived.
     Early,
     Answered,
     Done,
@@ -1214,9 +1216,6 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         resp: Response,
     ) -> Actions<F, K> {
         let status = resp.status().as_u16();
-        if status == 100 {
-            return Vec::new();
-        }
         let Some((call, idx)) = self.find_pending(&resp) else {
             // A 2xx retransmission for a winning INVITE whose pending entry is gone.
             return self.unmatched_2xx(ids, &resp);
@@ -1231,6 +1230,12 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         };
         if let Some(l) = self.calls.get_mut(&call).and_then(|c| c.leg_mut(p.out)) {
             l.flow = from;
+        }
+        // `100 Trying` is hop by hop: it never crosses, but it is a
+        // provisional response, so a fork waiting to be cancelled (§9.1) may
+        // now be.
+        if status == 100 && !p.initial {
+            return Vec::new();
         }
         let final_ = status >= 200;
         if p.initial
@@ -1433,7 +1438,7 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         let status = resp.status().as_u16();
         let fi = usize::from(fork);
         if status < 200 {
-            let remote = if resp.to_tag().is_some() {
+            let remote = if status > 100 && resp.to_tag().is_some() {
                 self.remote_for(call, fork, &resp)
             } else {
                 None
@@ -1469,7 +1474,7 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
                 }
                 return out;
             }
-            if c.winner.is_some() {
+            if c.winner.is_some() || status == 100 {
                 return out;
             }
             let Some((tx, invite)) = c.a_invite.clone() else {

@@ -763,3 +763,24 @@ fn trust_domain_next_hop_and_server_value() {
     assert!(ok.headers().get(&HeaderName::Server).is_none());
     assert!(ok.headers().get(&HeaderName::UserAgent).is_none());
 }
+
+#[test]
+fn trying_lets_a_pending_cancel_go() {
+    let mut w = World::new(PrivacyPolicy::default());
+    let (call, _) = w.start(caller_invite(None), alice(), vec![target(1, "b1")]);
+    let inv = w.last_to_b(0, "INVITE");
+    let cancel = caller_invite(None).cancel().expect("cancel");
+    w.caller_sends(cancel);
+    // Nothing heard from the callee yet: the CANCEL waits (§9.1).
+    assert!(w.sent_b.iter().all(|(_, r)| *r.method() != Method::Cancel));
+    w.b_responds(0, inv.response(StatusCode::TRYING).build().expect("100"));
+    let c = w.last_to_b(0, "CANCEL");
+    assert_eq!(c.cseq().expect("cseq").seq, inv.cseq().expect("cseq").seq);
+    assert_eq!(
+        c.top_via().expect("via").branch(),
+        inv.top_via().expect("via").branch()
+    );
+    w.b_responds(0, callee_response(1, &c, 200, None));
+    w.b_responds(0, callee_response(1, &inv, 487, None));
+    assert!(!w.map.contains(call.expect("call")));
+}
