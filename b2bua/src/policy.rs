@@ -153,10 +153,11 @@ pub struct PrivacyPolicy {
     /// The `User-Agent` (requests) / `Server` (responses) value the edge
     /// writes; `None` writes neither. Default `Some("sipveil")`.
     pub server: Option<String>,
-    /// Hosts of next hops inside the trust domain (RFC 3325 Spec(T)):
-    /// only requests whose far-leg target is marked trusted carry a
-    /// `P-Asserted-Identity`. Matched by the daemon when it builds a
-    /// [`crate::FarTarget`]; kept here so the policy is one value.
+    /// Hosts of next hops inside the trust domain (RFC 3325 Spec(T)): a
+    /// far-leg INVITE carries `P-Asserted-Identity` only when its next hop
+    /// (first Route, else Request-URI host) is listed here or the
+    /// [`crate::FarTarget`] is marked trusted. Compared as written,
+    /// case-insensitively (no DNS).
     pub trust_domains: Vec<String>,
     /// The domain forces anonymity: `From` is anonymous whatever the caller asked.
     pub force_anonymous: bool,
