@@ -108,6 +108,8 @@
 //! // (Bob's own LAN address in the Request-URI is his, not a leak.)
 //! assert!(audit(&wire, &alice, &["10.0.0.7".parse().unwrap()]).is_empty());
 //! ```
+#![warn(missing_docs)]
+
 pub mod dialog;
 pub mod ids;
 pub mod leak;
