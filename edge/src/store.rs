@@ -132,6 +132,9 @@ pub struct CommitStats {
     pub queued: usize,
 }
 
+/// One stored record: (key, value), as the registrar encoded them.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 type DoneFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
@@ -182,7 +185,7 @@ impl Store {
     }
 
     /// Every record, in key order.
-    pub fn load(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn load(&self) -> Result<Vec<Record>, StoreError> {
         let path = &self.path;
         let txn = self
             .db
@@ -430,15 +433,16 @@ impl Worker {
         }
         match result {
             Ok(()) => {
-                if let Some(observe) = &self.observer {
-                    observe(ops, took);
+                if let Some(observe) = &self.observer
+                    && catch_unwind(AssertUnwindSafe(|| observe(ops, took))).is_err()
+                {
+                    tracing::error!("the store commit observer panicked");
                 }
                 for job in batch.drain(..) {
                     job.done.call(Ok(()));
                 }
             }
-            Err(e) => {
-                let err = StoreError::db(&self.path, "commit", e);
+            Err(err) => {
                 tracing::error!("{err}");
                 for job in batch.drain(..) {
                     job.done.call(Err(err.clone()));
@@ -449,24 +453,33 @@ impl Worker {
 
     /// All operations of the batch, in submission order, in one fsynced transaction. A failure
     /// anywhere aborts the whole transaction (dropping it rolls back).
-    fn apply(&self, batch: &[Job]) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+    fn apply(&self, batch: &[Job]) -> Result<(), StoreError> {
+        let path = &*self.path;
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| StoreError::db(path, "begin write", e))?;
         txn.set_durability(Durability::Immediate);
         {
-            let mut table = txn.open_table(BINDINGS)?;
+            let mut table = txn
+                .open_table(BINDINGS)
+                .map_err(|e| StoreError::db(path, "open bindings table", e))?;
             for op in batch.iter().flat_map(|job| job.ops.iter()) {
                 match op {
                     StoreOp::Put { key, value } => {
-                        table.insert(key.as_slice(), value.as_slice())?;
+                        table
+                            .insert(key.as_slice(), value.as_slice())
+                            .map_err(|e| StoreError::db(path, "write", e))?;
                     }
                     StoreOp::Delete { key } => {
-                        table.remove(key.as_slice())?;
+                        table
+                            .remove(key.as_slice())
+                            .map_err(|e| StoreError::db(path, "delete", e))?;
                     }
                 }
             }
         }
-        txn.commit()?;
-        Ok(())
+        txn.commit().map_err(|e| StoreError::db(path, "commit", e))
     }
 }
 
