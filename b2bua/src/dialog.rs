@@ -192,6 +192,7 @@ struct Incoming<K> {
     tx: K,
     request: Request,
     leg: LegRef,
+    remote: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -714,11 +715,6 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
                     );
                 }
                 r.cseq = Some(cseq.seq);
-                if matches!(method, Method::Invite | Method::Update)
-                    && let Some(t) = first_contact(req.headers())
-                {
-                    r.target = t;
-                }
             }
         }
         let actions = match method {
@@ -983,6 +979,7 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
                     tx,
                     request: req,
                     leg,
+                    remote,
                 }),
             });
         }
@@ -1250,16 +1247,27 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         let mut out = Vec::new();
         if let Some(inc) = p.incoming {
             let in_cseq = inc.request.cseq().map(|c| c.seq).unwrap_or(0);
-            if status < 300
-                && matches!(p.method, Method::Invite | Method::Update)
-                && let Some(t) = first_contact(resp.headers())
-                && let Some(r) = self
-                    .calls
-                    .get_mut(&call)
-                    .and_then(|c| c.leg_mut(p.out))
-                    .and_then(|l| l.remotes.get_mut(p.remote))
-            {
-                r.target = t;
+            // Target refresh (§12.2): a 2xx to a re-INVITE/UPDATE moves both
+            // remote targets to the Contacts the two parties just sent.
+            if (200..300).contains(&status) && matches!(p.method, Method::Invite | Method::Update) {
+                if let Some(t) = first_contact(resp.headers())
+                    && let Some(r) = self
+                        .calls
+                        .get_mut(&call)
+                        .and_then(|c| c.leg_mut(p.out))
+                        .and_then(|l| l.remotes.get_mut(p.remote))
+                {
+                    r.target = t;
+                }
+                if let Some(t) = first_contact(inc.request.headers())
+                    && let Some(r) = self
+                        .calls
+                        .get_mut(&call)
+                        .and_then(|c| c.leg_mut(inc.leg))
+                        .and_then(|l| l.remotes.get_mut(inc.remote))
+                {
+                    r.target = t;
+                }
             }
             let body = self
                 .body(call, p.out, inc.leg, resp.headers(), resp.body(), anchor)

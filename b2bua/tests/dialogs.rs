@@ -784,3 +784,49 @@ fn trying_lets_a_pending_cancel_go() {
     w.b_responds(0, callee_response(1, &inv, 487, None));
     assert!(!w.map.contains(call.expect("call")));
 }
+
+#[test]
+fn target_refresh_only_when_accepted() {
+    let mut w = World::new(PrivacyPolicy::default());
+    let tag = establish(&mut w);
+    let moved = |cseq: u32, host: &str| {
+        let r = caller_in_dialog("INVITE", &tag, cseq, Some(caller_sdp(2, 16000, "")));
+        let text = String::from_utf8(r.to_bytes().to_vec())
+            .expect("utf8")
+            .replace(
+                &format!("<sip:{A_CONTACT_USER}@{A_LAN}:5060>"),
+                &format!("<sip:{A_CONTACT_USER}@{host}:5060>"),
+            );
+        req(&text)
+    };
+    // A refused re-INVITE does not move the caller's target...
+    w.caller_sends(moved(31338, "192.168.77.11"));
+    let re = w.last_to_b(0, "INVITE");
+    w.b_responds(0, callee_response(1, &re, 488, None));
+    let first = w.sent_b[0].1.clone();
+    let from = header(&first, HeaderName::From).expect("from");
+    let cid = String::from_utf8(first.call_id().expect("cid").to_vec()).expect("utf8");
+    w.callee_sends(0, callee_in_dialog(1, "OPTIONS", &from, &cid, 600));
+    assert!(
+        w.last_to_a("OPTIONS")
+            .uri()
+            .as_bytes()
+            .windows(13)
+            .any(|x| x == b"192.168.77.10")
+    );
+    // ...an accepted one does.
+    w.caller_sends(moved(31339, "192.168.77.12"));
+    let re = w.last_to_b(0, "INVITE");
+    w.b_responds(
+        0,
+        callee_response(1, &re, 200, Some(callee_sdp(1, 2, 20000))),
+    );
+    w.callee_sends(0, callee_in_dialog(1, "OPTIONS", &from, &cid, 601));
+    assert!(
+        w.last_to_a("OPTIONS")
+            .uri()
+            .as_bytes()
+            .windows(13)
+            .any(|x| x == b"192.168.77.12")
+    );
+}
