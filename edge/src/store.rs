@@ -526,7 +526,8 @@ impl Drop for Inner {
 }
 
 /// Handle to the group-commit thread. Clones share the thread; when the last clone is dropped the
-/// thread commits what is queued and exits (the drop waits for it).
+/// thread commits what is queued and exits, and the drop waits for it — unless that drop happens
+/// inside a `done` callback (on the thread itself), which cannot wait for itself.
 #[derive(Clone)]
 pub struct Committer {
     inner: Arc<Inner>,

@@ -344,6 +344,8 @@ fn shutdown_from_a_callback_does_not_deadlock() {
             vec![put("a", "1")],
             Box::new(move |r| {
                 inner.shutdown();
+                // Dropped here, so the test thread's drop below is the last one and joins.
+                drop(inner);
                 let _ = tx2.send((0, r));
             }),
         )
