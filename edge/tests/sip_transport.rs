@@ -807,3 +807,51 @@ fn tls_without_config_is_refused() {
     });
     assert!(r.is_err());
 }
+
+/// Rough UDP request/response rate with one client thread keeping a window of requests in flight.
+/// Run on purpose (`--ignored --nocapture`, preferably `--release`): it prints the rate; what it
+/// asserts is that (nearly) every request was answered. Bounded: 200 000 requests or 10 s.
+#[test]
+#[ignore = "load: run explicitly to measure"]
+fn udp_request_rate() {
+    const TOTAL: u64 = 200_000;
+    const WINDOW: u64 = 64;
+    let workers = std::env::var("SIPVEIL_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let h = Harness::start(|c| c.workers = workers);
+    let c = udp_client();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let reqs: Vec<String> = (0..1024)
+        .map(|_| request("OPTIONS", "UDP", None, "SIP/2.0"))
+        .collect();
+    let mut buf = vec![0u8; 4096];
+    let (mut sent, mut got, mut lost) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let cap = start + Duration::from_secs(10);
+    while got + lost < TOTAL && Instant::now() < cap {
+        while sent < TOTAL && sent - got - lost < WINDOW {
+            let r = &reqs[(sent % 1024) as usize];
+            c.send_to(r.as_bytes(), h.udp).expect("send");
+            sent += 1;
+        }
+        match c.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                assert!(buf[..n].starts_with(b"SIP/2.0 200"), "an echo 200");
+                got += 1;
+            }
+            Err(_) => lost = sent - got, // the window stalled: count what is missing as lost
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "UDP OPTIONS->200: {got} answered, {lost} lost, in {secs:.2} s = {:.0} req/s ({workers} workers, window {WINDOW})",
+        got as f64 / secs
+    );
+    assert!(
+        got > 0 && lost * 100 <= got,
+        "at most 1 % lost: {lost} of {got}"
+    );
+}

@@ -57,7 +57,13 @@ struct Listener {
     proto: Proto,
     fd: OwnedFd,
     armed: bool,
+    /// After an accept error (EMFILE...): not re-armed before this instant, so a persistent
+    /// error does not spin the loop.
+    retry_at: Option<Instant>,
 }
+
+/// Pause before re-arming an accept that failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A pending UDP send: header, iovec, destination and payload stay put until the completion.
 struct SendSlot {
@@ -185,6 +191,7 @@ impl Core {
                     proto,
                     fd,
                     armed: false,
+                    retry_at: None,
                 })
                 .collect(),
             conns: HashMap::new(),
@@ -294,6 +301,9 @@ impl Core {
             if !self.conns.is_empty() {
                 wake_at = Some(wake_at.map_or(next_sweep, |d| d.min(next_sweep)));
             }
+            for at in self.listeners.iter().filter_map(|l| l.retry_at) {
+                wake_at = Some(wake_at.map_or(at, |d| d.min(at)));
+            }
             let res = match wake_at {
                 Some(at) => {
                     let d = at.saturating_duration_since(Instant::now());
@@ -352,7 +362,9 @@ impl Core {
                 }
             }
             for i in 0..self.listeners.len() {
-                if !self.listeners[i].armed {
+                let l = &mut self.listeners[i];
+                if !l.armed && l.retry_at.is_none_or(|at| at <= self.now) {
+                    l.retry_at = None;
                     self.arm_accept(i)?;
                 }
             }
@@ -563,11 +575,16 @@ impl Core {
         }
         if res < 0 {
             if res != -libc::ECANCELED {
-                tracing::debug!(
+                tracing::warn!(
                     worker = self.id,
                     "SIP accept: {}",
                     io::Error::from_raw_os_error(-res)
                 );
+                if let Some(l) = self.listeners.get_mut(idx)
+                    && !l.armed
+                {
+                    l.retry_at = Some(self.now + ACCEPT_RETRY);
+                }
             }
             return Ok(());
         }
