@@ -25,6 +25,8 @@ enum Event {
     Timer(usize),
     Closed(FlowId),
     FloodStopped(FlowId, SendError),
+    /// The result of the send made on wake.
+    Sent(Result<(), SendError>),
 }
 
 /// Shared between the test and the handlers.
@@ -78,7 +80,7 @@ impl Handler for Echo {
         let _ = self.events.send(Event::Wake(self.worker));
         let job = self.ctl.send_on_wake.lock().ok().and_then(|mut g| g.take());
         if let Some((flow, payload)) = job {
-            let _ = io.send(&flow, payload);
+            let _ = self.events.send(Event::Sent(io.send(&flow, payload)));
         }
     }
 
@@ -687,20 +689,23 @@ fn slow_reader_is_closed_instead_of_queueing() {
         Event::FloodStopped(f, e) => Some((*f, *e)),
         _ => None,
     });
-    assert!(
-        matches!(err, SendError::QueueFull | SendError::FlowClosed),
-        "flood ended with {err:?}"
+    assert_eq!(
+        err,
+        SendError::QueueFull,
+        "the write queue limit stopped it"
     );
     h.wait_for("the slow reader's connection to close", |e| match e {
         Event::Closed(f) if f.conn == flow.conn => Some(()),
         _ => None,
     });
-    // Later sends fail as closed.
-    assert_eq!(
-        h.handle.send(&flow, Bytes::from_static(b"x")),
-        Ok(()),
-        "hand-off accepts; the worker drops it"
-    );
+    // From now on a send on the owning worker fails as closed.
+    *h.ctl.send_on_wake.lock().expect("lock") = Some((flow, Bytes::from_static(b"x")));
+    h.handle.wake(usize::from(flow.worker));
+    let sent = h.wait_for("the send on wake", |e| match e {
+        Event::Sent(r) => Some(*r),
+        _ => None,
+    });
+    assert_eq!(sent, Err(SendError::FlowClosed));
     drop(c);
 }
 
@@ -740,6 +745,11 @@ fn cross_worker_send_wake_and_timer() {
         _ => None,
     });
     assert_eq!(woke, other);
+    let sent = h.wait_for("the send on wake", |e| match e {
+        Event::Sent(r) => Some(*r),
+        _ => None,
+    });
+    assert_eq!(sent, Ok(()), "handed to the owning worker");
     match c.response() {
         Message::Request(r) => assert_eq!(r.method().to_string(), "BYE"),
         other => panic!("expected the BYE, got {other:?}"),
