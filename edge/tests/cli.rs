@@ -517,3 +517,109 @@ fn ha1_prints_a_users_file_line() {
     assert_ne!(code, Some(0), "empty password refused");
     assert!(err.contains("password"), "{err}");
 }
+
+/// A stand-in daemon on a unix socket: answers `n` requests (one per connection) with `answer`
+/// for the request's `cmd`, and returns the requests it got.
+fn fake_daemon(
+    path: &std::path::Path,
+    n: usize,
+    answer: fn(&Value) -> Value,
+) -> std::thread::JoinHandle<Vec<Value>> {
+    use std::io::Write as _;
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind fake control socket");
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let (stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            let mut line = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut line)
+                .expect("read request");
+            let request: Value = serde_json::from_str(&line).expect("request is JSON");
+            let mut reply = answer(&request).to_string();
+            reply.push('\n');
+            (&stream).write_all(reply.as_bytes()).expect("answer");
+            got.push(request);
+        }
+        got
+    })
+}
+
+#[test]
+fn control_clients_send_the_contract_requests() {
+    let dir = TmpDir::new("ctlclients");
+    let sock = dir.0.join("ctl.sock");
+    let s = sock.to_string_lossy().into_owned();
+    let server = fake_daemon(&sock, 7, |req| match req["cmd"].as_str() {
+        Some("metrics") => {
+            serde_json::json!({"ok": true, "text": "# TYPE sipveil_up gauge\nsipveil_up 1\n"})
+        }
+        Some("registrations") => serde_json::json!({"ok": true, "bindings": [
+            {"aor": "alice@auth.lab", "contact": "<sip:alice@198.18.1.2:5060>", "expires": 600}]}),
+        Some("hlog-stop") => serde_json::json!({"ok": false, "error": "no log running"}),
+        _ => serde_json::json!({"ok": true}),
+    });
+    let run = |args: &[&str]| sipveil_with_input(args, "");
+    let (code, out, err) = run(&["reload", "--socket", &s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), r#"{"ok":true}"#);
+    let (code, out, err) = run(&["registrations", "--socket", &s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("aor=alice@auth.lab") && out.contains("expires=600"),
+        "{out}"
+    );
+    assert!(out.contains("1 binding(s)"), "{out}");
+    let (code, out, _) = run(&[
+        "registrations",
+        "--aor",
+        "alice@auth.lab",
+        "--json",
+        "--socket",
+        &s,
+    ]);
+    assert_eq!(code, Some(0));
+    let answer: Value = serde_json::from_str(out.trim()).expect("--json prints the answer");
+    assert_eq!(answer["bindings"][0]["aor"], "alice@auth.lab");
+    let (code, _, err) = run(&[
+        "hlog",
+        "start",
+        "rel.hlog",
+        "--interval-ms",
+        "250",
+        "--socket",
+        &s,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = run(&["hlog", "stop", "--socket", &s]);
+    assert_eq!(code, Some(1), "ok:false answer exits 1: {out}");
+    let (code, out, err) = run(&["metrics", "--socket", &s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "# TYPE sipveil_up gauge\nsipveil_up 1\n");
+    let (code, _, err) = run(&["reload", "--socket", &s]);
+    assert_eq!(code, Some(0), "{err}");
+    let got = server.join().expect("fake daemon");
+    assert_eq!(got[0], serde_json::json!({"cmd": "reload"}));
+    assert_eq!(got[1], serde_json::json!({"cmd": "registrations"}));
+    assert_eq!(
+        got[2],
+        serde_json::json!({"cmd": "registrations", "aor": "alice@auth.lab"})
+    );
+    assert_eq!(got[3]["cmd"], "hlog-start");
+    assert_eq!(got[3]["interval_ms"], 250);
+    let path = got[3]["path"].as_str().expect("path");
+    assert!(
+        std::path::Path::new(path).is_absolute() && path.ends_with("rel.hlog"),
+        "the client sends an absolute path: {path}"
+    );
+    assert_eq!(got[4], serde_json::json!({"cmd": "hlog-stop"}));
+    assert_eq!(got[5], serde_json::json!({"cmd": "metrics"}));
+    // No daemon: exit 1 naming the socket.
+    drop(got);
+    let (code, _, err) = run(&["reload", "--socket", "/nonexistent/ctl.sock"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent/ctl.sock"), "{err}");
+}
