@@ -19,6 +19,9 @@ pub(super) struct Bound {
     pub addrs: Vec<(Proto, SocketAddr)>,
 }
 
+/// Requested UDP receive buffer.
+const UDP_RCVBUF: libc::c_int = 4 << 20;
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -95,7 +98,11 @@ fn bind_one(addr: SocketAddr, stream: bool) -> io::Result<(SocketAddr, OwnedFd)>
         set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
     if stream {
+        // Accepted connections inherit it: SIP messages go out whole, without Nagle delays.
         set_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    } else {
+        // Room for bursts between two loop iterations (capped by net.core.rmem_max).
+        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF);
     }
     // SAFETY: POD, zero is valid.
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
