@@ -352,6 +352,9 @@ fn listen_addresses_must_parse() {
     refused(&t, line_of(&t, "udp ="), "sip.udp");
     let t = replace("tls = [\"198.18.0.1:5061\"]", "tls = [\"198.18.0.1:5060\"]");
     refused(&t, line_of(&t, "tls ="), "sip.tls");
+    let t = replace("udp = [\"198.18.0.1:5060\"]", "udp = [\"0.0.0.0:30010\"]");
+    let msg = refused(&t, line_of(&t, "udp ="), "sip.udp");
+    assert!(msg.contains("media relay"), "{msg}");
     let t = replace("listen = \"127.0.0.1:9090\"", "listen = \"localhost:9090\"");
     refused(&t, line_of(&t, "listen ="), "metrics.listen");
 }

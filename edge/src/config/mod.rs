@@ -329,6 +329,11 @@ impl Config {
         let parts = sip::build(
             &ctx,
             &instance,
+            &sip::MediaPorts {
+                min: port_min,
+                max: port_max,
+                addrs: [addr_a, addr_b],
+            },
             file.sip.as_ref(),
             file.registrar.as_ref(),
             &file.domain,

@@ -381,7 +381,18 @@ fn origin(ctx: &Ctx<'_>, span: std::ops::Range<usize>, key: &str) -> KeyOrigin {
     }
 }
 
-fn build_sip(ctx: &Ctx<'_>, s: &SipSection) -> Result<SipSettings, ConfigError> {
+/// The media relay's ports and addresses: SIP listeners must not take relay ports.
+pub(super) struct MediaPorts {
+    pub min: u16,
+    pub max: u16,
+    pub addrs: [IpAddr; 2],
+}
+
+fn build_sip(
+    ctx: &Ctx<'_>,
+    s: &SipSection,
+    media: &MediaPorts,
+) -> Result<SipSettings, ConfigError> {
     let d = SipSettings::default();
     let workers = int(
         ctx,
@@ -394,6 +405,22 @@ fn build_sip(ctx: &Ctx<'_>, s: &SipSection) -> Result<SipSettings, ConfigError> 
     let udp = listen_list(ctx, &s.udp, "sip.udp")?;
     let tcp = listen_list(ctx, &s.tcp, "sip.tcp")?;
     let tls = listen_list(ctx, &s.tls, "sip.tls")?;
+    for item in &s.udp {
+        if let Ok(addr) = item.get_ref().trim().parse::<SocketAddr>()
+            && (media.min..=media.max).contains(&addr.port())
+            && (addr.ip().is_unspecified() || media.addrs.contains(&addr.ip()))
+        {
+            return Err(ctx.at(
+                item.span(),
+                "sip.udp",
+                format!(
+                    "{addr} lies in the media relay's port range {}-{} (media.port_min/port_max); \
+                     use a port outside it, e.g. 5060",
+                    media.min, media.max
+                ),
+            ));
+        }
+    }
     // TCP and TLS share the stream socket space.
     for item in &s.tls {
         if let Ok(addr) = item.get_ref().trim().parse::<SocketAddr>()
@@ -583,13 +610,14 @@ fn span_of<T>(v: &Option<Spanned<T>>) -> std::ops::Range<usize> {
 pub(super) fn build(
     ctx: &Ctx<'_>,
     instance: &str,
+    media: &MediaPorts,
     sip: Option<&SipSection>,
     registrar: Option<&RegistrarSection>,
     domains: &[DomainSection],
     metrics: Option<&MetricsSection>,
 ) -> Result<SipParts, ConfigError> {
     let sip = match sip {
-        Some(s) => build_sip(ctx, s)?,
+        Some(s) => build_sip(ctx, s, media)?,
         None => SipSettings::default(),
     };
 
