@@ -337,6 +337,16 @@ fn udp_echo_keepalive_and_errors() {
     assert_eq!(flow.local, h.udp);
     assert_eq!(flow.peer, c.local_addr().expect("addr"));
 
+    // PoolHandle::send on a UDP flow, from this thread.
+    let note = request("NOTIFY", "UDP", None, "SIP/2.0");
+    h.handle
+        .send(&flow, Bytes::from(note.into_bytes()))
+        .expect("hand-off");
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = c.recv_from(&mut buf).expect("the NOTIFY");
+    assert_eq!(from, h.udp);
+    assert!(buf[..n].starts_with(b"NOTIFY "), "the NOTIFY arrives");
+
     // A CRLF keep-alive is ignored: the next answer is for the next request.
     c.send_to(b"\r\n\r\n", h.udp).expect("send");
 

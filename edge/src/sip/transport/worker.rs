@@ -120,8 +120,15 @@ pub(super) fn run<H: Handler>(
     };
     let mut handler = factory(handle);
     let _ = ready.send(Ok(()));
-    if let Err(e) = core.event_loop(&mut handler) {
-        tracing::error!(worker = id, "SIP worker stopped: {e}");
+    // A panicking handler must not unwind past the ring while the kernel still refers to our
+    // buffers: catch it, drain, then report.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        core.event_loop(&mut handler)
+    }));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(worker = id, "SIP worker stopped: {e}"),
+        Err(_) => tracing::error!(worker = id, "SIP worker stopped: its handler panicked"),
     }
     core.drain();
 }
