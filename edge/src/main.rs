@@ -407,6 +407,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        // Printing commands end quietly when their reader goes away (`sipveil registrations |
+        // head`) instead of panicking on EPIPE; the daemon keeps SIGPIPE ignored.
+        // SAFETY: setting a signal disposition to its default has no memory-safety preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match dispatch(cli.cmd, netns) {
         Ok(code) => code,
         Err(e) => {
