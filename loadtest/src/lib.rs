@@ -6,8 +6,9 @@
 //! - [`stats`], [`hlog`]: the accounting rules and HdrHistogram interval logs.
 //! - [`report`]: the JSON report of a run and the check that a run lost nothing.
 //! - [`bencode`], [`rtpengine`]: rtpengine's ng control protocol (for the comparison runs).
-//! - [`register`], [`register_pcap`], [`sipp`], [`kamailio`]: the registrar benchmark
-//!   (`sv-bench-register`): users and HA1s, SIPp's files, REGISTER timing from a capture, Kamailio.
+//! - [`register`], [`register_client`], [`register_pcap`], [`sipp`], [`kamailio`]: the registrar
+//!   benchmark (`sv-bench-register`): users and HA1s, a digest REGISTER client, SIPp's files,
+//!   REGISTER timing from a capture, Kamailio.
 //! - [`lab`]: the lab namespaces of docs/contracts.md (std only; xtask includes it by path).
 
 pub mod bench;
@@ -21,6 +22,7 @@ pub mod net;
 pub mod procs;
 pub mod receiver;
 pub mod register;
+pub mod register_client;
 pub mod register_pcap;
 pub mod report;
 pub mod rtp;

@@ -213,6 +213,8 @@ impl Percentiles {
 /// Verdict of one offered-load trial.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
+    /// The load client: `sipp` or `native` ([`crate::register_client`]).
+    pub client: String,
     pub offered_rate: f64,
     /// REGISTER exchanges asked of SIPp.
     pub calls: u64,

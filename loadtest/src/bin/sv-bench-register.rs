@@ -4,7 +4,9 @@
 //! workers), for an open domain and an authenticated (digest MD5) domain. For each server and
 //! domain: the highest offered rate with < 0.1 % failures, the response time at half of
 //! Kamailio's highest rate, and the server's CPU time per REGISTER at one fixed load.
-//! See loadtest/README.md and BENCHMARKS.md ("Registrar").
+//! Every trial restarts the server with an empty registrar, so each REGISTER of a trial is the
+//! first binding of a distinct user. Writes `target/bench/register/summary.json` and `latency.svg`; BENCHMARKS.md
+//! ("Registrar") records the figures and the method's caveats.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,6 +30,7 @@ use sipveil_loadtest::register::{
     AUTH_DOMAIN, BenchUser, OPEN_DOMAIN, Percentiles, SipveilConfig, Trial, cpu_us_per_register,
     judge, make_users, plot_response_svg, sipveil_users_file,
 };
+use sipveil_loadtest::register_client::{ClientTotals, ClientUser, run_load};
 use sipveil_loadtest::register_pcap::register_latency;
 use sipveil_loadtest::sipp::{
     CsvUser, SippJob, SippTotals, injection_csv, parse_rtt_csv, parse_stat_csv,
@@ -37,6 +40,26 @@ const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 506
 const INSTANCE: &str = "bench-register";
 const CONTROL_SOCKET: &str = "/run/sipveil/bench-register.sock";
 const SIPP_BASE_PORT: u16 = 5070;
+
+/// A trial, SIPp's response times (ms), the capture file, the native client's histogram (ns).
+type TrialOutput = (Trial, Vec<f64>, Option<PathBuf>, Option<Histogram<u64>>);
+
+/// Larger socket buffers for the load client (best effort; needs root for beyond rmem_max).
+fn set_buffers(sock: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: setsockopt on an open socket with a pointer to a c_int of the right length.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const bytes).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +143,11 @@ struct Opts {
     cpu_rate: f64,
     #[arg(long, default_value_t = 10.0)]
     cpu_secs: f64,
+    /// Load client of the authenticated domain: `native` (this harness's digest client, which
+    /// answers the MD5 challenge among several) or `sipp` (SIPp 3.6.1 handles only a single/first
+    /// MD5 challenge, so it cannot register with sipveil, which offers SHA-256 first).
+    #[arg(long, default_value = "native", value_parser = ["native", "sipp"])]
+    auth_client: String,
     /// No packet capture in the latency runs (SIPp's own 4-ms-step figures only).
     #[arg(long)]
     no_capture: bool,
@@ -313,9 +341,13 @@ struct Latency {
     sipp: Option<Percentiles>,
     /// From a capture on the client's interface (µs precision).
     wire: Option<Percentiles>,
+    /// The native client's own timing (first send to the 200, µs precision).
+    client: Option<Percentiles>,
     wire_unanswered: u64,
     #[serde(skip)]
     wire_histogram: Option<Histogram<u64>>,
+    #[serde(skip)]
+    client_histogram: Option<Histogram<u64>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -435,7 +467,7 @@ impl Bench {
         secs: f64,
         capture: bool,
         rtt: bool,
-    ) -> Result<(Trial, Vec<f64>, Option<PathBuf>)> {
+    ) -> Result<TrialOutput> {
         self.trial_no += 1;
         let dir = self.tmp.join(format!(
             "t{:03}-{}-{}-{rate:.0}",
@@ -450,6 +482,9 @@ impl Bench {
                 "{calls} calls need more users than the {} generated",
                 self.users.len()
             );
+        }
+        if d == Domain::Auth && self.o.auth_client == "native" {
+            return self.offer_native(s, d, rate, secs, capture, dir, calls);
         }
         let n = ((rate / self.o.sipp_max_rate).ceil() as usize).max(1);
         let server = self.start(s, d)?;
@@ -496,28 +531,12 @@ impl Bench {
             };
             jobs.push((job, wd));
         }
-        let mut dump = None;
-        let pcap = dir.join("a0.pcap");
-        if capture {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", lab::NS_A])
-                .arg(&self.o.dumpcap)
-                .args(["-i", "a0", "-P", "-q", "-s", "800", "-B", "64"])
-                .args(["-f", &format!("udp port {}", SERVER.port())])
-                .args(["-a", &format!("duration:{}", (secs * 3.0) as u64 + 20)])
-                .arg("-w")
-                .arg(&pcap)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(dir.join("dumpcap.log"))?);
-            let g = ChildGuard::spawn("dumpcap", &mut cmd)?;
-            let t = Instant::now();
-            while !pcap.exists() && t.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            dump = Some(g);
-        }
+        let dump = if capture {
+            Some(self.start_capture(&dir, secs)?)
+        } else {
+            None
+        };
+        let pcap = dump.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let pids = netns_pids(lab::NS_EDGE);
         let (ticks0, sched0) = cpu_of(&pids);
         let t0 = Instant::now();
@@ -543,7 +562,7 @@ impl Bench {
             wall = wall.max(t0.elapsed().as_secs_f64());
         }
         let (ticks1, sched1) = cpu_of(&pids);
-        if let Some(mut g) = dump {
+        if let Some((mut g, _)) = dump {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
         }
@@ -585,6 +604,7 @@ impl Bench {
             note = format!("{note}; {}", problems.join("; "));
         }
         let trial = Trial {
+            client: "sipp".to_owned(),
             offered_rate: rate,
             calls,
             sipp_processes: n,
@@ -611,7 +631,151 @@ impl Bench {
         if !trial.passed {
             eprintln!("      {}", trial.note);
         }
-        Ok((trial, rtts, capture.then_some(pcap)))
+        Ok((trial, rtts, capture.then_some(pcap), None))
+    }
+
+    fn start_capture(&self, dir: &Path, secs: f64) -> Result<(ChildGuard, PathBuf)> {
+        let pcap = dir.join("a0.pcap");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", lab::NS_A])
+            .arg(&self.o.dumpcap)
+            .args(["-i", "a0", "-P", "-q", "-s", "800", "-B", "64"])
+            .args(["-f", &format!("udp port {}", SERVER.port())])
+            .args(["-a", &format!("duration:{}", (secs * 3.0) as u64 + 20)])
+            .arg("-w")
+            .arg(&pcap)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("dumpcap.log"))?);
+        let g = ChildGuard::spawn("dumpcap", &mut cmd)?;
+        let t = Instant::now();
+        while !pcap.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok((g, pcap))
+    }
+
+    /// A trial with the native digest client ([`register_client`]) from a thread in sv-a.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one trial's parameters, used once"
+    )]
+    fn offer_native(
+        &mut self,
+        s: Server,
+        d: Domain,
+        rate: f64,
+        secs: f64,
+        capture: bool,
+        dir: PathBuf,
+        calls: u64,
+    ) -> Result<TrialOutput> {
+        let server = self.start(s, d)?;
+        let dump = if capture {
+            Some(self.start_capture(&dir, secs)?)
+        } else {
+            None
+        };
+        let users: Vec<(String, String)> = self
+            .users
+            .get(..calls as usize)
+            .ok_or_else(|| anyhow!("user slice out of range"))?
+            .iter()
+            .map(|u| (u.name.clone(), u.ha1_md5_hex.clone()))
+            .collect();
+        let pids = netns_pids(lab::NS_EDGE);
+        let (ticks0, sched0) = cpu_of(&pids);
+        let host = d.host();
+        let timeout = Duration::from_secs(4);
+        let path = format!("/var/run/netns/{}", lab::NS_A);
+        let run = std::thread::spawn(move || -> Result<(ClientTotals, Histogram<u64>)> {
+            let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an open netns fd; CLONE_NEWNET changes only this thread's network
+            // namespace, which is what the client's socket needs.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                bail!("setns({path}): {}", std::io::Error::last_os_error());
+            }
+            let sock = UdpSocket::bind(SocketAddrV4::new(lab::A_ADDR, SIPP_BASE_PORT))
+                .context("binding the client socket")?;
+            set_buffers(&sock, 16 << 20);
+            let cu: Vec<ClientUser<'_>> = users
+                .iter()
+                .map(|(n, h)| ClientUser {
+                    name: n,
+                    ha1_md5_hex: h,
+                })
+                .collect();
+            Ok(run_load(&sock, SERVER, host, &cu, rate, timeout, true)?)
+        });
+        let out = run.join().map_err(|_| anyhow!("client thread panicked"));
+        let (ticks1, sched1) = cpu_of(&pids);
+        let pcap = dump.map(|(mut g, p)| {
+            std::thread::sleep(Duration::from_millis(300));
+            g.stop();
+            p
+        });
+        server.stop();
+        let (ct, hist) = out??;
+        let mut totals = SippTotals {
+            created: ct.started,
+            successful: ct.successful,
+            failed: ct.failed,
+            ..SippTotals::default()
+        };
+        if ct.timeouts > 0 {
+            totals.failed_by.insert("Timeout".to_owned(), ct.timeouts);
+        }
+        if ct.late > 0 {
+            totals.failed_by.insert("LateOver500ms".to_owned(), ct.late);
+        }
+        for (code, n) in &ct.unexpected {
+            totals.failed_by.insert(format!("Unexpected{code}"), *n);
+        }
+        let failures = (ct.failed + calls.saturating_sub(ct.started) + ct.late).min(calls);
+        let (passed, note) = judge(
+            calls,
+            failures,
+            ct.wall_s,
+            secs,
+            self.o.max_failure,
+            self.o.slack,
+        );
+        let trial = Trial {
+            client: "native".to_owned(),
+            offered_rate: rate,
+            calls,
+            sipp_processes: 0,
+            failures,
+            wall_s: ct.wall_s,
+            achieved_rate: if ct.wall_s > 0.0 {
+                calls as f64 / ct.wall_s
+            } else {
+                0.0
+            },
+            server_cpu_ticks_ns: ticks1 - ticks0,
+            server_cpu_sched_ns: sched1 - sched0,
+            passed,
+            note,
+            totals,
+        };
+        eprintln!(
+            "  [{} {}] {rate:>7.0}/s x {secs} s (native): {} ok, {} failed, {} late, {:.2} s, cpu {:.0} ms -> {}",
+            s.name(),
+            d.name(),
+            trial.totals.successful,
+            trial.totals.failed,
+            ct.late,
+            ct.wall_s,
+            trial.server_cpu_ticks_ns / 1e6,
+            if trial.passed { "pass" } else { "FAIL" },
+        );
+        if !trial.passed {
+            eprintln!("      {}", trial.note);
+        }
+        Ok((trial, Vec::new(), pcap, Some(hist)))
     }
 
     fn search(&mut self, s: Server, d: Domain, res: &mut Result1) -> Result<()> {
@@ -624,7 +788,7 @@ impl Bench {
         );
         while let Some(rate) = rs.next_rate() {
             let rate = rate.round();
-            let (trial, _, _) = self.offer(s, d, rate, self.o.step_secs, false, false)?;
+            let (trial, _, _, _) = self.offer(s, d, rate, self.o.step_secs, false, false)?;
             rs.record(rate, trial.passed);
             res.trials.push(trial);
         }
@@ -635,10 +799,13 @@ impl Bench {
 
     fn latency(&mut self, s: Server, d: Domain, rate: f64) -> Result<Latency> {
         let capture = !self.o.no_capture;
-        let (trial, rtts, pcap) = self.offer(s, d, rate, self.o.latency_secs, capture, true)?;
+        let (trial, rtts, pcap, client) =
+            self.offer(s, d, rate, self.o.latency_secs, capture, true)?;
         let mut lat = Latency {
             rate,
             sipp: Percentiles::of_ms(&rtts),
+            client: client.as_ref().and_then(Percentiles::of_ns),
+            client_histogram: client,
             trial,
             ..Latency::default()
         };
@@ -659,7 +826,7 @@ impl Bench {
     }
 
     fn cpu(&mut self, s: Server, d: Domain) -> Result<Cpu> {
-        let (trial, _, _) = self.offer(s, d, self.o.cpu_rate, self.o.cpu_secs, false, false)?;
+        let (trial, _, _, _) = self.offer(s, d, self.o.cpu_rate, self.o.cpu_secs, false, false)?;
         Ok(Cpu {
             rate: self.o.cpu_rate,
             us_per_register: cpu_us_per_register(
@@ -887,8 +1054,21 @@ fn run() -> Result<bool> {
             .and_then(|l| l.sipp)
             .map(|p| p.p99_us)
     };
+    let client_p99 = |d, s| {
+        get(d, s)
+            .and_then(|r| r.latency.as_ref())
+            .and_then(|l| l.client)
+            .map(|p| p.p99_us)
+    };
+    // The capture when both servers have one; else the native client's timing; else SIPp's.
     let p99_ratio = |d| {
         ratio(wire_p99(d, Server::Sipveil), wire_p99(d, Server::Kamailio))
+            .or_else(|| {
+                ratio(
+                    client_p99(d, Server::Sipveil),
+                    client_p99(d, Server::Kamailio),
+                )
+            })
             .or_else(|| ratio(sipp_p99(d, Server::Sipveil), sipp_p99(d, Server::Kamailio)))
     };
     let cpu_of_r = |d, s| {
@@ -936,7 +1116,8 @@ fn run() -> Result<bool> {
             "register_exchange": "open: REGISTER -> 200 OK; auth: REGISTER -> 401 -> REGISTER with MD5 digest (qop=auth) -> 200 OK, counted as one exchange",
             "failure": "failed SIPp calls + calls SIPp never started + every retransmission (a REGISTER unanswered after 500 ms); a trial also fails when SIPp needs more than slack x the planned time + 1 s",
             "servers": "restarted for every trial with an empty registrar (sipveil: a fresh redb file, durability on; Kamailio: usrloc db_mode 0)",
-            "p99_ratio": "from the capture on a0 (µs precision) when both servers have one, else from SIPp's rtd (4 ms steps)",
+            "p99_ratio": "from the capture on a0 (µs precision) when both servers have one, else the native client's timing, else SIPp's rtd (4 ms steps)",
+            "auth_client": "native: this harness's digest client (SIPp 3.6.1 answers only the first challenge, and sipveil offers SHA-256 before MD5); sipp: SIPp",
             "cpu": "utime+stime of every process in sv-edge (/proc/<pid>/stat) over the SIPp run / successful exchanges; schedstat figures as a cross-check",
         },
         "config": {
@@ -965,7 +1146,9 @@ fn run() -> Result<bool> {
             let l = r.latency.as_ref()?;
             Some((
                 format!("{} {} @ {:.0}/s", r.server, r.domain, l.rate),
-                l.wire_histogram.clone()?,
+                l.wire_histogram
+                    .clone()
+                    .or_else(|| l.client_histogram.clone())?,
             ))
         })
         .collect();
