@@ -875,3 +875,51 @@ fn udp_request_rate() {
         "at most 1 % lost: {lost} of {got}"
     );
 }
+
+/// Rough TCP (or TLS) request/response rate over one connection with a window of pipelined
+/// requests. Run on purpose like [`udp_request_rate`]; asserts every request was answered with
+/// a 200. Bounded: 100 000 requests or 10 s.
+fn stream_request_rate(proto: Proto) {
+    const TOTAL: u64 = 100_000;
+    const WINDOW: u64 = 64;
+    let h = Harness::start(|_| {});
+    let (name, mut c) = match proto {
+        Proto::Tls => ("TLS", StreamClient::tls(h.tls, &h.client_tls)),
+        _ => ("TCP", StreamClient::tcp(h.tcp)),
+    };
+    let reqs: Vec<String> = (0..1024)
+        .map(|_| request("OPTIONS", name, None, "SIP/2.0"))
+        .collect();
+    let (mut sent, mut got) = (0u64, 0u64);
+    let start = Instant::now();
+    let cap = start + Duration::from_secs(10);
+    while got < TOTAL && Instant::now() < cap {
+        let mut batch = Vec::new();
+        while sent < TOTAL && sent - got < WINDOW {
+            batch.extend_from_slice(reqs[(sent % 1024) as usize].as_bytes());
+            sent += 1;
+        }
+        if !batch.is_empty() {
+            c.send(&batch);
+        }
+        assert_eq!(status_of(&c.response()), 200);
+        got += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{name} OPTIONS->200 on one connection: {got} in {secs:.2} s = {:.0} req/s (window {WINDOW})",
+        got as f64 / secs
+    );
+}
+
+#[test]
+#[ignore = "load: run explicitly to measure"]
+fn tcp_request_rate() {
+    stream_request_rate(Proto::Tcp);
+}
+
+#[test]
+#[ignore = "load: run explicitly to measure"]
+fn tls_request_rate() {
+    stream_request_rate(Proto::Tls);
+}
