@@ -177,6 +177,15 @@ pub fn run_demo(options: Options) -> Result<()> {
 fn lab_config(work: &Path) -> Result<PathBuf> {
     let shipped = root().join("edge/lab.toml");
     if shipped.exists() {
+        // Its TLS listener needs the lab certificates (kept in /run, so gone after a reboot).
+        let dir = Path::new(crate::certs::DEFAULT_CERT_DIR);
+        if !dir.join("edge.pem").exists() || !dir.join("edge.key").exists() {
+            let bundle = crate::certs::generate(&crate::certs::EDGE_SANS)
+                .context("generating the lab certificates")?;
+            crate::certs::write(&bundle, dir)
+                .with_context(|| format!("writing the lab certificates into {}", dir.display()))?;
+            println!("demo: lab certificates written to {}", dir.display());
+        }
         return Ok(shipped);
     }
     let written = work.join("lab.toml");
