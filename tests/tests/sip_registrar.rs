@@ -90,7 +90,7 @@ fn sip_open_domain_registration_hijack_and_expiry() {
     let response = register_ok(&mut owner, &reg);
     assert_eq!(
         contact_uris(&response),
-        [owner_contact.clone()],
+        std::slice::from_ref(&owner_contact),
         "{response}"
     );
     let fetch = reg.next();
@@ -102,10 +102,13 @@ fn sip_open_domain_registration_hijack_and_expiry() {
     let response = register_ok(&mut owner, &fetch);
     assert_eq!(
         contact_uris(&response),
-        [owner_contact.clone()],
+        std::slice::from_ref(&owner_contact),
         "fetch: {response}"
     );
-    assert_eq!(contacts_of(&edge, &aor), [owner_contact.clone()]);
+    assert_eq!(
+        contacts_of(&edge, &aor),
+        std::slice::from_ref(&owner_contact)
+    );
     let proto = edge.bindings_of(&aor)[0].proto.clone();
     assert_eq!(
         proto.as_deref(),
@@ -161,7 +164,7 @@ fn sip_open_domain_registration_hijack_and_expiry() {
         assert_status(&response, 403, &format!("hijack by {what}"), &request);
         assert_eq!(
             contacts_of(&edge, &aor),
-            [owner_contact.clone()],
+            std::slice::from_ref(&owner_contact),
             "the owner's binding after the hijack attempt by {what}"
         );
     }
@@ -186,7 +189,10 @@ fn sip_open_domain_registration_hijack_and_expiry() {
             .contact(&thief_contact)
             .expires(120),
     );
-    assert_eq!(contacts_of(&edge, &aor), [thief_contact.clone()]);
+    assert_eq!(
+        contacts_of(&edge, &aor),
+        std::slice::from_ref(&thief_contact)
+    );
 
     // A name held with a short expiry: refused to others while live, free once it expired.
     let short = token("short");
@@ -537,7 +543,11 @@ fn sip_tls_registration_is_a_tls_flow() {
             .contact(&contact)
             .expires(300),
     );
-    assert_eq!(contact_uris(&response), [contact.clone()], "{response}");
+    assert_eq!(
+        contact_uris(&response),
+        std::slice::from_ref(&contact),
+        "{response}"
+    );
     let via = response.header("via").unwrap_or_default().to_owned();
     assert!(via.starts_with("SIP/2.0/TLS"), "the Via echoed: {via}");
     let bindings = edge.bindings_of(&aor);
@@ -613,6 +623,10 @@ fn raw_register(client: &SipClient, cseq: &str, extra: &str, length: usize, body
     .into_bytes()
 }
 
+/// One kind of bad input: its name, how to build it for a client, and whether the client
+/// closes its sending side after it (stream transports).
+type BadCase<'a> = (&'static str, Box<dyn Fn(&SipClient) -> Vec<u8> + 'a>, bool);
+
 #[test]
 fn sip_bad_input_on_each_transport() {
     const MAX: usize = 4096;
@@ -626,7 +640,7 @@ fn sip_bad_input_on_each_transport() {
         .chain(*b"\r\n\r\n")
         .collect();
     for transport in Transport::ALL {
-        let cases: Vec<(&str, Box<dyn Fn(&SipClient) -> Vec<u8>>, bool)> = vec![
+        let cases: Vec<BadCase<'_>> = vec![
             (
                 "malformed (CSeq without a number)",
                 Box::new(|c: &SipClient| raw_register(c, "x REGISTER", "", 0, "")),
@@ -682,12 +696,22 @@ fn sip_bad_input_on_each_transport() {
                 Received::Response(response) => Some(response.status),
                 Received::Timeout | Received::Closed => None,
             };
-            println!("{transport} {what}: the core says {expected:?}, the edge did {got:?}");
+            let did = match &got {
+                Received::Response(response) => {
+                    format!("answered {} {}", response.status, response.reason)
+                }
+                Received::Timeout => "stayed silent".to_owned(),
+                Received::Closed => "closed the connection without answering".to_owned(),
+            };
+            let says = match expected {
+                Some(status) => format!("answer {status}"),
+                None => "no answer (drop, or wait for more)".to_owned(),
+            };
+            println!("{transport} {what}: the SIP core says {says}; the edge {did}");
             assert_eq!(
                 got_status,
                 expected,
-                "{transport} {what}: the SIP core answers {expected:?} (None = drop), the edge \
-                 answered {got:?}; input starts {:?}",
+                "{transport} {what}: the SIP core says {says}, the edge {did}; input starts {:?}",
                 String::from_utf8_lossy(&input[..input.len().min(300)])
             );
             edge.assert_alive(&format!("{transport} {what}"));
@@ -710,7 +734,9 @@ struct Broken {
     users: Option<String>,
     /// The file the message must name (the config or the users file).
     file: &'static str,
+    /// The line the message must name (0: the line containing `needle`).
     line: usize,
+    needle: &'static str,
     key: &'static str,
 }
 
@@ -737,6 +763,7 @@ fn sip_config_errors_are_named_and_refused() {
             users: None,
             file: "sipveil.toml",
             line: 0,
+            needle: "wrokers",
             key: "wrokers",
         },
         Broken {
@@ -745,6 +772,7 @@ fn sip_config_errors_are_named_and_refused() {
             users: None,
             file: "sipveil.toml",
             line: 0,
+            needle: "\"shut\"",
             key: "policy",
         },
         Broken {
@@ -753,6 +781,7 @@ fn sip_config_errors_are_named_and_refused() {
             users: None,
             file: "sipveil.toml",
             line: 0,
+            needle: "\"eight\"",
             key: "max_contacts",
         },
         Broken {
@@ -761,12 +790,13 @@ fn sip_config_errors_are_named_and_refused() {
             users: Some("# users\nalice sha256:0123 md5:00\n".to_owned()),
             file: "auth.lab.users",
             line: 2,
+            needle: "",
             key: "sha256",
         },
     ];
     for case in &mut cases {
         if case.line == 0 {
-            case.line = line_of(&case.config, case.key);
+            case.line = line_of(&case.config, case.needle);
         }
     }
     for case in &cases {

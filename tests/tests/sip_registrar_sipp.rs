@@ -22,117 +22,87 @@ use sip_support::sipp::{SippRun, TlsBridge};
 use sip_support::{BindingView, Edge, EdgeOptions, SIPP_AUTH_USERS, on_path, register_ok};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn sipp_register_over_udp_tcp_tls_open_and_auth() {
-    const CALLS: usize = 100;
-    let Some(sipp) = on_path("sipp") else {
+/// One SIPp run of a test: its users (user, domain, third CSV field) and the flow their
+/// bindings must show.
+struct Run<'a> {
+    name: &'static str,
+    scenario: &'a Path,
+    /// `u1` or `t1`.
+    transport: &'static str,
+    target: SocketAddrV4,
+    users: Vec<(String, String, String)>,
+    proto: &'static str,
+    /// More SIPp options.
+    extra: Vec<String>,
+}
+
+const SIPP_CALLS: usize = 100;
+
+/// SIPp on PATH, or None after printing `SKIPPED:`.
+fn sipp_or_skip() -> Option<PathBuf> {
+    let found = on_path("sipp");
+    if found.is_none() {
         println!(
             "SKIPPED: sipp is not installed (Debian package sip-tester; `cargo xtask setup` \
              installs it)"
         );
-        return;
-    };
-    let Some(socat) = on_path("socat") else {
-        panic!(
-            "socat is not installed: the SIPp TLS run needs it as a TCP->TLS bridge (Debian's \
-             SIPp has no TLS); `cargo xtask setup` installs it"
-        );
-    };
-    let edge = Edge::start("sipp", &EdgeOptions::default());
-    let udp_tcp = SocketAddrV4::new(
+    }
+    found
+}
+
+fn edge_udp_tcp() -> SocketAddrV4 {
+    SocketAddrV4::new(
         sip_support::client::EDGE_ADDR,
         sip_support::client::SIP_PORT,
-    );
-    let bridge = TlsBridge::start(&socat, &edge.ca_pem, &edge.dir.join("socat.log"))
-        .unwrap_or_else(|error| panic!("{error}"));
-    let tag = token("s");
-    let open_scenario = sip_support::sipp::scenario("test_register_open.xml");
-    let auth_scenario = sip_support::sipp::scenario("test_register_auth.xml");
+    )
+}
 
-    // (name, scenario, transport, target, users (user, domain, password), expected proto)
-    let mut runs: Vec<(
-        String,
-        &Path,
-        &str,
-        SocketAddrV4,
-        Vec<(String, String, String)>,
-        &str,
-    )> = Vec::new();
-    for (name, transport, target, proto) in [
-        ("open-udp", "u1", udp_tcp, "udp"),
-        ("open-tcp", "t1", udp_tcp, "tcp"),
-        ("open-tls", "t1", bridge.addr(), "tls"),
-    ] {
-        let users = (0..CALLS)
-            .map(|i| {
-                (
-                    format!("{tag}{name}{i}"),
-                    "open.lab".to_owned(),
-                    String::new(),
-                )
-            })
-            .collect();
-        runs.push((
-            name.to_owned(),
-            &open_scenario,
-            transport,
-            target,
-            users,
-            proto,
-        ));
-    }
-    for (index, (name, transport, proto)) in [("auth-udp", "u1", "udp"), ("auth-tcp", "t1", "tcp")]
-        .into_iter()
-        .enumerate()
-    {
-        let first = index * CALLS;
-        assert!(first + CALLS <= SIPP_AUTH_USERS, "not enough SIPp users");
-        let users = (first..first + CALLS)
-            .map(|i| {
-                let (user, password) = sip_support::sipp_auth_user(i);
-                (user, "auth.lab".to_owned(), password)
-            })
-            .collect();
-        runs.push((
-            name.to_owned(),
-            &auth_scenario,
-            transport,
-            udp_tcp,
-            users,
-            proto,
-        ));
-    }
-
+/// Runs each SIPp run, then checks its counts and that every user is bound on the right flow;
+/// returns what went wrong.
+fn run_all(edge: &Edge, sipp: &Path, runs: &[Run<'_>]) -> Vec<String> {
     let mut failures = Vec::new();
-    for (name, scenario, transport, target, users, proto) in &runs {
+    for run in runs {
         let mut csv = String::from("SEQUENTIAL\n");
-        for (user, domain, password) in users {
-            csv.push_str(&format!("{user};{domain};{password}\n"));
+        for (user, domain, third) in &run.users {
+            csv.push_str(&format!("{user};{domain};{third}\n"));
         }
-        let run = SippRun {
-            sipp: &sipp,
-            scenario: scenario.to_path_buf(),
+        let sipp_run = SippRun {
+            sipp,
+            scenario: run.scenario.to_path_buf(),
             csv,
-            transport,
-            target: *target,
-            calls: CALLS as u32,
+            transport: run.transport,
+            target: run.target,
+            calls: run.users.len() as u32,
             rate: 100,
             dir: &edge.dir,
-            name,
+            name: run.name,
+            extra: run.extra.clone(),
         };
-        let counts = match run.run() {
+        let counts = match sipp_run.run() {
             Ok(counts) => counts,
+            Err(error) if error.contains("authentication must use MD5") => {
+                failures.push(format!(
+                    "{error}\n=> KNOWN INTEROP FAILURE: the edge's 401 lists the SHA-256 challenge \
+                     first and MD5 second (RFC 7616 order); SIPp 3.6.1 answers only the first \
+                     challenge and computes only MD5, so it aborts the call. With only the MD5 \
+                     challenge SIPp's answer is accepted. The edge needs a way to serve such \
+                     old clients (e.g. a per-domain digest algorithm order)."
+                ));
+                continue;
+            }
             Err(error) => {
                 failures.push(error);
                 continue;
             }
         };
-        println!("SIPp {name}: {counts:?}");
-        if counts.failed != 0 || counts.successful != CALLS as u64 {
+        println!("SIPp {}: {counts:?}", run.name);
+        if counts.failed != 0 || counts.successful != run.users.len() as u64 {
             failures.push(format!(
-                "SIPp {name}: {counts:?}, expected {CALLS} successful and 0 failed"
+                "SIPp {}: {counts:?}, expected {} successful and 0 failed",
+                run.name,
+                run.users.len()
             ));
             continue;
         }
@@ -143,11 +113,11 @@ fn sipp_register_over_udp_tcp_tls_open_and_auth() {
             .collect();
         let mut missing = Vec::new();
         let mut wrong_proto = Vec::new();
-        for (user, domain, _) in users {
+        for (user, domain, _) in &run.users {
             let aor = format!("{user}@{domain}");
             match bindings.get(&aor) {
                 None => missing.push(aor),
-                Some(binding) if binding.proto.as_deref() != Some(*proto) => {
+                Some(binding) if binding.proto.as_deref() != Some(run.proto) => {
                     wrong_proto.push(format!("{aor}: {:?}", binding.proto));
                 }
                 Some(_) => {}
@@ -155,15 +125,105 @@ fn sipp_register_over_udp_tcp_tls_open_and_auth() {
         }
         if !missing.is_empty() || !wrong_proto.is_empty() {
             failures.push(format!(
-                "SIPp {name}: {} registrations missing from `sipveil registrations` (first: \
-                 {:?}); {} with a flow other than {proto} (first: {:?})",
+                "SIPp {}: {} registrations missing from `sipveil registrations` (first: \
+                 {:?}); {} with a flow other than {} (first: {:?})",
+                run.name,
                 missing.len(),
                 missing.first(),
                 wrong_proto.len(),
+                run.proto,
                 wrong_proto.first()
             ));
         }
     }
+    failures
+}
+
+/// open.lab, unique nicknames, over UDP, TCP and TLS (SIPp over TCP into a socat TLS bridge).
+#[test]
+fn sipp_register_open_domain_over_udp_tcp_tls() {
+    let Some(sipp) = sipp_or_skip() else {
+        return;
+    };
+    let Some(socat) = on_path("socat") else {
+        panic!(
+            "socat is not installed: the SIPp TLS run needs it as a TCP->TLS bridge (Debian's \
+             SIPp has no TLS); `cargo xtask setup` installs it"
+        );
+    };
+    let edge = Edge::start("sipp_open", &EdgeOptions::default());
+    let bridge = TlsBridge::start(&socat, &edge.ca_pem, &edge.dir.join("socat.log"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let tag = token("s");
+    let scenario = sip_support::sipp::scenario("test_register_open.xml");
+    let runs: Vec<Run<'_>> = [
+        ("open-udp", "u1", edge_udp_tcp(), "udp"),
+        ("open-tcp", "t1", edge_udp_tcp(), "tcp"),
+        ("open-tls", "t1", bridge.addr(), "tls"),
+    ]
+    .into_iter()
+    .map(|(name, transport, target, proto)| Run {
+        name,
+        scenario: &scenario,
+        transport,
+        target,
+        users: (0..SIPP_CALLS)
+            .map(|i| {
+                (
+                    format!("{tag}{name}{i}"),
+                    "open.lab".to_owned(),
+                    String::new(),
+                )
+            })
+            .collect(),
+        proto,
+        extra: Vec::new(),
+    })
+    .collect();
+    let failures = run_all(&edge, &sipp, &runs);
+    edge.assert_alive("the SIPp runs");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// auth.lab with SIPp's own digest (MD5) over UDP and TCP.
+#[test]
+fn sipp_register_auth_domain_md5_over_udp_tcp() {
+    let Some(sipp) = sipp_or_skip() else {
+        return;
+    };
+    let edge = Edge::start("sipp_auth", &EdgeOptions::default());
+    let scenario = sip_support::sipp::scenario("test_register_auth.xml");
+    let runs: Vec<Run<'_>> = [("auth-udp", "u1", "udp"), ("auth-tcp", "t1", "tcp")]
+        .into_iter()
+        .enumerate()
+        .map(|(index, (name, transport, proto))| {
+            let first = index * SIPP_CALLS;
+            assert!(
+                first + SIPP_CALLS <= SIPP_AUTH_USERS,
+                "not enough SIPp users"
+            );
+            Run {
+                name,
+                scenario: &scenario,
+                transport,
+                target: edge_udp_tcp(),
+                users: (first..first + SIPP_CALLS)
+                    .map(|i| {
+                        let (user, password) = sip_support::sipp_auth_user(i);
+                        // SIPp does not expand [fieldN] inside [authentication]: the whole
+                        // keyword comes from the injection file.
+                        let auth = format!("[authentication username={user} password={password}]");
+                        (user, "auth.lab".to_owned(), auth)
+                    })
+                    .collect(),
+                proto,
+                // SIPp's digest uri defaults to sip:<edge address>:<port>; the registrar wants
+                // the Request-URI's host (RFC 7616 §3.4.6).
+                extra: vec!["-auth_uri".to_owned(), "auth.lab".to_owned()],
+            }
+        })
+        .collect();
+    let failures = run_all(&edge, &sipp, &runs);
     edge.assert_alive("the SIPp runs");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

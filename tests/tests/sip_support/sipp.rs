@@ -49,6 +49,8 @@ pub struct SippRun<'a> {
     pub dir: &'a Path,
     /// Names the run's files.
     pub name: &'a str,
+    /// More SIPp options (e.g. `-auth_uri auth.lab`).
+    pub extra: Vec<String>,
 }
 
 impl SippRun<'_> {
@@ -77,6 +79,7 @@ impl SippRun<'_> {
             .args(["-r", &self.rate.to_string()])
             .args(["-l", "200"])
             .arg("-nostdin")
+            .args(&self.extra)
             .args(["-timeout", "60", "-timeout_error"])
             .args(["-recv_timeout", "10000"])
             .arg("-trace_stat")
@@ -99,12 +102,17 @@ impl SippRun<'_> {
         let counts = read_stats(&stat);
         match counts {
             Ok(counts) if status.success() => Ok(counts),
-            Ok(counts) => Err(format!(
-                "SIPp {} exited with {status}: {counts:?}; see {} and {}",
-                self.name,
-                errors.display(),
-                messages.display()
-            )),
+            Ok(counts) => {
+                let events = std::fs::read_to_string(&errors).unwrap_or_default();
+                let first: String = events.chars().take(700).collect();
+                Err(format!(
+                    "SIPp {} exited with {status}: {counts:?}; see {} and {}; its first errors: \
+                     {first}",
+                    self.name,
+                    errors.display(),
+                    messages.display()
+                ))
+            }
             Err(error) => Err(format!(
                 "SIPp {} exited with {status} and no statistics ({error}): {command}; see {}",
                 self.name,
