@@ -64,8 +64,18 @@ pub enum Request {
     },
     /// Stop writing the interval log.
     HlogStop,
+    /// OPTIONS to every binding of `aor` down the flow it registered on; reports the answers.
+    Qualify {
+        aor: String,
+        #[serde(default = "default_qualify_wait_ms")]
+        wait_ms: u64,
+    },
     /// The Prometheus text (as served on the metrics address).
     Metrics,
+}
+
+fn default_qualify_wait_ms() -> u64 {
+    5000
 }
 
 fn default_hlog_interval_ms() -> u64 {
@@ -143,6 +153,13 @@ pub fn handle_line(state: &ControlState, line: &str) -> Value {
             Some(sip) => match sip.metrics.stop_hlog() {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": e.to_string(), "kind": "io"}),
+            },
+            None => no_sip(),
+        },
+        Request::Qualify { aor, wait_ms } => match state.sip.get() {
+            Some(sip) => match sip.qualify(&aor, Duration::from_millis(wait_ms.min(60_000))) {
+                Ok(results) => json!({"ok": true, "aor": aor, "probes": results}),
+                Err(e) => bad_request(format!("{e:#}")),
             },
             None => no_sip(),
         },

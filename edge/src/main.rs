@@ -104,6 +104,24 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Probe the bindings of an address of record: OPTIONS down the flow each registered on
+    /// (the same UDP source, TCP or TLS connection), with the answer and round trip of each.
+    #[command(
+        after_help = "Examples:\n  sipveil qualify --instance lab alice@auth.lab\n  \
+        sipveil qualify --instance lab --json --wait-ms 2000 nick@open.lab"
+    )]
+    Qualify {
+        /// The address of record (user@domain).
+        aor: String,
+        /// How long to wait for the answers, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        wait_ms: u64,
+        /// Print the daemon's JSON answer (one line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// Start or stop HdrHistogram interval logs of transaction latency.
     #[command(subcommand)]
     Hlog(HlogCmd),
@@ -391,6 +409,7 @@ fn main() -> ExitCode {
         | Cmd::CheckConfig { .. }
         | Cmd::Reload(_)
         | Cmd::Registrations { .. }
+        | Cmd::Qualify { .. }
         | Cmd::Hlog(_)
         | Cmd::Metrics(_)
         | Cmd::Ha1 { .. } => None,
@@ -512,6 +531,39 @@ fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
         Cmd::Hlog(HlogCmd::Stop(socket)) => {
             let answer = daemon_request(socket, &json!({"cmd": "hlog-stop"}))?;
             println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Qualify {
+            aor,
+            wait_ms,
+            json: as_json,
+            socket,
+        } => {
+            let request = json!({"cmd": "qualify", "aor": aor, "wait_ms": wait_ms});
+            let answer = daemon_request(socket, &request)?;
+            let probes = answer.get("probes").and_then(Value::as_array);
+            match probes {
+                Some(list) if !as_json && is_ok(&answer) => {
+                    for p in list {
+                        let status = p["status"]
+                            .as_u64()
+                            .map_or_else(|| "-".to_owned(), |s| s.to_string());
+                        let rtt = p["rtt_us"]
+                            .as_u64()
+                            .map_or_else(|| "-".to_owned(), |us| format!("{us} us"));
+                        let error = p["error"].as_str().unwrap_or("");
+                        println!(
+                            "{} {} via {} {}: {status} {rtt} {error}",
+                            p["aor"].as_str().unwrap_or("?"),
+                            p["contact"].as_str().unwrap_or("?"),
+                            p["proto"].as_str().unwrap_or("?"),
+                            p["peer"].as_str().unwrap_or("?"),
+                        );
+                    }
+                    println!("{} probe(s)", list.len());
+                }
+                _ => println!("{answer}"),
+            }
             Ok(answer_code(&answer))
         }
         Cmd::Metrics(socket) => {

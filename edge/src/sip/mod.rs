@@ -253,6 +253,52 @@ impl SipEdge {
         Value::Array(list)
     }
 
+    /// Sends OPTIONS to every live binding of `aor` down the flow it registered on and waits (at
+    /// most `wait`) for the answers.
+    pub fn qualify(
+        &self,
+        aor: &str,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<Vec<service::QualifyResult>> {
+        let aor = aor.to_ascii_lowercase();
+        let (user, host) = aor
+            .split_once('@')
+            .context("an address of record is user@domain")?;
+        let bindings = match self.shared.registrar.lock() {
+            Ok(r) => r.lookup(user, host, unix_ms()),
+            Err(_) => anyhow::bail!("registrar lock poisoned"),
+        };
+        let handle = match self.pool.lock() {
+            Ok(p) => p.as_ref().map(|p| p.handle()),
+            Err(_) => None,
+        }
+        .context("the SIP workers are stopped")?;
+        let (tx, rx) = crossbeam::channel::bounded(bindings.len().max(1));
+        for b in &bindings {
+            let flow = transport::FlowId::from(b.flow);
+            let worker = usize::from(flow.worker);
+            let command = service::Command::Qualify {
+                aor: b.aor.clone(),
+                contact: b.contact.clone(),
+                flow,
+                reply: tx.clone(),
+            };
+            if self.shared.push_command(worker, command) {
+                handle.wake(worker);
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + wait;
+        let mut results = Vec::new();
+        while results.len() < bindings.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => results.push(r),
+                Err(_) => break,
+            }
+        }
+        Ok(results)
+    }
+
     /// Stops the workers, then drains the store queue (nothing acknowledged is lost: a 200 OK
     /// only ever left after its commit).
     pub fn shutdown(&self) {

@@ -68,7 +68,42 @@ pub struct ServiceShared {
     /// SIP parse/validation limits (those of the transport).
     pub limits: Limits,
     completions: Vec<SegQueue<Completion>>,
+    commands: Vec<SegQueue<Command>>,
     tag_key: std::collections::hash_map::RandomState,
+}
+
+/// Work handed to a worker from outside its thread (the control socket).
+pub enum Command {
+    /// Send OPTIONS to `contact` down `flow` (the flow the binding registered on) and report.
+    Qualify {
+        /// The binding's address of record.
+        aor: String,
+        /// The binding's Contact URI.
+        contact: String,
+        /// The flow it registered on.
+        flow: FlowId,
+        /// Where the outcome goes.
+        reply: crossbeam::channel::Sender<QualifyResult>,
+    },
+}
+
+/// The outcome of one qualify probe.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QualifyResult {
+    /// The binding's address of record.
+    pub aor: String,
+    /// The binding's Contact URI.
+    pub contact: String,
+    /// `udp`, `tcp` or `tls`.
+    pub proto: &'static str,
+    /// Where the probe went.
+    pub peer: std::net::SocketAddr,
+    /// The final status code, if one came back.
+    pub status: Option<u16>,
+    /// Round trip in microseconds, if answered.
+    pub rtt_us: Option<u64>,
+    /// Why there is no answer (timeout, flow closed, bad contact...).
+    pub error: Option<String>,
 }
 
 impl ServiceShared {
@@ -88,8 +123,20 @@ impl ServiceShared {
             settings: RwLock::new(Arc::new(settings)),
             limits,
             completions: (0..workers).map(|_| SegQueue::new()).collect(),
+            commands: (0..workers).map(|_| SegQueue::new()).collect(),
             tag_key: std::collections::hash_map::RandomState::new(),
         })
+    }
+
+    /// Queues `command` for worker `worker`; the caller wakes it. `false` if no such worker.
+    pub fn push_command(&self, worker: usize, command: Command) -> bool {
+        match self.commands.get(worker) {
+            Some(q) => {
+                q.push(command);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Replaces the reloadable settings.
@@ -141,7 +188,16 @@ pub struct Worker {
     epoch: StdInstant,
     /// Server transactions the TU is answering: method and when the request arrived (latency).
     pending: HashMap<TransactionId, (Method, StdInstant)>,
+    /// Client transactions of qualify probes.
+    probes: HashMap<TransactionId, Probe>,
     next_expiry: StdInstant,
+    call_ids: u64,
+}
+
+struct Probe {
+    result: QualifyResult,
+    sent: StdInstant,
+    reply: crossbeam::channel::Sender<QualifyResult>,
 }
 
 impl Worker {
@@ -164,7 +220,9 @@ impl Worker {
             layer,
             epoch: now,
             pending: HashMap::new(),
+            probes: HashMap::new(),
             next_expiry: now + EXPIRY_PERIOD,
+            call_ids: 0,
         }
     }
 
@@ -439,8 +497,16 @@ impl Worker {
             }
         }
         while let Some(ev) = self.layer.poll_event() {
-            if let Event::Terminated { key } = ev {
-                self.pending.remove(&key);
+            match ev {
+                Event::Terminated { key } => {
+                    self.pending.remove(&key);
+                    self.finish_probe(io, key, None, Some("transaction ended without an answer"));
+                }
+                Event::Timeout { key } => self.finish_probe(io, key, None, Some("timeout")),
+                Event::TransportError { key } => {
+                    self.finish_probe(io, key, None, Some("flow closed or send failed"))
+                }
+                _ => {}
             }
         }
         let tx_deadline = self.layer.poll_timeout().map(|at| self.std_at(at));
@@ -450,6 +516,108 @@ impl Worker {
             (a, b) => a.or(b),
         };
         io.set_deadline(deadline);
+    }
+
+    /// Sends an OPTIONS probe down a binding's flow (RFC 5626: requests toward a client go down
+    /// the flow it registered on, so clients behind NAT or on TCP/TLS are reachable).
+    fn start_probe(&mut self, io: &mut Io<'_>, command: Command) {
+        let Command::Qualify {
+            aor,
+            contact,
+            flow,
+            reply,
+        } = command;
+        let mut result = QualifyResult {
+            aor,
+            contact,
+            proto: super::transport::proto_label(flow.proto),
+            peer: flow.peer,
+            status: None,
+            rtt_us: None,
+            error: None,
+        };
+        let request = match self.probe_request(&result, &flow) {
+            Ok(r) => r,
+            Err(e) => {
+                result.error = Some(e);
+                let _ = reply.try_send(result);
+                return;
+            }
+        };
+        let remote = Remote {
+            peer: flow,
+            reliable: flow.proto != Proto::Udp,
+        };
+        match self
+            .layer
+            .send_request(self.tx_now(io.now()), remote, request)
+        {
+            Ok(key) => {
+                self.probes.insert(
+                    key,
+                    Probe {
+                        result,
+                        sent: io.now(),
+                        reply,
+                    },
+                );
+            }
+            Err(e) => {
+                result.error = Some(format!("not sent: {e}"));
+                let _ = reply.try_send(result);
+            }
+        }
+    }
+
+    fn probe_request(&mut self, probe: &QualifyResult, flow: &FlowId) -> Result<Request, String> {
+        let uri = sipveil_sip::Uri::parse_str(&probe.contact)
+            .map_err(|e| format!("contact is not a URI: {e}"))?;
+        let transport = match flow.proto {
+            Proto::Udp => "UDP",
+            Proto::Tcp => "TCP",
+            Proto::Tls => "TLS",
+        };
+        let branch = self.layer.new_branch();
+        self.call_ids += 1;
+        let tag = format!("{:x}", self.call_ids);
+        let host = match flow.local.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let mut b = sipveil_sip::RequestBuilder::new(Method::Options, uri)
+            .via(transport, &flow.local.to_string(), &branch)
+            .max_forwards(70)
+            .header(HeaderName::From, format!("<sip:edge@{host}>;tag=q{tag}"))
+            .header(HeaderName::To, format!("<sip:{}>", probe.aor))
+            .header(
+                HeaderName::CallId,
+                format!("q{}-{}-{tag}@{host}", self.index, branch),
+            )
+            .cseq(1);
+        if let Some(server) = &self.shared.settings().server {
+            b = b.header(HeaderName::UserAgent, server.clone());
+        }
+        b.build().map_err(|e| format!("cannot build OPTIONS: {e}"))
+    }
+
+    fn finish_probe(
+        &mut self,
+        io: &Io<'_>,
+        key: TransactionId,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) {
+        if let Some(mut p) = self.probes.remove(&key) {
+            p.result.status = status;
+            p.result.error = error.map(str::to_owned);
+            if status.is_some() {
+                p.result.rtt_us = Some(
+                    u64::try_from(io.now().saturating_duration_since(p.sent).as_micros())
+                        .unwrap_or(u64::MAX),
+                );
+            }
+            let _ = p.reply.try_send(p.result);
+        }
     }
 
     /// Worker 0: drops expired bindings from memory and the store.
@@ -532,7 +700,11 @@ impl Handler for Worker {
                     self.respond_stateless(io, &from, a);
                 }
             }
-            // ACKs (the edge sends no 2xx to INVITE yet), retransmissions, stray responses.
+            Incoming::Response { key, response } if response.status().is_final() => {
+                let code = response.status().as_u16();
+                self.finish_probe(io, key, Some(code), None);
+            }
+            // ACKs (the edge sends no 2xx to INVITE yet), provisionals, retransmissions, strays.
             _ => {}
         }
         self.drain(io);
@@ -540,6 +712,11 @@ impl Handler for Worker {
 
     fn on_wake(&mut self, io: &mut Io<'_>) {
         let shared = self.shared.clone();
+        if let Some(commands) = shared.commands.get(self.index) {
+            while let Some(c) = commands.pop() {
+                self.start_probe(io, c);
+            }
+        }
         let Some(queue) = shared.completions.get(self.index) else {
             return;
         };
