@@ -6,7 +6,8 @@
 //!   `sipveil registrations --json` (the TLS ones as TLS flows). Debian's SIPp has no TLS: the
 //!   TLS run goes through a socat TCP→TLS bridge in sv-a (see `sip_support::sipp`).
 //! - Durability: 300 acknowledged bindings survive `kill -9` and a clean restart (SIGTERM) with
-//!   the same database, with their expiry times kept (not reset).
+//!   the same database, with their expiry times kept (not reset); and `kill -9` while REGISTERs
+//!   are in flight loses none of those already answered 200.
 //!
 //! Needs root (namespaces): fails with a clear message otherwise; without SIPp the SIPp test
 //! prints `SKIPPED:`. Run one at a time (`--test-threads=1`).
@@ -21,8 +22,11 @@ use sip_support::client::{Register, Transport, token};
 use sip_support::sipp::{SippRun, TlsBridge};
 use sip_support::{BindingView, Edge, EdgeOptions, SIPP_AUTH_USERS, on_path, register_ok};
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// One SIPp run of a test: its users (user, domain, third CSV field) and the flow their
 /// bindings must show.
@@ -335,4 +339,129 @@ fn sip_registrations_survive_kill9_and_clean_restart() {
     let after_term = snapshot(&edge, &acknowledged);
     assert_kept("after SIGTERM", &acknowledged, &before, &after_term);
     edge.assert_alive("the restarts");
+}
+
+/// `kill -9` while REGISTERs are in flight: every REGISTER that was answered 200 before the
+/// daemon died is there after the restart (a 200 OK leaves only after the commit).
+#[test]
+fn sip_no_acknowledged_registration_is_lost_to_kill9_under_load() {
+    const SENT_AT_MOST: usize = 4000;
+    const KILL_AFTER_ACKS: usize = 300;
+    let mut edge = Edge::start("durability_load", &EdgeOptions::default());
+    let socket = sip_support::client::in_netns(sip_support::CLIENT_NS, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(Transport::Udp.edge())?;
+        Ok(socket)
+    })
+    .unwrap_or_else(|error| panic!("UDP socket in sv-a: {error}"));
+    let local = socket.local_addr().expect("local address");
+    let receiver = socket.try_clone().expect("cloning the socket");
+    let tag = token("k");
+    let stop = AtomicBool::new(false);
+    let acked: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            for i in 0..SENT_AT_MOST {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let nick = format!("{tag}n{i}");
+                let request = format!(
+                    "REGISTER sip:open.lab SIP/2.0\r\n\
+                     Via: SIP/2.0/UDP {local};rport;branch=z9hG4bK{tag}b{i}\r\n\
+                     Max-Forwards: 70\r\n\
+                     From: <sip:{nick}@open.lab>;tag={tag}t{i}\r\n\
+                     To: <sip:{nick}@open.lab>\r\n\
+                     Call-ID: {tag}c{i}\r\n\
+                     CSeq: 1 REGISTER\r\n\
+                     Contact: <sip:{nick}@{local}>\r\n\
+                     Expires: 1800\r\n\
+                     Content-Length: 0\r\n\r\n"
+                );
+                // After the kill the edge's port is closed: sends may fail, which is expected.
+                let _ = socket.send(request.as_bytes());
+                sent += 1;
+                if i % 20 == 19 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            sent
+        });
+        scope.spawn(|| {
+            let mut buf = vec![0u8; 65536];
+            receiver
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("read timeout");
+            loop {
+                match receiver.recv(&mut buf) {
+                    Ok(n) => {
+                        let Ok(response) = sip_support::client::parse_response(&buf[..n]) else {
+                            continue;
+                        };
+                        let to = response.header("to").unwrap_or_default();
+                        let nick = to
+                            .split_once("sip:")
+                            .and_then(|(_, rest)| rest.split_once('@'))
+                            .map(|(nick, _)| nick.to_owned());
+                        if response.status == 200
+                            && let Some(nick) = nick
+                        {
+                            let contact = format!("sip:{nick}@{local}");
+                            if let Ok(mut acked) = acked.lock() {
+                                acked.insert(format!("{nick}@open.lab"), contact);
+                            }
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                    // Silence after the kill (or after the last answer): done.
+                    Err(_) => break,
+                }
+            }
+        });
+        // Kill once enough REGISTERs were acknowledged, while more are in flight.
+        loop {
+            let count = acked.lock().map(|acked| acked.len()).unwrap_or(0);
+            if count >= KILL_AFTER_ACKS || sender.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        edge.kill();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap_or(0)
+    });
+    let acked = acked.into_inner().unwrap_or_default();
+    println!(
+        "sent {sent} REGISTERs, {} acknowledged before kill -9",
+        acked.len()
+    );
+    assert!(
+        acked.len() >= KILL_AFTER_ACKS,
+        "only {} of {sent} REGISTERs were acknowledged",
+        acked.len()
+    );
+    edge.start_daemon();
+    let listed: BTreeMap<String, BindingView> = edge
+        .bindings()
+        .into_iter()
+        .map(|binding| (binding.aor.clone(), binding))
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|(aor, contact)| {
+            listed
+                .get(*aor)
+                .is_none_or(|binding| binding.contact != **contact)
+        })
+        .map(|(aor, _)| aor)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged registrations were lost to kill -9 (first: {:?})",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+    edge.assert_alive("the restart");
 }
