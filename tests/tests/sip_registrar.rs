@@ -575,31 +575,46 @@ fn sip_tls_registration_is_a_tls_flow() {
     edge.assert_alive("the TLS test");
 }
 
-/// What the SIP core does with `input` on `transport` with messages up to `max` bytes:
-/// `Some(status)` = answer, `None` = drop or wait for more.
-fn core_decision(input: &[u8], transport: Transport, max: usize) -> Option<u16> {
+/// What the SIP core does with `input` on `transport` with messages up to `max` bytes.
+struct Decision {
+    /// `Some(status)` = answer, `None` = drop or wait for more.
+    answer: Option<u16>,
+    /// Streams: the connection can no longer be framed (the edge closes it after answering).
+    fatal: bool,
+}
+
+fn core_decision(input: &[u8], transport: Transport, max: usize) -> Decision {
     let limits = Limits {
         max_message_size: max,
         ..Limits::default()
     };
-    let error = if transport.is_stream() {
+    let (error, fatal) = if transport.is_stream() {
         let mut framer = StreamFramer::new(limits);
         framer.push(input);
         match framer.poll() {
-            Some(Err(error)) => error,
+            Some(Err(error)) => {
+                let fatal = framer.is_failed();
+                (error, fatal)
+            }
             Some(Ok(StreamEvent::Message(_))) => panic!("test input is a valid message"),
-            Some(Ok(_)) | None => return None,
+            Some(Ok(_)) | None => {
+                return Decision {
+                    answer: None,
+                    fatal: false,
+                };
+            }
         }
     } else {
         match sipveil_sip::parse_datagram(Bytes::copy_from_slice(input), &limits) {
-            Err(error) => error,
+            Err(error) => (error, false),
             Ok(_) => panic!("test input is a valid message"),
         }
     };
-    match error.answer() {
+    let answer = match error.answer() {
         ErrorAnswer::Respond { status, .. } => Some(status),
         _ => None,
-    }
+    };
+    Decision { answer, fatal }
 }
 
 /// A REGISTER from `client` with `headers` spliced in and `body` (Content-Length as given).
@@ -676,7 +691,8 @@ fn sip_bad_input_on_each_transport() {
         for (what, build, close_after) in &cases {
             let mut client = edge.client(transport);
             let input = build(&client);
-            let expected = core_decision(&input, transport, MAX);
+            let decision = core_decision(&input, transport, MAX);
+            let expected = decision.answer;
             client
                 .send_raw(&input)
                 .unwrap_or_else(|error| panic!("{transport} {what}: sending: {error}"));
@@ -715,6 +731,27 @@ fn sip_bad_input_on_each_transport() {
                 String::from_utf8_lossy(&input[..input.len().min(300)])
             );
             edge.assert_alive(&format!("{transport} {what}"));
+            // A stream whose error the core does not call fatal goes on: the same connection
+            // registers next.
+            if transport.is_stream() && !*close_after && !decision.fatal {
+                let nick = token("same");
+                let reg = Register::new(&nick, "open.lab")
+                    .contact(&client.contact_uri(&nick))
+                    .expires(300);
+                let request = client.register(&reg);
+                match client.transact(&request) {
+                    Ok(response) => assert_status(
+                        &response,
+                        200,
+                        &format!("{transport}: a REGISTER on the connection after {what}"),
+                        &request,
+                    ),
+                    Err(error) => panic!(
+                        "{transport}: the connection must stay usable after {what} (the SIP \
+                         core does not call it fatal): {error}"
+                    ),
+                }
+            }
             // The next client is served.
             let mut next = edge.client(transport);
             let nick = token("after");
@@ -881,4 +918,146 @@ fn sip_config_errors_are_named_and_refused() {
         "sipveil run must refuse, naming {:?}: stdout {stdout} stderr {stderr}",
         cases[0].key
     );
+}
+
+/// REGISTER with digest (SHA-256); the final answer, whatever it is.
+fn try_register_digest(
+    client: &mut SipClient,
+    reg: &Register,
+    password: &str,
+) -> Result<Response, String> {
+    let request = client.register(reg);
+    let first = client.transact(&request)?;
+    if first.status != 401 {
+        return Ok(first);
+    }
+    let challenge = digest::challenge_for(&first, Algorithm::Sha256)?;
+    let mut authorized = reg.next();
+    authorized.authorization = Some(digest::authorization(
+        &challenge,
+        &reg.user,
+        password,
+        "REGISTER",
+        &format!("sip:{}", reg.domain),
+        1,
+        &token("cn"),
+    )?);
+    client.transact(&client.register(&authorized))
+}
+
+/// `sipveil reload --socket S`: (exit code, output).
+fn reload() -> (Option<i32>, String) {
+    let out = std::process::Command::new(sip_support::sipveil())
+        .args([
+            "reload",
+            "--socket",
+            sipveil_loadtest::lab::LAB_CONTROL_SOCKET,
+        ])
+        .output()
+        .expect("running sipveil reload");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn sip_reload_applies_users_and_keeps_registrations() {
+    let edge = Edge::start("reload", &EdgeOptions::default());
+    let users_path = edge.dir.join("auth.lab.users");
+    let mut client = edge.client(Transport::Udp);
+    let nick = token("keep");
+    let nick_aor = format!("{nick}@open.lab");
+    let reg = Register::new(&nick, "open.lab")
+        .contact(&client.contact_uri(&nick))
+        .expires(600);
+    register_ok(&mut client, &reg);
+    let (alice, alice_pw) = AUTH_USERS[0];
+    let alice_reg = Register::new(alice, "auth.lab")
+        .contact(&client.contact_uri(alice))
+        .expires(600);
+    register_digest(&mut client, &alice_reg, alice_pw, Algorithm::Sha256);
+    let before = (
+        contacts_of(&edge, &nick_aor),
+        contacts_of(&edge, "alice@auth.lab"),
+    );
+
+    // A new user, `sipveil reload`: dave registers, nobody's binding is dropped.
+    let mut users = sip_support::users_text();
+    users.push_str(&digest::users_line("dave", "auth.lab", "dave-pw"));
+    users.push('\n');
+    std::fs::write(&users_path, &users).expect("users file");
+    let (code, output) = reload();
+    assert_eq!(code, Some(0), "sipveil reload: {output}");
+    let dave_reg = Register::new("dave", "auth.lab")
+        .contact(&client.contact_uri("dave"))
+        .expires(600);
+    let response = try_register_digest(&mut client, &dave_reg, "dave-pw")
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(response.status, 200, "dave after the reload:\n{response}");
+    let after = (
+        contacts_of(&edge, &nick_aor),
+        contacts_of(&edge, "alice@auth.lab"),
+    );
+    assert_eq!(before, after, "bindings changed across the reload");
+
+    // SIGHUP does the same: erin appears (the daemon reloads asynchronously: retry a while).
+    users.push_str(&digest::users_line("erin", "auth.lab", "erin-pw"));
+    users.push('\n');
+    std::fs::write(&users_path, &users).expect("users file");
+    let pid = edge.daemon.as_ref().expect("daemon").pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success(), "kill -HUP {pid}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    let erin_ok = loop {
+        let erin_reg = Register::new("erin", "auth.lab")
+            .contact(&client.contact_uri("erin"))
+            .expires(600);
+        match try_register_digest(&mut client, &erin_reg, "erin-pw") {
+            Ok(response) if response.status == 200 => break true,
+            Ok(response) => last = response.text(),
+            Err(error) => last = error,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        erin_ok,
+        "erin cannot register after SIGHUP; last answer:\n{last}"
+    );
+    edge.assert_alive("SIGHUP");
+
+    // A broken configuration: the reload is refused, naming the key; the old one stays.
+    let good = std::fs::read_to_string(&edge.config).expect("config");
+    let broken = good.replacen("policy = \"closed\"", "policy = \"shut\"", 1);
+    assert_ne!(good, broken);
+    std::fs::write(&edge.config, &broken).expect("config");
+    let (code, output) = reload();
+    std::fs::write(&edge.config, &good).expect("config");
+    assert_eq!(code, Some(1), "reload of a broken config: {output}");
+    assert!(
+        output.contains("policy"),
+        "the refused reload must name the key: {output}"
+    );
+    let (bob, bob_pw) = AUTH_USERS[1];
+    let bob_reg = Register::new(bob, "auth.lab")
+        .contact(&client.contact_uri(bob))
+        .expires(600);
+    register_digest(&mut client, &bob_reg, bob_pw, Algorithm::Sha256);
+    assert_eq!(
+        contacts_of(&edge, &nick_aor),
+        before.0,
+        "after a refused reload"
+    );
+    edge.assert_alive("the reloads");
 }
