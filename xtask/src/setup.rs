@@ -52,7 +52,43 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs == Needs::BuildAndFuzz {
         cargo_fuzz()?;
     }
+    lab_certs()?;
     Ok(())
+}
+
+/// The lab configurations (edge/lab*.toml) read their TLS certificate and key from
+/// [`crate::certs::DEFAULT_CERT_DIR`], which lives on tmpfs: make them when they are missing
+/// (never replaced when present; `cargo xtask certs` makes new ones).
+fn lab_certs() -> Result<()> {
+    let dir = Path::new(crate::certs::DEFAULT_CERT_DIR);
+    let present = ["ca.pem", "edge.pem", "edge.key"]
+        .iter()
+        .all(|name| dir.join(name).is_file());
+    if present {
+        println!("setup: lab certificates present in {}", dir.display());
+        return Ok(());
+    }
+    let bundle = crate::certs::generate(&crate::certs::EDGE_SANS)
+        .context("generating the lab certificates")?;
+    match crate::certs::write(&bundle, dir) {
+        Ok(files) => {
+            println!(
+                "setup: made a throwaway CA and edge certificate for the lab: {}, {}, {}",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            println!(
+                "setup: cannot write {} ({error}): run `cargo xtask certs` as root before the lab",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(error) => Err(error).with_context(|| format!("writing into {}", dir.display())),
+    }
 }
 
 fn package_installed(name: &str) -> bool {
