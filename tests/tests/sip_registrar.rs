@@ -1061,3 +1061,73 @@ fn sip_reload_applies_users_and_keeps_registrations() {
     );
     edge.assert_alive("the reloads");
 }
+
+/// The repository's lab configuration (edge/lab.toml, its users file, the lab certificates in
+/// /run/sipveil-lab/certs) serves clients over UDP, TCP and TLS: the "done" check.
+#[test]
+fn sip_lab_config_serves_udp_tcp_tls() {
+    use sip_support::certs;
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/lab.toml");
+    let dir = std::path::Path::new(certs::DEFAULT_CERT_DIR);
+    sip_support::require_root();
+    if !["ca.pem", "edge.pem", "edge.key"]
+        .iter()
+        .all(|name| dir.join(name).is_file())
+    {
+        // What `cargo xtask setup` / `cargo xtask certs` make.
+        let bundle = certs::generate(&certs::EDGE_SANS).expect("certificates");
+        certs::write(&bundle, dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
+    }
+    let out = std::process::Command::new(sip_support::sipveil())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("sipveil check-config");
+    assert!(
+        out.status.success(),
+        "check-config {}: {}{}",
+        config.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edge = Edge::start_with_config("lab_config", &config, &dir.join("ca.pem"));
+    // The lab users file's documented passwords.
+    let (alice, alice_pw) = ("alice", "alice-secret");
+    let mut registered: Vec<(Transport, Register)> = Vec::new();
+    for transport in Transport::ALL {
+        let mut client = edge.client(transport);
+        let nick = token("lab");
+        let reg = Register::new(&nick, "open.lab")
+            .contact(&client.contact_uri(&nick))
+            .expires(60);
+        register_ok(&mut client, &reg);
+        let alice_reg = Register::new(alice, "auth.lab")
+            .contact(&client.contact_uri(alice))
+            .expires(60);
+        let (_, _, authorized) =
+            register_digest(&mut client, &alice_reg, alice_pw, Algorithm::Sha256);
+        let aor = format!("{nick}@open.lab");
+        let bindings = edge.bindings_of(&aor);
+        assert_eq!(bindings.len(), 1, "{aor}: {bindings:?}");
+        let proto = transport.via().to_ascii_lowercase();
+        assert_eq!(bindings[0].proto.as_deref(), Some(proto.as_str()));
+        // Leave the lab's database as it was: remove both bindings again.
+        let mut remove = reg.next();
+        remove.expires = Some(0);
+        register_ok(&mut client, &remove);
+        let mut remove_alice = authorized.next();
+        remove_alice.expires = Some(0);
+        let response = try_register_digest(&mut client, &remove_alice, alice_pw)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(response.status, 200, "removing alice:\n{response}");
+        registered.push((transport, reg));
+    }
+    for (transport, reg) in &registered {
+        let aor = format!("{}@open.lab", reg.user);
+        assert!(
+            edge.bindings_of(&aor).is_empty(),
+            "{transport}: {aor} was removed"
+        );
+    }
+    edge.assert_alive("the lab configuration test");
+}

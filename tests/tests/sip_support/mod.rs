@@ -234,6 +234,28 @@ impl Edge {
         edge
     }
 
+    /// Takes the lab and starts the daemon with an existing configuration (`config`, e.g. the
+    /// repository's edge/lab.toml) whose certificate is signed by the CA in `ca_pem`.
+    pub fn start_with_config(test: &str, config: &Path, ca_pem: &Path) -> Edge {
+        use rustls::pki_types::pem::PemObject;
+        require_root();
+        let lab = Lab::session(Shape::TwoArm, sipveil())
+            .unwrap_or_else(|error| panic!("lab up (two-arm): {error}"));
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(ca_pem)
+            .unwrap_or_else(|error| panic!("{}: {error}", ca_pem.display()));
+        let tls = TlsTrust::new(&ca, "edge.lab").unwrap_or_else(|error| panic!("{error}"));
+        let mut edge = Edge {
+            daemon: None,
+            dir: test_dir(test),
+            config: config.to_path_buf(),
+            tls,
+            ca_pem: ca_pem.to_path_buf(),
+            _lab: lab,
+        };
+        edge.start_daemon();
+        edge
+    }
+
     /// Starts the daemon (again) with this test's configuration and database.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "a daemon is already running");
