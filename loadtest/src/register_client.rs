@@ -184,10 +184,12 @@ pub struct ClientTotals {
     pub wall_s: f64,
 }
 
-/// Runs `users.len()` calls at `rate`/s from `sock` (already bound, in the right namespace) to
-/// `server`; every call ends by `timeout` after its start. `auth`: expect a 401 first.
+/// Runs `users.len()` calls at `rate`/s to `server`, call *i* from `socks[i % socks.len()]`
+/// (bound already, in the right namespace: several source ports stand for several clients, and
+/// a server with SO_REUSEPORT sockets spreads them over its workers); every call ends by
+/// `timeout` after its start. `auth`: expect a 401 first.
 pub fn run_load(
-    sock: &UdpSocket,
+    socks: &[UdpSocket],
     server: SocketAddrV4,
     domain: &str,
     users: &[ClientUser<'_>],
@@ -202,16 +204,23 @@ pub fn run_load(
         WaitOk,
         Done,
     }
-    let local = match sock.local_addr()? {
-        std::net::SocketAddr::V4(a) => a,
-        std::net::SocketAddr::V6(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "IPv4 socket expected",
-            ));
+    let mut locals = Vec::with_capacity(socks.len());
+    for sock in socks {
+        match sock.local_addr()? {
+            std::net::SocketAddr::V4(a) => locals.push(a),
+            std::net::SocketAddr::V6(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "IPv4 sockets expected",
+                ));
+            }
         }
-    };
-    sock.set_nonblocking(true)?;
+        sock.set_nonblocking(true)?;
+    }
+    let k = socks.len();
+    if k == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no socket"));
+    }
     let tag = format!("{:x}", std::process::id());
     let uri = format!("sip:{domain}");
     let n = users.len();
@@ -235,8 +244,8 @@ pub fn run_load(
     let mut buf = vec![0u8; 65536];
     let hard_stop =
         start + Duration::from_secs_f64(n as f64 * interval) + timeout + Duration::from_secs(2);
-    let send = |m: &str| -> io::Result<()> {
-        match sock.send_to(m.as_bytes(), server) {
+    let send = |i: usize, m: &str| -> io::Result<()> {
+        match socks[i % k].send_to(m.as_bytes(), server) {
             Ok(_) => Ok(()),
             // A full socket buffer loses this request: the call times out, as it would on the wire.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -251,17 +260,27 @@ pub fn run_load(
             next += 1;
             let cid = format!("{tag}-{i}");
             let u = users[i];
-            send(&register_request(domain, u.name, local, &cid, 1, None))?;
+            send(
+                i,
+                &register_request(domain, u.name, locals[i % k], &cid, 1, None),
+            )?;
             t0[i] = Instant::now();
             state[i] = if auth { St::WaitChallenge } else { St::WaitOk };
             totals.started += 1;
             open += 1;
         }
         // Answers.
+        let mut si = 0usize;
         loop {
+            let Some(sock) = socks.get(si) else {
+                break;
+            };
             let len = match sock.recv(&mut buf) {
                 Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    si += 1;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -295,7 +314,10 @@ pub fn run_load(
                     let u = users[i];
                     let cid = format!("{tag}-{i}");
                     let a = authorization(u.name, u.ha1_md5_hex, &ch, &uri, &cid);
-                    send(&register_request(domain, u.name, local, &cid, 2, Some(&a)))?;
+                    send(
+                        i,
+                        &register_request(domain, u.name, locals[i % k], &cid, 2, Some(&a)),
+                    )?;
                     state[i] = St::WaitOk;
                 }
                 (St::WaitOk, 200) => {
@@ -351,27 +373,36 @@ pub fn run_load(
         };
         let wait = until_next.min(Duration::from_millis(1));
         if !wait.is_zero() {
-            poll_readable(sock, wait);
+            poll_readable(socks, wait);
         }
     }
     totals.wall_s = start.elapsed().as_secs_f64();
     Ok((totals, hist))
 }
 
-fn poll_readable(sock: &UdpSocket, wait: Duration) {
+fn poll_readable(socks: &[UdpSocket], wait: Duration) {
     use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfds: Vec<libc::pollfd> = socks
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: libc::c_long::try_from(wait.as_nanos().min(999_999_999)).unwrap_or(1_000_000),
     };
-    // SAFETY: one valid pollfd for the duration of the call, a valid timespec, no signal mask.
+    // SAFETY: `pfds` holds pfds.len() valid pollfds for the duration of the call, a valid
+    // timespec, no signal mask.
     unsafe {
-        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        );
     }
 }
 
@@ -469,7 +500,9 @@ mod tests {
             }
             authed
         });
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let clients: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}")))
+            .collect();
         let names: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
         let users: Vec<ClientUser<'_>> = names
             .iter()

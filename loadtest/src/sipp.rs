@@ -56,6 +56,10 @@ pub fn injection_csv<'a>(users: impl IntoIterator<Item = CsvUser<'a>>) -> String
     out
 }
 
+/// SIPp's `-max_socket`: below the usual open-files limit (20 000 here); `max_open` is capped
+/// to it.
+pub const MAX_SOCKETS: u64 = 16_000;
+
 /// What one SIPp process is asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SippJob {
@@ -81,6 +85,10 @@ pub struct SippJob {
     pub trace_rtt: bool,
     /// Write unexpected messages to `<scenario>_<pid>_errors.log` (`-trace_err`, capped).
     pub trace_err: bool,
+    /// SIPp's UDP transport mode: `u1` (one socket, one source port for every call) or `un` (a
+    /// socket per call: every user registers from its own port, as distinct clients would; a
+    /// server with SO_REUSEPORT sockets spreads them over its workers by the source address).
+    pub transport: String,
 }
 
 impl SippJob {
@@ -99,10 +107,13 @@ impl SippJob {
             .args(["-r", &format!("{:.0}", self.rate.max(1.0))])
             .args(["-rp", "1000"])
             .args(["-m", &self.calls.to_string()])
-            .args(["-l", &self.max_open.max(1).to_string()])
+            .args(["-l", &self.max_open.clamp(1, MAX_SOCKETS - 100).to_string()])
             .args(["-i", &self.local.ip().to_string()])
             .args(["-p", &self.local.port().to_string()])
-            .args(["-t", "u1"])
+            .args(["-t", &self.transport])
+            // `un` opens a socket per open call; SIPp refuses to start when its default maximum
+            // (50 000) exceeds the open-files limit.
+            .args(["-max_socket", &MAX_SOCKETS.to_string()])
             .arg("-trace_stat")
             .arg("-stf")
             .arg(&self.stat_file)
@@ -314,6 +325,7 @@ mod tests {
             stat_file: "stat.csv".into(),
             trace_rtt: true,
             trace_err: false,
+            transport: "un".into(),
         };
         let cmd = job.command(Path::new("sipp"), Path::new("/tmp"));
         let args: Vec<String> = cmd

@@ -148,6 +148,14 @@ struct Opts {
     /// MD5 challenge, so it cannot register with sipveil, which offers SHA-256 first).
     #[arg(long, default_value = "native", value_parser = ["native", "sipp"])]
     auth_client: String,
+    /// Source ports of the native client (calls round-robin over them: several clients).
+    #[arg(long, default_value_t = 32)]
+    client_ports: u16,
+    /// SIPp's UDP mode: `un` (a socket, so a source port, per call: distinct clients) or `u1`
+    /// (every call from one port: a server that spreads load over SO_REUSEPORT sockets by
+    /// source address then uses one worker).
+    #[arg(long, default_value = "un", value_parser = ["un", "u1"])]
+    sipp_transport: String,
     /// No packet capture in the latency runs (SIPp's own 4-ms-step figures only).
     #[arg(long)]
     no_capture: bool,
@@ -528,6 +536,7 @@ impl Bench {
                 stat_file: wd.join("stat.csv"),
                 trace_rtt: rtt,
                 trace_err: true,
+                transport: self.o.sipp_transport.clone(),
             };
             jobs.push((job, wd));
         }
@@ -687,6 +696,7 @@ impl Bench {
         let pids = netns_pids(lab::NS_EDGE);
         let (ticks0, sched0) = cpu_of(&pids);
         let host = d.host();
+        let sockets = self.o.client_ports;
         let timeout = Duration::from_secs(4);
         let path = format!("/var/run/netns/{}", lab::NS_A);
         let run = std::thread::spawn(move || -> Result<(ClientTotals, Histogram<u64>)> {
@@ -698,9 +708,13 @@ impl Bench {
             if rc != 0 {
                 bail!("setns({path}): {}", std::io::Error::last_os_error());
             }
-            let sock = UdpSocket::bind(SocketAddrV4::new(lab::A_ADDR, SIPP_BASE_PORT))
-                .context("binding the client socket")?;
-            set_buffers(&sock, 16 << 20);
+            let mut socks = Vec::new();
+            for p in 0..sockets {
+                let sock = UdpSocket::bind(SocketAddrV4::new(lab::A_ADDR, SIPP_BASE_PORT + p))
+                    .context("binding the client sockets")?;
+                set_buffers(&sock, 4 << 20);
+                socks.push(sock);
+            }
             let cu: Vec<ClientUser<'_>> = users
                 .iter()
                 .map(|(n, h)| ClientUser {
@@ -708,7 +722,7 @@ impl Bench {
                     ha1_md5_hex: h,
                 })
                 .collect();
-            Ok(run_load(&sock, SERVER, host, &cu, rate, timeout, true)?)
+            Ok(run_load(&socks, SERVER, host, &cu, rate, timeout, true)?)
         });
         let out = run.join().map_err(|_| anyhow!("client thread panicked"));
         let (ticks1, sched1) = cpu_of(&pids);
@@ -1131,6 +1145,9 @@ fn run() -> Result<bool> {
             "max_failure": bench.o.max_failure,
             "slack": bench.o.slack,
             "sipp_max_rate": bench.o.sipp_max_rate,
+            "sipp_transport": bench.o.sipp_transport,
+            "auth_client": bench.o.auth_client,
+            "client_ports": bench.o.client_ports,
             "latency_secs": bench.o.latency_secs,
             "cpu_rate": bench.o.cpu_rate,
             "cpu_secs": bench.o.cpu_secs,
