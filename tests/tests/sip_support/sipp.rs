@@ -3,10 +3,11 @@
 //! from SIPp's statistics file (`-trace_stat -stf`).
 //!
 //! TLS: Debian's SIPp 3.6.1 is built without OpenSSL (`-t l1` answers "To use a TLS transport
-//! you must compile SIPp with OpenSSL"; a TLS build would also insist on `-tls_cert`/`-tls_key`
-//! files even as a client and would not verify the server). So the TLS run is SIPp over TCP
+//! you must compile SIPp with OpenSSL"). A TLS build (`cmake -DUSE_SSL=1`) would also load
+//! `-tls_cert`/`-tls_key` (default `cacert.pem`/`cakey.pem`) into its client context and fail
+//! without them, and verifies the server only when given a CA. So the TLS run is SIPp over TCP
 //! (`-t t1`) into a `socat` bridge in sv-a that speaks TLS to the edge and verifies the edge's
-//! certificate against the test CA: the edge sees, and records, TLS flows.
+//! certificate (name edge.lab) against the test CA: the edge sees, and records, TLS flows.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
