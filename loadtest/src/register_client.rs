@@ -271,10 +271,7 @@ pub fn run_load(
         }
         // Answers.
         let mut si = 0usize;
-        loop {
-            let Some(sock) = socks.get(si) else {
-                break;
-            };
+        while let Some(sock) = socks.get(si) {
             let len = match sock.recv(&mut buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -512,7 +509,7 @@ mod tests {
             })
             .collect();
         let (t, h) = run_load(
-            &client,
+            &clients,
             addr,
             "auth.lab",
             &users,
