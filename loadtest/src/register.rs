@@ -230,6 +230,9 @@ pub struct Trial {
     pub server_cpu_ticks_ns: f64,
     /// The same from /proc/<pid>/task/*/schedstat (ns precision), ns.
     pub server_cpu_sched_ns: f64,
+    /// schedstat run time in the window by thread name (`comm`, summed over threads of that
+    /// name), ns: where the server spends it.
+    pub server_threads_ns: std::collections::BTreeMap<String, f64>,
     pub passed: bool,
     pub note: String,
 }

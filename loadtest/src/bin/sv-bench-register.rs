@@ -220,6 +220,40 @@ fn netns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// schedstat run time (ns) by thread name over `pids`' threads.
+fn cpu_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for pid in pids {
+        if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in dir.flatten() {
+                let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                if let Some(ns) = fs::read_to_string(task.path().join("schedstat"))
+                    .ok()
+                    .and_then(|t| {
+                        t.split_whitespace()
+                            .next()
+                            .and_then(|v| v.parse::<f64>().ok())
+                    })
+                {
+                    *out.entry(comm.trim().to_owned()).or_insert(0.0) += ns;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn thread_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
 /// (utime+stime in ns, schedstat run time in ns) summed over `pids` and their threads.
 fn cpu_of(pids: &[u32]) -> (f64, f64) {
     let mut ticks = 0.0;
@@ -547,6 +581,7 @@ impl Bench {
         };
         let pcap = dump.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let pids = netns_pids(lab::NS_EDGE);
+        let threads0 = cpu_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let t0 = Instant::now();
         let mut guards = Vec::new();
@@ -571,6 +606,7 @@ impl Bench {
             wall = wall.max(t0.elapsed().as_secs_f64());
         }
         let (ticks1, sched1) = cpu_of(&pids);
+        let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
         if let Some((mut g, _)) = dump {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -622,6 +658,7 @@ impl Bench {
             achieved_rate: if wall > 0.0 { calls as f64 / wall } else { 0.0 },
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
+            server_threads_ns: threads,
             passed,
             note,
             totals,
@@ -694,6 +731,7 @@ impl Bench {
             .map(|u| (u.name.clone(), u.ha1_md5_hex.clone()))
             .collect();
         let pids = netns_pids(lab::NS_EDGE);
+        let threads0 = cpu_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let host = d.host();
         let sockets = self.o.client_ports;
@@ -726,6 +764,7 @@ impl Bench {
         });
         let out = run.join().map_err(|_| anyhow!("client thread panicked"));
         let (ticks1, sched1) = cpu_of(&pids);
+        let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
         let pcap = dump.map(|(mut g, p)| {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -771,6 +810,7 @@ impl Bench {
             },
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
+            server_threads_ns: threads,
             passed,
             note,
             totals,
