@@ -169,6 +169,11 @@ impl ServiceShared {
     }
 }
 
+/// A method's name for metric labels without allocating (the metrics bound unknown names).
+fn method_label(method: &Method) -> &str {
+    std::str::from_utf8(method.as_bytes()).unwrap_or("other")
+}
+
 /// Where a Request-URI points, from the edge's point of view.
 enum Target {
     /// The edge itself (one of its names or addresses).
@@ -308,12 +313,12 @@ impl Worker {
             return;
         }
         if let Some((method, since)) = self.pending.get(&key) {
-            let method_name = String::from_utf8_lossy(method.as_bytes()).into_owned();
-            self.shared.metrics.response_out(&method_name, code);
+            let method_name = method_label(method);
+            self.shared.metrics.response_out(method_name, code);
             if is_final {
                 self.shared.metrics.transaction_latency(
                     self.index,
-                    &method_name,
+                    method_name,
                     io.now().saturating_duration_since(*since),
                 );
                 self.pending.remove(&key);
@@ -648,8 +653,7 @@ impl Handler for Worker {
         let reliable = from.proto != Proto::Udp;
         let msg = match msg {
             Message::Request(mut req) => {
-                let method_name = String::from_utf8_lossy(req.method().as_bytes()).into_owned();
-                self.shared.metrics.request_in(&method_name);
+                self.shared.metrics.request_in(method_label(req.method()));
                 if let Err(e) = req.validate(&self.shared.limits) {
                     if let ErrorAnswer::Respond { status, reason } = e.answer()
                         && *req.method() != Method::Ack
