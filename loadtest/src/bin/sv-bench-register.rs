@@ -1252,6 +1252,26 @@ fn run() -> Result<bool> {
             }
         );
     }
+    for r in results.values() {
+        if let Some(c) = &r.cpu
+            && c.trial.totals.successful > 0
+        {
+            let mut t: Vec<(&String, &f64)> = c.trial.server_threads_ns.iter().collect();
+            t.sort_by(|a, b| b.1.total_cmp(a.1));
+            let per = |ns: f64| ns / c.trial.totals.successful as f64 / 1e3;
+            let list: Vec<String> = t
+                .iter()
+                .take(6)
+                .map(|(name, ns)| format!("{name} {:.1}", per(**ns)))
+                .collect();
+            println!(
+                "  {:<9} {:<5} cpu by thread (us/REGISTER, schedstat): {}",
+                r.server,
+                r.domain,
+                list.join(", ")
+            );
+        }
+    }
     println!(
         "  open_rate_ratio              {}",
         show(rate_ratio(Domain::Open))
