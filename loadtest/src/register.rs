@@ -98,6 +98,10 @@ pub struct SipveilConfig<'a> {
     pub media_b: std::net::Ipv4Addr,
     pub instance: &'a str,
     pub interfaces: &'a [&'a str],
+    /// `[[domain]] digest` of the authenticated domain (algorithms in the order offered), e.g.
+    /// `["MD5", "SHA-256"]` for SIPp 3.6.1, which answers only a first MD5 challenge; empty =
+    /// not written (sipveil's default order, SHA-256 first).
+    pub digest: &'a [String],
 }
 
 impl SipveilConfig<'_> {
@@ -146,7 +150,7 @@ impl SipveilConfig<'_> {
              name = \"{auth}\"\n\
              policy = \"authenticated\"\n\
              realm = \"{auth}\"\n\
-             users = \"{users}\"\n",
+             users = \"{users}\"\n{digest}",
             ifaces = ifaces.join(", "),
             instance = self.instance,
             a = self.media_a,
@@ -158,6 +162,12 @@ impl SipveilConfig<'_> {
             open = OPEN_DOMAIN,
             auth = AUTH_DOMAIN,
             users = self.users_file.display(),
+            digest = if self.digest.is_empty() {
+                String::new()
+            } else {
+                let algs: Vec<String> = self.digest.iter().map(|a| format!("\"{a}\"")).collect();
+                format!("digest = [{}]\n", algs.join(", "))
+            },
         )
     }
 }
@@ -401,6 +411,7 @@ mod tests {
             media_b: std::net::Ipv4Addr::new(198, 18, 2, 1),
             instance: "bench-register",
             interfaces: &["ea0", "eb0"],
+            digest: &["MD5".to_owned(), "SHA-256".to_owned()],
         }
         .to_toml();
         for want in [
@@ -411,6 +422,7 @@ mod tests {
             "users = \"/tmp/x/auth.users\"",
             "database = \"/tmp/x/registrar.redb\"",
             "interfaces = [\"ea0\", \"eb0\"]",
+            "digest = [\"MD5\", \"SHA-256\"]",
         ] {
             assert!(cfg.contains(want), "{want} in {cfg}");
         }

@@ -148,6 +148,11 @@ struct Opts {
     /// MD5 challenge, so it cannot register with sipveil, which offers SHA-256 first).
     #[arg(long, default_value = "native", value_parser = ["native", "sipp"])]
     auth_client: String,
+    /// Write `digest = [..]` (algorithms in the order offered) into sipveil's authenticated
+    /// domain, e.g. `MD5,SHA-256` so that SIPp (`--auth-client sipp`) can answer; default: not
+    /// written (sipveil offers SHA-256 first).
+    #[arg(long, value_delimiter = ',')]
+    sipveil_digest: Vec<String>,
     /// Source ports of the native client (calls round-robin over them: several clients).
     #[arg(long, default_value_t = 32)]
     client_ports: u16,
@@ -983,6 +988,7 @@ fn run() -> Result<bool> {
             media_b: Ipv4Addr::new(198, 18, 2, 1),
             instance: INSTANCE,
             interfaces: &["ea0", "eb0"],
+            digest: &o.sipveil_digest,
         }
         .to_toml(),
     )?;
@@ -1188,6 +1194,7 @@ fn run() -> Result<bool> {
             "sipp_transport": bench.o.sipp_transport,
             "auth_client": bench.o.auth_client,
             "client_ports": bench.o.client_ports,
+            "sipveil_digest": bench.o.sipveil_digest,
             "latency_secs": bench.o.latency_secs,
             "cpu_rate": bench.o.cpu_rate,
             "cpu_secs": bench.o.cpu_secs,
