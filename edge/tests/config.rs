@@ -548,3 +548,43 @@ fn absent_file_is_named() {
         .to_string();
     assert!(err.contains("/nonexistent/sipveil.toml"), "{err}");
 }
+
+#[test]
+fn digest_algorithms_are_ordered_and_checked() {
+    use sipveil_registrar::DigestAlgorithm;
+    let dir = TempDir::new();
+    let t = replace(
+        "max_expires = 7200",
+        "max_expires = 7200\ndigest = [\"MD5\", \"SHA-256\"]",
+    );
+    let cfg = load(&dir, &t).expect("loads");
+    let auth = cfg
+        .registrar
+        .config
+        .domains
+        .iter()
+        .find(|d| d.name == "auth.lab")
+        .expect("auth.lab");
+    assert_eq!(
+        auth.offered_algorithms(),
+        &[DigestAlgorithm::Md5, DigestAlgorithm::Sha256]
+    );
+    // Not given: SHA-256 then MD5.
+    let cfg = load(&dir, BASE).expect("loads");
+    let auth = &cfg.registrar.config.domains[1];
+    assert_eq!(
+        auth.offered_algorithms(),
+        &[DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+    );
+    // Unknown, repeated, empty, or on a domain without digest.
+    for bad in [r#"["SHA-512"]"#, r#"["MD5", "md5"]"#, "[]"] {
+        let t = replace(
+            "max_expires = 7200",
+            &format!("max_expires = 7200\ndigest = {bad}"),
+        );
+        let msg = refused(&t, line_of(&t, "digest = "), "domain.digest");
+        assert!(msg.contains("auth.lab"), "names the domain: {msg}");
+    }
+    let t = replace("policy = \"open\"", "policy = \"open\"\ndigest = [\"MD5\"]");
+    refused(&t, line_of(&t, "digest = "), "domain.digest");
+}

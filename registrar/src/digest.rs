@@ -17,12 +17,17 @@ pub(crate) type HmacSha256 = Hmac<Sha256>;
 /// Raw decoded nonce length.
 pub(crate) const NONCE_RAW: usize = 24;
 
-/// Digest algorithm in use.
+/// A digest algorithm (RFC 7616 §3.3): what a domain offers, in its order of preference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Alg {
+pub enum Alg {
+    /// `SHA-256`.
     Sha256,
+    /// `MD5` (RFC 2617 clients).
     Md5,
 }
+
+/// What a domain offers when it names no algorithms: SHA-256 first, then MD5 (RFC 7616 §3.7).
+pub(crate) const DEFAULT_ALGORITHMS: [Alg; 2] = [Alg::Sha256, Alg::Md5];
 
 /// Keyed MAC state (cloned per use: the key schedule is done once).
 #[derive(Clone)]

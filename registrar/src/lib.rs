@@ -101,6 +101,7 @@
 //!         refuse_anonymous: false,
 //!         expires: ExpiresLimits { min: 60, max: 3600, default: 600 },
 //!         max_contacts: 8,
+//!         digest_algorithms: Vec::new(),
 //!     }],
 //!     nonce_ttl_secs: 300,
 //!     max_bindings: 100_000,
@@ -155,6 +156,7 @@ mod digest;
 mod registrar;
 mod users;
 
+pub use digest::Alg as DigestAlgorithm;
 pub use registrar::Registrar;
 pub use users::{
     MAX_NAME, NameError, RESERVED, format_user_line, ha1_md5, ha1_sha256, normalize_name,
@@ -226,6 +228,22 @@ pub struct DomainConfig {
     pub expires: ExpiresLimits,
     /// Bindings per address of record.
     pub max_contacts: usize,
+    /// Digest challenges offered, in this order (one `WWW-Authenticate` each); credentials with
+    /// an algorithm not listed are refused. Empty: SHA-256 then MD5 (RFC 7616 order). Some
+    /// clients (SIPp 3.6) answer only the first challenge and only with MD5: list MD5 first for
+    /// them.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
+}
+
+impl DomainConfig {
+    /// The digest algorithms offered, in order.
+    pub fn offered_algorithms(&self) -> &[DigestAlgorithm] {
+        if self.digest_algorithms.is_empty() {
+            &digest::DEFAULT_ALGORITHMS
+        } else {
+            &self.digest_algorithms
+        }
+    }
 }
 
 /// Whole registrar configuration.

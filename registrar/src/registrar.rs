@@ -815,7 +815,7 @@ impl Registrar {
         let challenge = |stale: bool, result: ReportResult| {
             let nonce = self.keys.nonce(now_ms, realm);
             let mut a = Answer::new(StatusCode::UNAUTHORIZED, "Unauthorized", result);
-            for alg in [Alg::Sha256, Alg::Md5] {
+            for &alg in d.offered_algorithms() {
                 a.headers.push((
                     HeaderName::WwwAuthenticate,
                     digest::challenge(realm, &nonce, &ds.opaque, alg, stale),
@@ -856,6 +856,10 @@ impl Registrar {
             Some(a) if eq_ic(&a, b"SHA-256") => Alg::Sha256,
             Some(_) => return Err(malformed()),
         };
+        // Only what this domain offers (a domain may refuse MD5 altogether).
+        if !d.offered_algorithms().contains(&alg) {
+            return Err(malformed());
+        }
         let (
             Some(nonce),
             Some(uri),
@@ -957,7 +961,7 @@ impl Registrar {
             return a;
         };
         let nonce = self.keys.nonce(now_ms, &d.realm);
-        for alg in [Alg::Sha256, Alg::Md5] {
+        for &alg in d.offered_algorithms() {
             a.headers.push((
                 HeaderName::WwwAuthenticate,
                 digest::challenge(&d.realm, &nonce, &ds.opaque, alg, f == AuthFailure::Stale),

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use sipveil_registrar::{AuthFailure, Registrar, ReportResult};
+use sipveil_registrar::{AuthFailure, DigestAlgorithm, Registrar, ReportResult};
 use sipveil_sip::HeaderName;
 
 fn reg() -> Registrar {
@@ -441,4 +441,62 @@ fn malformed_forged_and_mismatched_credentials() {
     );
     assert_eq!(result(&o), ReportResult::Challenged);
     assert!(r.is_empty());
+}
+
+/// A domain's `digest_algorithms` orders the challenges (MD5 first for clients that answer only
+/// the first one) and limits what credentials may use.
+#[test]
+fn domain_algorithm_order_and_refusal() {
+    let mut cfg = config();
+    for d in &mut cfg.domains {
+        if d.name == "auth.lab" {
+            d.digest_algorithms = vec![DigestAlgorithm::Md5];
+        }
+    }
+    let mut r = Registrar::new(cfg, SECRET);
+    let o = r.register(T0, &Reg::new("alice", "auth.lab", "c1", 1).build(), &flow());
+    let ch = header_values(response(&o), HeaderName::WwwAuthenticate);
+    assert_eq!(ch.len(), 1, "{ch:?}");
+    assert!(ch[0].contains("algorithm=MD5"), "{}", ch[0]);
+    let (nonce, opaque, _) = challenge(&o, "MD5");
+    // SHA-256 credentials for an MD5-only domain are refused, with a fresh challenge.
+    let o = r.register(
+        T0 + 10,
+        &with_auth(
+            "alice",
+            "c1",
+            2,
+            "wonderland",
+            "SHA-256",
+            &nonce,
+            &opaque,
+            1,
+        )
+        .build(),
+        &flow(),
+    );
+    assert_eq!(
+        (status(&o), result(&o)),
+        (401, ReportResult::AuthFailed(AuthFailure::Malformed))
+    );
+    let o = r.register(
+        T0 + 20,
+        &with_auth("alice", "c1", 3, "wonderland", "MD5", &nonce, &opaque, 2).build(),
+        &flow(),
+    );
+    assert_eq!((status(&o), result(&o)), (200, ReportResult::Registered));
+
+    // MD5 first, SHA-256 second: both answered in that order.
+    let mut cfg = config();
+    for d in &mut cfg.domains {
+        d.digest_algorithms = vec![DigestAlgorithm::Md5, DigestAlgorithm::Sha256];
+    }
+    let mut r = Registrar::new(cfg, SECRET);
+    let o = r.register(T0, &Reg::new("alice", "auth.lab", "c1", 1).build(), &flow());
+    let ch = header_values(response(&o), HeaderName::WwwAuthenticate);
+    assert_eq!(ch.len(), 2, "{ch:?}");
+    assert!(
+        ch[0].contains("algorithm=MD5") && ch[1].contains("algorithm=SHA-256"),
+        "{ch:?}"
+    );
 }

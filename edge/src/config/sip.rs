@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sipveil_registrar::{DomainConfig, ExpiresLimits, Policy, RegistrarConfig, UserEntry};
+use sipveil_registrar::{
+    DigestAlgorithm, DomainConfig, ExpiresLimits, Policy, RegistrarConfig, UserEntry,
+};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx};
@@ -64,6 +66,7 @@ pub(super) struct DomainSection {
     max_expires: Option<Spanned<i64>>,
     default_expires: Option<Spanned<i64>>,
     max_contacts: Option<Spanned<i64>>,
+    digest: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -913,7 +916,55 @@ fn build_domain(
         1,
         1000,
     )?;
+    let digest_algorithms = match (&d.digest, policy) {
+        (None, _) => Vec::new(),
+        (Some(list), Policy::Authenticated) => {
+            let mut algs = Vec::new();
+            for written in list.get_ref() {
+                let alg = match written.to_ascii_uppercase().as_str() {
+                    "SHA-256" => DigestAlgorithm::Sha256,
+                    "MD5" => DigestAlgorithm::Md5,
+                    _ => {
+                        return Err(ctx.at(
+                            list.span(),
+                            &k("digest"),
+                            named(format!(
+                                "{written:?} is not a digest algorithm; valid: \"SHA-256\", \"MD5\""
+                            )),
+                        ));
+                    }
+                };
+                if algs.contains(&alg) {
+                    return Err(ctx.at(
+                        list.span(),
+                        &k("digest"),
+                        named(format!("{written:?} is listed twice")),
+                    ));
+                }
+                algs.push(alg);
+            }
+            if algs.is_empty() {
+                return Err(ctx.at(
+                    list.span(),
+                    &k("digest"),
+                    named("lists no algorithm; valid: \"SHA-256\", \"MD5\" (in the order to offer them)".to_owned()),
+                ));
+            }
+            algs
+        }
+        (Some(list), _) => {
+            return Err(ctx.at(
+                list.span(),
+                &k("digest"),
+                named(format!(
+                    "only an authenticated domain has digest algorithms; this one is {:?}",
+                    policy.as_str()
+                )),
+            ));
+        }
+    };
     let domain = DomainConfig {
+        digest_algorithms,
         name,
         policy,
         realm,

@@ -32,6 +32,7 @@ pub fn domain(name: &str, policy: Policy) -> DomainConfig {
         refuse_anonymous: false,
         expires: limits(),
         max_contacts: 4,
+        digest_algorithms: Vec::new(),
     }
 }
 

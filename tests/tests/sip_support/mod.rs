@@ -110,6 +110,9 @@ pub struct EdgeOptions {
     pub nonce_ttl_secs: u64,
     pub max_message_bytes: usize,
     pub workers: usize,
+    /// auth.lab's `digest` key (the challenges offered, in order); `None`: the default
+    /// (SHA-256, then MD5).
+    pub auth_digest: Option<&'static str>,
 }
 
 impl Default for EdgeOptions {
@@ -120,6 +123,7 @@ impl Default for EdgeOptions {
             nonce_ttl_secs: 300,
             max_message_bytes: 65535,
             workers: 2,
+            auth_digest: None,
         }
     }
 }
@@ -158,6 +162,7 @@ pub fn config_text(options: &EdgeOptions) -> String {
          name = \"auth.lab\"\n\
          policy = \"authenticated\"\n\
          users = \"auth.lab.users\"\n\
+         {auth_digest}\
          \n\
          [[domain]]\n\
          name = \"closed.lab\"\n\
@@ -169,6 +174,10 @@ pub fn config_text(options: &EdgeOptions) -> String {
         max_expires = options.max_expires,
         default_expires = options.max_expires.min(600).max(options.min_expires),
         nonce_ttl_secs = options.nonce_ttl_secs,
+        auth_digest = options
+            .auth_digest
+            .map(|list| format!("digest = {list}\n"))
+            .unwrap_or_default(),
     )
 }
 
