@@ -664,7 +664,7 @@ fn relay_ports_never_reach_the_shield() {
 #[test]
 fn global_ceiling_applies_to_everyone_but_allowlisted_sources() {
     // The ceiling is per CPU: run every packet on CPU 0.
-    pin_to_cpu(0);
+    let _pin = pin_to_cpu(0);
     let mut fx = Fixture::new();
     let mut cfg = shield_config();
     cfg.global_per_cpu = RateLimit { rate: 1, burst: 4 };

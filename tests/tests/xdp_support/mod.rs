@@ -772,13 +772,25 @@ pub fn monotonic_coarse_ns() -> u64 {
 }
 
 /// Pins the calling thread to one CPU, so every BPF_PROG_TEST_RUN of a test uses the same
-/// per-CPU map slots (the shield's global ceiling is per CPU).
-pub fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    let rc = unsafe {
+/// per-CPU map slots (the shield's global ceiling is per CPU). Dropping the guard restores the
+/// thread's previous CPU set.
+pub fn pin_to_cpu(cpu: usize) -> CpuPin {
+    // SAFETY: zeroed cpu_set_t values are valid empty sets; the calls read/write only them.
+    let (rc, old) = unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        (
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            old,
+        )
     };
     assert_eq!(
         rc,
@@ -786,4 +798,17 @@ pub fn pin_to_cpu(cpu: usize) {
         "sched_setaffinity: {}",
         std::io::Error::last_os_error()
     );
+    CpuPin { old }
+}
+
+/// See [`pin_to_cpu`].
+pub struct CpuPin {
+    old: libc::cpu_set_t,
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        // SAFETY: restores the set read by pin_to_cpu for this same thread.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.old) };
+    }
 }
