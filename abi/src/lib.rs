@@ -11,7 +11,10 @@
 #![no_std]
 
 /// Bumped whenever a key, a value, a map definition or a counter index changes meaning.
-pub const ABI_VERSION: u32 = 1;
+///
+/// 2: the flood shield's maps (`SV_SRC_BUCKETS`, `SV_GLOBAL_BKT`, `SV_ALLOW`, `SV_BLOCK`,
+/// `SV_SHIELD_CFG`, `SV_SHIELD_EVT`) and counters 16.. (see [`shield`]).
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps of the entry program, as they appear in the object and under the pin directory.
 pub mod maps {
@@ -23,8 +26,35 @@ pub mod maps {
     pub const CONFIG: &str = "SV_CONFIG";
     /// `DevMapHash` keyed by ifindex: the interfaces the relay may redirect to.
     pub const TX_PORTS: &str = "SV_TX_PORTS";
-    /// Every map the daemon requires before it attaches or adopts.
-    pub const REQUIRED: [&str; 4] = [FLOWS, COUNTERS, CONFIG, TX_PORTS];
+
+    // --- the flood shield (see `crate::shield`); names stay within the kernel's 15 characters ---
+    /// `LruHashMap<SourceKey, SourceBuckets>`: one token bucket per method class per source
+    /// (IPv4 /32, IPv6 /64). Written by the program; the daemon may read, delete or reset entries.
+    pub const SHIELD_BUCKETS: &str = "SV_SRC_BUCKETS";
+    /// `PerCpuArray<TokenBucket>` with one entry: each CPU's share of the global ceiling.
+    pub const SHIELD_GLOBAL: &str = "SV_GLOBAL_BKT";
+    /// `LpmTrie<AllowData, AllowEntry>`: sources with higher limits, written by the daemon.
+    pub const SHIELD_ALLOW: &str = "SV_ALLOW";
+    /// `HashMap<SourceKey, BlockEntry>`: blocked sources with expiry and reason, written by the daemon.
+    pub const SHIELD_BLOCK: &str = "SV_BLOCK";
+    /// `Array<ShieldConfig>` with one entry: the shield's settings, reloadable while attached.
+    pub const SHIELD_CONFIG: &str = "SV_SHIELD_CFG";
+    /// `RingBuf` of [`crate::shield::ShieldEvent`]: sampled "source newly limited" events.
+    pub const SHIELD_EVENTS: &str = "SV_SHIELD_EVT";
+
+    /// Every map the daemon requires before it attaches or adopts (and pins under its instance).
+    pub const REQUIRED: [&str; 10] = [
+        FLOWS,
+        COUNTERS,
+        CONFIG,
+        TX_PORTS,
+        SHIELD_BUCKETS,
+        SHIELD_GLOBAL,
+        SHIELD_ALLOW,
+        SHIELD_BLOCK,
+        SHIELD_CONFIG,
+        SHIELD_EVENTS,
+    ];
 }
 
 /// Name of the XDP entry program inside the object.
@@ -167,7 +197,8 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
-/// The relay is on. Without it the program passes every packet.
+/// The relay is on. Without it, packets to the relay port range pass ([`Counter::ConfigPass`]);
+/// the shield ([`shield::ShieldConfig`]) has its own switch.
 pub const CONFIG_F_RELAY: u32 = 1 << 0;
 
 /// Indices of [`maps::COUNTERS`]: one per outcome or drop reason. Append only.
@@ -194,23 +225,55 @@ pub enum Counter {
     FibFailPass = 8,
     /// Truncated or inconsistent headers: passed.
     MalformedPass = 9,
-    /// Not IPv4/UDP, or UDP outside the relay range: passed without lookup.
+    /// Neither relayed nor shielded: not IPv4/IPv6, not UDP/TCP, UDP outside the relay range and
+    /// not to a SIP port, TCP other than a SYN to a SIP TCP port, or the shield is off. Passed
+    /// without lookup.
     NotOursPass = 10,
     /// IPv4 fragment to a relay port: passed (the stack reassembles; the userspace relay sends it).
     FragmentPass = 11,
     /// IPv4 with options to a relay port: passed (userspace sends it without the options).
     IpOptionsPass = 12,
-    /// The config entry is missing or of another ABI version: passed.
+    /// The config entry is missing or of another ABI version (every packet), or the relay is off
+    /// (packets to the relay port range): passed.
     ConfigPass = 13,
     /// The devmap had no entry for the egress interface: passed.
     RedirectFailPass = 14,
     /// TTL would expire (<= 1): passed so the stack answers.
     TtlPass = 15,
+    // --- the flood shield: one outcome per packet to a SIP port (UDP) or SYN to a SIP TCP port ---
+    /// Within its source's limits (and the global ceiling): passed.
+    ShieldPass = 16,
+    /// From an allowlisted source, within its (higher) limits: passed.
+    ShieldAllowPass = 17,
+    /// REGISTER over its source's rate: dropped.
+    DropRateRegister = 18,
+    /// INVITE over its source's rate: dropped.
+    DropRateInvite = 19,
+    /// OPTIONS over its source's rate: dropped.
+    DropRateOptions = 20,
+    /// Another SIP method over its source's rate: dropped.
+    DropRateOther = 21,
+    /// A SIP response (`SIP/2.0 ...`) over its source's rate: dropped.
+    DropRateResponse = 22,
+    /// UDP to a SIP port that does not start like SIP, over its source's rate: dropped.
+    DropNotSip = 23,
+    /// The source is on the blocklist (unexpired): dropped.
+    DropBlocked = 24,
+    /// Within its source's limits but over the global ceiling: dropped.
+    DropGlobal = 25,
+    /// TCP SYN to a SIP TCP/TLS port over its source's rate: dropped.
+    DropSynRate = 26,
+    /// Fail-open: the source's bucket could not be created (map full or busy): passed.
+    ShieldMapFailPass = 27,
+    /// Not an outcome: "source newly limited" events written to the ring buffer.
+    ShieldEvents = 28,
+    /// Not an outcome: events lost because the ring buffer was full.
+    ShieldEventsLost = 29,
 }
 
 impl Counter {
     /// Number of counters (size of the per-CPU array).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 30;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Rx,
@@ -229,6 +292,20 @@ impl Counter {
         Counter::ConfigPass,
         Counter::RedirectFailPass,
         Counter::TtlPass,
+        Counter::ShieldPass,
+        Counter::ShieldAllowPass,
+        Counter::DropRateRegister,
+        Counter::DropRateInvite,
+        Counter::DropRateOptions,
+        Counter::DropRateOther,
+        Counter::DropRateResponse,
+        Counter::DropNotSip,
+        Counter::DropBlocked,
+        Counter::DropGlobal,
+        Counter::DropSynRate,
+        Counter::ShieldMapFailPass,
+        Counter::ShieldEvents,
+        Counter::ShieldEventsLost,
     ];
 
     /// A stable snake_case name (metrics and CLI).
@@ -250,6 +327,20 @@ impl Counter {
             Counter::ConfigPass => "config_pass",
             Counter::RedirectFailPass => "redirect_fail_pass",
             Counter::TtlPass => "ttl_pass",
+            Counter::ShieldPass => "shield_pass",
+            Counter::ShieldAllowPass => "shield_pass_allowlisted",
+            Counter::DropRateRegister => "shield_drop_rate_register",
+            Counter::DropRateInvite => "shield_drop_rate_invite",
+            Counter::DropRateOptions => "shield_drop_rate_options",
+            Counter::DropRateOther => "shield_drop_rate_other",
+            Counter::DropRateResponse => "shield_drop_rate_response",
+            Counter::DropNotSip => "shield_drop_not_sip",
+            Counter::DropBlocked => "shield_drop_blocked",
+            Counter::DropGlobal => "shield_drop_global",
+            Counter::DropSynRate => "shield_drop_syn_rate",
+            Counter::ShieldMapFailPass => "shield_map_fail_pass",
+            Counter::ShieldEvents => "shield_events",
+            Counter::ShieldEventsLost => "shield_events_lost",
         }
     }
 }
@@ -261,6 +352,373 @@ const _: () = {
         i += 1;
     }
 };
+
+/// The flood shield's part of the ABI: keys, values and settings of the `SV_SRC_BUCKETS`,
+/// `SV_GLOBAL_BKT`, `SV_ALLOW`, `SV_BLOCK`, `SV_SHIELD_CFG` and `SV_SHIELD_EVT` maps.
+///
+/// What the program does with them (ebpf/src/shield.rs): a UDP packet to one of
+/// [`ShieldConfig::udp_ports`], or a TCP SYN (without ACK) to one of [`ShieldConfig::tcp_ports`],
+/// is checked against, in this order:
+/// 1. the blocklist (an unexpired entry for its source drops it, [`crate::Counter::DropBlocked`]);
+/// 2. the allowlist (a matching unexpired entry multiplies its limits; [`ALLOW_F_UNLIMITED`]
+///    passes it without any limit);
+/// 3. its source's token bucket for its [`ShieldClass`] (over the rate: dropped, counted per class,
+///    and at most one [`ShieldEvent`] per source per [`ShieldConfig::event_interval_ms`]);
+/// 4. the global ceiling (not for allowlisted sources).
+///
+/// Sources are grouped as IPv4 /32 and IPv6 /64 ([`SourceKey`]). Time is
+/// `bpf_ktime_get_coarse_ns()`: `CLOCK_MONOTONIC` at tick resolution (4 ms on this project's
+/// kernels); the daemon writes expiries on the same clock (`CLOCK_MONOTONIC` plus the duration).
+/// Token arithmetic is integer: a bucket holds `tokens` in units of 1/[`TOKEN`] packet, so a
+/// refill is exactly `elapsed_ns * rate_per_s` with no division.
+pub mod shield {
+    use crate::Counter;
+
+    /// One packet's worth of tokens ([`TokenBucket::tokens`] are nano-packets): `elapsed_ns *
+    /// rate` (packets per second) adds exactly the right amount.
+    pub const TOKEN: u64 = 1_000_000_000;
+    /// Largest rate the program applies (packets per second); larger values are clamped.
+    pub const MAX_RATE: u32 = 1_000_000;
+    /// Largest burst the program applies (packets); larger values are clamped.
+    pub const MAX_BURST: u32 = 1_000_000;
+    /// Largest allowlist multiplier the program applies; larger values are clamped.
+    pub const MAX_MULTIPLIER: u32 = 10_000;
+    /// A bucket idle for this long (about 18 minutes) is simply full again. Keeps
+    /// `elapsed * rate` below 2^60.
+    pub const MAX_ELAPSED_NS: u64 = 1 << 40;
+    /// Events per source at most once per this many milliseconds when the config says 0.
+    pub const DEFAULT_EVENT_INTERVAL_MS: u32 = 1_000;
+
+    /// Capacity of `SV_SRC_BUCKETS` (LRU: the least recently seen source is forgotten first, and
+    /// comes back with a full bucket).
+    pub const MAX_SOURCES: u32 = 131_072;
+    /// Capacity of `SV_BLOCK`.
+    pub const MAX_BLOCKED: u32 = 65_536;
+    /// Capacity of `SV_ALLOW`.
+    pub const MAX_ALLOWED: u32 = 65_536;
+    /// Size of `SV_SHIELD_EVT` in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Number of SIP UDP ports and of SIP TCP/TLS ports in [`ShieldConfig`].
+    pub const MAX_PORTS: usize = 4;
+
+    /// What a packet is, for its limit: the first bytes of the UDP payload, or a TCP SYN.
+    #[repr(u8)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ShieldClass {
+        /// `REGISTER` request.
+        Register = 0,
+        /// `INVITE` request.
+        Invite = 1,
+        /// `OPTIONS` request.
+        Options = 2,
+        /// Any other request: 3 to 8 upper-case letters followed by a space (`ACK `, `BYE `,
+        /// `CANCEL `, `NOTIFY `, ...) or 8 upper-case letters (`SUBSCRIBE`, `PUBLISH ` ...).
+        Other = 3,
+        /// A response: the payload starts with `SIP/2.0 `. Responses answer the edge's own
+        /// requests, so their legitimate rate follows what the edge sends; they get their own
+        /// bucket rather than sharing one with requests.
+        Response = 4,
+        /// Anything else to a SIP UDP port, including payloads shorter than 8 bytes (CRLF or
+        /// STUN NAT keep-alives land here: keep this class's rate above the clients' keep-alive
+        /// rate if they use them).
+        NotSip = 5,
+        /// TCP SYN (without ACK) to a SIP TCP/TLS port: new connections per source.
+        Syn = 6,
+    }
+
+    /// Entries of [`ShieldConfig::limits`] and [`SourceBuckets::classes`] (one spare).
+    pub const CLASSES: usize = 8;
+
+    impl ShieldClass {
+        /// Every class, in index order.
+        pub const ALL: [ShieldClass; 7] = [
+            ShieldClass::Register,
+            ShieldClass::Invite,
+            ShieldClass::Options,
+            ShieldClass::Other,
+            ShieldClass::Response,
+            ShieldClass::NotSip,
+            ShieldClass::Syn,
+        ];
+
+        /// The counter of packets of this class dropped by their source's rate.
+        pub const fn drop_counter(self) -> Counter {
+            match self {
+                ShieldClass::Register => Counter::DropRateRegister,
+                ShieldClass::Invite => Counter::DropRateInvite,
+                ShieldClass::Options => Counter::DropRateOptions,
+                ShieldClass::Other => Counter::DropRateOther,
+                ShieldClass::Response => Counter::DropRateResponse,
+                ShieldClass::NotSip => Counter::DropNotSip,
+                ShieldClass::Syn => Counter::DropSynRate,
+            }
+        }
+
+        /// A stable snake_case name (metrics, CLI, events).
+        pub const fn name(self) -> &'static str {
+            match self {
+                ShieldClass::Register => "register",
+                ShieldClass::Invite => "invite",
+                ShieldClass::Options => "options",
+                ShieldClass::Other => "other",
+                ShieldClass::Response => "response",
+                ShieldClass::NotSip => "not_sip",
+                ShieldClass::Syn => "syn",
+            }
+        }
+
+        /// The class with this index.
+        pub const fn from_index(i: u8) -> Option<ShieldClass> {
+            if (i as usize) < ShieldClass::ALL.len() {
+                Some(ShieldClass::ALL[i as usize])
+            } else {
+                None
+            }
+        }
+    }
+
+    const _: () = {
+        let mut i = 0;
+        while i < ShieldClass::ALL.len() {
+            assert!(ShieldClass::ALL[i] as usize == i);
+            i += 1;
+        }
+        assert!(ShieldClass::ALL.len() <= CLASSES);
+    };
+
+    /// Key of `SV_SRC_BUCKETS` and `SV_BLOCK`: a source, grouped as the program limits it.
+    ///
+    /// IPv4: `prefix[0]` is the address (wire order, as [`crate::ip4`]), `prefix[1]` is 0.
+    /// IPv6: the first 8 bytes of the address (its /64), wire order. Padding is zero.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct SourceKey {
+        pub prefix: [u32; 2],
+        /// [`crate::FAMILY_IPV4`] or [`crate::FAMILY_IPV6`].
+        pub family: u8,
+        pub _pad: [u8; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<SourceKey>() == 12);
+
+    impl SourceKey {
+        /// The key of an IPv4 source.
+        pub const fn v4(octets: [u8; 4]) -> SourceKey {
+            SourceKey {
+                prefix: [crate::ip4(octets), 0],
+                family: crate::FAMILY_IPV4,
+                _pad: [0; 3],
+            }
+        }
+
+        /// The key of an IPv6 source: its /64.
+        pub const fn v6(octets: [u8; 16]) -> SourceKey {
+            SourceKey {
+                prefix: [
+                    u32::from_ne_bytes([octets[0], octets[1], octets[2], octets[3]]),
+                    u32::from_ne_bytes([octets[4], octets[5], octets[6], octets[7]]),
+                ],
+                family: crate::FAMILY_IPV6,
+                _pad: [0; 3],
+            }
+        }
+    }
+
+    /// A token bucket: `tokens` (in 1/[`TOKEN`] packets) as of `last_refill_ns`.
+    ///
+    /// On each packet: `tokens = min(burst * TOKEN, tokens + (now - last_refill_ns) * rate)`,
+    /// `last_refill_ns = now`; the packet passes and takes [`TOKEN`] when `tokens >= TOKEN`.
+    /// `last_refill_ns == 0` means "never used": the bucket is full.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TokenBucket {
+        pub tokens: u64,
+        pub last_refill_ns: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+
+    /// Value of `SV_SRC_BUCKETS`: a source's buckets, one per [`ShieldClass`], written by the
+    /// program without atomics. Two CPUs updating the same source at the same instant can each
+    /// pass a packet on the same token: the limit can be exceeded by at most one packet per CPU
+    /// per race, never by a rate.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct SourceBuckets {
+        /// Indexed by [`ShieldClass`].
+        pub classes: [TokenBucket; CLASSES],
+        /// When the last event for this source was written (0: never).
+        pub last_event_ns: u64,
+        /// Packets of this source dropped by its rate limits (approximate: plain adds).
+        pub dropped: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<SourceBuckets>() == 144);
+    const _: () = assert!(core::mem::align_of::<SourceBuckets>() == 8);
+
+    /// Bits of the LPM trie key of `SV_ALLOW` taken by [`AllowData::family`]: the key's
+    /// `prefix_len` is this plus the address prefix length.
+    pub const ALLOW_FAMILY_BITS: u32 = 32;
+
+    /// The data part of the `SV_ALLOW` LPM trie key (`prefix_len: u32` comes first, as the kernel
+    /// requires). The family is matched as the first 32 bits, so one trie holds both families.
+    /// Build keys with [`AllowData::v4`]/[`AllowData::v6`] and [`AllowData::prefix_len`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct AllowData {
+        /// [`crate::FAMILY_IPV4`] or [`crate::FAMILY_IPV6`], as a `u32` in network byte order
+        /// (so the family byte is the last of the 32 matched bits and the rest are zero).
+        pub family: u32,
+        /// IPv4: `addr[0]` (wire order), the rest 0. IPv6: all four words, wire order.
+        pub addr: [u32; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<AllowData>() == 20);
+
+    impl AllowData {
+        pub const fn v4(octets: [u8; 4]) -> AllowData {
+            AllowData {
+                family: (crate::FAMILY_IPV4 as u32).to_be(),
+                addr: [crate::ip4(octets), 0, 0, 0],
+            }
+        }
+
+        pub const fn v6(octets: [u8; 16]) -> AllowData {
+            let o = octets;
+            AllowData {
+                family: (crate::FAMILY_IPV6 as u32).to_be(),
+                addr: [
+                    u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+                    u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+                    u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+                    u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+                ],
+            }
+        }
+
+        /// The trie key's `prefix_len` for an address prefix of `addr_bits` (0..=32 for IPv4,
+        /// 0..=128 for IPv6).
+        pub const fn prefix_len(addr_bits: u32) -> u32 {
+            ALLOW_FAMILY_BITS + addr_bits
+        }
+    }
+
+    /// [`AllowEntry::flags`]: the source is not limited at all (no bucket, no global ceiling).
+    pub const ALLOW_F_UNLIMITED: u16 = 1 << 0;
+
+    /// Why a source is allowlisted ([`AllowEntry::reason`]); informational for the daemon.
+    pub const ALLOW_REASON_CONFIGURED: u16 = 1;
+    pub const ALLOW_REASON_REGISTERED: u16 = 2;
+    pub const ALLOW_REASON_AUTHENTICATED: u16 = 3;
+
+    /// Value of `SV_ALLOW`, written by the daemon.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct AllowEntry {
+        /// `bpf_ktime_get_coarse_ns` time after which the entry no longer counts; 0 = never.
+        pub expires_ns: u64,
+        /// Rates and bursts of this source are multiplied by this (clamped to
+        /// [`MAX_MULTIPLIER`]); 0 = [`ShieldConfig::allow_multiplier`].
+        pub multiplier: u32,
+        /// `ALLOW_F_*` bits.
+        pub flags: u16,
+        /// `ALLOW_REASON_*` (or the daemon's own codes).
+        pub reason: u16,
+    }
+    const _: () = assert!(core::mem::size_of::<AllowEntry>() == 16);
+
+    /// Why a source is blocked ([`BlockEntry::reason`]); informational for the daemon and CLI.
+    pub const BLOCK_REASON_MANUAL: u32 = 1;
+    pub const BLOCK_REASON_AUTH_FAILURES: u32 = 2;
+    pub const BLOCK_REASON_UNKNOWN_USERS: u32 = 3;
+    pub const BLOCK_REASON_SCANNER: u32 = 4;
+    pub const BLOCK_REASON_RATE: u32 = 5;
+
+    /// Value of `SV_BLOCK`, written by the daemon. The program never deletes entries: the
+    /// daemon removes expired ones (and logs the release).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct BlockEntry {
+        /// `bpf_ktime_get_coarse_ns` time after which the block no longer applies; 0 = never.
+        pub expires_ns: u64,
+        /// `BLOCK_REASON_*` (or the daemon's own codes).
+        pub reason: u32,
+        pub _pad: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
+
+    /// A rate limit: `rate` packets per second with bursts of `burst` packets.
+    ///
+    /// `rate == 0`: this class is not limited. `burst == 0` (with a rate): every packet of the
+    /// class is dropped. The coarse clock advances in ticks (4 ms), so `burst` should be at least
+    /// `rate * 0.004`, or the tick, not the rate, caps the throughput.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct RateLimit {
+        pub rate: u32,
+        pub burst: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<RateLimit>() == 8);
+
+    /// [`ShieldConfig::flags`]: the shield is on. Without it packets to the SIP ports pass
+    /// ([`crate::Counter::NotOursPass`]).
+    pub const SHIELD_F_ENABLED: u32 = 1 << 0;
+
+    /// Value of `SV_SHIELD_CFG` (entry 0). Read on every shielded packet, so a write takes
+    /// effect at once, without reattaching. Zeroed (never written): the shield is off.
+    ///
+    /// The program runs the shield only when `SV_CONFIG` holds this [`crate::ABI_VERSION`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct ShieldConfig {
+        /// `SHIELD_F_*` bits.
+        pub flags: u32,
+        /// At most one event per source per this many milliseconds; 0 =
+        /// [`DEFAULT_EVENT_INTERVAL_MS`].
+        pub event_interval_ms: u32,
+        /// SIP UDP ports (host order); 0 = unused slot.
+        pub udp_ports: [u16; MAX_PORTS],
+        /// SIP TCP and TLS ports (host order) whose SYNs are limited per source; 0 = unused.
+        pub tcp_ports: [u16; MAX_PORTS],
+        /// Per-source limits, indexed by [`ShieldClass`].
+        pub limits: [RateLimit; CLASSES],
+        /// The global ceiling **per receiving CPU** (each CPU keeps its own bucket, see
+        /// `SV_GLOBAL_BKT`): the daemon divides the operator's total by the number of CPUs that
+        /// receive. Allowlisted sources do not count against it. `rate == 0`: no ceiling.
+        pub global_per_cpu: RateLimit,
+        /// Multiplier of allowlisted sources' limits whose entry says 0; 0 here means 1.
+        pub allow_multiplier: u32,
+        pub _pad0: u32,
+        /// Room for later settings without an ABI bump of the layout.
+        pub reserved: [u32; 10],
+    }
+    const _: () = assert!(core::mem::size_of::<ShieldConfig>() == 144);
+
+    /// [`ShieldEvent::reason`]: the source went over its rate for `class`.
+    pub const EVENT_RATE_LIMITED: u16 = 1;
+
+    /// One record of `SV_SHIELD_EVT`: a source was limited. Written at most once per source per
+    /// [`ShieldConfig::event_interval_ms`] (tracked in [`SourceBuckets::last_event_ns`]), so a
+    /// flood from one source costs one event per interval; when the ring is full, events are
+    /// lost and counted ([`crate::Counter::ShieldEventsLost`]), packets are not affected.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct ShieldEvent {
+        /// `bpf_ktime_get_coarse_ns` of the dropped packet.
+        pub timestamp_ns: u64,
+        /// The source's rate-limit drops so far ([`SourceBuckets::dropped`], this one included).
+        pub dropped: u64,
+        /// The full source address (not only its /64), wire order; IPv4 in `addr[0]`.
+        pub addr: [u32; 4],
+        /// [`crate::FAMILY_IPV4`] or [`crate::FAMILY_IPV6`].
+        pub family: u8,
+        /// [`ShieldClass`] of the dropped packet.
+        pub class: u8,
+        /// `EVENT_*`.
+        pub reason: u16,
+        /// Destination port of the dropped packet (host order).
+        pub dport: u16,
+        pub _pad: [u8; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<ShieldEvent>() == 40);
+    const _: () = assert!(core::mem::align_of::<ShieldEvent>() == 8);
+}
 
 /// Names and load-time settings of the lab/bench helper programs (ebpf bin `sv-lab`). Not part of the
 /// deployed data plane: nothing here is pinned or adopted, so it does not take part in [`ABI_VERSION`].
@@ -336,6 +794,22 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::TokenBucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::SourceBuckets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::AllowData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::AllowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::BlockEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::ShieldConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::shield::ShieldEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::lab::SinkPorts {}
     // SAFETY: as above.

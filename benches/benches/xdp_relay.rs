@@ -8,6 +8,12 @@
 //! the same interface (XDP_TX) or behind the other interface (XDP_REDIRECT). Each case checks its
 //! action and its counter deltas after the run, so the figure is for the path it names.
 //!
+//! The flood shield's cases (after the relay's, with the shield switched on only for them): a
+//! REGISTER that passes its source's bucket (plain and allowlisted, IPv4 and IPv6), a REGISTER
+//! over its source's rate, a blocked source, and a relay hit with the shield on (the relay path
+//! must not pay for the shield). A passing bucket would run dry over millions of repeats, so those
+//! cases refill it before each measurement and use fewer repeats than the bucket holds.
+//!
 //! Needs root. Run: `cargo bench -p sipveil-benches --bench xdp_relay`
 
 use aya::{EbpfLoader, programs::Xdp};
@@ -15,6 +21,11 @@ use sipveil_abi::{
     Counter, Flow, FlowKey, ip4,
     lab::{self, CeilingFlow},
     port,
+    shield::{
+        ALLOW_REASON_CONFIGURED, AllowData, AllowEntry, BLOCK_REASON_MANUAL, BlockEntry, CLASSES,
+        MAX_BURST, MAX_RATE, RateLimit, SHIELD_F_ENABLED, ShieldClass, ShieldConfig, SourceBuckets,
+        SourceKey,
+    },
 };
 use sipveil_edge::dataplane::objects::LAB_OBJECT;
 use sipveil_tests::xdp::*;
@@ -57,6 +68,68 @@ fn measure(prog: &Xdp, frame: &[u8], ingress: u32, action: u32) -> (f64, f64) {
             r.duration_ns as f64
         })
         .collect();
+    ns.sort_by(f64::total_cmp);
+    (ns[ROUNDS / 2], ns[0])
+}
+
+/// Runs per measurement for the shield's passing cases (fewer than a full bucket holds).
+const SHIELD_REPEAT: u32 = 500_000;
+
+const REGISTER: &[u8] = b"REGISTER sip:open.lab SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.1.2:5062;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nTo: <sip:alice@open.lab>\r\nFrom: <sip:alice@open.lab>;tag=1\r\nCall-ID: a1\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@198.18.1.2:5062>\r\nContent-Length: 0\r\n\r\n";
+
+/// The shield on, REGISTER limited to `register` (other classes generous), port 5060.
+fn shield_config(register: RateLimit) -> ShieldConfig {
+    let mut limits = [RateLimit {
+        rate: MAX_RATE,
+        burst: MAX_BURST,
+    }; CLASSES];
+    limits[ShieldClass::Register as usize] = register;
+    ShieldConfig {
+        flags: SHIELD_F_ENABLED,
+        udp_ports: [5060, 0, 0, 0],
+        tcp_ports: [5060, 5061, 0, 0],
+        limits,
+        allow_multiplier: 4,
+        ..Default::default()
+    }
+}
+
+struct ShieldCase {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: Counter,
+    /// The source whose bucket is refilled (reset to "full") before each measurement.
+    refill: Option<SourceKey>,
+    /// REGISTER limit while this case runs.
+    register: RateLimit,
+    repeat: u32,
+}
+
+/// Median (min) ns/packet of a shield case, checking its action and counter.
+fn measure_shield(entry: &mut Entry, case: &ShieldCase, ingress: u32) -> (f64, f64) {
+    entry.set_shield_config(shield_config(case.register));
+    let mut ns = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        if let Some(key) = case.refill {
+            entry.put_buckets(key, SourceBuckets::default());
+        }
+        let before = entry.counters();
+        let r = run_xdp_repeat(entry.program(), &case.frame, ingress, case.repeat);
+        let after = entry.counters();
+        assert_eq!(r.action, case.action, "{}: unexpected action", case.name);
+        let moved = after[case.counter as usize] - before[case.counter as usize];
+        // A rate-limited source earns a token per second of its rate (1/s here): allow those.
+        let slack = if case.action == XDP_DROP { 16 } else { 0 };
+        assert!(
+            moved + slack >= u64::from(case.repeat),
+            "{}: counter {} moved {moved} times in {} runs",
+            case.name,
+            case.counter.name(),
+            case.repeat
+        );
+        ns.push(r.duration_ns as f64);
+    }
     ns.sort_by(f64::total_cmp);
     (ns[ROUNDS / 2], ns[0])
 }
@@ -192,6 +265,128 @@ fn main() {
         "empty program (sv_pass)"
     );
 
+    // --- the shield ---
+    let c_host = [198, 18, 1, 7];
+    let blocked = [198, 18, 1, 8];
+    let v6_src = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x11,
+    ];
+    let v6_edge = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // A few unrelated allowlist entries, so a miss walks a non-empty trie.
+    for (net, bits) in [([198, 51, 100, 0], 24), ([203, 0, 113, 0], 24)] {
+        entry.allow(
+            AllowData::v4(net),
+            bits,
+            AllowEntry {
+                expires_ns: 0,
+                multiplier: 0,
+                flags: 0,
+                reason: ALLOW_REASON_CONFIGURED,
+            },
+        );
+    }
+    entry.allow(
+        AllowData::v4(A2),
+        32,
+        AllowEntry {
+            expires_ns: 0,
+            multiplier: 0,
+            flags: 0,
+            reason: ALLOW_REASON_CONFIGURED,
+        },
+    );
+    entry.block(
+        SourceKey::v4(blocked),
+        BlockEntry {
+            expires_ns: 0,
+            reason: BLOCK_REASON_MANUAL,
+            _pad: 0,
+        },
+    );
+    let generous = RateLimit {
+        rate: MAX_RATE,
+        burst: MAX_BURST,
+    };
+    let slow = RateLimit { rate: 1, burst: 1 };
+    let sip = |src: [u8; 4]| UdpFrame::sip(src, 5062, EA, 5060, REGISTER).build();
+    let mut udp6 = Vec::new();
+    udp6.extend_from_slice(&5062u16.to_be_bytes());
+    udp6.extend_from_slice(&5060u16.to_be_bytes());
+    udp6.extend_from_slice(&((8 + REGISTER.len()) as u16).to_be_bytes());
+    udp6.extend_from_slice(&[0, 0]);
+    udp6.extend_from_slice(REGISTER);
+    let shield_cases = [
+        ShieldCase {
+            name: "shield: REGISTER pass (bucket)",
+            frame: sip(A),
+            action: XDP_PASS,
+            counter: Counter::ShieldPass,
+            refill: Some(SourceKey::v4(A)),
+            register: generous,
+            repeat: SHIELD_REPEAT,
+        },
+        ShieldCase {
+            name: "shield: REGISTER pass, allowlisted",
+            frame: sip(A2),
+            action: XDP_PASS,
+            counter: Counter::ShieldAllowPass,
+            refill: Some(SourceKey::v4(A2)),
+            register: generous,
+            repeat: SHIELD_REPEAT,
+        },
+        ShieldCase {
+            name: "shield: REGISTER pass, IPv6 /64",
+            frame: ipv6_frame(v6_src, v6_edge, 17, &udp6),
+            action: XDP_PASS,
+            counter: Counter::ShieldPass,
+            refill: Some(SourceKey::v6(v6_src)),
+            register: generous,
+            repeat: SHIELD_REPEAT,
+        },
+        ShieldCase {
+            name: "shield: REGISTER rate drop",
+            frame: sip(c_host),
+            action: XDP_DROP,
+            counter: Counter::DropRateRegister,
+            refill: None,
+            register: slow,
+            repeat: REPEAT,
+        },
+        ShieldCase {
+            name: "shield: blocklist drop",
+            frame: sip(blocked),
+            action: XDP_DROP,
+            counter: Counter::DropBlocked,
+            refill: None,
+            register: generous,
+            repeat: REPEAT,
+        },
+    ];
+    // The drop case's source starts drained: one packet takes its only token.
+    entry.set_shield_config(shield_config(slow));
+    let _ = entry.run(&sip(c_host), ea0);
+    let mut shield_ns = Vec::new();
+    for case in &shield_cases {
+        let (median, min) = measure_shield(&mut entry, case, ea0);
+        println!("{:<44} {median:>6.1} ns/packet  (min {min:.1})", case.name);
+        shield_ns.push((case.name, median));
+    }
+    // The relay with the shield on: the same path as before, same cost expected.
+    entry.set_shield_config(shield_config(generous));
+    let relay_tx = &cases[0];
+    let before = entry.counters();
+    let (relay_on_ns, relay_on_min) = measure(entry.program(), &relay_tx.frame, ea0, XDP_TX);
+    let after = entry.counters();
+    assert_eq!(
+        after[Counter::RelayedTx as usize] - before[Counter::RelayedTx as usize],
+        u64::from(REPEAT) * ROUNDS as u64,
+        "relay hit with the shield on"
+    );
+    println!(
+        "{:<44} {relay_on_ns:>6.1} ns/packet  (min {relay_on_min:.1})",
+        "entry: relay hit, XDP_TX, shield on"
+    );
+
     println!();
     for (i, kind) in ["XDP_TX", "XDP_REDIRECT"].iter().enumerate() {
         let entry_ns = results[i].1;
@@ -199,6 +394,16 @@ fn main() {
             "relay hit {kind}: entry / ceiling = {:.2}  (entry {entry_ns:.1} ns, ceiling {:.1} ns, target <= 100 ns)",
             entry_ns / ceiling_ns[i],
             ceiling_ns[i]
+        );
+    }
+    println!(
+        "relay hit XDP_TX with the shield on / off = {:.2}",
+        relay_on_ns / results[0].1
+    );
+    for (name, ns) in &shield_ns {
+        println!(
+            "{name}: {ns:.1} ns, {:.1} ns above the empty program",
+            ns - pass_ns
         );
     }
 }

@@ -1,5 +1,5 @@
 //! Shared pieces of sipveil's XDP programs (the bins `sipveil` and `sv-lab`): packet header views,
-//! bounds-checked packet access and incremental checksums.
+//! bounds-checked packet access, incremental checksums and the shield's SIP method classes.
 //!
 //! `edge/` also lists this crate as a build-dependency so cargo rebuilds the objects when these
 //! sources change; that builds the library for the host as well, so nothing here may need the BPF
@@ -8,3 +8,4 @@
 
 pub mod csum;
 pub mod packet;
+pub mod sipclass;

@@ -4,9 +4,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use sipveil_abi::{Config, Counter, Flow, FlowKey, MAX_FLOWS, MAX_TX_PORTS};
+use sipveil_abi::{
+    Config, Counter, Flow, FlowKey, MAX_FLOWS, MAX_TX_PORTS,
+    shield::{
+        AllowData, AllowEntry, BlockEntry, EVENTS_BYTES, MAX_ALLOWED, MAX_BLOCKED, MAX_SOURCES,
+        ShieldConfig, SourceBuckets, SourceKey, TokenBucket,
+    },
+};
 
 /// Media flows keyed by the edge's own (address, port); written by the daemon, statistics and
 /// latching written here.
@@ -24,6 +30,38 @@ pub static SV_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Interfaces the relay may redirect to, keyed by ifindex.
 #[map]
 pub static SV_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+// --- the flood shield (`shield`) ---
+
+/// Per-source token buckets (IPv4 /32, IPv6 /64), one per method class. LRU: under a flood of
+/// many sources the least recently seen ones are forgotten and come back with a full bucket.
+#[map]
+pub static SV_SRC_BUCKETS: LruHashMap<SourceKey, SourceBuckets> =
+    LruHashMap::pinned(MAX_SOURCES, 0);
+
+/// The global ceiling, one bucket per CPU (entry 0). Per CPU rather than one shared entry: under
+/// a flood every CPU would write the same cache line for every packet, exactly when the shield
+/// must be cheapest, and unlocked updates from several CPUs would lose tokens anyway. The daemon
+/// sets each CPU's share (`ShieldConfig::global_per_cpu`).
+#[map]
+pub static SV_GLOBAL_BKT: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
+
+/// Allowlisted prefixes (configured peers, recently authenticated sources), written by the daemon.
+/// An LPM trie so a carrier's whole range is one entry; single sources are /32 or /128 entries.
+#[map]
+pub static SV_ALLOW: LpmTrie<AllowData, AllowEntry> = LpmTrie::pinned(MAX_ALLOWED, 0);
+
+/// Blocked sources with expiry and reason, written (and expired) by the daemon.
+#[map]
+pub static SV_BLOCK: HashMap<SourceKey, BlockEntry> = HashMap::pinned(MAX_BLOCKED, 0);
+
+/// The shield's settings, entry 0. Zeroed (never written): the shield is off.
+#[map]
+pub static SV_SHIELD_CFG: Array<ShieldConfig> = Array::pinned(1, 0);
+
+/// Sampled "source newly limited" events for the daemon.
+#[map]
+pub static SV_SHIELD_EVT: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 /// Slots of [`SV_FIB_CACHE`] (a power of two).
 pub const FIB_CACHE_SLOTS: u32 = 256;

@@ -9,9 +9,24 @@ use aya_ebpf::programs::XdpContext;
 pub const ETH_HLEN: usize = 14;
 /// EtherType of IPv4, as the two wire bytes.
 pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+/// EtherType of IPv6, as the two wire bytes.
+pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 pub const UDP_HLEN: usize = 8;
+/// The part of a TCP header the shield reads: ports, sequence, acknowledgement, offset, flags.
+pub const TCP_MIN_READ: usize = 14;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+/// IPv6 extension headers the shield walks past (RFC 8200 §4): hop-by-hop options, routing,
+/// fragment, destination options.
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DSTOPTS: u8 = 60;
+/// TCP flags (byte 13 of the header).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 /// Offset of the UDP header when the IPv4 header has no options.
 pub const UDP_OFF: usize = ETH_HLEN + IPV4_HLEN;
 /// Offset of the UDP payload (RTP/RTCP header) when the IPv4 header has no options.
@@ -49,7 +64,19 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class, flow label.
+    pub vtcfl: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_HLEN);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == UDP_HLEN);
 

@@ -2,6 +2,9 @@
 //! strict source checks and latching, rewrite addresses/ports/TTL/MACs, and send the frame back
 //! out (XDP_TX) or to another interface (XDP_REDIRECT).
 //!
+//! The same single parse hands the frames the relay does not own to the flood shield (`shield`):
+//! UDP outside the relay port range, TCP, and IPv6. The relay's own path is unchanged by it.
+//!
 //! Every frame that is not relayed returns `Err(reason)`; the entry point counts the reason and
 //! passes the frame. Nothing is written to the frame before the last possible pass (the FIB lookup
 //! and the devmap check come first), so a passed frame reaches the stack byte-identical.
@@ -25,12 +28,16 @@ use sipveil_abi::{
 use sipveil_ebpf::{
     csum,
     packet::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, PAYLOAD_OFF,
-        UDP_HLEN, UDP_OFF, UdpHdr, be16, ne16, ne32, ptr_at, write_mac,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_HLEN, Ipv4Hdr, PAYLOAD_OFF, UDP_HLEN, UDP_OFF, UdpHdr, be16, ne16, ne32, ptr_at,
+        write_mac,
     },
 };
 
-use crate::maps::{self, FIB_CACHE_SLOTS, SV_CONFIG, SV_FIB_CACHE, SV_FLOWS, SV_TX_PORTS};
+use crate::{
+    maps::{self, FIB_CACHE_SLOTS, SV_CONFIG, SV_FIB_CACHE, SV_FLOWS, SV_TX_PORTS},
+    shield,
+};
 
 /// `AF_INET` for `bpf_fib_lookup`.
 const AF_INET: u8 = 2;
@@ -44,19 +51,24 @@ pub const FIB_CACHE_TTL_NS: u64 = 100_000_000;
 const RTCP_MUX_FIRST: u8 = 192;
 const RTCP_MUX_LAST: u8 = 223;
 
-/// Relays the frame, drops it (strict mode), or says why it passes.
+/// Relays the frame, drops it (strict mode), hands it to the shield, or says why it passes.
 #[inline(always)]
 pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
     let cfg = SV_CONFIG.get(0).ok_or(Counter::ConfigPass)?;
-    if cfg.abi_version != ABI_VERSION || cfg.flags & CONFIG_F_RELAY == 0 {
+    if cfg.abi_version != ABI_VERSION {
         return Err(Counter::ConfigPass);
     }
+    let relay_on = cfg.flags & CONFIG_F_RELAY != 0;
     let (port_min, port_max) = (cfg.relay_port_min, cfg.relay_port_max);
     let new_ttl = if cfg.ttl == 0 { DEFAULT_TTL } else { cfg.ttl };
 
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::MalformedPass)?;
     // SAFETY: ptr_at checked that the header lies inside the frame (as for every header below).
-    if unsafe { (*eth).proto } != ETH_P_IP {
+    let eth_proto = unsafe { (*eth).proto };
+    if eth_proto != ETH_P_IP {
+        if eth_proto == ETH_P_IPV6 {
+            return shield::ipv6(ctx);
+        }
         return Err(Counter::NotOursPass);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Counter::MalformedPass)?;
@@ -66,6 +78,9 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(Counter::MalformedPass);
     }
     if proto != IPPROTO_UDP {
+        if proto == IPPROTO_TCP {
+            return shield::ipv4(ctx);
+        }
         return Err(Counter::NotOursPass);
     }
     if frag & IP_OFFSET != 0 {
@@ -73,14 +88,17 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(Counter::FragmentPass);
     }
     if vihl != 0x45 {
-        return Err(classify_with_options(ctx, vihl, port_min, port_max));
+        return classify_with_options(ctx, vihl, port_min, port_max);
     }
     let udp: *mut UdpHdr = ptr_at(ctx, UDP_OFF).ok_or(Counter::MalformedPass)?;
     // SAFETY: see above.
     let (sport, dport, udp_len) = unsafe { (ne16((*udp).source), (*udp).dest, be16((*udp).len)) };
     let dport_host = be16(dport);
     if dport_host < port_min || dport_host > port_max {
-        return Err(Counter::NotOursPass);
+        return shield::ipv4(ctx);
+    }
+    if !relay_on {
+        return Err(Counter::ConfigPass);
     }
     if frag & IP_MF != 0 {
         return Err(Counter::FragmentPass);
@@ -324,20 +342,27 @@ fn is_rtcp_mux(ctx: &XdpContext) -> bool {
     }
 }
 
-/// IPv4 with options (rare): only classify, the userspace relay sends it without them.
+/// IPv4 with options (rare): to a relay port only classified (the userspace relay sends it
+/// without them); anything else goes to the shield, which reads past the options, so options do
+/// not get a flood around it.
 #[inline(always)]
-fn classify_with_options(ctx: &XdpContext, vihl: u8, port_min: u16, port_max: u16) -> Counter {
+fn classify_with_options(
+    ctx: &XdpContext,
+    vihl: u8,
+    port_min: u16,
+    port_max: u16,
+) -> Result<u32, Counter> {
     let offset = ETH_HLEN + (vihl & 0x0f) as usize * 4;
     match ptr_at::<UdpHdr>(ctx, offset) {
         Some(udp) => {
             // SAFETY: bounds-checked by ptr_at.
             let dport = be16(unsafe { (*udp).dest });
             if dport >= port_min && dport <= port_max {
-                Counter::IpOptionsPass
+                Err(Counter::IpOptionsPass)
             } else {
-                Counter::NotOursPass
+                shield::ipv4(ctx)
             }
         }
-        None => Counter::MalformedPass,
+        None => Err(Counter::MalformedPass),
     }
 }

@@ -362,7 +362,22 @@ fn abi_and_map_checks_refuse_foreign_pins() {
         Ok(_) => panic!("expected an ABI mismatch, the pins were adopted"),
     }
 
-    // An incomplete set of pins is refused too.
+    // Pins left by ABI 1 (before the flood shield): the relay's four maps only, config version
+    // 1. The version is checked before completeness, so this is an ABI mismatch, not "partial".
+    for name in &sipveil_abi::maps::REQUIRED[4..] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    value.abi_version = 1;
+    config.set(0, value, 0).expect("write config");
+    match Dataplane::open(&opts) {
+        Err(DataplaneError::AbiMismatch { found, .. }) => assert_eq!(found, 1),
+        Err(e) => panic!("expected an ABI mismatch for ABI 1 pins, got {e}"),
+        Ok(_) => panic!("expected an ABI mismatch, the ABI 1 pins were adopted"),
+    }
+
+    // An incomplete set of pins of this version is refused too.
+    value.abi_version = sipveil_abi::ABI_VERSION;
+    config.set(0, value, 0).expect("write config");
     std::fs::remove_file(dir.join(sipveil_abi::maps::TX_PORTS)).expect("remove a pin");
     match Dataplane::open(&opts) {
         Err(DataplaneError::PartialPins { found, .. }) => assert_eq!(found.len(), 3),

@@ -16,7 +16,7 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use sipveil_abi::{
     ABI_VERSION, CONFIG_F_RELAY, Config as AbiConfig, Counter, ENTRY_PROGRAM, Flow, FlowKey,
-    MAX_FLOWS, MAX_TX_PORTS, maps,
+    MAX_FLOWS, MAX_TX_PORTS, maps, shield,
 };
 
 use super::objects::ENTRY_OBJECT;
@@ -153,7 +153,7 @@ struct MapSpec {
     max_entries: u32,
 }
 
-const SPECS: [MapSpec; 4] = [
+const SPECS: [MapSpec; 10] = [
     MapSpec {
         name: maps::FLOWS,
         types: &[MapType::Hash],
@@ -182,6 +182,51 @@ const SPECS: [MapSpec; 4] = [
         // `struct bpf_devmap_val` (ifindex + program fd) or the legacy bare ifindex.
         value_sizes: &[8, 4],
         max_entries: MAX_TX_PORTS,
+    },
+    // The flood shield's maps (sipveil_abi::shield). The daemon does not drive them yet; they
+    // are pinned with the others so blocks, allows and buckets survive a restart.
+    MapSpec {
+        name: maps::SHIELD_BUCKETS,
+        types: &[MapType::LruHash],
+        key_size: size_of::<shield::SourceKey>() as u32,
+        value_sizes: &[size_of::<shield::SourceBuckets>() as u32],
+        max_entries: shield::MAX_SOURCES,
+    },
+    MapSpec {
+        name: maps::SHIELD_GLOBAL,
+        types: &[MapType::PerCpuArray],
+        key_size: 4,
+        value_sizes: &[size_of::<shield::TokenBucket>() as u32],
+        max_entries: 1,
+    },
+    MapSpec {
+        name: maps::SHIELD_ALLOW,
+        types: &[MapType::LpmTrie],
+        // The trie key: `prefix_len: u32` and the data.
+        key_size: 4 + size_of::<shield::AllowData>() as u32,
+        value_sizes: &[size_of::<shield::AllowEntry>() as u32],
+        max_entries: shield::MAX_ALLOWED,
+    },
+    MapSpec {
+        name: maps::SHIELD_BLOCK,
+        types: &[MapType::Hash],
+        key_size: size_of::<shield::SourceKey>() as u32,
+        value_sizes: &[size_of::<shield::BlockEntry>() as u32],
+        max_entries: shield::MAX_BLOCKED,
+    },
+    MapSpec {
+        name: maps::SHIELD_CONFIG,
+        types: &[MapType::Array],
+        key_size: 4,
+        value_sizes: &[size_of::<shield::ShieldConfig>() as u32],
+        max_entries: 1,
+    },
+    MapSpec {
+        name: maps::SHIELD_EVENTS,
+        types: &[MapType::RingBuf],
+        key_size: 0,
+        value_sizes: &[0],
+        max_entries: shield::EVENTS_BYTES,
     },
 ];
 
@@ -222,7 +267,20 @@ fn check_spec(spec: &MapSpec, info: &MapInfo, origin: &'static str) -> Result<()
 }
 
 /// Checks the pins of an instance. Returns whether a complete, compatible set exists.
+///
+/// The ABI version in a pinned `SV_CONFIG` is checked first: pins of another version (which may
+/// lack maps this version adds) are refused as an ABI mismatch, not as an incomplete set.
 fn check_pins(dir: &Path) -> Result<bool, DataplaneError> {
+    let config_path = dir.join(maps::CONFIG);
+    if config_path.exists() {
+        let spec = SPECS
+            .iter()
+            .find(|s| s.name == maps::CONFIG)
+            .ok_or(DataplaneError::MissingMap(maps::CONFIG))?;
+        let info = MapInfo::from_pin(&config_path).map_err(map_err(maps::CONFIG))?;
+        check_spec(spec, &info, "pinned")?;
+        check_pinned_abi(dir)?;
+    }
     let mut found = Vec::new();
     for spec in &SPECS {
         let path = dir.join(spec.name);
@@ -241,6 +299,11 @@ fn check_pins(dir: &Path) -> Result<bool, DataplaneError> {
             found,
         });
     }
+    Ok(true)
+}
+
+/// Refuses a pinned `SV_CONFIG` written by another ABI version.
+fn check_pinned_abi(dir: &Path) -> Result<(), DataplaneError> {
     let data = MapData::from_pin(dir.join(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
     let config: Array<MapData, AbiConfig> =
         Array::try_from(Map::Array(data)).map_err(map_err(maps::CONFIG))?;
@@ -252,7 +315,7 @@ fn check_pins(dir: &Path) -> Result<bool, DataplaneError> {
             found: current.abi_version,
         });
     }
-    Ok(true)
+    Ok(())
 }
 
 fn remove_map_pins(dir: &Path) {

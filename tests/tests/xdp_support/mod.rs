@@ -16,10 +16,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key,
+    },
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use sipveil_abi::{ABI_VERSION, CONFIG_F_RELAY, Config, Counter, Flow, FlowKey, maps};
+use sipveil_abi::{
+    ABI_VERSION, CONFIG_F_RELAY, Config, Counter, Flow, FlowKey, maps,
+    shield::{
+        AllowData, AllowEntry, BlockEntry, ShieldConfig, ShieldEvent, SourceBuckets, SourceKey,
+        TokenBucket,
+    },
+};
 
 /// XDP return codes.
 pub const XDP_ABORTED: u32 = 0;
@@ -306,6 +314,114 @@ impl Entry {
         out
     }
 
+    /// Writes the shield's settings (`SV_SHIELD_CFG` entry 0).
+    pub fn set_shield_config(&mut self, cfg: ShieldConfig) {
+        let mut a: Array<_, ShieldConfig> = self
+            .ebpf
+            .map_mut(maps::SHIELD_CONFIG)
+            .expect("shield config map")
+            .try_into()
+            .expect("shield config is an array");
+        a.set(0, cfg, 0).expect("write shield config");
+    }
+
+    pub fn block(&mut self, key: SourceKey, entry: BlockEntry) {
+        let mut m: HashMap<_, SourceKey, BlockEntry> = self
+            .ebpf
+            .map_mut(maps::SHIELD_BLOCK)
+            .expect("blocklist map")
+            .try_into()
+            .expect("blocklist is a hash map");
+        m.insert(key, entry, 0).expect("insert block");
+    }
+
+    /// Allowlists `data` with an address prefix of `addr_bits`.
+    pub fn allow(&mut self, data: AllowData, addr_bits: u32, entry: AllowEntry) {
+        let mut m: LpmTrie<_, AllowData, AllowEntry> = self
+            .ebpf
+            .map_mut(maps::SHIELD_ALLOW)
+            .expect("allowlist map")
+            .try_into()
+            .expect("allowlist is an LPM trie");
+        m.insert(&Key::new(AllowData::prefix_len(addr_bits), data), entry, 0)
+            .expect("insert allow");
+    }
+
+    fn bucket_map(&self) -> HashMap<&aya::maps::MapData, SourceKey, SourceBuckets> {
+        self.ebpf
+            .map(maps::SHIELD_BUCKETS)
+            .expect("buckets map")
+            .try_into()
+            .expect("buckets is an LRU hash map")
+    }
+
+    /// A source's buckets, if the program created them.
+    pub fn buckets(&self, key: SourceKey) -> Option<SourceBuckets> {
+        self.bucket_map().get(&key, 0).ok()
+    }
+
+    /// Number of sources with buckets.
+    pub fn bucket_count(&self) -> usize {
+        self.bucket_map().keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn put_buckets(&mut self, key: SourceKey, value: SourceBuckets) {
+        let mut m: HashMap<_, SourceKey, SourceBuckets> = self
+            .ebpf
+            .map_mut(maps::SHIELD_BUCKETS)
+            .expect("buckets map")
+            .try_into()
+            .expect("buckets is an LRU hash map");
+        m.insert(key, value, 0).expect("write buckets");
+    }
+
+    /// The global ceiling's bucket of every CPU.
+    pub fn global_buckets(&self) -> Vec<TokenBucket> {
+        let a: PerCpuArray<_, TokenBucket> = self
+            .ebpf
+            .map(maps::SHIELD_GLOBAL)
+            .expect("global bucket map")
+            .try_into()
+            .expect("global bucket is a per-CPU array");
+        a.get(&0, 0)
+            .expect("read global bucket")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Sets the global ceiling's bucket of every CPU.
+    pub fn set_global_buckets(&mut self, b: TokenBucket) {
+        let mut a: PerCpuArray<_, TokenBucket> = self
+            .ebpf
+            .map_mut(maps::SHIELD_GLOBAL)
+            .expect("global bucket map")
+            .try_into()
+            .expect("global bucket is a per-CPU array");
+        let n = aya::util::nr_cpus().expect("number of CPUs");
+        let values = PerCpuValues::try_from(vec![b; n]).expect("per-CPU values");
+        a.set(0, values, 0).expect("write global bucket");
+    }
+
+    /// Everything in the event ring buffer now, oldest first (what the daemon will read).
+    pub fn drain_events(&mut self) -> Vec<ShieldEvent> {
+        let mut ring =
+            RingBuf::try_from(self.ebpf.map_mut(maps::SHIELD_EVENTS).expect("events map"))
+                .expect("events is a ring buffer");
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(
+                item.len(),
+                size_of::<ShieldEvent>(),
+                "event record of the wrong size"
+            );
+            // SAFETY: the record holds exactly one ShieldEvent (checked above), a plain
+            // #[repr(C)] value; read_unaligned makes no alignment assumption.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ShieldEvent>()) });
+        }
+        out
+    }
+
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(sipveil_abi::ENTRY_PROGRAM)
@@ -563,4 +679,136 @@ pub fn flow_pair(
         ..Default::default()
     };
     [(ka, mk(b, eb, a, kb)), (kb, mk(a, ea, b, ka))]
+}
+
+impl UdpFrame {
+    /// `payload` (a SIP message, or junk) over IPv4/UDP from `src:sport` to `dst:dport`, with a
+    /// UDP checksum.
+    pub fn sip(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> UdpFrame {
+        UdpFrame {
+            tos: 0,
+            payload: payload.to_vec(),
+            ..UdpFrame::rtp(src, sport, dst, dport)
+        }
+    }
+}
+
+/// A UDP header and payload (checksum 0: the programs never check it).
+pub fn udp_bytes(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A 20-byte TCP header without options (checksum 0).
+pub fn tcp_bytes(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // sequence
+    t.extend_from_slice(&0u32.to_be_bytes()); // acknowledgement
+    t.push(5 << 4); // data offset: 5 words
+    t.push(flags);
+    t.extend_from_slice(&64_240u16.to_be_bytes()); // window
+    t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    t
+}
+
+/// An Ethernet/IPv4 frame (no options, DF) carrying `l4` as protocol `proto`.
+pub fn ipv4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let tot_len = 20 + l4.len();
+    let mut f = Vec::with_capacity(14 + tot_len);
+    f.extend_from_slice(&MAC_EA);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(tot_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(l4);
+    let c = ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// An Ethernet/IPv6 frame: the fixed header with `next` as its next header, then `rest`
+/// (extension headers, if any, and the transport header with its payload).
+pub fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(54 + rest.len());
+    f.extend_from_slice(&MAC_EA);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+    f.push(next);
+    f.push(64);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(rest);
+    f
+}
+
+/// `CLOCK_MONOTONIC_COARSE` now, in ns: the clock of `bpf_ktime_get_coarse_ns`, which the shield
+/// compares expiries and refill times against.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Pins the calling thread to one CPU, so every BPF_PROG_TEST_RUN of a test uses the same
+/// per-CPU map slots (the shield's global ceiling is per CPU). Dropping the guard restores the
+/// thread's previous CPU set.
+pub fn pin_to_cpu(cpu: usize) -> CpuPin {
+    // SAFETY: zeroed cpu_set_t values are valid empty sets; the calls read/write only them.
+    let (rc, old) = unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        (
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            old,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    CpuPin { old }
+}
+
+/// See [`pin_to_cpu`].
+pub struct CpuPin {
+    old: libc::cpu_set_t,
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        // SAFETY: restores the set read by pin_to_cpu for this same thread.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.old) };
+    }
 }

@@ -1,0 +1,456 @@
+//! The flood shield: per-source, per-method token buckets for SIP over UDP and for TCP SYNs to
+//! the SIP TCP/TLS ports, with a blocklist, an allowlist and a global ceiling. Settings, state and
+//! events are described in `sipveil_abi::shield`.
+//!
+//! The relay (`relay::try_relay`) parses Ethernet/IPv4 once and calls [`ipv4`] for UDP outside
+//! the relay port range and for TCP, and [`ipv6`] for IPv6; relay ports never reach the shield.
+//! Packets to other ports leave as `NotOursPass` after one config read and a port compare.
+//!
+//! Fail-open rules (every pass is counted):
+//! - `SV_CONFIG` of another ABI version: everything passes (`ConfigPass`, in the relay);
+//! - shield off (`SHIELD_F_ENABLED` clear), or not a SIP port: `NotOursPass`;
+//! - truncated or inconsistent headers: `MalformedPass` (the stack drops those cheaply);
+//! - later fragments (no ports to look at): `FragmentPass`;
+//! - the source's bucket cannot be created (LRU insert failed): `ShieldMapFailPass`;
+//! - a class whose rate is 0: not limited per source.
+//!
+//! The only drops are the shield's own: blocked source, per-source rate (per class), global
+//! ceiling. Nothing is logged here; the daemon reads counters and sampled events.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::bpf_ktime_get_coarse_ns,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use sipveil_abi::{
+    Counter, FAMILY_IPV4, FAMILY_IPV6,
+    shield::{
+        ALLOW_F_UNLIMITED, ALLOW_FAMILY_BITS, AllowData, CLASSES, DEFAULT_EVENT_INTERVAL_MS,
+        EVENT_RATE_LIMITED, MAX_BURST, MAX_ELAPSED_NS, MAX_MULTIPLIER, MAX_PORTS, MAX_RATE,
+        SHIELD_F_ENABLED, ShieldClass, ShieldConfig, ShieldEvent, SourceBuckets, SourceKey, TOKEN,
+        TokenBucket,
+    },
+};
+use sipveil_ebpf::{
+    packet::{
+        ETH_HLEN, IP_MF, IP_OFFSET, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_DSTOPTS,
+        IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOPOPTS, IPV6_ROUTING, Ipv4Hdr, Ipv6Hdr, TCP_ACK,
+        TCP_MIN_READ, TCP_SYN, UDP_HLEN, UdpHdr, be16, ne32, ptr_at,
+    },
+    sipclass::{CLASSIFY_BYTES, classify},
+};
+
+use crate::maps::{
+    self, SV_ALLOW, SV_BLOCK, SV_GLOBAL_BKT, SV_SHIELD_CFG, SV_SHIELD_EVT, SV_SRC_BUCKETS,
+};
+
+/// IPv6 extension headers walked before giving up (`MalformedPass`).
+const MAX_IPV6_EXT: usize = 4;
+/// Transport headers further into the frame than this are not looked for (`MalformedPass`);
+/// also the bound the verifier needs for the variable offsets.
+const MAX_L4_OFF: usize = 512;
+/// IPv6 fragment header: the offset bits of its third and fourth bytes (host order).
+const IPV6_FRAG_OFFSET: u16 = 0xfff8;
+
+/// What the limiter needs to know about one packet.
+#[repr(C)]
+struct Source {
+    key: SourceKey,
+    /// The full source address (wire order), for events.
+    addr: [u32; 4],
+    /// Destination port, host order.
+    dport: u16,
+    /// `ShieldClass` as its index.
+    class: u8,
+    _pad: u8,
+}
+
+/// The shield's settings, or `NotOursPass` when it is off.
+#[inline(always)]
+fn enabled_config() -> Result<&'static ShieldConfig, Counter> {
+    let cfg = SV_SHIELD_CFG.get(0).ok_or(Counter::NotOursPass)?;
+    if cfg.flags & SHIELD_F_ENABLED == 0 {
+        return Err(Counter::NotOursPass);
+    }
+    Ok(cfg)
+}
+
+#[inline(always)]
+fn port_in(ports: &[u16; MAX_PORTS], port: u16) -> bool {
+    port != 0 && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port)
+}
+
+/// IPv4 (UDP outside the relay range, or TCP): limits packets to the SIP ports.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Result<u32, Counter> {
+    let cfg = enabled_config()?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Counter::MalformedPass)?;
+    // SAFETY: ptr_at checked that the header lies inside the frame (as for every read below).
+    let (vihl, proto, frag, tot_len, saddr) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            be16((*ip).frag_off),
+            be16((*ip).tot_len) as usize,
+            ne32((*ip).saddr),
+        )
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    let frame_len = ctx.data_end() - ctx.data();
+    if ihl < IPV4_HLEN || tot_len < ihl || ETH_HLEN + tot_len > frame_len {
+        return Err(Counter::MalformedPass);
+    }
+    if frag & IP_OFFSET != 0 {
+        return Err(Counter::FragmentPass);
+    }
+    let l4 = ETH_HLEN + ihl;
+    let (class, dport) = if proto == IPPROTO_UDP {
+        udp_class(ctx, cfg, l4, tot_len - ihl, frag & IP_MF != 0)?
+    } else if proto == IPPROTO_TCP {
+        syn_class(ctx, cfg, l4)?
+    } else {
+        return Err(Counter::NotOursPass);
+    };
+    let src = Source {
+        key: SourceKey {
+            prefix: [saddr, 0],
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+        },
+        addr: [saddr, 0, 0, 0],
+        dport,
+        class: class as u8,
+        _pad: 0,
+    };
+    Ok(limit(cfg, &src))
+}
+
+/// IPv6: walks up to [`MAX_IPV6_EXT`] extension headers to UDP or TCP, then as [`ipv4`].
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext) -> Result<u32, Counter> {
+    let cfg = enabled_config()?;
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Counter::MalformedPass)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (version, payload_len, mut next, s) = unsafe {
+        (
+            (*ip).vtcfl[0] >> 4,
+            be16((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+            (*ip).saddr,
+        )
+    };
+    let end = ETH_HLEN + IPV6_HLEN + payload_len;
+    if version != 6 || end > ctx.data_end() - ctx.data() {
+        return Err(Counter::MalformedPass);
+    }
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut fragmented = false;
+    for _ in 0..MAX_IPV6_EXT {
+        if next == IPPROTO_UDP || next == IPPROTO_TCP {
+            break;
+        }
+        if next == IPV6_HOPOPTS || next == IPV6_ROUTING || next == IPV6_DSTOPTS {
+            let h: *const [u8; 2] = ptr_at(ctx, off).ok_or(Counter::MalformedPass)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let (nh, len) = unsafe { ((*h)[0], (*h)[1]) };
+            next = nh;
+            off += (len as usize + 1) * 8;
+        } else if next == IPV6_FRAGMENT {
+            let h: *const [u8; 4] = ptr_at(ctx, off).ok_or(Counter::MalformedPass)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let (nh, offset) = unsafe { ((*h)[0], be16([(*h)[2], (*h)[3]])) };
+            if offset & IPV6_FRAG_OFFSET != 0 {
+                return Err(Counter::FragmentPass);
+            }
+            fragmented = true;
+            next = nh;
+            off += 8;
+        } else {
+            return Err(Counter::NotOursPass);
+        }
+        if off > MAX_L4_OFF {
+            return Err(Counter::MalformedPass);
+        }
+    }
+    if off > end {
+        return Err(Counter::MalformedPass);
+    }
+    let (class, dport) = if next == IPPROTO_UDP {
+        udp_class(ctx, cfg, off, end - off, fragmented)?
+    } else if next == IPPROTO_TCP {
+        syn_class(ctx, cfg, off)?
+    } else {
+        // More extension headers than we walk.
+        return Err(Counter::MalformedPass);
+    };
+    let w = |i: usize| u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let addr = [w(0), w(4), w(8), w(12)];
+    let src = Source {
+        key: SourceKey {
+            prefix: [addr[0], addr[1]],
+            family: FAMILY_IPV6,
+            _pad: [0; 3],
+        },
+        addr,
+        dport,
+        class: class as u8,
+        _pad: 0,
+    };
+    Ok(limit(cfg, &src))
+}
+
+/// UDP at `l4` with `l4_len` bytes of IP payload: a SIP port? Then the class of its payload.
+/// `fragmented`: a first fragment, whose UDP length covers more than this packet.
+#[inline(always)]
+fn udp_class(
+    ctx: &XdpContext,
+    cfg: &ShieldConfig,
+    l4: usize,
+    l4_len: usize,
+    fragmented: bool,
+) -> Result<(ShieldClass, u16), Counter> {
+    if l4 > MAX_L4_OFF {
+        return Err(Counter::MalformedPass);
+    }
+    let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(Counter::MalformedPass)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (dport, udp_len) = unsafe { (be16((*udp).dest), be16((*udp).len) as usize) };
+    if !port_in(&cfg.udp_ports, dport) {
+        return Err(Counter::NotOursPass);
+    }
+    if udp_len < UDP_HLEN || l4_len < UDP_HLEN || (!fragmented && udp_len > l4_len) {
+        return Err(Counter::MalformedPass);
+    }
+    let payload = if udp_len < l4_len { udp_len } else { l4_len } - UDP_HLEN;
+    if payload < CLASSIFY_BYTES {
+        return Ok((ShieldClass::NotSip, dport));
+    }
+    let first: *const [u8; CLASSIFY_BYTES] =
+        ptr_at(ctx, l4 + UDP_HLEN).ok_or(Counter::MalformedPass)?;
+    // SAFETY: bounds-checked by ptr_at.
+    Ok((classify(unsafe { *first }), dport))
+}
+
+/// TCP at `l4`: a SYN (without ACK) to a SIP TCP/TLS port is [`ShieldClass::Syn`]; any other
+/// segment is not the shield's business (connections are limited by the daemon).
+#[inline(always)]
+fn syn_class(
+    ctx: &XdpContext,
+    cfg: &ShieldConfig,
+    l4: usize,
+) -> Result<(ShieldClass, u16), Counter> {
+    if l4 > MAX_L4_OFF {
+        return Err(Counter::MalformedPass);
+    }
+    let tcp: *const [u8; TCP_MIN_READ] = ptr_at(ctx, l4).ok_or(Counter::MalformedPass)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (dport, flags) = unsafe { (be16([(*tcp)[2], (*tcp)[3]]), (*tcp)[13]) };
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN || !port_in(&cfg.tcp_ports, dport) {
+        return Err(Counter::NotOursPass);
+    }
+    Ok((ShieldClass::Syn, dport))
+}
+
+/// Blocklist, allowlist, the source's bucket for its class, the global ceiling: the verdict, with
+/// its counter counted. A BPF-to-BPF call (not inlined): the shield's body exists once for the
+/// IPv4/IPv6 and UDP/TCP callers, and the relay's code is not enlarged by it.
+#[inline(never)]
+fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
+    // CLOCK_MONOTONIC at tick resolution: ~25 ns cheaper than the precise clock, and exact
+    // token arithmetic over ticks (see `RateLimit` for the burst this asks for).
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    if let Some(b) = SV_BLOCK.get_ptr(&src.key) {
+        // SAFETY: a live map value for this run (RCU); the daemon may rewrite it concurrently,
+        // which at worst mixes an old and a new field for one packet.
+        let expires = unsafe { (*b).expires_ns };
+        if expires == 0 || now < expires {
+            maps::count(Counter::DropBlocked);
+            return xdp_action::XDP_DROP;
+        }
+    }
+
+    let mut allowed = false;
+    let mut mult: u64 = 1;
+    let allow_key = Key::new(
+        ALLOW_FAMILY_BITS
+            + if src.key.family == FAMILY_IPV4 {
+                32
+            } else {
+                128
+            },
+        AllowData {
+            family: (src.key.family as u32).to_be(),
+            addr: src.addr,
+        },
+    );
+    if let Some(a) = SV_ALLOW.get(&allow_key)
+        && (a.expires_ns == 0 || now < a.expires_ns)
+    {
+        if a.flags & ALLOW_F_UNLIMITED != 0 {
+            maps::count(Counter::ShieldAllowPass);
+            return xdp_action::XDP_PASS;
+        }
+        allowed = true;
+        let m = if a.multiplier != 0 {
+            a.multiplier
+        } else {
+            cfg.allow_multiplier
+        };
+        mult = m.clamp(1, MAX_MULTIPLIER) as u64;
+    }
+
+    let idx = src.class as usize & (CLASSES - 1);
+    let lim = cfg.limits[idx];
+    if lim.rate != 0 {
+        let rate = (lim.rate.min(MAX_RATE) as u64 * mult).min(MAX_RATE as u64);
+        let burst = (lim.burst.min(MAX_BURST) as u64 * mult).min(MAX_BURST as u64);
+        let Some(buckets) = source_buckets(&src.key) else {
+            maps::count(Counter::ShieldMapFailPass);
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: `buckets` is a live map value; `idx` < CLASSES.
+        let bucket = unsafe { &raw mut (*buckets).classes[idx] };
+        if !take(bucket, rate, burst, now) {
+            limited(cfg, src, buckets, now);
+            maps::count(drop_counter(idx));
+            return xdp_action::XDP_DROP;
+        }
+    }
+
+    let global = cfg.global_per_cpu;
+    if !allowed
+        && global.rate != 0
+        && let Some(g) = SV_GLOBAL_BKT.get_ptr_mut(0)
+        && !take(
+            g,
+            global.rate.min(MAX_RATE) as u64,
+            global.burst.min(MAX_BURST) as u64,
+            now,
+        )
+    {
+        maps::count(Counter::DropGlobal);
+        return xdp_action::XDP_DROP;
+    }
+
+    maps::count(if allowed {
+        Counter::ShieldAllowPass
+    } else {
+        Counter::ShieldPass
+    });
+    xdp_action::XDP_PASS
+}
+
+/// The source's buckets, created (all classes full) on its first packet. `None` only when the
+/// LRU map refuses the insert (then the packet passes: fail-open).
+#[inline(always)]
+fn source_buckets(key: &SourceKey) -> Option<*mut SourceBuckets> {
+    if let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(key) {
+        return Some(b);
+    }
+    // `last_refill_ns == 0` reads as a full bucket.
+    let fresh = SourceBuckets {
+        classes: [TokenBucket {
+            tokens: 0,
+            last_refill_ns: 0,
+        }; CLASSES],
+        last_event_ns: 0,
+        dropped: 0,
+    };
+    // Another CPU may have inserted it meanwhile (EEXIST): the lookup below finds theirs.
+    let _ = SV_SRC_BUCKETS.insert(key, &fresh, BPF_NOEXIST as u64);
+    SV_SRC_BUCKETS.get_ptr_mut(key)
+}
+
+/// Refills `b` for the time since its last refill and takes one packet's token if there is one.
+///
+/// `rate` <= MAX_RATE and `burst` <= MAX_BURST, elapsed < MAX_ELAPSED_NS: no product overflows.
+#[inline(always)]
+fn take(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+    let cap = burst * TOKEN;
+    // SAFETY: `b` points into a live map value (this CPU's slot for per-CPU maps).
+    unsafe {
+        let last = (*b).last_refill_ns;
+        let mut tokens = (*b).tokens;
+        if tokens > cap {
+            // The limit was lowered (or the daemon reset the entry to a large value).
+            tokens = cap;
+        }
+        if last == 0 {
+            tokens = cap;
+            (*b).last_refill_ns = now;
+        } else if now > last {
+            let elapsed = now - last;
+            tokens = if elapsed >= MAX_ELAPSED_NS {
+                cap
+            } else {
+                let t = tokens + elapsed * rate;
+                if t > cap { cap } else { t }
+            };
+            (*b).last_refill_ns = now;
+        }
+        if tokens >= TOKEN {
+            (*b).tokens = tokens - TOKEN;
+            true
+        } else {
+            (*b).tokens = tokens;
+            false
+        }
+    }
+}
+
+/// A rate-limit drop: counts it on the source and, at most once per event interval per source,
+/// writes a `ShieldEvent` to the ring buffer.
+#[inline(always)]
+fn limited(cfg: &ShieldConfig, src: &Source, buckets: *mut SourceBuckets, now: u64) {
+    let interval_ms = if cfg.event_interval_ms == 0 {
+        DEFAULT_EVENT_INTERVAL_MS
+    } else {
+        cfg.event_interval_ms
+    };
+    // SAFETY: a live map value; plain (racy) updates are fine for a drop count and a sampling
+    // time: a race costs at most one extra event.
+    let dropped = unsafe {
+        let d = (*buckets).dropped + 1;
+        (*buckets).dropped = d;
+        let last = (*buckets).last_event_ns;
+        if last != 0 && now.wrapping_sub(last) < interval_ms as u64 * 1_000_000 {
+            return;
+        }
+        (*buckets).last_event_ns = now;
+        d
+    };
+    match SV_SHIELD_EVT.reserve::<ShieldEvent>(0) {
+        Some(mut entry) => {
+            entry.write(ShieldEvent {
+                timestamp_ns: now,
+                dropped,
+                addr: src.addr,
+                family: src.key.family,
+                class: src.class,
+                reason: EVENT_RATE_LIMITED,
+                dport: src.dport,
+                _pad: [0; 2],
+            });
+            entry.submit(0);
+            maps::count(Counter::ShieldEvents);
+        }
+        None => maps::count(Counter::ShieldEventsLost),
+    }
+}
+
+/// The rate-drop counter of a class index.
+#[inline(always)]
+fn drop_counter(idx: usize) -> Counter {
+    match idx {
+        0 => ShieldClass::Register.drop_counter(),
+        1 => ShieldClass::Invite.drop_counter(),
+        2 => ShieldClass::Options.drop_counter(),
+        4 => ShieldClass::Response.drop_counter(),
+        5 => ShieldClass::NotSip.drop_counter(),
+        6 => ShieldClass::Syn.drop_counter(),
+        _ => ShieldClass::Other.drop_counter(),
+    }
+}
