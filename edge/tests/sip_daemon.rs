@@ -60,11 +60,16 @@ database = "{dir}/registrar.redb"
 }
 
 fn start(name: &str, domains: &[&str]) -> Daemon {
+    start_with(name, domains, "")
+}
+
+/// Starts the daemon with `extra` appended to the configuration.
+fn start_with(name: &str, domains: &[&str], extra: &str) -> Daemon {
     let dir = std::env::temp_dir().join(format!("sv-sipdaemon-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("sipveil.toml");
-    std::fs::write(&config, config_text(&dir, domains)).expect("config");
+    std::fs::write(&config, config_text(&dir, domains) + extra).expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipveil"))
         .args(["run", "--no-xdp", "--config"])
         .arg(&config)
@@ -291,5 +296,95 @@ fn reload_changes_domains_and_keeps_bindings() {
     assert!(
         !list.to_string().contains("r-1"),
         "the Call-ID (the nickname's claim secret) must never be shown: {list}"
+    );
+}
+
+/// `[metrics] listen` serves the registrations; `sipveil hlog start/stop` writes an interval log
+/// holding the REGISTERs' latencies; `sipveil metrics` prints the same text as the endpoint.
+#[test]
+fn metrics_endpoint_and_interval_log() {
+    let d = start_with(
+        "metrics",
+        &["open.lab"],
+        "\n[metrics]\nlisten = \"127.0.0.1:25190\"\n",
+    );
+    let hlog = d.dir.join("tx.hlog");
+    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(["hlog", "start", "--interval-ms", "100"])
+        .arg(&hlog)
+        .arg("--socket")
+        .arg(d.dir.join("ctl.sock"))
+        .output()
+        .expect("hlog start");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let edge = format!("127.0.0.1:{SIP_PORT}");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for i in 0..20 {
+        let status = udp_register(
+            &sock,
+            &edge,
+            &format!("m{i}"),
+            "open.lab",
+            &format!("mc-{i}"),
+        );
+        assert_eq!(status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(["hlog", "stop", "--socket"])
+        .arg(d.dir.join("ctl.sock"))
+        .output()
+        .expect("hlog stop");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = std::fs::read_to_string(&hlog).expect("the interval log exists");
+    assert!(
+        log.contains("#[StartTime:"),
+        "an HdrHistogram log header: {log}"
+    );
+    let intervals = log
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("\"StartTimestamp\"") && !l.is_empty())
+        .count();
+    assert!(intervals >= 1, "at least one interval: {log}");
+
+    // The HTTP endpoint.
+    let mut http = TcpStream::connect("127.0.0.1:25190").expect("metrics endpoint");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    http.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(
+            "sipveil_registrations_total{domain=\"open.lab\",policy=\"open\",result=\"registered\"} 20"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("sipveil_sip_responses_total{method=\"REGISTER\",code=\"200\"} 20"),
+        "{text}"
+    );
+    assert!(text.contains("sipveil_registrar_bindings"), "{text}");
+    // The same through the control socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(["metrics", "--socket"])
+        .arg(d.dir.join("ctl.sock"))
+        .output()
+        .expect("sipveil metrics");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("sipveil_sip_responses_total{method=\"REGISTER\",code=\"200\"} 20"),
+        "{printed}"
     );
 }
