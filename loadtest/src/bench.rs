@@ -230,10 +230,39 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// Plots latency-by-percentile curves (one per system) as SVG, x on the usual HdrHistogram
-/// "1/(1-p)" log scale (labels 50 %, 90 %, 99 %, 99.9 %, ...).
+/// "1/(1-p)" log scale (labels 50 %, 90 %, 99 %, 99.9 %, ...), y in µs (log). The histograms hold
+/// nanoseconds.
 pub fn plot_latency_svg(
     path: &Path,
     title: &str,
+    series: &[(String, Histogram<u64>)],
+) -> Result<(), BenchError> {
+    plot_percentiles_svg(
+        path,
+        title,
+        &PercentileAxes {
+            y_desc: "one-way latency (µs)",
+            decades: 5.0,
+            floor_us: 0.001,
+        },
+        series,
+    )
+}
+
+/// What differs between percentile plots: the y axis' name, how many "nines" the x axis shows
+/// (4.0: up to 99.99 %) and the smallest value drawn (µs; the y axis is logarithmic).
+#[derive(Clone, Copy, Debug)]
+pub struct PercentileAxes<'a> {
+    pub y_desc: &'a str,
+    pub decades: f64,
+    pub floor_us: f64,
+}
+
+/// Percentile curves of nanosecond histograms as SVG (see [`plot_latency_svg`]).
+pub fn plot_percentiles_svg(
+    path: &Path,
+    title: &str,
+    axes: &PercentileAxes<'_>,
     series: &[(String, Histogram<u64>)],
 ) -> Result<(), BenchError> {
     use plotters::prelude::*;
@@ -244,27 +273,22 @@ pub fn plot_latency_svg(
         .filter(|(_, h)| !h.is_empty())
         .map(|(name, h)| {
             let mut pts = Vec::new();
-            // 0.0 .. 0.99999 on a log(1/(1-p)) axis: x = log10(1/(1-p))
+            // x = log10(1/(1-p)): 0 is the median's neighbourhood, 3 is 99.9 %.
             let mut x = 0.0f64;
-            while x <= 5.0 {
+            while x <= axes.decades {
                 let p = 1.0 - 10f64.powf(-x);
                 let v = h.value_at_quantile(p.min(1.0)) as f64 / 1000.0;
-                pts.push((x, v.max(0.001)));
+                pts.push((x, v.max(axes.floor_us)));
                 x += 0.05;
             }
             (name.clone(), pts)
         })
         .collect();
-    let ymax = points
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
-        .fold(1.0f64, f64::max)
-        * 1.3;
-    let ymin = points
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+    let ys = || points.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
+    let ymax = ys().fold(1.0f64, f64::max) * 1.3;
+    let ymin = ys()
         .fold(f64::INFINITY, f64::min)
-        .clamp(0.1, ymax / 10.0)
+        .clamp(axes.floor_us.max(0.1), ymax / 10.0)
         * 0.7;
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
@@ -273,12 +297,12 @@ pub fn plot_latency_svg(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0f64..5.0f64, (ymin..ymax).log_scale())
+        .build_cartesian_2d(0.0f64..axes.decades, (ymin..ymax).log_scale())
         .map_err(|e| perr(&e))?;
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("one-way latency (µs)")
+        .y_desc(axes.y_desc)
         .x_labels(6)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
@@ -300,6 +324,7 @@ pub fn plot_latency_svg(
         RGBColor(0x2c, 0xa0, 0x2c),
         RGBColor(0x94, 0x67, 0xbd),
         RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x8c, 0x56, 0x4b),
     ];
     for (i, (name, pts)) in points.iter().enumerate() {
         let color = palette[i % palette.len()];

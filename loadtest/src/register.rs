@@ -287,85 +287,23 @@ pub fn cpu_us_per_register(cpu_ns: f64, successful: u64) -> Option<f64> {
     (successful > 0 && cpu_ns > 0.0).then(|| cpu_ns / successful as f64 / 1e3)
 }
 
-/// Response-time-by-percentile curves (HdrHistograms of ns) as SVG, x on the
-/// log(1/(1-p)) scale, y in µs (log).
+/// Response-time-by-percentile curves (HdrHistograms of ns) as SVG, x up to 99.99 %, y in µs
+/// (log).
 pub fn plot_response_svg(
     path: &Path,
     title: &str,
     series: &[(String, Histogram<u64>)],
 ) -> Result<(), BenchError> {
-    use plotters::prelude::*;
-
-    let perr = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
-    let points: Vec<(String, Vec<(f64, f64)>)> = series
-        .iter()
-        .filter(|(_, h)| !h.is_empty())
-        .map(|(name, h)| {
-            let mut pts = Vec::new();
-            let mut x = 0.0f64;
-            while x <= 4.0 {
-                let p = 1.0 - 10f64.powf(-x);
-                let v = h.value_at_quantile(p.min(1.0)) as f64 / 1000.0;
-                pts.push((x, v.max(1.0)));
-                x += 0.05;
-            }
-            (name.clone(), pts)
-        })
-        .collect();
-    let ys = || points.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
-    let ymax = ys().fold(10.0f64, f64::max) * 1.5;
-    let ymin = ys().fold(f64::INFINITY, f64::min).clamp(1.0, ymax / 10.0) * 0.7;
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| perr(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0f64..4.0f64, (ymin..ymax).log_scale())
-        .map_err(|e| perr(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("REGISTER response time (µs)")
-        .x_labels(5)
-        .x_label_formatter(&|x| {
-            let p = 100.0 * (1.0 - 10f64.powf(-x));
-            if p >= 99.0 {
-                format!("{p:.1}%")
-            } else {
-                format!("{p:.0}%")
-            }
-        })
-        .draw()
-        .map_err(|e| perr(&e))?;
-    let palette = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x8c, 0x56, 0x4b),
-    ];
-    for (i, (name, pts)) in points.iter().enumerate() {
-        let color = palette[i % palette.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| perr(&e))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| perr(&e))?;
-    root.present().map_err(|e| perr(&e))?;
-    Ok(())
+    crate::bench::plot_percentiles_svg(
+        path,
+        title,
+        &crate::bench::PercentileAxes {
+            y_desc: "REGISTER response time (µs)",
+            decades: 4.0,
+            floor_us: 1.0,
+        },
+        series,
+    )
 }
 
 #[cfg(test)]

@@ -84,13 +84,18 @@ fn settings_of(cfg: &Config) -> ServiceSettings {
     }
 }
 
-fn domain_labels(cfg: &Config) -> Vec<(String, &'static str)> {
-    cfg.registrar
+/// Gives the metrics the configured domains (their labels) and returns them, name and policy.
+fn publish_domains(metrics: &Metrics, cfg: &Config) -> Vec<(String, &'static str)> {
+    let labels: Vec<(String, &'static str)> = cfg
+        .registrar
         .config
         .domains
         .iter()
         .map(|d| (d.name.clone(), d.policy.as_str()))
-        .collect()
+        .collect();
+    let refs: Vec<(&str, &str)> = labels.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    metrics.set_domains(&refs);
+    labels
 }
 
 impl SipEdge {
@@ -100,9 +105,7 @@ impl SipEdge {
         let sip = &cfg.sip;
         let workers = sip.workers.max(1);
         let metrics = Metrics::with_workers(workers);
-        let labels = domain_labels(cfg);
-        let label_refs: Vec<(&str, &str)> = labels.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-        metrics.set_domains(&label_refs);
+        publish_domains(&metrics, cfg);
         let mut store = Store::open(&cfg.registrar.database).with_context(|| {
             format!(
                 "opening the registrar database {}",
@@ -196,9 +199,7 @@ impl SipEdge {
             r.reconfigure(new.registrar.config.clone());
         }
         self.shared.set_settings(settings_of(new));
-        let labels = domain_labels(new);
-        let label_refs: Vec<(&str, &str)> = labels.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-        self.metrics.set_domains(&label_refs);
+        let labels = publish_domains(&self.metrics, new);
         let listeners_changed = old.sip.udp != new.sip.udp
             || old.sip.tcp != new.sip.tcp
             || old.sip.tls != new.sip.tls
