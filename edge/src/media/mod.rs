@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod counters;
 pub mod datapath;
 pub mod flows;
+pub mod rtcp;
 pub mod table;
 
 use std::collections::{BTreeMap, HashSet};
