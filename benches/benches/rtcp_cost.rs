@@ -177,9 +177,10 @@ fn pump(
     )
 }
 
-fn bench_relay() {
-    println!("\n== relay: io_uring userspace relay on loopback, worker CPU per datagram ==");
-    let table: Arc<dyn FlowTable> = Arc::new(UserFlowTable::new());
+fn bench_relay(name: &str, table: Arc<dyn FlowTable>, port_min: u16) {
+    println!(
+        "\n== relay ({name}): io_uring userspace relay on loopback, worker CPU per datagram =="
+    );
     let counters = Arc::new(UserCounters::default());
     let workers = match RelayWorkers::start(1, table.clone(), counters.clone()) {
         Ok(w) => Arc::new(w),
@@ -188,8 +189,13 @@ fn bench_relay() {
             return;
         }
     };
-    let mut relay = MediaRelay::new(media_cfg(52_000), table, workers.clone(), counters.clone())
-        .expect("media relay");
+    let mut relay = MediaRelay::new(
+        media_cfg(port_min),
+        table,
+        workers.clone(),
+        counters.clone(),
+    )
+    .expect("media relay");
     let a = UdpSocket::bind("127.0.0.1:0").expect("a rtp");
     let a_port = a.local_addr().expect("addr").port();
     // Peers: A at a_port (sends), B RTP and RTCP sinks.
@@ -324,6 +330,16 @@ fn bench_control() {
 fn main() {
     // `cargo bench` passes --bench; nothing else is parsed.
     bench_scrub();
-    bench_relay();
+    bench_relay("userspace table", Arc::new(UserFlowTable::new()), 52_000);
+    // In XDP mode the relay looks each datagram's flow up in SV_FLOWS (a bpf syscall).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut entry = sipveil_tests::xdp::Entry::load();
+        let map = entry.ebpf.take_map(maps::FLOWS).expect("SV_FLOWS");
+        let map = aya::maps::HashMap::try_from(map).expect("SV_FLOWS is a hash map");
+        bench_relay("SV_FLOWS table", Arc::new(BpfFlowTable::new(map)), 56_000);
+    } else {
+        println!("SKIPPED: relay on SV_FLOWS: needs root to load the entry program's maps");
+    }
     bench_control();
 }
