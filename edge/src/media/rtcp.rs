@@ -16,8 +16,10 @@
 //! Padding is removed (the P bit cleared, lengths rewritten). A packet whose framing cannot be
 //! followed (version not 2, a length beyond the datagram, bad padding) ends the walk: what came
 //! before it is forwarded, the rest is not. When nothing is left the datagram is dropped. Encrypted
-//! RTCP (SRTCP, RFC 3711: an index and an authentication tag follow the compound packet) cannot be
-//! read, fails the framing and is therefore not forwarded.
+//! RTCP (SRTCP, RFC 3711) cannot be scrubbed: everything after its first 8 bytes is ciphertext, so
+//! at most the first packet's (encrypted) body goes on and the index and authentication tag that
+//! follow the compound packet never do; the receiver discards what arrives. SRTP calls through the
+//! edge therefore have no working RTCP (their RTP is unaffected).
 //!
 //! The CNAME pseudonym (RFC 7022 style: 96 bits, here 24 hex digits) is a keyed hash of a secret
 //! drawn when the daemon starts, the relay side the packet arrived on (its even edge port: RTP and
