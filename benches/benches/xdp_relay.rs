@@ -146,6 +146,23 @@ fn main() {
     cycle(&mut entry, (A, 21_000), (A2, 21_002));
     cycle(&mut entry, (B, 22_000), (B2, 22_002));
 
+    // An RTCP flow (port + 1): its packets are passed up for scrubbing (RTCP privacy).
+    let rtcp_key = FlowKey::v4(EA, 21_101);
+    entry.put_flow(
+        rtcp_key,
+        Flow {
+            dst_addr: [ip4(B), 0, 0, 0],
+            src_addr: [ip4(EB), 0, 0, 0],
+            dst_port: port(5_001),
+            src_port: port(22_101),
+            flags: sipveil_abi::FLOW_F_RTCP,
+            reverse: rtcp_key,
+            ..Default::default()
+        },
+    );
+    let mut rtcp = UdpFrame::rtp(A, 4001, EA, 21_101);
+    rtcp.payload[1] = 200;
+
     let mut tcp = UdpFrame::rtp(A, 4000, EA, 5060).build();
     tcp[23] = 6;
     let cases = [
@@ -169,6 +186,13 @@ fn main() {
             ingress: ea0,
             action: XDP_PASS,
             counter: Some(Counter::NoFlowPass),
+        },
+        Case {
+            name: "entry: RTCP flow, passed up to scrub",
+            frame: rtcp.build(),
+            ingress: ea0,
+            action: XDP_PASS,
+            counter: Some(Counter::RtcpPass),
         },
         Case {
             name: "entry: UDP outside relay range (SIP)",
