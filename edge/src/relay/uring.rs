@@ -380,7 +380,9 @@ impl Worker {
         let fd = sock.as_raw_fd();
         let slot = &mut self.sends[si];
         let (base, plen, ip_len, bid) = if rtcp {
-            // Rewritten into the slot's own buffer: the receive buffer goes back at once.
+            // Rewritten into the slot's own buffer: the receive buffer goes back at once. The
+            // send's iovec points into `scratch`, which is neither touched nor reallocated until
+            // `on_send` returns the slot to `free_sends`.
             let side = local;
             let out = &mut slot.scratch;
             out.reserve(crate::media::rtcp::max_output_len(payload.len()));
