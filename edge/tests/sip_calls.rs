@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use md5::{Digest, Md5};
 use serde_json::Value;
 use sipveil_b2bua::{Identifier, audit, identifiers_of};
 use sipveil_sip::{Limits, Message, parse_datagram};
@@ -72,6 +73,12 @@ anonymous_callers = true
 name = "closed.test"
 policy = "open"
 anonymous_callers = false
+
+[[domain]]
+name = "private.test"
+policy = "open"
+anonymous_callers = true
+refuse_anonymous = true
 
 [[domain]]
 name = "auth.test"
@@ -462,4 +469,429 @@ fn basic_call_with_media_bye_from_caller_then_callee() {
     }
     assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
     assert_eq!(metric(&d, "sipveil_calls_total{result=\"answered\"}"), 2.0);
+}
+
+fn status(m: &Message) -> u16 {
+    match m {
+        Message::Response(r) => r.status().as_u16(),
+        Message::Request(_) => 0,
+    }
+}
+
+/// A final answer to the caller (provisionals skipped).
+fn final_status(p: &Party) -> (Message, Bytes) {
+    p.expect("a final response", |m| status(m) >= 200)
+}
+
+/// A final answer of call `call_id` (retransmissions of earlier calls' answers skipped).
+fn final_of(p: &Party, call_id: &str) -> Message {
+    let want = format!("{call_id}@");
+    p.expect("a final response of the call", |m| {
+        status(m) >= 200 && header(m, "Call-ID").starts_with(&want)
+    })
+    .0
+}
+
+/// An established call: caller → callee at `to`; returns the callee's view of the far INVITE,
+/// the caller's 200 and both edge media addresses.
+struct Established {
+    far: Message,
+    ok: Message,
+    edge_a_media: SocketAddr,
+    edge_b_media: SocketAddr,
+}
+
+fn establish(
+    alice: &Party,
+    bob: &Party,
+    to: &str,
+    call_id: &str,
+    a_port: u16,
+    b_port: u16,
+) -> Established {
+    alice.send(&invite(
+        alice,
+        to,
+        "alice@open.test",
+        call_id,
+        1,
+        &sdp("alice", a_port),
+        "",
+    ));
+    let (far, _) = bob.expect_method("INVITE");
+    let edge_b_media = media_addr(&body(&far));
+    bob.answer(&far, 200, "bobtag", Some(&sdp("bob", b_port)));
+    let (ok, _) = alice.expect_status(200);
+    let edge_a_media = media_addr(&body(&ok));
+    alice.send(&in_dialog(alice, &ok, "ACK", 1, call_id, None));
+    bob.expect_method("ACK");
+    Established {
+        far,
+        ok,
+        edge_a_media,
+        edge_b_media,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn md5_hex(s: &str) -> String {
+    hex(&Md5::digest(s.as_bytes()))
+}
+
+fn param(h: &str, name: &str) -> String {
+    let key = format!("{name}=\"");
+    let start = h
+        .find(&key)
+        .map(|i| i + key.len())
+        .expect("challenge parameter");
+    h[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+/// INVITE from alice@auth.test to `to`, challenged with 407 and sent again with credentials
+/// (RFC 7616, MD5, qop=auth). Returns the final answer to the second INVITE's far leg party.
+fn authenticated_invite(alice: &Party, to: &str, call_id: &str, password: &str, a_port: u16) {
+    alice.send(&invite(
+        alice,
+        to,
+        "alice@auth.test",
+        call_id,
+        1,
+        &sdp("alice", a_port),
+        "",
+    ));
+    let (challenge, _) = alice.expect_status(407);
+    let ch = header(&challenge, "Proxy-Authenticate");
+    assert!(ch.starts_with("Digest "), "{ch}");
+    // ACK for the 407 (same transaction).
+    let me = alice.addr();
+    alice.send(&format!(
+        "ACK sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}1\r\n\
+         From: \"Alice Secret\" <sip:alice@auth.test>;tag=alicetag{call_id}\r\nTo: {to_h}\r\n\
+         Call-ID: {call_id}@alice-laptop.home\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        to_h = header(&challenge, "To")
+    ));
+    let (realm, nonce, opaque) = (
+        param(&ch, "realm"),
+        param(&ch, "nonce"),
+        param(&ch, "opaque"),
+    );
+    let uri = format!("sip:{to}");
+    let ha1 = md5_hex(&format!("alice:{realm}:{password}"));
+    let ha2 = md5_hex(&format!("INVITE:{uri}"));
+    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    let creds = format!(
+        "Proxy-Authorization: Digest username=\"alice\", realm=\"{realm}\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{response}\", algorithm=MD5, cnonce=\"c0ffee\", \
+         opaque=\"{opaque}\", qop=auth, nc=00000001\r\n"
+    );
+    alice.send(&invite(
+        alice,
+        to,
+        "alice@auth.test",
+        call_id,
+        2,
+        &sdp("alice", a_port),
+        &creds,
+    ));
+}
+
+#[test]
+fn refusals_404_480_403_433_and_481() {
+    let d = start("refuse", 25_261, 42_200, "");
+    let bob = Party::new(d.sip);
+    bob.register("bob", "private.test");
+    let carol = Party::new(d.sip);
+    carol.register("carol", "closed.test");
+    let alice = Party::new(d.sip);
+    let offer = sdp("alice", 4000);
+    let cases = [
+        ("nobody@open.test", 404, "unknown nickname"),
+        ("bob@auth.test", 480, "listed user without a binding"),
+        ("carol@closed.test", 403, "domain refuses anonymous callers"),
+        ("bob@private.test", 433, "callee refuses anonymous calls"),
+        (
+            "someone@elsewhere.test",
+            403,
+            "domain not served, no peer: never an open relay",
+        ),
+    ];
+    for (i, (to, code, why)) in cases.iter().enumerate() {
+        alice.send(&invite(
+            &alice,
+            to,
+            "alice@open.test",
+            &format!("r{i}"),
+            1,
+            &offer,
+            "",
+        ));
+        let (m, _) = final_status(&alice);
+        assert_eq!(status(&m), *code, "{to}: {why}");
+    }
+    // The callees never saw an INVITE.
+    carol
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    assert!(
+        carol.sock.recv_from(&mut buf).is_err(),
+        "a refused call reached the callee"
+    );
+    // An in-dialog request for a dialog the edge does not know: 481.
+    let me = alice.addr();
+    alice.send(&format!(
+        "BYE sip:edge@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKnodialog\r\n\
+         From: <sip:alice@open.test>;tag=a1\r\nTo: <sip:bob@open.test>;tag=unknown\r\n\
+         Call-ID: nodialog@x\r\nCSeq: 5 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        edge = d.sip
+    ));
+    let (m, _) = final_status(&alice);
+    assert_eq!(status(&m), 481);
+    assert_eq!(metric(&d, "sipveil_calls_total{result=\"refused\"}"), 5.0);
+}
+
+#[test]
+fn cancel_before_answer() {
+    let d = start("cancel", 25_262, 42_400, "");
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let inv = invite(
+        &alice,
+        "bob@open.test",
+        "alice@open.test",
+        "k1",
+        1,
+        &sdp("alice", 4000),
+        "",
+    );
+    alice.send(&inv);
+    let (far, _) = bob.expect_method("INVITE");
+    bob.answer(&far, 180, "bobtag", None);
+    alice.expect_status(180);
+    let me = alice.addr();
+    alice.send(&format!(
+        "CANCEL sip:bob@open.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKk11\r\n\
+         From: \"Alice Secret\" <sip:alice@open.test>;tag=alicetagk1\r\nTo: <sip:bob@open.test>\r\n\
+         Call-ID: k1@alice-laptop.home\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let (cancel, _) = bob.expect_method("CANCEL");
+    bob.answer(&cancel, 200, "bobtag", None);
+    bob.answer(&far, 487, "bobtag", None);
+    alice.expect_status(487);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !ctl(&d, &["calls", "--json"])["calls"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "cancelled call still listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(&d, "sipveil_calls_total{result=\"unanswered\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn forking_first_answer_wins_other_fork_cancelled() {
+    let d = start("fork", 25_263, 42_600, "");
+    let bob1 = Party::new(d.sip);
+    let bob2 = Party::new(d.sip);
+    // Two devices of one nickname: the second registers in the first's registration dialog.
+    for (i, b) in [&bob1, &bob2].iter().enumerate() {
+        let me = b.addr();
+        b.send(&format!(
+            "REGISTER sip:open.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKfork{i}\r\n\
+             From: <sip:bob@open.test>;tag=rb\r\nTo: <sip:bob@open.test>\r\n\
+             Call-ID: reg-bob-fork\r\nCSeq: {c} REGISTER\r\nContact: <sip:bob@{me}>\r\n\
+             Max-Forwards: 70\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n",
+            c = i + 1
+        ));
+        b.expect_status(200);
+    }
+    let alice = Party::new(d.sip);
+    alice.send(&invite(
+        &alice,
+        "bob@open.test",
+        "alice@open.test",
+        "f1",
+        1,
+        &sdp("alice", 4000),
+        "",
+    ));
+    let (far1, _) = bob1.expect_method("INVITE");
+    let (far2, _) = bob2.expect_method("INVITE");
+    bob2.answer(&far2, 180, "bob2tag", None);
+    bob1.answer(&far1, 200, "bob1tag", Some(&sdp("bob", 5000)));
+    let (ok, _) = alice.expect_status(200);
+    alice.send(&in_dialog(&alice, &ok, "ACK", 1, "f1", None));
+    bob1.expect_method("ACK");
+    let (cancel, raw) = bob2.expect_method("CANCEL");
+    assert!(
+        String::from_utf8_lossy(&raw).contains("cause=200"),
+        "the losing fork hears why"
+    );
+    bob2.answer(&cancel, 200, "bob2tag", None);
+    bob2.answer(&far2, 487, "bob2tag", None);
+    alice.send(&in_dialog(&alice, &ok, "BYE", 2, "f1", None));
+    let (bye, _) = bob1.expect_method("BYE");
+    bob1.answer(&bye, 200, "bob1tag", None);
+    alice.expect_status(200);
+}
+
+#[test]
+fn reinvite_keeps_relay_ports_and_media_follows() {
+    let d = start("reinvite", 25_264, 42_800, "");
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let alice_rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let alice_rtp2 = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let bob_rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+    let e = establish(
+        &alice,
+        &bob,
+        "bob@open.test",
+        "ri1",
+        port(&alice_rtp),
+        port(&bob_rtp),
+    );
+    let before = ctl(&d, &["calls", "--json"]);
+    // The caller moves its media to a new port.
+    alice.send(&in_dialog(
+        &alice,
+        &e.ok,
+        "INVITE",
+        2,
+        "ri1",
+        Some(&sdp("alice", port(&alice_rtp2))),
+    ));
+    let (re, _) = bob.expect_method("INVITE");
+    assert_eq!(
+        media_addr(&body(&re)),
+        e.edge_b_media,
+        "the callee keeps sending to the same relay port"
+    );
+    bob.answer(&re, 200, "bobtag", Some(&sdp("bob", port(&bob_rtp))));
+    let (ok2, _) = alice.expect_status(200);
+    assert_eq!(
+        media_addr(&body(&ok2)),
+        e.edge_a_media,
+        "the caller keeps sending to the same relay port"
+    );
+    alice.send(&in_dialog(&alice, &ok2, "ACK", 2, "ri1", None));
+    bob.expect_method("ACK");
+    let after = ctl(&d, &["calls", "--json"]);
+    assert_eq!(
+        before["calls"][0]["relay_ports"], after["calls"][0]["relay_ports"],
+        "no new relay"
+    );
+    assert!(
+        media_crosses(&bob_rtp, e.edge_b_media, &alice_rtp2),
+        "media goes to the caller's new port"
+    );
+    let _ = e.far;
+}
+
+#[test]
+fn authenticated_caller_407_then_call_and_static_peer() {
+    let mut peer = Party::new("127.0.0.1:9".parse().expect("addr"));
+    let extra = format!(
+        "\n[[peer]]\ndomain = \"peer.test\"\naddress = \"{}\"\n",
+        peer.addr()
+    );
+    let d = start("auth", 25_265, 43_000, &extra);
+    peer.edge = d.sip;
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    // A wrong password is challenged again; the callee never sees it.
+    authenticated_invite(&alice, "bob@open.test", "au0", "wrong", 4000);
+    let m = final_of(&alice, "au0");
+    assert_eq!(status(&m), 407, "a wrong password gets a new challenge");
+    authenticated_invite(&alice, "bob@open.test", "au1", "secret", 4000);
+    let (far, raw) = bob.expect_method("INVITE");
+    let far_text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        far_text.contains("sip:alice@auth.test"),
+        "the authenticated identity is shown: {far_text}"
+    );
+    assert!(
+        !far_text.contains("Alice Secret"),
+        "the display name is not: {far_text}"
+    );
+    assert!(
+        !far_text.contains("Proxy-Authorization"),
+        "credentials never cross"
+    );
+    bob.answer(&far, 486, "bobtag", None);
+    let m = final_of(&alice, "au1");
+    assert_eq!(status(&m), 486);
+    // Anonymous callers cannot use a static peer route.
+    alice.send(&invite(
+        &alice,
+        "x@peer.test",
+        "alice@open.test",
+        "p0",
+        1,
+        &sdp("alice", 4000),
+        "",
+    ));
+    let m = final_of(&alice, "p0");
+    assert_eq!(status(&m), 403);
+    // An authenticated caller reaches the peer over UDP from the edge's socket.
+    authenticated_invite(&alice, "someone@peer.test", "p1", "secret", 4000);
+    let (pinv, praw) = peer.expect_method("INVITE");
+    assert!(String::from_utf8_lossy(&praw).starts_with("INVITE sip:someone@peer.test SIP/2.0"));
+    peer.answer(&pinv, 603, "peertag", None);
+    let m = final_of(&alice, "p1");
+    assert_eq!(status(&m), 603);
+    assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
+}
+
+#[test]
+fn media_timeout_ends_call_and_max_calls_gives_503() {
+    let d = start(
+        "limits",
+        25_266,
+        43_200,
+        "\n[calls]\nmedia_timeout_secs = 1\nmax_calls = 1\n",
+    );
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let e = establish(&alice, &bob, "bob@open.test", "mt1", 4000, 5000);
+    // A second call while one is up: 503 with Retry-After.
+    alice.send(&invite(
+        &alice,
+        "bob@open.test",
+        "alice@open.test",
+        "mt2",
+        1,
+        &sdp("alice", 4002),
+        "",
+    ));
+    let (m, _) = final_status(&alice);
+    assert_eq!(status(&m), 503);
+    assert!(!header(&m, "Retry-After").is_empty());
+    // No media at all: after ~1 s the edge ends the call with BYE on both legs.
+    let (bye_b, _) = bob.expect_method("BYE");
+    bob.answer(&bye_b, 200, "bobtag", None);
+    let (bye_a, _) = alice.expect_method("BYE");
+    alice.answer(&bye_a, 200, "x", None);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !ctl(&d, &["calls", "--json"])["calls"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "timed-out call still listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = (e.far, e.ok, e.edge_a_media, e.edge_b_media);
 }

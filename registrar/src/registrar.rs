@@ -489,7 +489,7 @@ impl Registrar {
         }
         let user = uri
             .user()
-            .map(|u| String::from_utf8_lossy(&u).to_ascii_lowercase())
+            .map(|u| String::from_utf8_lossy(u).to_ascii_lowercase())
             .unwrap_or_default();
         let host = self
             .doms
@@ -1201,6 +1201,10 @@ impl AuthKind {
 
 /// The outcome of [`Registrar::authenticate_request`].
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per INVITE, consumed at once; boxing the response would allocate"
+)]
 pub enum RequestAuth {
     /// The From host is not an `authenticated` domain served here: the caller is anonymous.
     NotRequired,

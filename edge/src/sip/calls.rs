@@ -241,6 +241,10 @@ pub(crate) struct CallMeta {
     /// Private-range addresses each side itself sent (its own, not a leak when echoed to it).
     pub a_own: Vec<IpAddr>,
     pub b_own: Vec<IpAddr>,
+    /// What the edge shows on purpose about A (the authenticated AOR) and B (the callee's AOR):
+    /// not a leak when it appears on the other leg.
+    pub a_shown: Option<Bytes>,
+    pub b_shown: Bytes,
     pub ending: bool,
 }
 
@@ -354,7 +358,12 @@ impl CallHub {
             return;
         };
         let a = self.on_a_leg(call, msg);
-        let ids = identifiers_of(msg, &self.edge_ips, &[]);
+        let shown: Vec<&[u8]> = match self.calls.get(&call) {
+            Some(m) if a => m.a_shown.iter().map(|b| &b[..]).collect(),
+            Some(m) => vec![&m.b_shown[..]],
+            None => Vec::new(),
+        };
+        let ids = identifiers_of(msg, &self.edge_ips, &shown);
         let own: Vec<IpAddr> = private_addresses(&msg.to_bytes())
             .into_iter()
             .map(|(_, ip)| ip)

@@ -105,7 +105,11 @@ impl CallsShared {
     }
 }
 
-/// Work handed to a worker from outside its thread (the control socket).
+/// Work handed to a worker from outside its thread (the control socket, other workers).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a call message crosses once per hand-over; boxing it would allocate on every one"
+)]
 pub enum Command {
     /// Send OPTIONS to `contact` down `flow` (the flow the binding registered on) and report.
     Qualify {
@@ -1254,8 +1258,16 @@ impl Worker {
             edge_a: edge_address(&from, hub.media_a),
             edge_b: edge_address(&first, hub.media_b),
         };
+        let a_shown = match &setup.identity {
+            sipveil_b2bua::CallerIdentity::Authenticated { aor } => {
+                Some(Bytes::from(aor.to_string()))
+            }
+            sipveil_b2bua::CallerIdentity::Anonymous => None,
+        };
+        let b_shown = Bytes::from(callee.clone());
         let invite_msg = Message::Request(req);
-        let a_ids = sipveil_b2bua::identifiers_of(&invite_msg, &hub.edge_ips, &[]);
+        let shown: Vec<&[u8]> = a_shown.iter().map(|b| &b[..]).collect();
+        let a_ids = sipveil_b2bua::identifiers_of(&invite_msg, &hub.edge_ips, &shown);
         let a_own = sipveil_b2bua::private_addresses(&invite_msg.to_bytes())
             .into_iter()
             .map(|(_, ip)| ip)
@@ -1282,6 +1294,8 @@ impl Worker {
                         b_ids: Vec::new(),
                         a_own,
                         b_own: Vec::new(),
+                        a_shown,
+                        b_shown,
                         ending: false,
                     },
                 );
