@@ -742,6 +742,7 @@ fn forking_first_answer_wins_other_fork_cancelled() {
     let (bye, _) = bob1.expect_method("BYE");
     bob1.answer(&bye, 200, "bob1tag", None);
     alice.expect_status(200);
+    assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
 }
 
 #[test]
@@ -894,4 +895,26 @@ fn media_timeout_ends_call_and_max_calls_gives_503() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = (e.far, e.ok, e.edge_a_media, e.edge_b_media);
+}
+
+#[test]
+fn after_a_restart_in_dialog_requests_get_481() {
+    let d = start("restart", 25_267, 43_400, "");
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let e = establish(&alice, &bob, "bob@open.test", "rs1", 4000, 5000);
+    drop(d);
+    // The same listeners again: the new daemon knows no dialog (relays it did not open are left
+    // to idle expiry; with XDP their pinned flows keep forwarding).
+    let d2 = start("restart2", 25_267, 43_400, "");
+    alice.send(&in_dialog(&alice, &e.ok, "BYE", 2, "rs1", None));
+    let m = final_of(&alice, "rs1");
+    assert_eq!(status(&m), 481);
+    assert!(
+        ctl(&d2, &["calls", "--json"])["calls"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    let _ = e.far;
 }
