@@ -431,6 +431,20 @@ fn basic_call_with_media_bye_from_caller_then_callee() {
         let calls = ctl(&d, &["calls", "--json"]);
         assert_eq!(calls["calls"].as_array().map(Vec::len), Some(1), "{calls}");
         assert_eq!(calls["calls"][0]["state"], "answered", "{calls}");
+        let table = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+            .args(["calls", "--socket"])
+            .arg(d.dir.join("ctl.sock"))
+            .output()
+            .expect("sipveil calls");
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        assert!(
+            table.contains("answered") && table.contains("1 call(s)"),
+            "{table}"
+        );
+        assert!(
+            !table.contains(&alice.addr().port().to_string()),
+            "no party address: {table}"
+        );
 
         if bye_from_caller {
             alice.send(&in_dialog(&alice, &ok, "BYE", 2, &call_id, None));
@@ -916,5 +930,49 @@ fn after_a_restart_in_dialog_requests_get_481() {
             .as_array()
             .is_some_and(Vec::is_empty)
     );
+    let _ = e.far;
+}
+
+#[test]
+fn media_keeps_a_call_up_past_the_media_timeout() {
+    let d = start(
+        "mediaup",
+        25_268,
+        43_600,
+        "\n[calls]\nmedia_timeout_secs = 1\n",
+    );
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let alice_rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let bob_rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+    let e = establish(
+        &alice,
+        &bob,
+        "bob@open.test",
+        "mu1",
+        port(&alice_rtp),
+        port(&bob_rtp),
+    );
+    // 2.5 s of media one way (bounded: 50 packets): the call stays up.
+    for _ in 0..50 {
+        alice_rtp
+            .send_to(
+                &[0x80, 0, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4, 0xd5, 0xd5],
+                e.edge_a_media,
+            )
+            .expect("rtp");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let calls = ctl(&d, &["calls", "--json"]);
+    assert_eq!(
+        calls["calls"].as_array().map(Vec::len),
+        Some(1),
+        "ended despite media: {calls}"
+    );
+    // Silence: the edge ends it.
+    let (bye, _) = bob.expect_method("BYE");
+    bob.answer(&bye, 200, "bobtag", None);
     let _ = e.far;
 }

@@ -583,6 +583,7 @@ impl Worker {
             }
         }
         let mut call_timeouts = Vec::new();
+        let mut unacked = Vec::new();
         while let Some(ev) = self.layer.poll_event() {
             match ev {
                 Event::Timeout { key } | Event::TransportError { key }
@@ -592,6 +593,14 @@ impl Worker {
                         .is_some_and(|h| h.client.contains_key(&key)) =>
                 {
                     call_timeouts.push(key);
+                }
+                // Timer L: the caller never ACKed the edge's 2xx (§13.3.1.4): end the call.
+                Event::Timeout { key } if self.call_tx_peer.contains_key(&key) => {
+                    if let Some(req) = self.layer.request(key)
+                        && *req.method() == Method::Invite
+                    {
+                        unacked.push(Message::Request(req.clone()));
+                    }
                 }
                 Event::Terminated { key } => {
                     if let Some(h) = self.hub.as_mut() {
@@ -608,9 +617,12 @@ impl Worker {
                 _ => {}
             }
         }
-        if !call_timeouts.is_empty() {
+        if !call_timeouts.is_empty() || !unacked.is_empty() {
             for key in call_timeouts {
                 self.on_call_timeout(io, key);
+            }
+            for invite in unacked {
+                self.end_unacked(io, &invite);
             }
             // What the map sent in answer goes out now.
             return self.drain(io);
@@ -1035,6 +1047,26 @@ impl Worker {
                     map, ids, anchor, ..
                 } = hub;
                 map.handle_response(ids, anchor, flow, response)
+            };
+            w.run_call_actions(io, hub, actions);
+        });
+    }
+
+    /// Call worker: the caller never ACKed the edge's 2xx to `invite`: BYE on both legs.
+    fn end_unacked(&mut self, io: &mut Io<'_>, invite: &Message) {
+        self.with_hub(io, |w, io, hub| {
+            let Some(call) = hub.call_of(invite) else {
+                return;
+            };
+            if !hub.map.is_confirmed(call) {
+                return;
+            }
+            tracing::info!(call = call.0, "ending call: no ACK for the 2xx");
+            let actions = {
+                let CallHub {
+                    map, ids, anchor, ..
+                } = hub;
+                map.end_call(ids, anchor, call)
             };
             w.run_call_actions(io, hub, actions);
         });
