@@ -16,6 +16,7 @@ struct Daemon {
     child: Child,
     dir: PathBuf,
     sip: SocketAddr,
+    config: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -112,6 +113,7 @@ anonymous_callers = true
         child,
         dir,
         sip: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+        config,
     }
 }
 
@@ -193,8 +195,9 @@ impl Party {
         )
     }
 
-    /// Answers `req` with `code`, adding `to_tag` and optionally a body / Contact.
-    fn answer(&self, req: &Message, code: u16, to_tag: &str, sdp: Option<&str>) {
+    /// Answers `req` with `code`, adding `to_tag` and optionally a body / Contact; returns
+    /// what was sent.
+    fn answer(&self, req: &Message, code: u16, to_tag: &str, sdp: Option<&str>) -> String {
         let Message::Request(r) = req else {
             panic!("not a request")
         };
@@ -223,6 +226,7 @@ impl Party {
             None => out.push_str("Content-Length: 0\r\n\r\n"),
         }
         self.send(&out);
+        out
     }
 
     fn register(&self, user: &str, domain: &str) {
@@ -407,12 +411,25 @@ fn basic_call_with_media_bye_from_caller_then_callee() {
         );
         bob.answer(&far, 180, "bobtag", None);
         alice.expect_status(180);
-        bob.answer(&far, 200, "bobtag", Some(&sdp("bob", b_port)));
+        let bob_ok = bob.answer(&far, 200, "bobtag", Some(&sdp("bob", b_port)));
         let (ok, ok_raw) = alice.expect_status(200);
         let ok_text = String::from_utf8_lossy(&ok_raw).into_owned();
         assert!(
             !ok_text.contains("BobPhone"),
             "the callee's Server crossed: {ok_text}"
+        );
+        // Nothing of the callee crosses back either (its AOR is what the caller dialled).
+        let bob_msg = parse_datagram(Bytes::from(bob_ok), &Limits::default()).expect("own 200");
+        let bob_ids = identifiers_of(
+            &bob_msg,
+            &["127.0.0.1".parse().expect("ip")],
+            &[b"bob@open.test"],
+        );
+        assert!(!bob_ids.is_empty());
+        let findings = audit(&ok_raw, &bob_ids, &["127.0.0.1".parse().expect("ip")]);
+        assert!(
+            findings.is_empty(),
+            "caller leg leaks {findings:?}:\n{ok_text}"
         );
         let edge_a_media = media_addr(&body(&ok));
         alice.send(&in_dialog(&alice, &ok, "ACK", 1, &call_id, None));
@@ -974,5 +991,33 @@ fn media_keeps_a_call_up_past_the_media_timeout() {
     // Silence: the edge ends it.
     let (bye, _) = bob.expect_method("BYE");
     bob.answer(&bye, 200, "bobtag", None);
+    let _ = e.far;
+}
+
+#[test]
+fn reload_applies_call_limits() {
+    let d = start("reload", 25_269, 43_800, "");
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let e = establish(&alice, &bob, "bob@open.test", "rl1", 4000, 5000);
+    let mut text = std::fs::read_to_string(&d.config).expect("config");
+    text.push_str("\n[calls]\nmax_calls = 1\n");
+    std::fs::write(&d.config, text).expect("config");
+    assert_eq!(ctl(&d, &["reload"])["ok"], true);
+    alice.send(&invite(
+        &alice,
+        "bob@open.test",
+        "alice@open.test",
+        "rl2",
+        1,
+        &sdp("alice", 4002),
+        "",
+    ));
+    assert_eq!(
+        status(&final_of(&alice, "rl2")),
+        503,
+        "the reloaded max_calls applies"
+    );
     let _ = e.far;
 }
