@@ -1021,3 +1021,41 @@ fn reload_applies_call_limits() {
     );
     let _ = e.far;
 }
+
+#[test]
+fn in_dialog_info_and_options_cross_and_max_duration_ends_the_call() {
+    let d = start(
+        "indialog",
+        25_270,
+        44_000,
+        "\n[calls]\nmax_duration_secs = 2\nmedia_timeout_secs = 0\n",
+    );
+    let bob = Party::new(d.sip);
+    bob.register("bob", "open.test");
+    let alice = Party::new(d.sip);
+    let e = establish(&alice, &bob, "bob@open.test", "id1", 4000, 5000);
+    // INFO with a DTMF body crosses (the body type is on the allowlist).
+    let dtmf = "Signal=5\r\nDuration=160\r\n";
+    let info = in_dialog(&alice, &e.ok, "INFO", 2, "id1", None).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{dtmf}",
+            dtmf.len()
+        ),
+    );
+    alice.send(&info);
+    let (got, _) = bob.expect_method("INFO");
+    assert_eq!(body(&got), dtmf);
+    bob.answer(&got, 200, "bobtag", None);
+    assert_eq!(status(&final_of(&alice, "id1")), 200);
+    alice.send(&in_dialog(&alice, &e.ok, "OPTIONS", 3, "id1", None));
+    let (opt, _) = bob.expect_method("OPTIONS");
+    bob.answer(&opt, 200, "bobtag", None);
+    assert_eq!(status(&final_of(&alice, "id1")), 200);
+    // max_duration_secs = 2: the edge hangs up both legs.
+    let (bye_b, _) = bob.expect_method("BYE");
+    bob.answer(&bye_b, 200, "bobtag", None);
+    let (bye_a, _) = alice.expect_method("BYE");
+    alice.answer(&bye_a, 200, "x", None);
+    assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
+}
