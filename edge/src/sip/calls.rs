@@ -400,11 +400,19 @@ impl CallHub {
             return Vec::new();
         };
         let to_a = self.on_a_leg(call, msg);
-        let (other_ids, own) = if to_a {
-            (&m.b_ids, &m.a_own)
+        let (other_ids, own_ids, own) = if to_a {
+            (&m.b_ids, &m.a_ids, &m.a_own)
         } else {
-            (&m.a_ids, &m.b_own)
+            (&m.a_ids, &m.b_ids, &m.b_own)
         };
+        // A value the recipient itself sent (its tag, its Contact user...) is echoed back to it
+        // legitimately even when it happens to contain one of the other party's values.
+        let other_ids: Vec<Identifier> = other_ids
+            .iter()
+            .filter(|id| !own_ids.iter().any(|o| contains_ci(&o.value, &id.value)))
+            .cloned()
+            .collect();
+        let other_ids = &other_ids;
         let mut own: Vec<IpAddr> = own.clone();
         own.push(recipient);
         own.extend(self.edge_ips.iter().copied());
@@ -493,6 +501,14 @@ impl CallHub {
     }
 }
 
+/// Whether `needle` occurs in `hay`, ASCII case-insensitively.
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The header name of the line holding byte `offset` (`body` past the header block).
 fn header_at(bytes: &[u8], offset: usize) -> String {
     let head_end = bytes
@@ -518,6 +534,13 @@ fn header_at(bytes: &[u8], offset: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_ci_ignores_ascii_case() {
+        assert!(contains_ci(b"16318SIPpTag0120", b"sipp"));
+        assert!(!contains_ci(b"abc", b"abcd"));
+        assert!(!contains_ci(b"abc", b""));
+    }
 
     #[test]
     fn header_at_names_the_line() {
