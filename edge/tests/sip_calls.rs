@@ -862,9 +862,16 @@ fn authenticated_caller_407_then_call_and_static_peer() {
         !far_text.contains("Proxy-Authorization"),
         "credentials never cross"
     );
-    bob.answer(&far, 486, "bobtag", None);
-    let m = final_of(&alice, "au1");
-    assert_eq!(status(&m), 486);
+    bob.answer(&far, 200, "bobtag", Some(&sdp("bob", 5000)));
+    let ok = final_of(&alice, "au1");
+    assert_eq!(status(&ok), 200);
+    alice.send(&in_dialog(&alice, &ok, "ACK", 2, "au1", None));
+    bob.expect_method("ACK");
+    alice.send(&in_dialog(&alice, &ok, "BYE", 3, "au1", None));
+    let (bye, _) = bob.expect_method("BYE");
+    bob.answer(&bye, 200, "bobtag", None);
+    assert_eq!(status(&final_of(&alice, "au1")), 200);
+    assert_eq!(metric(&d, "sipveil_calls_total{result=\"answered\"}"), 1.0);
     // Anonymous callers cannot use a static peer route.
     alice.send(&invite(
         &alice,
