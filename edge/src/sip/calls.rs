@@ -534,6 +534,124 @@ fn header_at(bytes: &[u8], offset: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MediaConfig;
+    use crate::media::HoldSockets;
+    use crate::media::counters::UserCounters;
+    use crate::media::table::{FlowTable, UserFlowTable};
+
+    fn anchor(min: u16) -> (RelayAnchor, Arc<Mutex<MediaRelay>>) {
+        let cfg = MediaConfig {
+            port_min: min,
+            port_max: min + 40,
+            idle_timeout_secs: 10,
+            addr_a: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            addr_b: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            workers: 1,
+        };
+        let table: Arc<dyn FlowTable> = Arc::new(UserFlowTable::new());
+        let relay = MediaRelay::new(
+            cfg,
+            table,
+            Arc::new(HoldSockets::default()),
+            Arc::new(UserCounters::default()),
+        )
+        .expect("relay");
+        let relay = Arc::new(Mutex::new(relay));
+        (
+            RelayAnchor::new(relay.clone(), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            relay,
+        )
+    }
+
+    fn req(call: u64, fork: u16, from: Side, peer: Option<&str>, mux: bool) -> MediaRequest {
+        let peer: Option<SocketAddr> = peer.map(|p| p.parse().expect("addr"));
+        MediaRequest {
+            call: CallRef(call),
+            fork,
+            from,
+            index: 0,
+            media_type: Bytes::from_static(b"audio"),
+            peer,
+            rtcp_peer: None,
+            rtcp_mux: mux,
+        }
+    }
+
+    fn count(relay: &Arc<Mutex<MediaRelay>>) -> usize {
+        relay.lock().expect("relay").len()
+    }
+
+    #[test]
+    fn offer_answer_reoffer_use_one_relay_per_stream() {
+        let (mut a, relay) = anchor(47_100);
+        // The caller's offer: the callee is shown the B side.
+        let b_side = a
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+        // The callee's answer: the caller is shown the A side of the same relay.
+        let a_side = a
+            .allocate(&req(1, 0, Side::B, Some("127.0.0.1:5000"), false))
+            .expect("answer");
+        assert_eq!(count(&relay), 1);
+        let (id, b_edge) = a.relays_of(CallRef(1))[0];
+        assert_eq!((id, b_edge), (a_side, b_side));
+        let info = relay.lock().expect("relay").info(id, false).expect("info");
+        assert_eq!(info.a.peer, "127.0.0.1:4000".parse().expect("addr"));
+        assert_eq!(info.b.peer, "127.0.0.1:5000".parse().expect("addr"));
+        // A re-offer moving the caller, and a hold (no address): same ports.
+        let again = a
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4100"), false))
+            .expect("re-offer");
+        assert_eq!(again, b_side);
+        assert_eq!(
+            a.allocate(&req(1, 0, Side::A, None, false)).expect("hold"),
+            b_side
+        );
+        let info = relay.lock().expect("relay").info(id, false).expect("info");
+        assert_eq!(info.a.peer, "127.0.0.1:4100".parse().expect("addr"));
+        assert_eq!(count(&relay), 1);
+        // rtcp-mux switched on: a new relay replaces the old one.
+        let mux = a
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4100"), true))
+            .expect("mux");
+        assert_ne!(mux, b_side);
+        assert_eq!(count(&relay), 1);
+    }
+
+    #[test]
+    fn release_of_a_fork_then_of_the_call() {
+        let (mut a, relay) = anchor(47_200);
+        for fork in 0..2 {
+            a.allocate(&req(7, fork, Side::A, Some("127.0.0.1:4000"), false))
+                .expect("offer");
+        }
+        a.allocate(&req(8, 0, Side::A, Some("127.0.0.1:4002"), false))
+            .expect("other call");
+        assert_eq!(count(&relay), 3);
+        a.release(CallRef(7), Some(1));
+        assert_eq!((count(&relay), a.relays_of(CallRef(7)).len()), (2, 1));
+        a.release(CallRef(7), None);
+        assert_eq!((count(&relay), a.relays_of(CallRef(7)).len()), (1, 0));
+        assert_eq!(
+            a.relays_of(CallRef(8)).len(),
+            1,
+            "another call's relay stays"
+        );
+        assert_eq!(a.last_media_ns(CallRef(8)), 0, "no packet yet");
+    }
+
+    #[test]
+    fn exhausted_ports_are_reported_as_such() {
+        let (mut a, _relay) = anchor(47_300);
+        let mut last = Ok(unspecified_like(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        for call in 0..30 {
+            last = a.allocate(&req(call, 0, Side::A, Some("127.0.0.1:4000"), false));
+            if last.is_err() {
+                break;
+            }
+        }
+        assert_eq!(last, Err(AnchorError::Exhausted));
+    }
 
     #[test]
     fn contains_ci_ignores_ascii_case() {
