@@ -1066,3 +1066,39 @@ fn in_dialog_info_and_options_cross_and_max_duration_ends_the_call() {
     alice.answer(&bye_a, 200, "x", None);
     assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
 }
+
+#[test]
+fn calls_from_many_sockets_cross_both_workers() {
+    // SO_REUSEPORT spreads these 16 sockets' datagrams over both SIP workers; every call must
+    // still complete (the other worker hands call messages to the call worker).
+    let d = start("workers", 25_271, 44_200, "");
+    for i in 0..8 {
+        let callee = Party::new(d.sip);
+        let nick = format!("callee{i}");
+        callee.register(&nick, "open.test");
+        let caller = Party::new(d.sip);
+        let call_id = format!("w{i}");
+        let e = establish(
+            &caller,
+            &callee,
+            &format!("{nick}@open.test"),
+            &call_id,
+            4000,
+            5000,
+        );
+        caller.send(&in_dialog(&caller, &e.ok, "BYE", 2, &call_id, None));
+        let (bye, _) = callee.expect_method("BYE");
+        callee.answer(&bye, 200, "bobtag", None);
+        assert_eq!(status(&final_of(&caller, &call_id)), 200);
+    }
+    assert_eq!(metric(&d, "sipveil_calls_total{result=\"answered\"}"), 8.0);
+    assert_eq!(metric(&d, "sipveil_privacy_leaks_total"), 0.0);
+    // Both workers received datagrams (so the hand-over path ran).
+    for w in 0..2 {
+        let n = metric(
+            &d,
+            &format!("sipveil_worker_messages_total{{worker=\"{w}\"}}"),
+        );
+        assert!(n > 0.0, "worker {w} received nothing");
+    }
+}
