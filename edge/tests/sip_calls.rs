@@ -828,6 +828,30 @@ fn reinvite_keeps_relay_ports_and_media_follows() {
         media_crosses(&bob_rtp, e.edge_b_media, &alice_rtp2),
         "media goes to the caller's new port"
     );
+    // UPDATE with a new offer (back to the first port): still the same relay.
+    alice.send(&in_dialog(
+        &alice,
+        &e.ok,
+        "UPDATE",
+        3,
+        "ri1",
+        Some(&sdp("alice", port(&alice_rtp))),
+    ));
+    let (up, _) = bob.expect_method("UPDATE");
+    assert_eq!(media_addr(&body(&up)), e.edge_b_media);
+    bob.answer(&up, 200, "bobtag", Some(&sdp("bob", port(&bob_rtp))));
+    let up_ok = final_of(&alice, "ri1");
+    assert_eq!(status(&up_ok), 200);
+    assert_eq!(media_addr(&body(&up_ok)), e.edge_a_media);
+    assert!(
+        media_crosses(&bob_rtp, e.edge_b_media, &alice_rtp),
+        "media follows the UPDATE"
+    );
+    let last = ctl(&d, &["calls", "--json"]);
+    assert_eq!(
+        before["calls"][0]["relay_ports"],
+        last["calls"][0]["relay_ports"]
+    );
     let _ = e.far;
 }
 
