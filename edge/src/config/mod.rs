@@ -7,7 +7,10 @@
 //! read at load time (their errors name the users file and line, and the config key that named
 //! it). TLS certificate and key files are checked by [`Config::check_files`] /
 //! [`SipSettings::load_tls`] (the lab generates them after its config exists).
+mod calls;
 mod sip;
+
+pub use calls::{CallSettings, PeerRoute};
 
 pub use sip::{
     DEFAULT_DEFAULT_EXPIRES, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_CONTACTS, DEFAULT_MAX_EXPIRES,
@@ -113,6 +116,10 @@ struct FileConfig {
     #[serde(default)]
     domain: Vec<sip::DomainSection>,
     metrics: Option<sip::MetricsSection>,
+    privacy: Option<calls::PrivacySection>,
+    calls: Option<calls::CallsSection>,
+    #[serde(default)]
+    peer: Vec<calls::PeerSection>,
 }
 
 /// The validated configuration.
@@ -129,6 +136,8 @@ pub struct Config {
     pub registrar: RegistrarSettings,
     /// `[metrics] listen`: Prometheus text at `GET /metrics`; None = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[privacy]`, `[calls]`, `[[peer]]`: the privacy B2BUA.
+    pub calls: CallSettings,
 }
 
 /// Media relay settings.
@@ -339,7 +348,9 @@ impl Config {
             &file.domain,
             file.metrics.as_ref(),
         )?;
+        let calls = calls::build(&ctx, file.privacy.as_ref(), file.calls.as_ref(), &file.peer)?;
         Ok(Config {
+            calls,
             interfaces: file.dataplane.interfaces,
             xdp: file.dataplane.xdp,
             instance,
@@ -477,6 +488,24 @@ impl Config {
                 let _ = writeln!(s, "metrics       off");
             }
         }
+        let c = &self.calls;
+        let _ = writeln!(
+            s,
+            "calls         max {} at once, max duration {} s, media timeout {} s, server {}",
+            c.max_calls,
+            c.max_duration_secs,
+            c.media_timeout_secs,
+            c.server.as_deref().unwrap_or("(none)")
+        );
+        for p in &c.peers {
+            let _ = writeln!(
+                s,
+                "peer          {} -> udp:{}{}",
+                p.domain,
+                p.address,
+                if p.trusted { " (trusted)" } else { "" }
+            );
+        }
         s
     }
 }
@@ -546,6 +575,38 @@ socket = "/run/sipveil/lab.sock"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn calls_sections_parse_and_errors_name_line_and_key() {
+        let base = "[media]\nport_min = 30000\nport_max = 30100\naddresses = [\"127.0.0.1\"]\n";
+        let ok = parse(&format!(
+            "{base}[privacy]\nserver = \"\"\npass_headers = [\"Alert-Info\"]\n\
+             [calls]\nmax_calls = 5\nmedia_timeout_secs = 0\n\
+             [[peer]]\ndomain = \"Peer.Lab\"\naddress = \"198.18.2.9:5060\"\ntrusted = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(ok.calls.server, None);
+        assert_eq!(ok.calls.pass_headers, vec!["alert-info".to_owned()]);
+        assert_eq!(ok.calls.max_calls, 5);
+        assert_eq!(ok.calls.media_timeout_secs, 0);
+        assert_eq!(ok.calls.max_duration_secs, 4 * 3600);
+        assert_eq!(ok.calls.peers[0].domain, "peer.lab");
+        assert!(ok.calls.peers[0].trusted);
+        let e = parse(&format!("{base}[calls]\nmax_calls = 0\n"))
+            .expect_err("zero calls")
+            .to_string();
+        assert!(e.contains("line 6") && e.contains("calls.max_calls"), "{e}");
+        let e = parse(&format!(
+            "{base}[[peer]]\ndomain = \"p.lab\"\naddress = \"nowhere\"\n"
+        ))
+        .expect_err("bad address")
+        .to_string();
+        assert!(e.contains("line 7") && e.contains("peer.address"), "{e}");
+        let e = parse(&format!("{base}[calls]\nmax_call = 3\n"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("max_call"), "{e}");
     }
 
     #[test]
