@@ -30,3 +30,4 @@ pub mod rtpengine;
 pub mod sender;
 pub mod sipp;
 pub mod stats;
+pub mod ua;
