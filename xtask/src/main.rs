@@ -56,11 +56,12 @@ enum Task {
         #[arg(long, default_value = "default")]
         instance: String,
     },
-    /// Lab up, daemon, RTP both ways through the relay, summary; the lab is torn down after.
+    /// Lab up, daemon with XDP, a callee registers a nickname, an anonymous caller calls it
+    /// through the edge, RTP both ways, hang up, summary with the leak audit; lab torn down after.
     Demo {
-        /// Relays to open (one RTP stream each way per relay).
-        #[arg(long, default_value_t = 2)]
-        streams: u32,
+        /// The nickname the callee registers in open.lab.
+        #[arg(long, default_value = "sunny")]
+        nickname: String,
         /// Seconds of RTP.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
@@ -113,11 +114,11 @@ fn main() -> Result<()> {
         Task::Run { iface, config } => metal::run(&iface, config),
         Task::Unload { iface, instance } => metal::unload(iface.as_deref(), &instance),
         Task::Demo {
-            streams,
+            nickname,
             seconds,
             keep_lab,
         } => demo::run_demo(demo::Options {
-            streams,
+            nickname,
             seconds,
             keep_lab,
         }),
