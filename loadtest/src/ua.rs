@@ -797,12 +797,24 @@ fn callee(
     Ok(())
 }
 
-
 fn callee_inner(sip: &mut Sip, aor: &str, expires: u32, report: &mut UaReport) -> MediaResult {
+    let took = do_register(sip, aor, expires, &mut report.call_id)?;
+    report.register_ms = Some(ms(took));
+    eprintln!("sv-ua callee: registered {aor} in {:.1} ms", ms(took));
+    callee_answer(sip, report)
+}
+
+/// REGISTERs `aor` with this agent's SIP address as the contact; the time to the 200.
+fn do_register(
+    sip: &mut Sip,
+    aor: &str,
+    expires: u32,
+    call_id_out: &mut String,
+) -> Result<Duration, UaError> {
     let party = sip.cfg.party.clone();
     let domain = aor.split('@').nth(1).unwrap_or(aor).to_owned();
     let call_id = format!("{}@{}", random_token(), party.host);
-    report.call_id.clone_from(&call_id);
+    call_id_out.clone_from(&call_id);
     let branch = sip.branch();
     let register = format!(
         "REGISTER sip:{domain} SIP/2.0\r\n{via}Max-Forwards: 70\r\nFrom: \"{display}\" <{aor}>;tag={tag}\r\n\
@@ -826,12 +838,15 @@ fn callee_inner(sip: &mut Sip, aor: &str, expires: u32, report: &mut UaReport) -
             reason: answer.reason().to_owned(),
         });
     }
-    report.register_ms = Some(ms(t0.elapsed()));
-    eprintln!(
-        "sv-ua callee: registered {aor} in {:.1} ms",
-        ms(t0.elapsed())
-    );
-    callee_answer(sip, report)
+    Ok(t0.elapsed())
+}
+
+/// Only REGISTERs `aor` (contact: `cfg.party.ip:cfg.sip_port`) and returns the time to the 200;
+/// the socket is closed after, so another program (SIPp's UAS) can take the port.
+pub fn register_only(cfg: &UaConfig, aor: &str, expires: u32) -> Result<Duration, UaError> {
+    let mut sip = Sip::bind(cfg)?;
+    let mut call_id = String::new();
+    do_register(&mut sip, aor, expires, &mut call_id)
 }
 
 fn callee_answer(sip: &mut Sip, report: &mut UaReport) -> MediaResult {

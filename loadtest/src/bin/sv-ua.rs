@@ -19,7 +19,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use sipveil_b2bua::leak::{FindingKind, Identifier, audit};
-use sipveil_loadtest::ua::{Capture, Party, UaConfig, UaReport, run_callee, run_caller};
+use sipveil_loadtest::ua::{
+    Capture, Party, UaConfig, UaReport, register_only, run_callee, run_caller,
+};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +59,20 @@ enum Cmd {
         anonymous: bool,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Only REGISTER AOR with IP:SIP_PORT as the contact, then exit (for SIPp's UAS, which
+    /// takes the port afterwards).
+    Register {
+        #[arg(long)]
+        ip: Ipv4Addr,
+        #[arg(long, default_value_t = 5080)]
+        sip_port: u16,
+        #[arg(long)]
+        proxy: SocketAddrV4,
+        #[arg(long)]
+        aor: String,
+        #[arg(long, default_value_t = 3600)]
+        expires: u32,
     },
     /// Check a capture for another party's identifiers and for foreign private addresses.
     Audit {
@@ -181,6 +197,29 @@ fn run() -> Result<bool> {
                 ids.push(("caller address of record".into(), aor));
             }
             finish("caller", &common.out, &report, &capture, ids)
+        }
+        Cmd::Register {
+            ip,
+            sip_port,
+            proxy,
+            aor,
+            expires,
+        } => {
+            let cfg = UaConfig {
+                party: Party::distinctive("registrant", ip, Ipv4Addr::new(192, 168, 77, 99)),
+                sip_port,
+                rtp_port: 0,
+                proxy,
+                wait: Duration::from_secs(10),
+                tag: 0,
+                peer_tag: 0,
+            };
+            let took = register_only(&cfg, &aor, expires)?;
+            println!(
+                "{}",
+                serde_json::json!({"registered": aor, "contact": format!("{ip}:{sip_port}"), "ms": took.as_secs_f64() * 1000.0})
+            );
+            Ok(true)
         }
         Cmd::Audit {
             capture,
