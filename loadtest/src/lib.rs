@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod bencode;
+pub mod calls;
 pub mod clock;
 pub mod hlog;
 pub mod kamailio;

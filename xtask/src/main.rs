@@ -77,7 +77,8 @@ enum Task {
         out: PathBuf,
     },
     /// Build in release mode and run a benchmark harness: `bench register ARGS` runs
-    /// `sv-bench-register ARGS`, `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
+    /// `sv-bench-register ARGS`, `bench calls ARGS` runs `sv-bench-calls ARGS` (`--quick` for a
+    /// smoke run), `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -127,6 +128,7 @@ fn main() -> Result<()> {
             Some((first, rest)) if first == "register" => {
                 metal::bench_harness("sv-bench-register", rest)
             }
+            Some((first, rest)) if first == "calls" => metal::bench_harness("sv-bench-calls", rest),
             _ => metal::bench_harness("sv-bench-relay", &args),
         },
         Task::Test => test::run(),
