@@ -42,7 +42,7 @@ pub struct SippCalls {
     pub media_ms: u64,
     /// Open calls at most (`-l`).
     pub max_open: u64,
-    /// `-min_rtp_port` (SIPp takes ports from here up to + 9998).
+    /// `-mp`: SIPp 3.6 takes its RTP stream ports from here upwards.
     pub rtp_port_min: u16,
     /// Global time limit (`-timeout`), seconds.
     pub timeout_s: u64,
@@ -75,11 +75,7 @@ impl SippCalls {
             .args(["-mi", &self.local.ip().to_string()])
             .args(["-t", "u1"])
             .args(["-l", &self.max_open.max(1).to_string()])
-            .args(["-min_rtp_port", &self.rtp_port_min.to_string()])
-            .args([
-                "-max_rtp_port",
-                &self.rtp_port_min.saturating_add(9998).to_string(),
-            ])
+            .args(["-mp", &self.rtp_port_min.to_string()])
             .arg("-trace_stat")
             .arg("-stf")
             .arg(&self.stat_file)
@@ -194,6 +190,9 @@ pub struct ServerResult {
     pub cpu_us_per_call: Option<f64>,
     /// Busy CPUs during the fixed-rate window.
     pub busy_cpus: Option<f64>,
+    /// The server's own media counters after the fixed-rate run (`sipveil stats --json` or
+    /// `rtpengine-ctl list totals`), raw: evidence that the media went through it.
+    pub media_account: Option<String>,
     pub error: Option<String>,
 }
 
@@ -305,7 +304,7 @@ mod tests {
         assert!(l.starts_with(
             "netns exec sv-a sipp 198.18.1.1:5060 -s bench -r 25 -rp 1000 -m 100 -d 2000"
         ));
-        assert!(l.contains("-min_rtp_port 20000 -max_rtp_port 29998"));
+        assert!(l.contains("-mp 20000"));
         let uas = SippCalls {
             target: None,
             ..uac

@@ -8,7 +8,7 @@
 //! `OUT/setup.svg`.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use sipveil_loadtest::calls::{
 };
 use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
 use sipveil_loadtest::procs::ChildGuard;
+use sipveil_loadtest::rtpengine::NgClient;
 use sipveil_loadtest::sipp::{parse_rtt_csv, parse_stat_csv};
 
 const EDGE_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 5060);
@@ -92,6 +93,56 @@ fn sibling(name: &str) -> PathBuf {
         .and_then(|p| p.parent().map(|d| d.join(name)))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on an open netns fd with CLONE_NEWNET changes only this thread's network
+        // namespace; the sockets `f` creates live there.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// The server's own account of the media it relayed (raw text for the summary): `sipveil stats`
+/// or `rtpengine-ctl list totals`.
+fn media_account(s: Server, sipveil: &Path) -> String {
+    let out = match s {
+        Server::Sipveil => Command::new(sipveil)
+            .args(["stats", "--instance", INSTANCE, "--json"])
+            .output(),
+        Server::Kamailio => Command::new("ip")
+            .args(["netns", "exec", lab::NS_EDGE, "rtpengine-ctl"])
+            .args(["-ip", "127.0.0.1", "-port", "9900", "list", "totals"])
+            .output(),
+    };
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            match s {
+                Server::Sipveil => text.trim().to_owned(),
+                Server::Kamailio => text
+                    .lines()
+                    .filter(|l| l.contains("relayed packets") || l.contains("Owned sessions"))
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        }
+        Err(e) => format!("unavailable: {e}"),
+    }
 }
 
 fn tick_ns() -> f64 {
@@ -165,6 +216,7 @@ impl Bench {
                         "--port-min=20000".into(),
                         "--port-max=29999".into(),
                         "--timeout=60".into(),
+                        "--listen-cli=127.0.0.1:9900".into(),
                         format!("--num-threads={}", self.o.workers),
                         "-L".into(),
                         "4".into(),
@@ -173,6 +225,18 @@ impl Bench {
                     .stdout(Stdio::null())
                     .stderr(self.log("rtpengine.log")?);
                 let rtpengine = ChildGuard::spawn("rtpengine", &mut rtpengine_cmd)?;
+                // Kamailio disables an rtpengine that does not answer its first ping: wait for it.
+                in_netns(lab::NS_EDGE, || {
+                    let mut ng = NgClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, NG_PORT)))?;
+                    let start = Instant::now();
+                    while ng.ping().is_err() {
+                        if start.elapsed() > Duration::from_secs(15) {
+                            bail!("rtpengine does not answer ng ping");
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Ok(())
+                })?;
                 let mut kamailio_cmd = Command::new("ip");
                 kamailio_cmd
                     .args(["netns", "exec", lab::NS_EDGE])
@@ -429,6 +493,7 @@ impl Bench {
             result.setup_p99_ms,
             result.cpu_us_per_call
         );
+        result.media_account = Some(media_account(s, &self.sipveil));
         let hist_path = self.o.out.join(format!("setup-{}.json", s.name()));
         fs::write(&hist_path, serde_json::to_string(&setup)?)?;
         uas.stop();
@@ -518,19 +583,23 @@ fn run() -> Result<bool> {
         }
     }
     let plot = bench.o.out.join("setup.svg");
-    plot_percentiles_svg(
-        &plot,
-        &format!(
-            "call setup time (INVITE → 200) at {} CPS",
-            bench.o.fixed_rate
-        ),
-        &PercentileAxes {
-            y_desc: "setup time (µs)",
-            decades: 3.0,
-            floor_us: 1.0,
-        },
-        &series,
-    )?;
+    if series.iter().all(|(_, h)| h.is_empty()) {
+        eprintln!("sv-bench-calls: no setup times to plot");
+    } else {
+        plot_percentiles_svg(
+            &plot,
+            &format!(
+                "call setup time (INVITE → 200) at {} CPS",
+                bench.o.fixed_rate
+            ),
+            &PercentileAxes {
+                y_desc: "setup time (µs)",
+                decades: 3.0,
+                floor_us: 1.0,
+            },
+            &series,
+        )?;
+    }
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     println!("\n=== calls with media anchored (noisy shared 2-core machine)");
     println!(
