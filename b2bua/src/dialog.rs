@@ -355,6 +355,17 @@ impl<F: Clone, K: Clone> DialogMap<F, K> {
         &self.policy
     }
 
+    /// Replaces the policy (a configuration reload); calls in progress use it
+    /// for every message from now on.
+    pub fn set_policy(&mut self, policy: PrivacyPolicy) {
+        self.policy = policy;
+    }
+
+    /// The calls in the map.
+    pub fn calls(&self) -> impl Iterator<Item = CallRef> + '_ {
+        self.calls.keys().copied()
+    }
+
     /// Counters.
     pub fn stats(&self) -> MapStats {
         MapStats {

@@ -51,6 +51,8 @@ pub enum Request {
     Stats,
     /// Re-read the configuration file: domains, users, limits (not listeners).
     Reload,
+    /// The active calls of the privacy B2BUA (id, state, age, relay ports).
+    Calls,
     /// The live registrar bindings, optionally of one address of record (`user@domain`).
     Registrations {
         #[serde(default)]
@@ -97,7 +99,7 @@ pub type XdpCounters = dyn Fn() -> Option<Vec<(&'static str, u64)>> + Send + Syn
 
 /// Shared state the control server acts on.
 pub struct ControlState {
-    pub relay: Mutex<MediaRelay>,
+    pub relay: Arc<Mutex<MediaRelay>>,
     pub xdp_counters: Box<XdpCounters>,
     /// The SIP side, once started (absent when the configuration has no `[sip]`).
     pub sip: OnceLock<Arc<crate::sip::SipEdge>>,
@@ -134,6 +136,10 @@ pub fn handle_line(state: &ControlState, line: &str) -> Value {
                 Err(e) => json!({"ok": false, "error": e, "kind": "config"}),
             },
             None => bad_request("this daemon cannot reload".to_owned()),
+        },
+        Request::Calls => match state.sip.get() {
+            Some(sip) => json!({"ok": true, "calls": sip.calls_json()}),
+            None => no_sip(),
         },
         Request::Registrations { aor } => match state.sip.get() {
             Some(sip) => json!({"ok": true, "bindings": sip.bindings_json(aor.as_deref())}),

@@ -70,7 +70,7 @@ impl Edge {
         });
         Ok(Edge {
             state: Arc::new(ControlState {
-                relay: Mutex::new(relay),
+                relay: Arc::new(Mutex::new(relay)),
                 xdp_counters,
                 sip: std::sync::OnceLock::new(),
                 reload: std::sync::OnceLock::new(),
@@ -112,7 +112,8 @@ pub fn run(cfg: &Config, config_path: &Path, no_xdp: bool) -> anyhow::Result<()>
     }
     let edge = Edge::start(cfg, no_xdp)?;
     let sip = if cfg.sip.enabled() {
-        let sip = SipEdge::start(cfg).context("starting the SIP side")?;
+        let sip =
+            SipEdge::start(cfg, Some(edge.state.relay.clone())).context("starting the SIP side")?;
         let _ = edge.state.sip.set(sip.clone());
         Some(sip)
     } else {

@@ -91,6 +91,16 @@ enum Cmd {
         sipveil reload --socket /run/sipveil/lab.sock"
     )]
     Reload(SocketArgs),
+    /// List the active calls of the privacy B2BUA: id, state, age and relay ports (A side / B
+    /// side); no party addresses.
+    #[command(after_help = "Examples:\n  sipveil calls --instance lab\n  sipveil calls --json")]
+    Calls {
+        /// Print the daemon's JSON answer (one line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// List the registrar's live bindings (optionally of one address of record).
     #[command(after_help = "Examples:\n  sipveil registrations --instance lab\n  \
         sipveil registrations --instance lab --aor alice@auth.lab --json")]
@@ -409,6 +419,7 @@ fn main() -> ExitCode {
         | Cmd::CheckConfig { .. }
         | Cmd::Reload(_)
         | Cmd::Registrations { .. }
+        | Cmd::Calls { .. }
         | Cmd::Qualify { .. }
         | Cmd::Hlog(_)
         | Cmd::Metrics(_)
@@ -497,6 +508,18 @@ fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
         Cmd::Reload(socket) => {
             let answer = daemon_request(socket, &json!({"cmd": "reload"}))?;
             println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Calls {
+            json: as_json,
+            socket,
+        } => {
+            let answer = daemon_request(socket, &json!({"cmd": "calls"}))?;
+            if as_json || !is_ok(&answer) {
+                println!("{answer}");
+            } else {
+                print_calls(&answer);
+            }
             Ok(answer_code(&answer))
         }
         Cmd::Registrations {
@@ -692,6 +715,28 @@ fn answer_code(answer: &Value) -> ExitCode {
 }
 
 /// One line per binding: its fields as `key=value` (the daemon decides which fields exist).
+fn print_calls(answer: &Value) {
+    let calls = answer["calls"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:>6}  {:<9} {:>8}  relay ports (A/B)",
+        "id", "state", "age_s"
+    );
+    for c in &calls {
+        let ports: Vec<String> = c["relay_ports"]
+            .as_array()
+            .map(|l| l.iter().map(|p| format!("{}/{}", p[0], p[1])).collect())
+            .unwrap_or_default();
+        println!(
+            "{:>6}  {:<9} {:>8}  {}",
+            c["id"],
+            c["state"].as_str().unwrap_or("?"),
+            c["age_secs"],
+            ports.join(" ")
+        );
+    }
+    println!("{} call(s)", calls.len());
+}
+
 fn print_registrations(answer: &Value) {
     let list = answer
         .get("registrations")

@@ -176,6 +176,16 @@ struct AuthFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeakLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ParseErrorLabels {
     proto: &'static str,
     answered: &'static str,
@@ -332,6 +342,9 @@ pub struct Metrics {
     responses: Family<ResponseLabels, Counter>,
     registrations: Family<RegistrationLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
+    privacy_leaks: Family<LeakLabels, Counter>,
+    calls_active: Gauge,
+    calls_total: Family<CallResultLabels, Counter>,
     parse_errors: Vec<[Counter; 2]>,
     connections: Vec<Gauge>,
     connections_total: Vec<Counter>,
@@ -404,6 +417,24 @@ impl Metrics {
             "auth_failures",
             "Digest authentication failures, by domain and reason",
             auth_failures.clone(),
+        );
+        let privacy_leaks = Family::<LeakLabels, Counter>::default();
+        reg.register(
+            "privacy_leaks",
+            "Egress call-signalling messages carrying the other party's identifiers or a foreign private address, by kind (should stay 0)",
+            privacy_leaks.clone(),
+        );
+        let calls_active = Gauge::default();
+        reg.register(
+            "calls_active",
+            "Calls the B2BUA holds now",
+            calls_active.clone(),
+        );
+        let calls_total = Family::<CallResultLabels, Counter>::default();
+        reg.register(
+            "calls",
+            "Calls ended, by result (answered, unanswered, refused)",
+            calls_total.clone(),
         );
 
         let pe_family = Family::<ParseErrorLabels, Counter>::default();
@@ -537,6 +568,9 @@ impl Metrics {
             responses,
             registrations,
             auth_failures,
+            privacy_leaks,
+            calls_active,
+            calls_total,
             parse_errors,
             connections,
             connections_total,
@@ -672,6 +706,24 @@ impl Metrics {
             result: self.results.get(result),
         };
         self.registrations.get_or_create(&labels).inc();
+    }
+
+    /// An egress call-signalling message carried something of the other party's: `kind` is
+    /// `identifier` or `private_address`.
+    pub fn privacy_leak(&self, kind: &'static str) {
+        self.privacy_leaks.get_or_create(&LeakLabels { kind }).inc();
+    }
+
+    /// The number of calls held now.
+    pub fn set_calls_active(&self, n: usize) {
+        self.calls_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A call ended (or was refused before it started) with `result`.
+    pub fn call_ended(&self, result: &'static str) {
+        self.calls_total
+            .get_or_create(&CallResultLabels { result })
+            .inc();
     }
 
     /// A digest authentication failed in `domain` for `reason`.

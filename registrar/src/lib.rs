@@ -157,7 +157,7 @@ mod registrar;
 mod users;
 
 pub use digest::Alg as DigestAlgorithm;
-pub use registrar::Registrar;
+pub use registrar::{Registrar, RequestAuth};
 pub use users::{
     MAX_NAME, NameError, RESERVED, format_user_line, ha1_md5, ha1_sha256, normalize_name,
     parse_users,

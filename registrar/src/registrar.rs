@@ -225,6 +225,14 @@ impl Registrar {
             .unwrap_or(d.refuse_anonymous)
     }
 
+    /// Whether `user` is listed in the users file of the served domain `host` (always `false`
+    /// for open and closed domains, which have no users file).
+    pub fn user_exists(&self, user: &str, host: &str) -> bool {
+        self.domain_index(host.as_bytes())
+            .and_then(|i| self.doms.get(i))
+            .is_some_and(|ds| ds.users.contains_key(&user.to_ascii_lowercase()))
+    }
+
     /// Live bindings of `user@host` (case-insensitive), q descending, then
     /// most recently registered first.
     pub fn lookup(&self, user: &str, host: &str, now_ms: u64) -> Vec<Binding> {
@@ -460,6 +468,51 @@ impl Registrar {
         }
     }
 
+    /// Digest check of a request the edge bridges (an INVITE, issue 5): when the From host is
+    /// a served domain with the `authenticated` policy, the caller must prove the From user's
+    /// password with `Proxy-Authorization` (RFC 3261 §22.3, RFC 7616); the answer otherwise is
+    /// a 407 challenge (`Proxy-Authenticate`, one per offered algorithm) or a 403. The same
+    /// nonces, nonce-count replay table and constant-work comparison as REGISTER.
+    pub fn authenticate_request(&mut self, now_ms: u64, req: &Request) -> RequestAuth {
+        let Ok(from) = req.from() else {
+            return RequestAuth::NotRequired;
+        };
+        let uri = from.uri();
+        let Some(di) = self.domain_index(uri.host_raw()) else {
+            return RequestAuth::NotRequired;
+        };
+        let Some(d) = self.cfg.domains.get(di) else {
+            return RequestAuth::NotRequired;
+        };
+        if d.policy != Policy::Authenticated {
+            return RequestAuth::NotRequired;
+        }
+        let user = uri
+            .user()
+            .map(|u| String::from_utf8_lossy(&u).to_ascii_lowercase())
+            .unwrap_or_default();
+        let host = self
+            .doms
+            .get(di)
+            .map(|ds| ds.name_lc.clone())
+            .unwrap_or_default();
+        match self.authenticate(now_ms, req, di, &user, AuthKind::Proxy) {
+            Ok(()) => RequestAuth::Authenticated {
+                aor: format!("{user}@{host}"),
+            },
+            Err(a) => {
+                let failure = match a.result {
+                    ReportResult::AuthFailed(f) => Some(f),
+                    _ => None,
+                };
+                match self.build(req, &a) {
+                    Some(response) => RequestAuth::Refused { response, failure },
+                    None => RequestAuth::Unanswerable,
+                }
+            }
+        }
+    }
+
     /// Handle a REGISTER. The in-memory state changes here; with
     /// [`RegisterOutcome::Commit`] the TU persists `ops` durably before it
     /// sends the response. Never panics on any input.
@@ -617,7 +670,7 @@ impl Registrar {
 
         // 4. Credentials.
         if d.policy == Policy::Authenticated
-            && let Err(a) = self.authenticate(now_ms, req, di, &name)
+            && let Err(a) = self.authenticate(now_ms, req, di, &name, AuthKind::Www)
         {
             return Decision::Answer(a);
         }
@@ -796,13 +849,15 @@ impl Registrar {
         }
     }
 
-    /// RFC 7616 digest check for domain `di`; `name` is the To user.
+    /// RFC 7616 digest check for domain `di`; `name` is the To user (REGISTER, `Www`) or the
+    /// From user (a request the edge bridges, `Proxy`).
     fn authenticate(
         &mut self,
         now_ms: u64,
         req: &Request,
         di: usize,
         name: &str,
+        kind: AuthKind,
     ) -> Result<(), Answer> {
         let (Some(d), Some(ds)) = (self.cfg.domains.get(di), self.doms.get(di)) else {
             return Err(Answer::new(
@@ -814,10 +869,10 @@ impl Registrar {
         let realm = d.realm.as_str();
         let challenge = |stale: bool, result: ReportResult| {
             let nonce = self.keys.nonce(now_ms, realm);
-            let mut a = Answer::new(StatusCode::UNAUTHORIZED, "Unauthorized", result);
+            let mut a = Answer::new(kind.status(), kind.reason(), result);
             for &alg in d.offered_algorithms() {
                 a.headers.push((
-                    HeaderName::WwwAuthenticate,
+                    kind.challenge_header(),
                     digest::challenge(realm, &nonce, &ds.opaque, alg, stale),
                 ));
             }
@@ -828,7 +883,7 @@ impl Registrar {
 
         // Credentials for our realm (others are ignored).
         let mut creds = None;
-        for h in req.headers().get_all(&HeaderName::Authorization) {
+        for h in req.headers().get_all(&kind.credentials_header()) {
             if let Ok(a) = Auth::parse(h.value())
                 && a.is_digest()
                 && a.param("realm").is_some_and(|r| r[..] == *realm.as_bytes())
@@ -846,7 +901,7 @@ impl Registrar {
         if !eq_ic(&username, name.as_bytes()) {
             return Err(Answer::new(
                 StatusCode::FORBIDDEN,
-                "Username Does Not Match To",
+                kind.mismatch_reason(),
                 ReportResult::Forbidden,
             ));
         }
@@ -917,7 +972,7 @@ impl Registrar {
             alg,
             ha1,
             &Inputs {
-                method: b"REGISTER",
+                method: req.method().as_bytes(),
                 uri: &uri,
                 nonce: &nonce,
                 nc: &nc,
@@ -946,24 +1001,20 @@ impl Registrar {
         let verdict = self.nc.check_and_record(nc_key, issue_ms, nc_val);
         match verdict {
             NcCheck::Fresh => Ok(()),
-            NcCheck::Replayed => Err(self.fresh_challenge(now_ms, di, AuthFailure::Replayed)),
-            NcCheck::Evicted => Err(self.fresh_challenge(now_ms, di, AuthFailure::Stale)),
+            NcCheck::Replayed => Err(self.fresh_challenge(now_ms, di, AuthFailure::Replayed, kind)),
+            NcCheck::Evicted => Err(self.fresh_challenge(now_ms, di, AuthFailure::Stale, kind)),
         }
     }
 
-    fn fresh_challenge(&self, now_ms: u64, di: usize, f: AuthFailure) -> Answer {
-        let mut a = Answer::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            ReportResult::AuthFailed(f),
-        );
+    fn fresh_challenge(&self, now_ms: u64, di: usize, f: AuthFailure, kind: AuthKind) -> Answer {
+        let mut a = Answer::new(kind.status(), kind.reason(), ReportResult::AuthFailed(f));
         let (Some(d), Some(ds)) = (self.cfg.domains.get(di), self.doms.get(di)) else {
             return a;
         };
         let nonce = self.keys.nonce(now_ms, &d.realm);
         for &alg in d.offered_algorithms() {
             a.headers.push((
-                HeaderName::WwwAuthenticate,
+                kind.challenge_header(),
                 digest::challenge(&d.realm, &nonce, &ds.opaque, alg, f == AuthFailure::Stale),
             ));
         }
@@ -1105,4 +1156,66 @@ mod build_tests {
         a.headers.push((HeaderName::Contact, "x\r\nEvil: 1".into()));
         assert!(r.build_fast(&req, &a, "t").is_none());
     }
+}
+
+/// Which digest exchange: REGISTER's (401, `WWW-Authenticate`, `Authorization`) or a bridged
+/// request's (407, `Proxy-Authenticate`, `Proxy-Authorization`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthKind {
+    Www,
+    Proxy,
+}
+
+impl AuthKind {
+    fn status(self) -> StatusCode {
+        match self {
+            AuthKind::Www => StatusCode::UNAUTHORIZED,
+            AuthKind::Proxy => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        }
+    }
+    fn reason(self) -> &'static str {
+        match self {
+            AuthKind::Www => "Unauthorized",
+            AuthKind::Proxy => "Proxy Authentication Required",
+        }
+    }
+    fn challenge_header(self) -> HeaderName {
+        match self {
+            AuthKind::Www => HeaderName::WwwAuthenticate,
+            AuthKind::Proxy => HeaderName::ProxyAuthenticate,
+        }
+    }
+    fn credentials_header(self) -> HeaderName {
+        match self {
+            AuthKind::Www => HeaderName::Authorization,
+            AuthKind::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+    fn mismatch_reason(self) -> &'static str {
+        match self {
+            AuthKind::Www => "Username Does Not Match To",
+            AuthKind::Proxy => "Username Does Not Match From",
+        }
+    }
+}
+
+/// The outcome of [`Registrar::authenticate_request`].
+#[derive(Debug)]
+pub enum RequestAuth {
+    /// The From host is not an `authenticated` domain served here: the caller is anonymous.
+    NotRequired,
+    /// Credentials checked: the caller is `aor` (`user@domain`, lower case).
+    Authenticated {
+        /// The authenticated address of record.
+        aor: String,
+    },
+    /// Answer the request with `response` (407 challenge, or 403).
+    Refused {
+        /// The answer.
+        response: Response,
+        /// Why, when credentials were given and failed.
+        failure: Option<AuthFailure>,
+    },
+    /// No answer could be built (malformed request): drop it.
+    Unanswerable,
 }

@@ -7,7 +7,10 @@
 //! read at load time (their errors name the users file and line, and the config key that named
 //! it). TLS certificate and key files are checked by [`Config::check_files`] /
 //! [`SipSettings::load_tls`] (the lab generates them after its config exists).
+mod calls;
 mod sip;
+
+pub use calls::{CallSettings, PeerRoute};
 
 pub use sip::{
     DEFAULT_DEFAULT_EXPIRES, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_CONTACTS, DEFAULT_MAX_EXPIRES,
@@ -113,6 +116,10 @@ struct FileConfig {
     #[serde(default)]
     domain: Vec<sip::DomainSection>,
     metrics: Option<sip::MetricsSection>,
+    privacy: Option<calls::PrivacySection>,
+    calls: Option<calls::CallsSection>,
+    #[serde(default)]
+    peer: Vec<calls::PeerSection>,
 }
 
 /// The validated configuration.
@@ -129,6 +136,8 @@ pub struct Config {
     pub registrar: RegistrarSettings,
     /// `[metrics] listen`: Prometheus text at `GET /metrics`; None = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[privacy]`, `[calls]`, `[[peer]]`: the privacy B2BUA.
+    pub calls: CallSettings,
 }
 
 /// Media relay settings.
@@ -339,7 +348,9 @@ impl Config {
             &file.domain,
             file.metrics.as_ref(),
         )?;
+        let calls = calls::build(&ctx, file.privacy.as_ref(), file.calls.as_ref(), &file.peer)?;
         Ok(Config {
+            calls,
             interfaces: file.dataplane.interfaces,
             xdp: file.dataplane.xdp,
             instance,

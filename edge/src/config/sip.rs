@@ -284,7 +284,7 @@ pub(super) fn resolve(config_path: &Path, written: &str) -> PathBuf {
 }
 
 /// An integer key with a default and an inclusive range.
-fn int(
+pub(super) fn int(
     ctx: &Ctx<'_>,
     value: &Option<Spanned<i64>>,
     key: &str,

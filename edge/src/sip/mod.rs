@@ -1,5 +1,6 @@
 //! The daemon's SIP side: the io_uring transport pool and the transaction user (registrar, OPTIONS,
 //! later the privacy B2BUA) that runs on it.
+pub mod calls;
 pub mod service;
 pub mod transport;
 
@@ -101,7 +102,10 @@ fn publish_domains(metrics: &Metrics, cfg: &Config) -> Vec<(String, &'static str
 impl SipEdge {
     /// Opens the store, restores the bindings it holds, starts the group-commit thread, the
     /// worker pool and (if configured) the metrics endpoint.
-    pub fn start(cfg: &Config) -> anyhow::Result<Arc<SipEdge>> {
+    pub fn start(
+        cfg: &Config,
+        relay: Option<Arc<Mutex<crate::media::MediaRelay>>>,
+    ) -> anyhow::Result<Arc<SipEdge>> {
         let sip = &cfg.sip;
         let workers = sip.workers.max(1);
         let metrics = Metrics::with_workers(workers);
@@ -162,6 +166,13 @@ impl SipEdge {
             settings_of(cfg),
             limits,
             workers,
+            service::CallsShared {
+                relay,
+                media: (cfg.media.addr_a, cfg.media.addr_b),
+                settings: std::sync::RwLock::new(Arc::new(cfg.calls.clone())),
+                udp_local: std::sync::RwLock::new(Vec::new()),
+                view: Mutex::new(Vec::new()),
+            },
         );
         let for_workers = shared.clone();
         let pool = Pool::start(tcfg, metrics.clone(), move |index, handle| {
@@ -169,6 +180,13 @@ impl SipEdge {
         })
         .context("starting the SIP worker pool")?;
         let local_addrs = pool.local_addrs();
+        if let Ok(mut udp) = shared.calls.udp_local.write() {
+            *udp = local_addrs
+                .iter()
+                .filter(|(p, _)| *p == Proto::Udp)
+                .map(|(_, a)| *a)
+                .collect();
+        }
         if let Some(addr) = cfg.metrics_listen {
             let bound = metrics
                 .serve(addr)
@@ -199,6 +217,9 @@ impl SipEdge {
             r.reconfigure(new.registrar.config.clone());
         }
         self.shared.set_settings(settings_of(new));
+        if let Ok(mut c) = self.shared.calls.settings.write() {
+            *c = Arc::new(new.calls.clone());
+        }
         let labels = publish_domains(&self.metrics, new);
         let listeners_changed = old.sip.udp != new.sip.udp
             || old.sip.tcp != new.sip.tcp
@@ -298,6 +319,15 @@ impl SipEdge {
             }
         }
         Ok(results)
+    }
+
+    /// The active calls (id, state, age, relay ports; no party addresses).
+    pub fn calls_json(&self) -> Value {
+        let view = match self.shared.calls.view.lock() {
+            Ok(v) => v.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        json!(view)
     }
 
     /// Stops the workers, then drains the store queue (nothing acknowledged is lost: a 200 OK

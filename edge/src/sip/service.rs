@@ -3,6 +3,9 @@
 //! registrar (the 200 OK leaves only once the store has made the binding durable), OPTIONS for the
 //! edge itself, everything else with the right refusal. Nothing is ever forwarded.
 //!
+//! INVITEs and everything of a call go to the privacy B2BUA ([`super::calls`]), which runs on
+//! the call worker (worker 0); the other workers hand such messages over to it.
+//!
 //! Threads: one `Worker` per pool thread, all sharing one [`ServiceShared`]. The registrar sits
 //! behind one mutex (a REGISTER holds it for a few microseconds); the store's group-commit thread
 //! hands finished commits back to the worker that owns the transaction through a per-worker queue
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
 use crossbeam::queue::SegQueue;
+use sipveil_b2bua::CallRef;
 use sipveil_registrar::{FlowInfo, RegisterOutcome, Registrar, Report, StoreOp};
 use sipveil_sip::transaction::{
     Config as TxConfig, Event, Incoming, Instant, Remote, TransactionId, TransactionLayer,
@@ -24,7 +28,10 @@ use sipveil_sip::{
     ErrorAnswer, Header, HeaderName, Host, Limits, Message, Method, Request, Response, StatusCode,
 };
 
+use super::calls::{CALL_WORKER, CallHub, CallMeta, CallView};
 use super::transport::{FlowId, Handler, Io, PoolHandle, Proto};
+use crate::config::CallSettings;
+use crate::media::MediaRelay;
 use crate::metrics::Metrics;
 use crate::store::Committer;
 
@@ -33,7 +40,7 @@ const EXPIRY_PERIOD: Duration = Duration::from_secs(1);
 /// Retry-After (seconds) on a 503 when the store's queue or the transaction table is full.
 const RETRY_AFTER_SECS: &str = "1";
 /// Methods the edge answers itself (OPTIONS `Allow`).
-const ALLOW: &str = "REGISTER, OPTIONS";
+const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, UPDATE, INFO, NOTIFY";
 /// Extensions a `Require` may name (RFC 5626 outbound).
 const SUPPORTED: &[&str] = &["outbound"];
 
@@ -70,6 +77,32 @@ pub struct ServiceShared {
     completions: Vec<SegQueue<Completion>>,
     commands: Vec<SegQueue<Command>>,
     tag_key: std::collections::hash_map::RandomState,
+    /// The call side: relay, settings, listing.
+    pub calls: CallsShared,
+}
+
+/// What the call worker needs from outside, and what it publishes.
+pub struct CallsShared {
+    /// The media relay the calls anchor on (`None`: calls are refused with 503).
+    pub relay: Option<Arc<Mutex<MediaRelay>>>,
+    /// The relay's A and B addresses (`[media] addresses`).
+    pub media: (IpAddr, IpAddr),
+    /// `[privacy]`, `[calls]`, `[[peer]]` (replaced on reload).
+    pub settings: RwLock<Arc<CallSettings>>,
+    /// The UDP listen addresses (peer routes are sent from the first of the right family).
+    pub udp_local: RwLock<Vec<std::net::SocketAddr>>,
+    /// Active calls for `sipveil calls`.
+    pub view: Mutex<Vec<CallView>>,
+}
+
+impl CallsShared {
+    /// Call settings in force.
+    pub fn settings(&self) -> Arc<CallSettings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// Work handed to a worker from outside its thread (the control socket).
@@ -84,6 +117,13 @@ pub enum Command {
         flow: FlowId,
         /// Where the outcome goes.
         reply: crossbeam::channel::Sender<QualifyResult>,
+    },
+    /// A message of a call, received by another worker, for the call worker.
+    Call {
+        /// The flow it arrived on.
+        from: FlowId,
+        /// The message as parsed.
+        msg: Message,
     },
 }
 
@@ -115,6 +155,7 @@ impl ServiceShared {
         settings: ServiceSettings,
         limits: Limits,
         workers: usize,
+        calls: CallsShared,
     ) -> Arc<ServiceShared> {
         Arc::new(ServiceShared {
             registrar: Mutex::new(registrar),
@@ -125,6 +166,7 @@ impl ServiceShared {
             completions: (0..workers).map(|_| SegQueue::new()).collect(),
             commands: (0..workers).map(|_| SegQueue::new()).collect(),
             tag_key: std::collections::hash_map::RandomState::new(),
+            calls,
         })
     }
 
@@ -196,7 +238,12 @@ pub struct Worker {
     /// Client transactions of qualify probes.
     probes: HashMap<TransactionId, Probe>,
     next_expiry: StdInstant,
+    next_call_check: StdInstant,
+    /// Where each call server transaction's request came from (the leak detector's recipient).
+    call_tx_peer: HashMap<TransactionId, IpAddr>,
     call_ids: u64,
+    /// The B2BUA (the call worker only).
+    hub: Option<CallHub>,
 }
 
 struct Probe {
@@ -218,7 +265,21 @@ impl Worker {
         let layer =
             TransactionLayer::new(TxConfig::default(), u64::from_le_bytes(seed) ^ index as u64)
                 .expect("default transaction config");
+        let hub = (index == CALL_WORKER)
+            .then(|| {
+                let relay = shared.calls.relay.clone()?;
+                let (a, b) = shared.calls.media;
+                Some(CallHub::new(
+                    relay,
+                    a,
+                    b,
+                    shared.calls.settings(),
+                    shared.settings().edge_addrs.clone(),
+                ))
+            })
+            .flatten();
         Worker {
+            hub,
             index,
             shared,
             handle,
@@ -227,6 +288,8 @@ impl Worker {
             pending: HashMap::new(),
             probes: HashMap::new(),
             next_expiry: now + EXPIRY_PERIOD,
+            next_call_check: now + EXPIRY_PERIOD,
+            call_tx_peer: HashMap::new(),
             call_ids: 0,
         }
     }
@@ -349,6 +412,20 @@ impl Worker {
         cancels: Option<TransactionId>,
     ) {
         self.pending.insert(key, (req.method().clone(), io.now()));
+        if self.hub.is_some() && is_call_request(&req) {
+            return self.on_call_request(io, from, key, req);
+        }
+        self.on_local_request(io, from, key, req, cancels);
+    }
+
+    fn on_local_request(
+        &mut self,
+        io: &mut Io<'_>,
+        from: FlowId,
+        key: TransactionId,
+        req: Request,
+        cancels: Option<TransactionId>,
+    ) {
         // §8.2.2.3: a Require naming an extension the edge does not support gets 420.
         if let Err(bad) = check_extensions(&req, SUPPORTED, false) {
             let unsupported = String::from_utf8_lossy(&bad.unsupported_header()).into_owned();
@@ -501,9 +578,22 @@ impl Worker {
                 }
             }
         }
+        let mut call_timeouts = Vec::new();
         while let Some(ev) = self.layer.poll_event() {
             match ev {
+                Event::Timeout { key } | Event::TransportError { key }
+                    if self
+                        .hub
+                        .as_ref()
+                        .is_some_and(|h| h.client.contains_key(&key)) =>
+                {
+                    call_timeouts.push(key);
+                }
                 Event::Terminated { key } => {
+                    if let Some(h) = self.hub.as_mut() {
+                        h.client.remove(&key);
+                    }
+                    self.call_tx_peer.remove(&key);
                     self.pending.remove(&key);
                     self.finish_probe(io, key, None, Some("transaction ended without an answer"));
                 }
@@ -513,6 +603,13 @@ impl Worker {
                 }
                 _ => {}
             }
+        }
+        if !call_timeouts.is_empty() {
+            for key in call_timeouts {
+                self.on_call_timeout(io, key);
+            }
+            // What the map sent in answer goes out now.
+            return self.drain(io);
         }
         let tx_deadline = self.layer.poll_timeout().map(|at| self.std_at(at));
         let housekeeping = (self.index == 0).then_some(self.next_expiry);
@@ -531,7 +628,10 @@ impl Worker {
             contact,
             flow,
             reply,
-        } = command;
+        } = command
+        else {
+            return;
+        };
         let mut result = QualifyResult {
             aor,
             contact,
@@ -649,6 +749,13 @@ impl Worker {
 
 impl Handler for Worker {
     fn on_message(&mut self, io: &mut Io<'_>, from: FlowId, msg: Message) {
+        if self.index != CALL_WORKER
+            && let Message::Request(req) = &msg
+            && is_call_request(req)
+        {
+            self.hand_to_call_worker(from, msg);
+            return;
+        }
         let now = self.tx_now(io.now());
         let reliable = from.proto != Proto::Udp;
         let msg = match msg {
@@ -704,11 +811,30 @@ impl Handler for Worker {
                     self.respond_stateless(io, &from, a);
                 }
             }
+            Incoming::Response { key, response }
+                if self
+                    .hub
+                    .as_ref()
+                    .is_some_and(|h| h.client.contains_key(&key)) =>
+            {
+                self.on_call_response(io, from, response);
+            }
             Incoming::Response { key, response } if response.status().is_final() => {
                 let code = response.status().as_u16();
                 self.finish_probe(io, key, Some(code), None);
             }
-            // ACKs (the edge sends no 2xx to INVITE yet), provisionals, retransmissions, strays.
+            Incoming::StrayResponse { response } => {
+                if self.index != CALL_WORKER {
+                    self.hand_to_call_worker(from, Message::Response(response));
+                } else if self.hub.is_some() {
+                    // A 2xx retransmission of a far leg whose transaction is gone.
+                    self.on_call_response(io, from, response);
+                }
+            }
+            Incoming::Ack { request, .. } if self.hub.is_some() => {
+                self.on_call_ack(io, from, request);
+            }
+            // Provisionals of probes, retransmissions, strays.
             _ => {}
         }
         self.drain(io);
@@ -718,7 +844,10 @@ impl Handler for Worker {
         let shared = self.shared.clone();
         if let Some(commands) = shared.commands.get(self.index) {
             while let Some(c) = commands.pop() {
-                self.start_probe(io, c);
+                match c {
+                    Command::Call { from, msg } => self.on_message(io, from, msg),
+                    probe @ Command::Qualify { .. } => self.start_probe(io, probe),
+                }
             }
         }
         let Some(queue) = shared.completions.get(self.index) else {
@@ -744,11 +873,510 @@ impl Handler for Worker {
     fn on_timer(&mut self, io: &mut Io<'_>) {
         self.layer.handle_timeout(self.tx_now(io.now()));
         self.expire_bindings(io);
+        self.call_housekeeping(io);
         self.drain(io);
     }
 
     fn on_closed(&mut self, io: &mut Io<'_>, flow: FlowId) {
         tracing::trace!("flow closed: {flow:?}");
         self.drain(io);
+    }
+}
+
+/// Whether a request belongs to the B2BUA (everything but REGISTER and out-of-dialog OPTIONS,
+/// which any worker answers itself).
+fn is_call_request(req: &Request) -> bool {
+    match req.method() {
+        Method::Register => false,
+        Method::Options => req.to_tag().is_some(),
+        _ => true,
+    }
+}
+
+fn edge_transport(p: Proto) -> sipveil_b2bua::EdgeTransport {
+    match p {
+        Proto::Udp => sipveil_b2bua::EdgeTransport::Udp,
+        Proto::Tcp => sipveil_b2bua::EdgeTransport::Tcp,
+        Proto::Tls => sipveil_b2bua::EdgeTransport::Tls,
+    }
+}
+
+/// How the edge appears on a leg whose flow is `flow`, with media on `media_ip`.
+fn edge_address(flow: &FlowId, media_ip: IpAddr) -> sipveil_b2bua::EdgeAddress {
+    let default_port = if flow.proto == Proto::Tls { 5061 } else { 5060 };
+    sipveil_b2bua::EdgeAddress {
+        host: flow.local.ip().to_string(),
+        port: (flow.local.port() != default_port).then_some(flow.local.port()),
+        transport: edge_transport(flow.proto),
+        media_ip,
+    }
+}
+
+/// How an INVITE is routed (decided before the dialog map sees it).
+enum Route {
+    Targets(Vec<sipveil_b2bua::FarTarget<FlowId>>, String),
+    Refuse(StatusCode, &'static str),
+}
+
+impl Worker {
+    /// Hands `msg` to the call worker (module docs of [`super::calls`]).
+    fn hand_to_call_worker(&self, from: FlowId, msg: Message) {
+        if self
+            .shared
+            .push_command(CALL_WORKER, Command::Call { from, msg })
+        {
+            self.handle.wake(CALL_WORKER);
+        }
+    }
+
+    /// Runs `f` with the hub taken out of `self` (so `f` may use the rest of the worker).
+    fn with_hub(
+        &mut self,
+        io: &mut Io<'_>,
+        f: impl FnOnce(&mut Worker, &mut Io<'_>, &mut CallHub),
+    ) {
+        let Some(mut hub) = self.hub.take() else {
+            return;
+        };
+        hub.reconfigure(self.shared.calls.settings());
+        f(self, io, &mut hub);
+        hub.publish(&self.shared.metrics, &self.shared.calls.view);
+        self.hub = Some(hub);
+    }
+
+    /// Call worker: a request that is not REGISTER or out-of-dialog OPTIONS.
+    fn on_call_request(&mut self, io: &mut Io<'_>, from: FlowId, key: TransactionId, req: Request) {
+        self.call_tx_peer.insert(key, from.peer.ip());
+        self.with_hub(io, |w, io, hub| {
+            let msg = Message::Request(req);
+            hub.observe(&msg);
+            let Message::Request(req) = msg else {
+                return;
+            };
+            let outcome = {
+                let CallHub {
+                    map, ids, anchor, ..
+                } = hub;
+                map.handle_request(ids, anchor, from, key, req)
+            };
+            match outcome {
+                sipveil_b2bua::Outcome::Handled(actions) => w.run_call_actions(io, hub, actions),
+                sipveil_b2bua::Outcome::NotInDialog { tx, request } => {
+                    if *request.method() == Method::Invite {
+                        w.start_call(io, hub, from, tx, request);
+                    } else {
+                        w.on_local_request(io, from, tx, request, None);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Call worker: a response of a client transaction the dialog map started (or a stray 2xx).
+    fn on_call_response(&mut self, io: &mut Io<'_>, from: FlowId, response: Response) {
+        self.with_hub(io, |w, io, hub| {
+            let msg = Message::Response(response);
+            hub.observe(&msg);
+            let Message::Response(response) = msg else {
+                return;
+            };
+            let answered_call = (response.status().is_success()
+                && response.cseq().is_ok_and(|c| c.method == Method::Invite))
+            .then(|| hub.call_of(&Message::Response(response.clone())))
+            .flatten();
+            let actions = {
+                let CallHub {
+                    map, ids, anchor, ..
+                } = hub;
+                map.handle_response(ids, anchor, from, response)
+            };
+            if let Some(call) = answered_call
+                && let Some(m) = hub.calls.get_mut(&call)
+                && m.answered.is_none()
+            {
+                m.answered = Some(io.now());
+            }
+            w.run_call_actions(io, hub, actions);
+        });
+    }
+
+    /// Call worker: an ACK for a 2xx.
+    fn on_call_ack(&mut self, io: &mut Io<'_>, from: FlowId, ack: Request) {
+        self.with_hub(io, |w, io, hub| {
+            let actions = {
+                let CallHub {
+                    map, ids, anchor, ..
+                } = hub;
+                map.handle_ack(ids, anchor, from, &ack)
+            };
+            w.run_call_actions(io, hub, actions);
+        });
+    }
+
+    /// Call worker: a client transaction of a call got no answer (or could not be sent): the
+    /// map sees a 408.
+    fn on_call_timeout(&mut self, io: &mut Io<'_>, key: TransactionId) {
+        let Some(request) = self.layer.request(key).cloned() else {
+            return;
+        };
+        let Some((_, flow)) = self.hub.as_mut().and_then(|h| h.client.remove(&key)) else {
+            return;
+        };
+        let Ok(response) = request.response(StatusCode::REQUEST_TIMEOUT).build() else {
+            return;
+        };
+        self.with_hub(io, |w, io, hub| {
+            let actions = {
+                let CallHub {
+                    map, ids, anchor, ..
+                } = hub;
+                map.handle_response(ids, anchor, flow, response)
+            };
+            w.run_call_actions(io, hub, actions);
+        });
+    }
+
+    /// Call worker, about once a second: maximum duration and media timeout.
+    fn call_housekeeping(&mut self, io: &mut Io<'_>) {
+        if self.hub.is_none() || io.now() < self.next_call_check {
+            return;
+        }
+        self.next_call_check = io.now() + EXPIRY_PERIOD;
+        self.with_hub(io, |w, io, hub| {
+            for (call, why) in hub.due(io.now()) {
+                tracing::info!(call = call.0, "ending call: {why}");
+                if let Some(m) = hub.calls.get_mut(&call) {
+                    m.ending = true;
+                }
+                let actions = {
+                    let CallHub {
+                        map, ids, anchor, ..
+                    } = hub;
+                    map.end_call(ids, anchor, call)
+                };
+                w.run_call_actions(io, hub, actions);
+            }
+        });
+    }
+
+    /// Routing of a new INVITE (issue 5 item 1): served domain → the callee's bindings; a
+    /// static peer's domain → that peer; anything else 403 (never an open relay).
+    fn route_invite(
+        &self,
+        now_ms: u64,
+        req: &Request,
+        identity: &sipveil_b2bua::CallerIdentity,
+        settings: &CallSettings,
+    ) -> Route {
+        let uri = req.uri();
+        let user = uri
+            .user()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
+        let host = match uri.host() {
+            Some(Host::Domain(d)) => String::from_utf8_lossy(d).to_ascii_lowercase(),
+            _ => return Route::Refuse(StatusCode::NOT_FOUND, "Not Found"),
+        };
+        let anonymous = matches!(identity, sipveil_b2bua::CallerIdentity::Anonymous);
+        let Ok(registrar) = self.shared.registrar.lock() else {
+            return Route::Refuse(StatusCode::SERVER_INTERNAL_ERROR, "Server Internal Error");
+        };
+        if let Some(domain) = registrar.domain(&host) {
+            if anonymous && !domain.anonymous_callers {
+                return Route::Refuse(StatusCode::FORBIDDEN, "Anonymous Callers Not Accepted");
+            }
+            let bindings = registrar.lookup(&user, &host, now_ms);
+            if bindings.is_empty() {
+                return if registrar.user_exists(&user, &host) {
+                    Route::Refuse(
+                        StatusCode::TEMPORARILY_UNAVAILABLE,
+                        "Temporarily Unavailable",
+                    )
+                } else {
+                    Route::Refuse(StatusCode::NOT_FOUND, "Not Found")
+                };
+            }
+            if anonymous && registrar.refuses_anonymous(&user, &host) {
+                return Route::Refuse(
+                    StatusCode::new(433).unwrap_or(StatusCode::FORBIDDEN),
+                    "Anonymity Disallowed",
+                );
+            }
+            let targets: Vec<_> = bindings
+                .iter()
+                .filter_map(|b| {
+                    let uri = sipveil_sip::Uri::parse_str(&b.contact).ok()?;
+                    Some(sipveil_b2bua::FarTarget {
+                        uri,
+                        route: Vec::new(),
+                        trusted: false,
+                        flow: FlowId::from(b.flow),
+                    })
+                })
+                .collect();
+            if targets.is_empty() {
+                return Route::Refuse(
+                    StatusCode::TEMPORARILY_UNAVAILABLE,
+                    "Temporarily Unavailable",
+                );
+            }
+            return Route::Targets(targets, format!("{}@{host}", user.to_ascii_lowercase()));
+        }
+        drop(registrar);
+        if let Some(peer) = settings.peers.iter().find(|p| p.domain == host) {
+            // A static peer is reachable for callers this edge authenticated only.
+            if anonymous {
+                return Route::Refuse(StatusCode::FORBIDDEN, "Anonymous Callers Not Accepted");
+            }
+            let local = self.shared.calls.udp_local.read().ok().and_then(|l| {
+                l.iter()
+                    .find(|a| a.is_ipv4() == peer.address.is_ipv4())
+                    .copied()
+            });
+            let Some(local) = local else {
+                return Route::Refuse(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+            };
+            return Route::Targets(
+                vec![sipveil_b2bua::FarTarget {
+                    uri: uri.clone(),
+                    route: Vec::new(),
+                    trusted: peer.trusted,
+                    flow: FlowId {
+                        proto: Proto::Udp,
+                        local,
+                        peer: peer.address,
+                        worker: u16::try_from(CALL_WORKER).unwrap_or(0),
+                        conn: 0,
+                    },
+                }],
+                format!("{}@{host}", user.to_ascii_lowercase()),
+            );
+        }
+        Route::Refuse(StatusCode::FORBIDDEN, "Domain Not Served")
+    }
+
+    /// Call worker: a new INVITE. Identity (digest for authenticated domains), routing, then
+    /// the dialog map.
+    fn start_call(
+        &mut self,
+        io: &mut Io<'_>,
+        hub: &mut CallHub,
+        from: FlowId,
+        key: TransactionId,
+        req: Request,
+    ) {
+        let refuse = |w: &mut Worker, io: &mut Io<'_>, code: StatusCode, reason: &'static str| {
+            let extra: &[(HeaderName, &str)] = if code == StatusCode::SERVICE_UNAVAILABLE {
+                &[(HeaderName::RetryAfter, RETRY_AFTER_SECS)]
+            } else {
+                &[]
+            };
+            if let Some(a) = w.local_answer(&req, code, Some(reason), extra) {
+                w.respond(io, key, a);
+            }
+            w.shared.metrics.call_ended("refused");
+        };
+        let settings = hub.settings.clone();
+        if hub.calls.len() >= settings.max_calls {
+            tracing::warn!("max_calls ({}) reached: 503", settings.max_calls);
+            return refuse(
+                self,
+                io,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+            );
+        }
+        if matches!(self.target(&req), Target::Edge) {
+            return refuse(self, io, StatusCode::NOT_FOUND, "Not Found");
+        }
+        // Caller identity: digest when the From domain is an authenticated one served here.
+        let auth = match self.shared.registrar.lock() {
+            Ok(mut r) => r.authenticate_request(io.unix_ms(), &req),
+            Err(_) => sipveil_registrar::RequestAuth::Unanswerable,
+        };
+        let mut identity = match auth {
+            sipveil_registrar::RequestAuth::NotRequired => sipveil_b2bua::CallerIdentity::Anonymous,
+            sipveil_registrar::RequestAuth::Authenticated { aor } => {
+                match sipveil_sip::Uri::parse_str(&format!("sip:{aor}")) {
+                    Ok(aor) => sipveil_b2bua::CallerIdentity::Authenticated { aor },
+                    Err(_) => sipveil_b2bua::CallerIdentity::Anonymous,
+                }
+            }
+            sipveil_registrar::RequestAuth::Refused { response, failure } => {
+                if let Some(f) = failure {
+                    self.shared.metrics.auth_failure("other", f.as_str());
+                }
+                let response = self.finish(response);
+                self.respond(io, key, response);
+                self.shared.metrics.call_ended("refused");
+                return;
+            }
+            sipveil_registrar::RequestAuth::Unanswerable => {
+                self.pending.remove(&key);
+                self.layer.terminate(key);
+                return;
+            }
+        };
+        let (targets, callee) = match self.route_invite(io.unix_ms(), &req, &identity, &settings) {
+            Route::Targets(t, callee) => (t, callee),
+            Route::Refuse(code, reason) => return refuse(self, io, code, reason),
+        };
+        // A domain that forces anonymity (caller's or callee's): anonymous From on the far leg.
+        let from_domain = req
+            .from()
+            .ok()
+            .map(|f| String::from_utf8_lossy(f.uri().host_raw()).to_ascii_lowercase());
+        let callee_domain = callee.rsplit('@').next().unwrap_or_default().to_owned();
+        if settings
+            .force_anonymous
+            .iter()
+            .any(|d| Some(d) == from_domain.as_ref() || *d == callee_domain)
+        {
+            identity = sipveil_b2bua::CallerIdentity::Anonymous;
+        }
+        let Ok(callee_uri) = sipveil_sip::Uri::parse_str(&format!("sip:{callee}")) else {
+            return refuse(self, io, StatusCode::NOT_FOUND, "Not Found");
+        };
+        let Some(first) = targets.first().map(|t| t.flow) else {
+            return refuse(
+                self,
+                io,
+                StatusCode::TEMPORARILY_UNAVAILABLE,
+                "Temporarily Unavailable",
+            );
+        };
+        let a_call_id = req.call_id().unwrap_or_default();
+        let setup = sipveil_b2bua::CallSetup {
+            identity,
+            callee: callee_uri,
+            targets,
+            a_flow: from,
+            edge_a: edge_address(&from, hub.media_a),
+            edge_b: edge_address(&first, hub.media_b),
+        };
+        let invite_msg = Message::Request(req);
+        let a_ids = sipveil_b2bua::identifiers_of(&invite_msg, &hub.edge_ips, &[]);
+        let a_own = sipveil_b2bua::private_addresses(&invite_msg.to_bytes())
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        let Message::Request(req) = invite_msg else {
+            return;
+        };
+        let (call, actions) = {
+            let CallHub {
+                map, ids, anchor, ..
+            } = hub;
+            map.start_call(ids, anchor, key, req, setup)
+        };
+        match call {
+            Some(call) => {
+                hub.call_ids.insert(a_call_id.clone(), call);
+                hub.calls.insert(
+                    call,
+                    CallMeta {
+                        started: io.now(),
+                        answered: None,
+                        a_call_id,
+                        a_ids,
+                        b_ids: Vec::new(),
+                        a_own,
+                        b_own: Vec::new(),
+                        ending: false,
+                    },
+                );
+                tracing::info!(call = call.0, "call started");
+            }
+            None => self.shared.metrics.call_ended("refused"),
+        }
+        self.run_call_actions(io, hub, actions);
+    }
+
+    /// Leak detector on one egress message of `call`.
+    fn audit_call_message(&self, hub: &CallHub, call: Option<CallRef>, msg: &Message, to: IpAddr) {
+        let Some(call) = call else {
+            return;
+        };
+        for (kind, header) in hub.audit_egress(call, msg, to) {
+            tracing::warn!(call = call.0, kind, header = %header, "privacy leak on egress");
+            self.shared.metrics.privacy_leak(kind);
+        }
+    }
+
+    /// Carries out what the dialog map decided.
+    fn run_call_actions(
+        &mut self,
+        io: &mut Io<'_>,
+        hub: &mut CallHub,
+        actions: Vec<sipveil_b2bua::Action<FlowId, TransactionId>>,
+    ) {
+        use sipveil_b2bua::Action;
+        for action in actions {
+            match action {
+                Action::Respond { tx, response } => {
+                    let msg = Message::Response(response);
+                    let call = hub.call_of(&msg);
+                    let to = self
+                        .call_tx_peer
+                        .get(&tx)
+                        .copied()
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                    self.audit_call_message(hub, call, &msg, to);
+                    if let Message::Response(response) = msg {
+                        self.respond(io, tx, response);
+                    }
+                }
+                Action::Send {
+                    call,
+                    leg,
+                    flow,
+                    request,
+                } => {
+                    if let (sipveil_b2bua::LegRef::B(_), Ok(id)) = (leg, request.call_id()) {
+                        hub.call_ids.insert(id, call);
+                    }
+                    let msg = Message::Request(request);
+                    self.audit_call_message(hub, Some(call), &msg, flow.peer.ip());
+                    let Message::Request(request) = msg else {
+                        continue;
+                    };
+                    let remote = Remote {
+                        peer: flow,
+                        reliable: flow.proto != Proto::Udp,
+                    };
+                    match self
+                        .layer
+                        .send_request(self.tx_now(io.now()), remote, request)
+                    {
+                        Ok(key) => {
+                            hub.client.insert(key, (call, flow));
+                        }
+                        Err(e) => tracing::warn!(call = call.0, "call request not sent: {e}"),
+                    }
+                }
+                Action::SendAck {
+                    call,
+                    flow,
+                    request,
+                    ..
+                } => {
+                    let msg = Message::Request(request);
+                    self.audit_call_message(hub, Some(call), &msg, flow.peer.ip());
+                    self.layer.send_stateless(flow, &msg);
+                }
+                Action::CallEnded { call } => {
+                    if let Some(m) = hub.calls.remove(&call) {
+                        hub.call_ids.retain(|_, c| *c != call);
+                        let result = if m.answered.is_some() {
+                            "answered"
+                        } else {
+                            "unanswered"
+                        };
+                        self.shared.metrics.call_ended(result);
+                        tracing::info!(call = call.0, result, "call ended");
+                    }
+                }
+            }
+        }
     }
 }

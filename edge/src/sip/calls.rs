@@ -1,0 +1,522 @@
+//! The privacy B2BUA in the daemon (issue 5): the call hub that drives
+//! [`sipveil_b2bua::DialogMap`] on top of a worker's transaction layer, and the
+//! [`MediaAnchor`] backed by the daemon's [`MediaRelay`].
+//!
+//! # Threads: one call worker
+//!
+//! Every call lives on **worker 0 (the call worker)**: its `TransactionLayer` holds all server
+//! and client transactions of every call, and its [`CallHub`] owns the dialog map (no lock).
+//! The other workers keep REGISTER and out-of-dialog OPTIONS (the registrar scales across
+//! workers); any other request they receive, and any response their own transaction layer
+//! does not match (a far leg's answer: SO_REUSEPORT hashes the callee's 4-tuple to any
+//! socket), is handed to the call worker unchanged through the per-worker command queue and
+//! [`super::transport::PoolHandle::wake`]. The call worker parses nothing twice: the message
+//! travels as the parsed `Message` with the flow it arrived on, and answers go back down that
+//! flow (`Io::send` hands a send to the flow's owning worker).
+//!
+//! Why not partition calls across workers with the owner's index encoded in the Call-ID,
+//! tags and branches: every identifier the edge mints comes from the dialog map's
+//! [`sipveil_b2bua::IdSource`] so that it says nothing about either party, and a single owner
+//! needs no routing tag at all; call signalling is a few messages per call, far below what one
+//! worker handles, while the registrar (the heavy load) stays spread. A shared `Mutex`'d map
+//! was rejected because client transactions must be matched by the layer that sent them.
+//!
+//! # Media
+//!
+//! [`RelayAnchor`] maps each `(call, fork, m-line)` onto one `MediaRelay` relay: the caller
+//! (A) talks to the relay's A address (`[media] addresses.a`), the callee (B) to its B
+//! address, as the [`MediaAnchor`] docs describe. Relays are closed when the call ends; after a
+//! daemon restart the hub knows no call, so it closes no relay it did not open (the relay
+//! rebuilt from pinned flows keeps forwarding until idle expiry) and in-dialog requests get 481.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant as StdInstant;
+
+use bytes::Bytes;
+use sipveil_b2bua::{
+    CallRef, DialogMap, Identifier, MediaAnchor, MediaError as AnchorError, MediaRequest,
+    PrivacyPolicy, SeededIds, Side, audit, identifiers_of, private_addresses,
+};
+use sipveil_sip::transaction::TransactionId;
+use sipveil_sip::{HeaderName, Message};
+
+use super::transport::FlowId;
+use crate::config::CallSettings;
+use crate::media::flows::RelayOptions;
+use crate::media::{MediaRelay, RelayId};
+use crate::metrics::Metrics;
+
+/// The worker that owns every call.
+pub const CALL_WORKER: usize = 0;
+
+/// One anchored stream.
+#[derive(Clone, Copy, Debug)]
+struct Stream {
+    id: RelayId,
+    a_peer: SocketAddr,
+    b_peer: SocketAddr,
+    mux: bool,
+    a_edge: SocketAddr,
+    b_edge: SocketAddr,
+}
+
+fn unspecified_like(ip: IpAddr) -> SocketAddr {
+    match ip {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+/// [`MediaAnchor`] over the daemon's [`MediaRelay`]: one relay per `(call, fork, m-line)`.
+pub struct RelayAnchor {
+    relay: Arc<Mutex<MediaRelay>>,
+    addr_a: IpAddr,
+    streams: BTreeMap<(CallRef, u16, usize), Stream>,
+}
+
+impl RelayAnchor {
+    /// An anchor opening relays in `relay`; `addr_a` is the relay's A-side address (used for
+    /// the address family of a not-yet-known peer).
+    pub fn new(relay: Arc<Mutex<MediaRelay>>, addr_a: IpAddr) -> RelayAnchor {
+        RelayAnchor {
+            relay,
+            addr_a,
+            streams: BTreeMap::new(),
+        }
+    }
+
+    /// The relays of `call` (their ids: the A-side edge address).
+    pub fn relays_of(&self, call: CallRef) -> Vec<(RelayId, SocketAddr)> {
+        self.streams
+            .range((call, 0, 0)..=(call, u16::MAX, usize::MAX))
+            .map(|(_, s)| (s.id, s.b_edge))
+            .collect()
+    }
+
+    /// Monotonic ns of the last packet any of `call`'s relays forwarded (0: none yet).
+    pub fn last_media_ns(&self, call: CallRef) -> u64 {
+        let Ok(relay) = self.relay.lock() else {
+            return 0;
+        };
+        let mut last = 0;
+        for (id, _) in self.relays_of(call) {
+            if let Ok(info) = relay.info(id, true)
+                && let Some(st) = info.stats
+            {
+                for f in [st.a_rtp, st.a_rtcp, st.b_rtp, st.b_rtcp]
+                    .into_iter()
+                    .flatten()
+                {
+                    if f.packets > 0 {
+                        last = last.max(f.last_seen_ns);
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    fn open(
+        &self,
+        a_peer: SocketAddr,
+        b_peer: SocketAddr,
+        mux: bool,
+    ) -> Result<Stream, AnchorError> {
+        let mut relay = self
+            .relay
+            .lock()
+            .map_err(|_| AnchorError::Anchor("relay lock poisoned".to_owned()))?;
+        let opts = RelayOptions {
+            latch: true,
+            strict: false,
+            rtcp_mux: mux,
+        };
+        let info = relay.open(a_peer, b_peer, opts).map_err(|e| match e {
+            crate::media::MediaError::PortsExhausted { .. } | crate::media::MediaError::MapFull => {
+                AnchorError::Exhausted
+            }
+            other => AnchorError::Anchor(other.to_string()),
+        })?;
+        Ok(Stream {
+            id: info.id,
+            a_peer,
+            b_peer,
+            mux,
+            a_edge: info.a.edge,
+            b_edge: info.b.edge,
+        })
+    }
+}
+
+impl MediaAnchor for RelayAnchor {
+    fn allocate(&mut self, req: &MediaRequest) -> Result<SocketAddr, AnchorError> {
+        let key = (req.call, req.fork, req.index);
+        let family = req.peer.map_or(self.addr_a, |p| p.ip());
+        let unspec = unspecified_like(family);
+        let existing = self.streams.get(&key).copied();
+        let stream = match existing {
+            Some(mut s) if s.mux == req.rtcp_mux => {
+                let (mut a, mut b) = (s.a_peer, s.b_peer);
+                match (req.from, req.peer) {
+                    (Side::A, Some(p)) => a = p,
+                    (Side::B, Some(p)) => b = p,
+                    // Hold with 0.0.0.0 or a host name: keep the relay, rely on latching.
+                    (_, None) => {}
+                }
+                if (a, b) != (s.a_peer, s.b_peer) {
+                    let mut relay = self
+                        .relay
+                        .lock()
+                        .map_err(|_| AnchorError::Anchor("relay lock poisoned".to_owned()))?;
+                    let opts = RelayOptions {
+                        latch: true,
+                        strict: false,
+                        rtcp_mux: s.mux,
+                    };
+                    relay
+                        .update(s.id, a, b, opts, false)
+                        .map_err(|e| AnchorError::Anchor(e.to_string()))?;
+                    s.a_peer = a;
+                    s.b_peer = b;
+                }
+                s
+            }
+            other => {
+                // New stream, or rtcp-mux changed: (re)open (a short gap is unavoidable then).
+                let (a, b) = match (req.from, req.peer) {
+                    (Side::A, p) => (
+                        p.unwrap_or(unspec),
+                        other.map_or(unspecified_like(family), |s| s.b_peer),
+                    ),
+                    (Side::B, p) => (
+                        other.map_or(unspecified_like(family), |s| s.a_peer),
+                        p.unwrap_or(unspec),
+                    ),
+                };
+                if let Some(old) = other
+                    && let Ok(mut relay) = self.relay.lock()
+                {
+                    let _ = relay.close(old.id);
+                }
+                self.open(a, b, req.rtcp_mux)?
+            }
+        };
+        self.streams.insert(key, stream);
+        Ok(match req.from {
+            Side::A => stream.b_edge,
+            Side::B => stream.a_edge,
+        })
+    }
+
+    fn release(&mut self, call: CallRef, fork: Option<u16>) {
+        let keys: Vec<(CallRef, u16, usize)> = self
+            .streams
+            .range((call, 0, 0)..=(call, u16::MAX, usize::MAX))
+            .map(|(k, _)| *k)
+            .filter(|(_, f, _)| fork.is_none_or(|want| want == *f))
+            .collect();
+        let Ok(mut relay) = self.relay.lock() else {
+            return;
+        };
+        for k in keys {
+            if let Some(s) = self.streams.remove(&k)
+                && let Err(e) = relay.close(s.id)
+            {
+                tracing::debug!("closing relay {}: {e}", s.id);
+            }
+        }
+    }
+}
+
+/// What the hub knows about a call besides the dialog map.
+pub(crate) struct CallMeta {
+    pub started: StdInstant,
+    pub answered: Option<StdInstant>,
+    /// The caller leg's Call-ID (a message with it is A's or goes to A).
+    pub a_call_id: Bytes,
+    /// What each side revealed about itself (for the leak detector on the other side).
+    pub a_ids: Vec<Identifier>,
+    pub b_ids: Vec<Identifier>,
+    /// Private-range addresses each side itself sent (its own, not a leak when echoed to it).
+    pub a_own: Vec<IpAddr>,
+    pub b_own: Vec<IpAddr>,
+    pub ending: bool,
+}
+
+/// One line of `sipveil calls` (no party addresses).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CallView {
+    /// The call's number in this daemon's life.
+    pub id: u64,
+    /// `ringing`, `answered` or `ending`.
+    pub state: &'static str,
+    /// Seconds since the INVITE.
+    pub age_secs: u64,
+    /// The relays' ports: (A side, B side) per stream.
+    pub relay_ports: Vec<(u16, u16)>,
+}
+
+/// The call worker's B2BUA state.
+pub struct CallHub {
+    pub(crate) map: DialogMap<FlowId, TransactionId>,
+    pub(crate) ids: SeededIds,
+    pub(crate) anchor: RelayAnchor,
+    /// Client transactions the map started: their call and where they went.
+    pub(crate) client: HashMap<TransactionId, (CallRef, FlowId)>,
+    pub(crate) calls: HashMap<CallRef, CallMeta>,
+    /// Every Call-ID of a call's legs (A's and each far leg's).
+    pub(crate) call_ids: HashMap<Bytes, CallRef>,
+    pub(crate) settings: Arc<CallSettings>,
+    /// The edge's own addresses (listen and media): never a leak.
+    pub(crate) edge_ips: Vec<IpAddr>,
+    pub(crate) media_a: IpAddr,
+    pub(crate) media_b: IpAddr,
+}
+
+/// The dialog map's policy for `settings`.
+pub fn policy_of(settings: &CallSettings) -> PrivacyPolicy {
+    let mut p = PrivacyPolicy {
+        server: settings.server.clone(),
+        trust_domains: settings.trusted_hosts.clone(),
+        ..PrivacyPolicy::default()
+    };
+    for h in &settings.pass_headers {
+        let name = HeaderName::from_bytes(Bytes::from(h.clone()));
+        if !p.pass_headers.contains(&name) {
+            p.pass_headers.push(name);
+        }
+    }
+    p
+}
+
+impl CallHub {
+    /// A hub opening relays in `relay`.
+    pub fn new(
+        relay: Arc<Mutex<MediaRelay>>,
+        media_a: IpAddr,
+        media_b: IpAddr,
+        settings: Arc<CallSettings>,
+        edge_ips: Vec<IpAddr>,
+    ) -> CallHub {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // The identifiers stay unique; only their unpredictability depends on the seed.
+            seed = (std::process::id() as u64 ^ crate::sys::monotonic_ns()).to_le_bytes();
+        }
+        let mut edge_ips = edge_ips;
+        edge_ips.extend([media_a, media_b]);
+        CallHub {
+            map: DialogMap::new(policy_of(&settings)),
+            ids: SeededIds::new(u64::from_le_bytes(seed)),
+            anchor: RelayAnchor::new(relay, media_a),
+            client: HashMap::new(),
+            calls: HashMap::new(),
+            call_ids: HashMap::new(),
+            settings,
+            edge_ips,
+            media_a,
+            media_b,
+        }
+    }
+
+    /// Applies reloaded settings.
+    pub fn reconfigure(&mut self, settings: Arc<CallSettings>) {
+        if !Arc::ptr_eq(&settings, &self.settings) {
+            self.map.set_policy(policy_of(&settings));
+            self.settings = settings;
+        }
+    }
+
+    /// The call a message belongs to, by Call-ID.
+    pub(crate) fn call_of(&self, msg: &Message) -> Option<CallRef> {
+        let id = match msg {
+            Message::Request(r) => r.call_id().ok()?,
+            Message::Response(r) => r.call_id().ok()?,
+        };
+        self.call_ids.get(&id).copied()
+    }
+
+    /// Whether `msg` (of `call`) is on the caller's leg.
+    fn on_a_leg(&self, call: CallRef, msg: &Message) -> bool {
+        let id = match msg {
+            Message::Request(r) => r.call_id().ok(),
+            Message::Response(r) => r.call_id().ok(),
+        };
+        self.calls
+            .get(&call)
+            .is_some_and(|m| id.is_some_and(|i| i == m.a_call_id))
+    }
+
+    /// Records what an incoming message reveals about its sender.
+    pub(crate) fn observe(&mut self, msg: &Message) {
+        let Some(call) = self.call_of(msg) else {
+            return;
+        };
+        let a = self.on_a_leg(call, msg);
+        let ids = identifiers_of(msg, &self.edge_ips, &[]);
+        let own: Vec<IpAddr> = private_addresses(&msg.to_bytes())
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        if let Some(m) = self.calls.get_mut(&call) {
+            let (list, own_list) = if a {
+                (&mut m.a_ids, &mut m.a_own)
+            } else {
+                (&mut m.b_ids, &mut m.b_own)
+            };
+            for id in ids {
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+            }
+            for ip in own {
+                if !own_list.contains(&ip) {
+                    own_list.push(ip);
+                }
+            }
+        }
+    }
+
+    /// The leak detector: checks an egress message of `call` going to `recipient` (its flow's
+    /// peer) against the other side's identifiers and foreign private addresses. Returns the
+    /// findings' kinds and header names (never the values).
+    pub(crate) fn audit_egress(
+        &self,
+        call: CallRef,
+        msg: &Message,
+        recipient: IpAddr,
+    ) -> Vec<(&'static str, String)> {
+        let Some(m) = self.calls.get(&call) else {
+            return Vec::new();
+        };
+        let to_a = self.on_a_leg(call, msg);
+        let (other_ids, own) = if to_a {
+            (&m.b_ids, &m.a_own)
+        } else {
+            (&m.a_ids, &m.b_own)
+        };
+        let mut own: Vec<IpAddr> = own.clone();
+        own.push(recipient);
+        own.extend(self.edge_ips.iter().copied());
+        let bytes = msg.to_bytes();
+        audit(&bytes, other_ids, &own)
+            .into_iter()
+            .map(|f| {
+                let kind = match f.kind {
+                    sipveil_b2bua::FindingKind::Identifier(_) => "identifier",
+                    sipveil_b2bua::FindingKind::PrivateAddress(_) => "private_address",
+                };
+                (kind, header_at(&bytes, f.offset))
+            })
+            .collect()
+    }
+
+    /// The listing for `sipveil calls`.
+    pub(crate) fn views(&self) -> Vec<CallView> {
+        let now = StdInstant::now();
+        let mut v: Vec<CallView> = self
+            .calls
+            .iter()
+            .map(|(call, m)| CallView {
+                id: call.0,
+                state: if m.ending {
+                    "ending"
+                } else if m.answered.is_some() {
+                    "answered"
+                } else {
+                    "ringing"
+                },
+                age_secs: now.saturating_duration_since(m.started).as_secs(),
+                relay_ports: self
+                    .anchor
+                    .relays_of(*call)
+                    .into_iter()
+                    .map(|(a, b)| (a.port(), b.port()))
+                    .collect(),
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Publishes the listing and the gauge.
+    pub(crate) fn publish(&self, metrics: &Metrics, view: &Mutex<Vec<CallView>>) {
+        metrics.set_calls_active(self.calls.len());
+        if let Ok(mut v) = view.lock() {
+            *v = self.views();
+        }
+    }
+
+    /// Calls to end now: over `max_duration_secs`, or answered without media either way for
+    /// `media_timeout_secs`.
+    pub(crate) fn due(&self, now: StdInstant) -> Vec<(CallRef, &'static str)> {
+        let s = &self.settings;
+        let now_ns = crate::sys::monotonic_ns();
+        let mut out = Vec::new();
+        for (call, m) in &self.calls {
+            if m.ending {
+                continue;
+            }
+            if s.max_duration_secs > 0
+                && now.saturating_duration_since(m.started).as_secs() >= s.max_duration_secs
+            {
+                out.push((*call, "max_duration"));
+                continue;
+            }
+            if s.media_timeout_secs > 0
+                && let Some(answered) = m.answered
+            {
+                let timeout_ns = s.media_timeout_secs.saturating_mul(1_000_000_000);
+                let last = self.anchor.last_media_ns(*call);
+                let silent = if last == 0 {
+                    u64::try_from(now.saturating_duration_since(answered).as_nanos())
+                        .unwrap_or(u64::MAX)
+                } else {
+                    now_ns.saturating_sub(last)
+                };
+                if silent >= timeout_ns {
+                    out.push((*call, "media_timeout"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The header name of the line holding byte `offset` (`body` past the header block).
+fn header_at(bytes: &[u8], offset: usize) -> String {
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(bytes.len());
+    if offset >= head_end {
+        return "body".to_owned();
+    }
+    let start = bytes
+        .get(..offset)
+        .and_then(|b| b.iter().rposition(|&c| c == b'\n'))
+        .map_or(0, |p| p + 1);
+    let line = bytes.get(start..head_end).unwrap_or_default();
+    match line.iter().position(|&c| c == b':') {
+        Some(colon) if start > 0 => String::from_utf8_lossy(line.get(..colon).unwrap_or_default())
+            .trim()
+            .to_owned(),
+        _ => "start-line".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_at_names_the_line() {
+        let m = b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\nX-Home: 10.0.0.1\r\n\r\nv=0\r\n";
+        assert_eq!(header_at(m, 3), "start-line");
+        let off = m.windows(8).position(|w| w == b"10.0.0.1").unwrap();
+        assert_eq!(header_at(m, off), "X-Home");
+        let body = m.windows(3).position(|w| w == b"v=0").unwrap();
+        assert_eq!(header_at(m, body), "body");
+    }
+}
