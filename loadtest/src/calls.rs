@@ -188,6 +188,11 @@ pub struct ServerResult {
     /// Whole-system CPU time (all processes: server, SIPp both sides, kernel) per completed
     /// call at `fixed_rate`, µs.
     pub cpu_us_per_call: Option<f64>,
+    /// CPU time of the server's processes only (everything in sv-edge: sipveil, or Kamailio and
+    /// rtpengine) per completed call, µs. Excludes softirq work (XDP), which runs in no process.
+    pub server_cpu_us_per_call: Option<f64>,
+    /// Where the setup times come from: `capture` (dumpcap at the caller) or `sipp-rtd`.
+    pub setup_source: Option<String>,
     /// Busy CPUs during the fixed-rate window.
     pub busy_cpus: Option<f64>,
     /// The server's own media counters after the fixed-rate run (`sipveil stats --json` or
@@ -205,6 +210,9 @@ pub struct Summary {
     pub setup_p99_ratio: Option<f64>,
     /// sipveil's whole-system CPU per call ÷ the peer's (at the fixed rate).
     pub cpu_per_call_ratio: Option<f64>,
+    /// The same from the server processes' own CPU time (see
+    /// [`ServerResult::server_cpu_us_per_call`]).
+    pub server_cpu_per_call_ratio: Option<f64>,
     pub sipveil: ServerResult,
     pub kamailio: ServerResult,
     pub quick: bool,
@@ -220,6 +228,10 @@ impl Summary {
             cps_ratio: ratio(sipveil.max_cps, kamailio.max_cps),
             setup_p99_ratio: ratio(sipveil.setup_p99_ms, kamailio.setup_p99_ms),
             cpu_per_call_ratio: ratio(sipveil.cpu_us_per_call, kamailio.cpu_us_per_call),
+            server_cpu_per_call_ratio: ratio(
+                sipveil.server_cpu_us_per_call,
+                kamailio.server_cpu_us_per_call,
+            ),
             sipveil,
             kamailio,
             quick,

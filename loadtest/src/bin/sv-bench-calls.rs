@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use sipveil_loadtest::bench::{CpuTimes, PercentileAxes, RateSearch, plot_percentiles_svg};
+use sipveil_loadtest::bench::{
+    CpuTimes, PercentileAxes, RateSearch, parse_pid_cpu_ticks, plot_percentiles_svg,
+};
 use sipveil_loadtest::calls::{
     AUDIO_FILE, BENCH_DOMAIN, BENCH_USER, CallTrial, SETUP_RTD, ServerResult, SippCalls, Summary,
     quantile, sipveil_config, trial_ok, ulaw_silence,
 };
 use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
 use sipveil_loadtest::procs::ChildGuard;
+use sipveil_loadtest::register_pcap::request_latency;
 use sipveil_loadtest::rtpengine::NgClient;
 use sipveil_loadtest::sipp::{parse_rtt_csv, parse_stat_csv};
 
@@ -143,6 +146,30 @@ fn media_account(s: Server, sipveil: &Path) -> String {
         }
         Err(e) => format!("unavailable: {e}"),
     }
+}
+
+/// Processes in a namespace (`ip netns pids`).
+fn lab_pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// utime + stime of `pids` (ticks; processes gone since count 0).
+fn pids_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|t| parse_pid_cpu_ticks(&t).ok())
+        .sum()
 }
 
 fn tick_ns() -> f64 {
@@ -408,6 +435,34 @@ impl Bench {
         Ok((totals, setup))
     }
 
+    /// dumpcap on a0 in sv-a (SIP port only) for the fixed-rate run.
+    fn start_capture(&self, dir: &Path) -> Result<(ChildGuard, PathBuf)> {
+        let pcap = dir.join("a0.pcap");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", lab::NS_A, "dumpcap"])
+            .args(["-i", "a0", "-P", "-q", "-s", "600", "-B", "32"])
+            .args(["-f", "udp port 5060"])
+            .args([
+                "-a",
+                &format!(
+                    "duration:{}",
+                    (self.o.fixed_secs + self.o.media_ms as f64 / 1000.0) as u64 + 60
+                ),
+            ])
+            .arg("-w")
+            .arg(&pcap)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("dumpcap.log"))?);
+        let g = ChildGuard::spawn("dumpcap", &mut cmd)?;
+        let t = Instant::now();
+        while !pcap.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok((g, pcap))
+    }
+
     fn measure(&mut self, s: Server) -> Result<ServerResult> {
         let mut result = ServerResult {
             server: s.name().into(),
@@ -466,12 +521,46 @@ impl Bench {
         result.max_cps = search.best_ok;
 
         let calls = (self.o.fixed_rate * self.o.fixed_secs).ceil() as u64;
+        let cap_dir = self.workdir("capture")?;
+        let (mut dumpcap, pcap) = self.start_capture(&cap_dir)?;
+        let server_pids = lab_pids(lab::NS_EDGE);
+        let server_before = pids_cpu_ticks(&server_pids);
         let before = proc_stat()?;
         let t0 = Instant::now();
         let (totals, mut setup) = self.offer(EDGE_A, self.o.fixed_rate, calls)?;
         let wall = t0.elapsed();
         let after = proc_stat()?;
+        let server_after = pids_cpu_ticks(&server_pids);
+        std::thread::sleep(Duration::from_millis(500));
+        dumpcap.stop();
         let busy_ns = after.delta(&before).busy() as f64 * tick_ns();
+        if totals.successful > 0 {
+            result.server_cpu_us_per_call = Some(
+                server_after.saturating_sub(server_before) as f64 * tick_ns()
+                    / 1000.0
+                    / totals.successful as f64,
+            );
+        }
+        // Setup times from the capture at the caller's interface (SIPp's own tick in 4 ms
+        // steps); SIPp's as a fallback.
+        let mut setup_source = "sipp-rtd";
+        if let Ok(bytes) = fs::read(&pcap)
+            && let Ok(lat) = request_latency(&bytes, "INVITE")
+            && !lat.histogram.is_empty()
+        {
+            setup = lat
+                .histogram
+                .iter_recorded()
+                .flat_map(|v| {
+                    std::iter::repeat_n(
+                        v.value_iterated_to() as f64 / 1e6,
+                        v.count_at_value() as usize,
+                    )
+                })
+                .collect();
+            setup_source = "capture";
+        }
+        result.setup_source = Some(setup_source.into());
         result.fixed_calls_ok = totals.successful;
         result.fixed_calls_failed = totals.failed;
         result.busy_cpus = Some(busy_ns / 1e9 / wall.as_secs_f64());
@@ -603,17 +692,24 @@ fn run() -> Result<bool> {
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     println!("\n=== calls with media anchored (noisy shared 2-core machine)");
     println!(
-        "{:<10} {:>10} {:>12} {:>12} {:>14} {:>10}",
-        "server", "max CPS", "setup p50", "setup p99", "CPU µs/call", "busy CPUs"
+        "{:<10} {:>10} {:>12} {:>12} {:>14} {:>16} {:>10}",
+        "server",
+        "max CPS",
+        "setup p50 ms",
+        "setup p99 ms",
+        "CPU µs/call",
+        "server µs/call",
+        "busy CPUs"
     );
     for r in [&summary.sipveil, &summary.kamailio] {
         println!(
-            "{:<10} {:>10} {:>12} {:>12} {:>14} {:>10}{}",
+            "{:<10} {:>10} {:>12} {:>12} {:>14} {:>16} {:>10}{}",
             r.server,
             f(r.max_cps),
             f(r.setup_p50_ms),
             f(r.setup_p99_ms),
             f(r.cpu_us_per_call),
+            f(r.server_cpu_us_per_call),
             f(r.busy_cpus),
             r.error
                 .as_ref()
@@ -626,6 +722,10 @@ fn run() -> Result<bool> {
         f(summary.cps_ratio),
         f(summary.setup_p99_ratio),
         f(summary.cpu_per_call_ratio)
+    );
+    println!(
+        "server processes only (no softirq/XDP time; less noisy): server_cpu_per_call_ratio {}",
+        f(summary.server_cpu_per_call_ratio)
     );
     println!("wrote {} and {}", path.display(), plot.display());
     Ok(summary.sipveil.error.is_none() && summary.kamailio.error.is_none())
