@@ -24,6 +24,9 @@ pub const SETUP_RTD: &str = "setup";
 pub const BENCH_USER: &str = "bench";
 /// The open domain both servers serve.
 pub const BENCH_DOMAIN: &str = "open.lab";
+/// sipveil's `[calls] max_calls` in the bench: far above what the lab can offer, so the
+/// daemon's admission limit (default 1000) is not what the search finds (Kamailio has none).
+pub const MAX_CALLS: u32 = 20_000;
 /// The file name the scenarios stream (in SIPp's working directory).
 pub const AUDIO_FILE: &str = "silence.ulaw";
 
@@ -104,8 +107,8 @@ pub fn trial_ok(totals: &SippTotals, expected: u64) -> bool {
 }
 
 /// The sipveil configuration for the run: XDP on the lab's edge interfaces, UDP SIP on
-/// `listen` (and on `listen_b` toward B), in-memory-ish registrar database `database`, an open
-/// domain that accepts anonymous callers.
+/// `listen` (and on `listen_b` toward B), registrar database `database`, an open domain that
+/// accepts anonymous callers, relay ports 30000–59999 (rtpengine gets the same range).
 #[must_use]
 pub fn sipveil_config(
     instance: &str,
@@ -128,7 +131,7 @@ pub fn sipveil_config(
          \n\
          [media]\n\
          port_min = 30000\n\
-         port_max = 39999\n\
+         port_max = 59999\n\
          idle_timeout_secs = 120\n\
          addresses = {{ a = \"198.18.1.1\", b = \"198.18.2.1\" }}\n\
          workers = 1\n\
@@ -144,6 +147,9 @@ pub fn sipveil_config(
          edge_names = [\"edge.lab\"]\n\
          server = \"sipveil-bench\"\n\
          \n\
+         [calls]\n\
+         max_calls = {max_calls}\n\
+         \n\
          [registrar]\n\
          database = \"{db}\"\n\
          min_expires = 60\n\
@@ -158,6 +164,7 @@ pub fn sipveil_config(
         control = control.display(),
         udp = udp.join(", "),
         db = database.display(),
+        max_calls = MAX_CALLS,
     )
 }
 
@@ -339,6 +346,7 @@ mod tests {
         assert!(text.contains("udp = [\"198.18.1.1:5060\", \"198.18.2.1:5060\"]"));
         assert!(text.contains("anonymous_callers = true"));
         assert!(text.contains("xdp = \"auto\""));
+        assert!(text.contains("[calls]\nmax_calls = 20000\n"));
     }
 
     #[test]
