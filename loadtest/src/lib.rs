@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod bencode;
+pub mod calls;
 pub mod clock;
 pub mod hlog;
 pub mod kamailio;
@@ -30,3 +31,4 @@ pub mod rtpengine;
 pub mod sender;
 pub mod sipp;
 pub mod stats;
+pub mod ua;

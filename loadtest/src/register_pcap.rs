@@ -89,6 +89,12 @@ fn udp_payload(link: u32, frame: &[u8]) -> Option<&[u8]> {
 
 /// Reads a capture and pairs REGISTERs with their 200 OKs by Call-ID.
 pub fn register_latency(pcap: &[u8]) -> Result<CaptureLatency, PcapError> {
+    request_latency(pcap, "REGISTER")
+}
+
+/// Reads a capture and pairs the first `method` request of each Call-ID with the first 200 OK
+/// whose CSeq names `method` (for INVITE: the call setup time at the capture point).
+pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, PcapError> {
     let magic_bytes: [u8; 4] = pcap
         .get(0..4)
         .and_then(|b| b.try_into().ok())
@@ -147,7 +153,14 @@ pub fn register_latency(pcap: &[u8]) -> Result<CaptureLatency, PcapError> {
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .unwrap_or(""),
         };
-        handle(text, t_ns, &mut started, &mut histogram, &mut datagrams);
+        handle(
+            text,
+            method,
+            t_ns,
+            &mut started,
+            &mut histogram,
+            &mut datagrams,
+        );
     }
     let unanswered = started.values().filter(|&&t| t != u64::MAX).count() as u64;
     Ok(CaptureLatency {
@@ -160,6 +173,7 @@ pub fn register_latency(pcap: &[u8]) -> Result<CaptureLatency, PcapError> {
 
 fn handle(
     text: &str,
+    method: &str,
     t_ns: u64,
     started: &mut HashMap<String, u64>,
     histogram: &mut Histogram<u64>,
@@ -169,10 +183,13 @@ fn handle(
         return;
     };
     *datagrams += 1;
-    if text.starts_with("REGISTER ") {
+    if text
+        .strip_prefix(method)
+        .is_some_and(|rest| rest.starts_with(' '))
+    {
         started.entry(call_id.to_owned()).or_insert(t_ns);
     } else if text.starts_with("SIP/2.0 200")
-        && header(text, "CSeq", None).is_some_and(|c| c.ends_with("REGISTER"))
+        && header(text, "CSeq", None).is_some_and(|c| c.ends_with(method))
         && let Some(t0) = started.get_mut(call_id)
         && *t0 != u64::MAX
     {
@@ -273,5 +290,27 @@ mod tests {
         cap.truncate(cap.len() - 3);
         let l = register_latency(&cap).unwrap_or_else(|e| panic!("{e}"));
         assert!(l.truncated);
+    }
+
+    #[test]
+    fn invite_setup_is_timed_to_its_200_not_to_the_bye_200() {
+        let inv = "INVITE sip:bench@open.lab SIP/2.0\r\nCall-ID: k1\r\nCSeq: 1 INVITE\r\n\r\n";
+        let ok_inv = "SIP/2.0 200 OK\r\nCall-ID: k1\r\nCSeq: 1 INVITE\r\n\r\n";
+        let ok_bye = "SIP/2.0 200 OK\r\nCall-ID: k1\r\nCSeq: 2 BYE\r\n\r\n";
+        let cap = pcap(&[
+            (5, 0, frame(inv)),
+            (
+                5,
+                100,
+                frame("SIP/2.0 100 Trying\r\nCall-ID: k1\r\nCSeq: 1 INVITE\r\n\r\n"),
+            ),
+            (5, 2500, frame(ok_inv)),
+            (7, 0, frame(ok_bye)),
+            (7, 5, frame(REG1)),
+        ]);
+        let l = request_latency(&cap, "INVITE").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.histogram.len(), 1);
+        assert!(l.histogram.value_at_quantile(0.5).abs_diff(2_500_000) < 5000);
+        assert_eq!(l.unanswered, 0);
     }
 }

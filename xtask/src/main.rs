@@ -56,11 +56,12 @@ enum Task {
         #[arg(long, default_value = "default")]
         instance: String,
     },
-    /// Lab up, daemon, RTP both ways through the relay, summary; the lab is torn down after.
+    /// Lab up, daemon with XDP, a callee registers a nickname, an anonymous caller calls it
+    /// through the edge, RTP both ways, hang up, summary with the leak audit; lab torn down after.
     Demo {
-        /// Relays to open (one RTP stream each way per relay).
-        #[arg(long, default_value_t = 2)]
-        streams: u32,
+        /// The nickname the callee registers in open.lab.
+        #[arg(long, default_value = "sunny")]
+        nickname: String,
         /// Seconds of RTP.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
@@ -76,7 +77,8 @@ enum Task {
         out: PathBuf,
     },
     /// Build in release mode and run a benchmark harness: `bench register ARGS` runs
-    /// `sv-bench-register ARGS`, `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
+    /// `sv-bench-register ARGS`, `bench calls ARGS` runs `sv-bench-calls ARGS` (`--quick` for a
+    /// smoke run), `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -113,11 +115,11 @@ fn main() -> Result<()> {
         Task::Run { iface, config } => metal::run(&iface, config),
         Task::Unload { iface, instance } => metal::unload(iface.as_deref(), &instance),
         Task::Demo {
-            streams,
+            nickname,
             seconds,
             keep_lab,
         } => demo::run_demo(demo::Options {
-            streams,
+            nickname,
             seconds,
             keep_lab,
         }),
@@ -126,6 +128,7 @@ fn main() -> Result<()> {
             Some((first, rest)) if first == "register" => {
                 metal::bench_harness("sv-bench-register", rest)
             }
+            Some((first, rest)) if first == "calls" => metal::bench_harness("sv-bench-calls", rest),
             _ => metal::bench_harness("sv-bench-relay", &args),
         },
         Task::Test => test::run(),
