@@ -1,0 +1,10 @@
+//! The flood shield, daemon side (issue 6): the policy engine ([`policy`]) and the userspace
+//! enforcement used when XDP is off ([`limiter`]).
+pub mod limiter;
+pub mod policy;
+
+pub use limiter::{Drops, Limits, Peer, UserShield, Verdict, classify};
+pub use policy::{
+    Allow, Block, BlockReason, Event, Observation, Policy, PolicyConfig, PolicyError,
+    ScannerPatterns, Source, Threshold,
+};
