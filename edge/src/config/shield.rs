@@ -259,6 +259,7 @@ pub(crate) fn build(
         ));
     }
     out.event_interval_ms = s.event_interval_ms.unwrap_or(0);
+    out.limits.event_interval_ms = out.event_interval_ms;
     if let Some(p) = &s.scanner_patterns {
         out.scanner_patterns = p.clone();
     }

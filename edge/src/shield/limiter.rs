@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use sipveil_abi::shield::{
-    CLASSES, MAX_BURST, MAX_ELAPSED_NS, MAX_MULTIPLIER, MAX_RATE, RateLimit, ShieldClass,
-    SourceKey, TOKEN, TokenBucket,
+    CLASSES, DEFAULT_EVENT_INTERVAL_MS, MAX_BURST, MAX_ELAPSED_NS, MAX_MULTIPLIER, MAX_RATE,
+    RateLimit, ShieldClass, SourceBuckets, SourceKey, TOKEN, TokenBucket,
 };
 
 use super::policy::{BlockReason, Source};
@@ -62,6 +62,9 @@ pub struct Limits {
     pub global: RateLimit,
     /// Default multiplier of allowlisted sources (0 means 1).
     pub allow_multiplier: u32,
+    /// A rate drop reports its source at most once per this many ms (0: the XDP default,
+    /// `DEFAULT_EVENT_INTERVAL_MS`), as the XDP program writes its events.
+    pub event_interval_ms: u32,
 }
 
 /// The verdict on one packet (or accepted connection).
@@ -70,7 +73,11 @@ pub enum Verdict {
     Pass,
     PassAllowlisted,
     DropBlocked,
-    DropRate(ShieldClass),
+    /// `event`: the first drop of this source within the event interval (report it).
+    DropRate {
+        class: ShieldClass,
+        event: bool,
+    },
     DropGlobal,
 }
 
@@ -154,7 +161,7 @@ impl Peer {
 pub struct UserShield {
     limits: Limits,
     capacity: usize,
-    buckets: HashMap<SourceKey, [TokenBucket; CLASSES]>,
+    buckets: HashMap<SourceKey, SourceBuckets>,
     global: TokenBucket,
     blocks: HashMap<SourceKey, (u64, BlockReason)>,
     allows: HashMap<SourceKey, AllowRule>,
@@ -253,7 +260,7 @@ impl UserShield {
             Verdict::PassAllowlisted => self.drops.passed_allowlisted += 1,
             Verdict::DropBlocked => self.drops.blocked += 1,
             Verdict::DropGlobal => self.drops.global += 1,
-            Verdict::DropRate(c) => self.drops.rate[c as usize] += 1,
+            Verdict::DropRate { class, .. } => self.drops.rate[class as usize] += 1,
         }
         v
     }
@@ -298,8 +305,18 @@ impl UserShield {
                 self.buckets.clear();
             }
             let b = self.buckets.entry(key).or_default();
-            if !take(&mut b[idx], rate, burst, now) {
-                return Verdict::DropRate(class);
+            if !take(&mut b.classes[idx], rate, burst, now) {
+                b.dropped += 1;
+                let interval_ms = match self.limits.event_interval_ms {
+                    0 => DEFAULT_EVENT_INTERVAL_MS,
+                    ms => ms,
+                };
+                let event = b.last_event_ns == 0
+                    || now.saturating_sub(b.last_event_ns) >= u64::from(interval_ms) * 1_000_000;
+                if event {
+                    b.last_event_ns = now;
+                }
+                return Verdict::DropRate { class, event };
             }
         }
         let g = self.limits.global;
@@ -373,7 +390,10 @@ mod tests {
         }
         assert_eq!(
             s.check(a, ShieldClass::Register, t0),
-            Verdict::DropRate(ShieldClass::Register)
+            Verdict::DropRate {
+                class: ShieldClass::Register,
+                event: true
+            }
         );
         // Other classes and other sources have their own buckets / no limit.
         assert_eq!(s.check(a, ShieldClass::Invite, t0), Verdict::Pass);
@@ -382,9 +402,13 @@ mod tests {
             Verdict::Pass
         );
         // 10/s: one token per 100 ms.
+        // The second drop within the event interval is not reported again.
         assert_eq!(
             s.check(a, ShieldClass::Register, t0 + 99 * MS),
-            Verdict::DropRate(ShieldClass::Register)
+            Verdict::DropRate {
+                class: ShieldClass::Register,
+                event: false
+            }
         );
         assert_eq!(
             s.check(a, ShieldClass::Register, t0 + 100 * MS),
@@ -408,10 +432,10 @@ mod tests {
                 Verdict::PassAllowlisted
             );
         }
-        assert_eq!(
+        assert!(matches!(
             s.check(a, ShieldClass::Register, 2 * S),
-            Verdict::DropRate(ShieldClass::Register)
-        );
+            Verdict::DropRate { .. }
+        ));
         // Expired blocks no longer apply even before `expire` runs.
         s.block(Source::of(a), 3 * S, BlockReason::Manual);
         assert_eq!(

@@ -264,8 +264,10 @@ impl Shield {
     fn after(&self, ip: IpAddr, v: Verdict) -> bool {
         match v {
             Verdict::Pass | Verdict::PassAllowlisted => true,
-            Verdict::DropRate(_) => {
-                self.observe(ip, Observation::RateLimited);
+            Verdict::DropRate { event, .. } => {
+                if event {
+                    self.observe(ip, Observation::RateLimited);
+                }
                 false
             }
             Verdict::DropBlocked | Verdict::DropGlobal => false,
