@@ -155,6 +155,12 @@ pub fn run(cfg: &Config, config_path: &Path, no_xdp: bool) -> anyhow::Result<()>
     let sip = if cfg.sip.enabled() {
         let sip = SipEdge::start(cfg).context("starting the SIP side")?;
         let _ = edge.state.sip.set(sip.clone());
+        if let Some(shield) = edge.state.shield.get().cloned() {
+            let state = edge.state.clone();
+            sip.metrics.add_collector(Box::new(move |out| {
+                shield.render_metrics(out, (state.xdp_counters)());
+            }));
+        }
         Some(sip)
     } else {
         None

@@ -318,6 +318,24 @@ fn wrong_password_storm_blocks_until_unblocked() {
         "{stats}"
     );
     assert_eq!(stats["blocked_sources"], 1, "{stats}");
+    let metrics = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(["metrics", "--socket"])
+        .arg(d.dir.join("ctl.sock"))
+        .output()
+        .expect("sipveil metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("\nsipveil_shield_blocked_sources 1\n"),
+        "{metrics}"
+    );
+    let blocked_drops = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"sipveil_shield_drops_total{reason="blocked",path="userspace"} "#)
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(blocked_drops >= 1, "{metrics}");
     // Another source is not affected.
     let mut other = Client::new(&d, "127.0.0.12");
     assert!(other.options("pjsip").is_some());

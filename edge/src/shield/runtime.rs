@@ -385,6 +385,42 @@ impl Shield {
         self.lock().user.drops().by_reason()
     }
 
+    /// Appends `sipveil_shield_drops_total{reason,path}` (path `xdp` from the XDP counters
+    /// `shield_drop_*`, `userspace` from the limiter) and `sipveil_shield_blocked_sources` as
+    /// OpenMetrics text.
+    pub fn render_metrics(&self, out: &mut String, xdp: Option<Vec<(&'static str, u64)>>) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# TYPE sipveil_shield_drops counter");
+        let _ = writeln!(
+            out,
+            "# HELP sipveil_shield_drops Packets (or TCP connections) the flood shield dropped, by reason and by where (xdp, userspace)."
+        );
+        for (name, v) in xdp.unwrap_or_default() {
+            if let Some(reason) = name.strip_prefix("shield_drop_") {
+                let _ = writeln!(
+                    out,
+                    "sipveil_shield_drops_total{{reason=\"{reason}\",path=\"xdp\"}} {v}"
+                );
+            }
+        }
+        for (reason, v) in self.user_drops() {
+            let _ = writeln!(
+                out,
+                "sipveil_shield_drops_total{{reason=\"{reason}\",path=\"userspace\"}} {v}"
+            );
+        }
+        let _ = writeln!(out, "# TYPE sipveil_shield_blocked_sources gauge");
+        let _ = writeln!(
+            out,
+            "# HELP sipveil_shield_blocked_sources Sources (IPv4 /32, IPv6 /64) blocked now."
+        );
+        let _ = writeln!(
+            out,
+            "sipveil_shield_blocked_sources {}",
+            self.blocked_sources()
+        );
+    }
+
     /// `enforcement`, userspace drops and map write errors.
     pub fn stats(&self) -> Value {
         let g = self.lock();
