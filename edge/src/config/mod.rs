@@ -484,6 +484,7 @@ impl Config {
                 let _ = writeln!(s, "metrics       off");
             }
         }
+        let _ = writeln!(s, "{}", self.shield.summary());
         s
     }
 }

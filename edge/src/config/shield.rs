@@ -92,6 +92,30 @@ impl Default for ShieldSettings {
     }
 }
 
+impl ShieldSettings {
+    /// One line for `check-config`.
+    pub fn summary(&self) -> String {
+        if !self.limits.enabled {
+            return "shield        off".to_owned();
+        }
+        let r = self.limits.per_class[ShieldClass::Register as usize];
+        let p = &self.policy;
+        format!(
+            "shield        on; register {}/s burst {}; global {}/s; {} peer(s); block after {} \
+             auth failures / {} unknown users / {} rate events, {}s doubling to {}s",
+            r.rate,
+            r.burst,
+            self.limits.global.rate,
+            self.peers.len(),
+            p.auth_failures.count,
+            p.unknown_users.count,
+            p.rate_events.count,
+            p.block_ns / NS_PER_S,
+            p.block_max_ns / NS_PER_S
+        )
+    }
+}
+
 /// Default per-source limits (packets/s, burst): generous for a client, tight for a flood.
 const DEFAULTS: [(ShieldClass, u32, u32); 7] = [
     (ShieldClass::Register, 20, 40),
@@ -264,4 +288,98 @@ pub(crate) fn build(
         out.scanner_patterns = p.clone();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::*;
+
+    const BASE: &str = "[media]\nport_min = 40000\nport_max = 40099\n\
+                        addresses = { a = \"198.18.1.1\", b = \"198.18.2.1\" }\n\n";
+
+    fn parse(shield: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), &format!("{BASE}{shield}"))
+    }
+
+    #[test]
+    fn absent_is_off_with_defaults() {
+        let c = parse("").expect("config");
+        assert!(!c.shield.limits.enabled);
+        assert_eq!(
+            c.shield.limits.per_class[ShieldClass::Register as usize],
+            RateLimit {
+                rate: 20,
+                burst: 40
+            }
+        );
+        assert_eq!(c.shield.summary(), "shield        off");
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            "[shield]\nenabled = true\nregister = { rate = 5, burst = 9 }\n\
+             syn = { rate = 0, burst = 0 }\nglobal = { rate = 100, burst = 200 }\n\
+             allow_multiplier = 7\nallow_secs = 60\n\
+             peers = [{ address = \"198.18.1.0/24\", unlimited = true }, { address = \"2001:db8::1\", multiplier = 3 }]\n\
+             auth_failures = { count = 3, window_secs = 30 }\n\
+             unknown_users = { count = 4, window_secs = 40 }\n\
+             rate_events = { count = 2, window_secs = 20 }\n\
+             block_secs = 10\nblock_max_secs = 80\nstrike_memory_secs = 1000\n\
+             event_interval_ms = 250\nscanner_patterns = [\"evil\"]\n",
+        )
+        .expect("config");
+        let s = &c.shield;
+        assert!(s.limits.enabled);
+        assert_eq!(
+            s.limits.per_class[ShieldClass::Register as usize],
+            RateLimit { rate: 5, burst: 9 }
+        );
+        assert_eq!(s.limits.per_class[ShieldClass::Syn as usize].rate, 0);
+        assert_eq!(
+            s.limits.global,
+            RateLimit {
+                rate: 100,
+                burst: 200
+            }
+        );
+        assert_eq!(s.limits.allow_multiplier, 7);
+        assert_eq!(s.limits.event_interval_ms, 250);
+        assert_eq!(s.policy.allow_ns, 60 * NS_PER_S);
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[0].prefix_len, 24);
+        assert!(s.peers[0].unlimited);
+        assert_eq!(s.peers[1].prefix_len, 128);
+        assert_eq!(s.peers[1].multiplier, 3);
+        assert_eq!(s.policy.auth_failures.count, 3);
+        assert_eq!(s.policy.unknown_users.window_ns, 40 * NS_PER_S);
+        assert_eq!(s.policy.rate_events.count, 2);
+        assert_eq!(s.policy.block_ns, 10 * NS_PER_S);
+        assert_eq!(s.policy.block_max_ns, 80 * NS_PER_S);
+        assert_eq!(s.policy.strike_memory_ns, 1000 * NS_PER_S);
+        assert_eq!(s.scanner_patterns, vec!["evil".to_owned()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let e = parse("[shield]\nenabled = true\nregister = { rate = 2000000, burst = 1 }\n")
+            .expect_err("rate too high")
+            .to_string();
+        assert!(e.contains("shield.register") && e.contains("line 8"), "{e}");
+        let e = parse("[shield]\npeers = [{ address = \"198.18.1.0/33\" }]\n")
+            .expect_err("bad prefix")
+            .to_string();
+        assert!(e.contains("shield.peers.address"), "{e}");
+        let e = parse("[shield]\nblock_secs = 100\nblock_max_secs = 10\n")
+            .expect_err("max below base")
+            .to_string();
+        assert!(e.contains("shield.block_max_secs"), "{e}");
+        let e = parse("[shield]\nenable = true\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("enable"), "{e}");
+    }
 }
