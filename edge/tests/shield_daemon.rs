@@ -432,3 +432,26 @@ fn a_scanner_user_agent_is_blocked() {
     let entry = blocked_entry(&list, "127.0.0.41").unwrap_or_else(|| panic!("{list}"));
     assert_eq!(entry["reason"], "scanner", "{list}");
 }
+
+#[test]
+fn reload_applies_new_limits() {
+    let d = start("reload", 25_175, "[shield]\nenabled = false\n");
+    let mut c = Client::new(&d, "127.0.0.51");
+    assert_eq!(
+        c.burst_register("nick51", 10),
+        10,
+        "shield off: all answered"
+    );
+    let config = d.dir.join("sipveil.toml");
+    let shield = "[shield]\nenabled = true\nregister = { rate = 1, burst = 3 }\n";
+    std::fs::write(&config, config_text(&d.dir, "reload", d.port, shield)).expect("config");
+    let answer = cli(&d, &["reload"]);
+    assert_eq!(answer["ok"], true, "{answer}");
+    let answered = c.burst_register("nick51", 10);
+    assert!(
+        (3..=4).contains(&answered),
+        "{answered} of 10 answered after reload"
+    );
+    let stats = cli(&d, &["shield", "stats", "--json"]);
+    assert_eq!(stats["enabled"], true, "{stats}");
+}
