@@ -21,6 +21,10 @@ const X_ADDR: &str = "198.18.3.2";
 const EDGE_SIP: &str = "198.18.1.1:5060";
 
 fn config_text() -> String {
+    config_with("options = { rate = 1000, burst = 1000 }\n")
+}
+
+fn config_with(shield: &str) -> String {
     format!(
         "{lab}\n\
          [sip]\n\
@@ -37,7 +41,7 @@ fn config_text() -> String {
          \n\
          [shield]\n\
          enabled = true\n\
-         options = {{ rate = 1000, burst = 1000 }}\n",
+         {shield}",
         lab = Shape::TwoArm.daemon_config("auto"),
     )
 }
@@ -138,6 +142,71 @@ fn cli_block_drops_sv_x_in_xdp_and_unblock_lets_it_back() {
         options_answered(&sock, 10),
         "sv-x not answered after unblock"
     );
+    drop(daemon);
+    drop(lab);
+}
+
+/// The closed loop: sv-x floods OPTIONS over its XDP rate limit; the program drops the excess
+/// and writes events to `SV_SHIELD_EVT`; the daemon reads them, and the repeated limiting blocks
+/// sv-x (reason `rate`) in `SV_BLOCK`, after which XDP drops it as blocked.
+#[test]
+fn repeated_xdp_rate_limiting_blocks_the_source() {
+    require_root();
+    let lab =
+        Lab::session(Shape::TwoArm, sipveil()).unwrap_or_else(|e| panic!("lab up (two-arm): {e}"));
+    let dir = test_dir("shield_lab_rate");
+    let config = dir.join("sipveil.toml");
+    std::fs::write(
+        &config,
+        config_with(
+            "options = { rate = 5, burst = 5 }\n\
+             rate_events = { count = 2, window_secs = 60 }\n\
+             event_interval_ms = 100\n",
+        ),
+    )
+    .expect("config");
+    let log = dir.join("sipveil.log");
+    let daemon = Daemon::start(sipveil(), &config, &[], Duration::from_secs(30), Some(&log))
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    let socket = ["--socket", LAB_CONTROL_SOCKET];
+    let sock = in_netns(NS_X, || {
+        let s = UdpSocket::bind(format!("{X_ADDR}:0"))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(s)
+    })
+    .unwrap_or_else(|e| panic!("socket in {NS_X}: {e}"));
+    let rate_before = xdp_counter("shield_drop_rate_options");
+    let events_before = xdp_counter("shield_events");
+    // Bounded: at most 60 rounds of 20 OPTIONS (about 3 s of waiting), until sv-x is blocked.
+    let mut blocked = None;
+    for round in 0..60u32 {
+        for i in 0..20 {
+            let _ = options_answered(&sock, round * 100 + i + 1);
+        }
+        let list = sipveil_json(&["shield", "list", "--json", socket[0], socket[1]]);
+        if let Some(entry) = list["blocked"]
+            .as_array()
+            .and_then(|b| b.iter().find(|e| e["source"] == X_ADDR))
+        {
+            blocked = Some(entry.clone());
+            break;
+        }
+    }
+    let entry = blocked.unwrap_or_else(|| {
+        panic!(
+            "sv-x was never blocked; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(entry["reason"], "rate", "{entry}");
+    assert!(xdp_counter("shield_drop_rate_options") > rate_before);
+    assert!(xdp_counter("shield_events") >= events_before + 2);
+    let dropped_before = xdp_counter("shield_drop_blocked");
+    assert!(
+        !options_answered(&sock, 99_999),
+        "a blocked source was answered"
+    );
+    assert!(xdp_counter("shield_drop_blocked") > dropped_before);
     drop(daemon);
     drop(lab);
 }
