@@ -37,6 +37,19 @@ impl Source {
         }
     }
 
+    /// The source of a `SV_SRC_BUCKETS` / `SV_BLOCK` key (None for an unknown family).
+    pub fn from_key(key: &SourceKey) -> Option<Source> {
+        let a = key.prefix[0].to_ne_bytes();
+        let b = key.prefix[1].to_ne_bytes();
+        match key.family {
+            sipveil_abi::FAMILY_IPV4 => Some(Source::V4(a)),
+            sipveil_abi::FAMILY_IPV6 => {
+                Some(Source::V6([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]))
+            }
+            _ => None,
+        }
+    }
+
     /// The key of `SV_SRC_BUCKETS` and `SV_BLOCK`.
     pub fn key(self) -> SourceKey {
         match self {
@@ -452,6 +465,22 @@ impl Policy {
         Event::Blocked { source, block }
     }
 
+    /// Takes over a block found in `SV_BLOCK` at start (a restart adopting pinned maps), so it
+    /// is listed, released and logged like the others. No event: it is in the map already.
+    pub fn restore(&mut self, source: Source, reason: BlockReason, until_ns: u64, now_ns: u64) {
+        if until_ns > now_ns {
+            self.blocks.insert(
+                source,
+                Block {
+                    reason,
+                    since_ns: now_ns,
+                    until_ns,
+                    strike: 1,
+                },
+            );
+        }
+    }
+
     /// The operator blocks `source` for `duration_ns`.
     pub fn block(
         &mut self,
@@ -742,6 +771,23 @@ mod tests {
     }
 
     #[test]
+    fn restored_blocks_are_listed_and_released() {
+        let mut p = Policy::new(cfg());
+        p.restore(A, BlockReason::Scanner, 50 * S, 10 * S);
+        p.restore(B, BlockReason::Manual, 5 * S, 10 * S);
+        assert_eq!(p.blocks().len(), 1);
+        assert!(p.blocked(A, 20 * S).is_some());
+        assert_eq!(
+            p.expire(50 * S),
+            vec![Event::Released {
+                source: A,
+                reason: BlockReason::Scanner,
+                manual: false
+            }]
+        );
+    }
+
+    #[test]
     fn tracking_is_bounded() {
         let mut c = cfg();
         c.max_tracked = 2;
@@ -769,6 +815,8 @@ mod tests {
         let m: IpAddr = "::ffff:198.18.0.7".parse().expect("addr");
         assert_eq!(Source::of(m), A);
         assert_eq!(A.key(), SourceKey::v4([198, 18, 0, 7]));
+        assert_eq!(Source::from_key(&A.key()), Some(A));
+        assert_eq!(Source::from_key(&Source::of(a).key()), Some(Source::of(a)));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use sipveil_abi::shield::{
 };
 
 use super::limiter::{Peer, UserShield, Verdict};
-use super::policy::{Event, Observation, Policy, PolicyError, ScannerPatterns, Source};
+use super::policy::{
+    BlockReason, Event, Observation, Policy, PolicyError, ScannerPatterns, Source,
+};
 use crate::config::ShieldSettings;
 use crate::dataplane::ShieldMaps;
 
@@ -198,6 +200,26 @@ impl Shield {
             map_errors: 0,
         };
         inner.write_maps(&[]);
+        // Blocks of an earlier daemon (adopted pins): listed, released and logged from now on.
+        let now = crate::sys::monotonic_ns();
+        let found = inner.maps.as_ref().map(|m| m.blocks()).unwrap_or_default();
+        for (key, entry) in found {
+            let reason = BlockReason::from_code(entry.reason).unwrap_or(BlockReason::Manual);
+            if let Some(source) = Source::from_key(&key) {
+                if entry.expires_ns == 0 || entry.expires_ns > now {
+                    // A never-expiring entry (not written by this daemon) gets the longest block.
+                    let until = if entry.expires_ns == 0 {
+                        now.saturating_add(settings.policy.block_max_ns)
+                    } else {
+                        entry.expires_ns
+                    };
+                    inner.policy.restore(source, reason, until, now);
+                } else {
+                    let r = inner.maps.as_mut().map_or(Ok(()), |m| m.remove_block(&key));
+                    inner.map_result("deleting an expired SV_BLOCK entry", r);
+                }
+            }
+        }
         tracing::info!(
             enabled = settings.limits.enabled,
             enforcement = if xdp { "xdp" } else { "userspace" },
