@@ -1,7 +1,9 @@
 //! The flood shield's closed loop with XDP in the lab (two-arm, root): the daemon configures the
 //! shield's maps from `[shield]`; `sipveil shield block` of sv-x's address makes the XDP counter
 //! `shield_drop_blocked` rise for sv-x's OPTIONS (which go unanswered), and `shield unblock`
-//! makes them answered again. The daemon runs with XDP on (`xdp = "auto"`).
+//! makes them answered again; and the closed loop: repeated XDP rate limiting (events in
+//! `SV_SHIELD_EVT`) makes the daemon block the source (reason `rate`). The daemon runs with XDP
+//! on (`xdp = "auto"`).
 #[expect(
     dead_code,
     reason = "the support module is shared by the SIP test binaries; each uses part of it"
