@@ -8,10 +8,11 @@
 //! it). TLS certificate and key files are checked by [`Config::check_files`] /
 //! [`SipSettings::load_tls`] (the lab generates them after its config exists).
 mod calls;
+mod shield;
 mod sip;
 
 pub use calls::{CallSettings, PeerRoute};
-
+pub use shield::ShieldSettings;
 pub use sip::{
     DEFAULT_DEFAULT_EXPIRES, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_CONTACTS, DEFAULT_MAX_EXPIRES,
     DEFAULT_MIN_EXPIRES, DEFAULT_NONCE_TTL_SECS, KeyOrigin, MAX_WORKERS, RegistrarSettings,
@@ -120,6 +121,7 @@ struct FileConfig {
     calls: Option<calls::CallsSection>,
     #[serde(default)]
     peer: Vec<calls::PeerSection>,
+    shield: Option<shield::ShieldSection>,
 }
 
 /// The validated configuration.
@@ -138,6 +140,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `[privacy]`, `[calls]`, `[[peer]]`: the privacy B2BUA.
     pub calls: CallSettings,
+    /// `[shield]`: the flood shield (absent = off).
+    pub shield: ShieldSettings,
 }
 
 /// Media relay settings.
@@ -349,6 +353,7 @@ impl Config {
             file.metrics.as_ref(),
         )?;
         let calls = calls::build(&ctx, file.privacy.as_ref(), file.calls.as_ref(), &file.peer)?;
+        let shield = shield::build(&ctx, file.shield.as_ref())?;
         Ok(Config {
             calls,
             interfaces: file.dataplane.interfaces,
@@ -366,6 +371,7 @@ impl Config {
             sip: parts.sip,
             registrar: parts.registrar,
             metrics_listen: parts.metrics_listen,
+            shield,
         })
     }
 
@@ -506,6 +512,7 @@ impl Config {
                 if p.trusted { " (trusted)" } else { "" }
             );
         }
+        let _ = writeln!(s, "{}", self.shield.summary());
         s
     }
 }

@@ -415,6 +415,11 @@ impl Worker {
         req: Request,
         cancels: Option<TransactionId>,
     ) {
+        // The flood shield: a scanner's request is reported and dropped without an answer.
+        if crate::shield::feed::scanner_request(from.peer.ip(), &req) {
+            self.layer.terminate(key);
+            return;
+        }
         self.pending.insert(key, (req.method().clone(), io.now()));
         if self.hub.is_some() && is_call_request(&req) {
             return self.on_call_request(io, from, key, req);
@@ -512,6 +517,11 @@ impl Worker {
                 return;
             }
         };
+        // The flood shield counts auth failures, unknown users and verified registrations.
+        let (RegisterOutcome::Drop { report }
+        | RegisterOutcome::Respond { report, .. }
+        | RegisterOutcome::Commit { report, .. }) = &outcome;
+        crate::shield::feed::register_report(from.peer.ip(), report);
         match outcome {
             RegisterOutcome::Drop { report } => {
                 // Nothing can be answered: forget the transaction rather than keep it forever.
