@@ -157,6 +157,15 @@ impl Client {
         }
     }
 
+    /// The next datagram from the edge, or None within the timeout.
+    fn send_nothing_and_wait(&mut self) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        match self.sock.recv_from(&mut buf) {
+            Ok((n, _)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => None,
+        }
+    }
+
     fn register(&mut self, user: &str, domain: &str, extra: &str) -> Option<String> {
         self.seq += 1;
         let text = format!(
@@ -454,4 +463,50 @@ fn reload_applies_new_limits() {
     );
     let stats = cli(&d, &["shield", "stats", "--json"]);
     assert_eq!(stats["enabled"], true, "{stats}");
+}
+
+#[test]
+fn invites_for_unknown_users_block_the_source() {
+    let d = start("unknown", 25_175, SHIELD);
+    let mut c = Client::new(&d, "127.0.0.51");
+    // The default threshold: 10 requests for users the edge does not have within 60 s.
+    for i in 0..10 {
+        c.seq += 1;
+        let text = format!(
+            "INVITE sip:nobody{i}@open.test SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bKinv{seq}\r\n\
+             From: <sip:scan@open.test>;tag=i{seq}\r\n\
+             To: <sip:nobody{i}@open.test>\r\n\
+             Call-ID: shield-invite-{local}-{seq}\r\n\
+             CSeq: 1 INVITE\r\n\
+             Max-Forwards: 70\r\n\
+             Contact: <sip:scan@{local}>\r\n\
+             Content-Length: 0\r\n\r\n",
+            local = c.local,
+            seq = c.seq,
+        );
+        let mut answer = c
+            .send(&text)
+            .unwrap_or_else(|| panic!("INVITE {i} got no answer"));
+        // Skip provisional answers to the final one.
+        while (100..200).contains(&status_of(&answer)) {
+            answer = c
+                .send_nothing_and_wait()
+                .unwrap_or_else(|| panic!("INVITE {i}: no final answer"));
+        }
+        assert_eq!(status_of(&answer), 404, "{answer}");
+    }
+    // The edge keeps retransmitting its 404s (never ACKed here); what matters is that the
+    // OPTIONS from the now blocked source gets no answer.
+    let mut answer = c.options("pjsip");
+    while let Some(a) = answer {
+        assert!(
+            !a.contains(" OPTIONS\r\n"),
+            "a source that probed unknown users must be blocked: {a}"
+        );
+        answer = c.send_nothing_and_wait();
+    }
+    let list = cli(&d, &["shield", "list", "--json"]);
+    let entry = blocked_entry(&list, "127.0.0.51").unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(entry["reason"], "unknown-users", "{list}");
 }

@@ -46,6 +46,23 @@ pub fn register_report(peer: IpAddr, report: &Report) {
     }
 }
 
+/// Feeds what a call attempt from `peer` showed: a digest that failed on an INVITE, or an INVITE
+/// for a user the edge does not have (404) — the same signals a REGISTER gives.
+pub fn call_refused(peer: IpAddr, failure: Option<AuthFailure>, unknown_user: bool) {
+    let Some(sh) = SHIELD.get() else {
+        return;
+    };
+    let obs = match failure {
+        Some(AuthFailure::UnknownUser) => Some(Observation::UnknownUser),
+        Some(AuthFailure::WrongPassword | AuthFailure::Malformed) => Some(Observation::AuthFailure),
+        _ if unknown_user => Some(Observation::UnknownUser),
+        _ => None,
+    };
+    if let Some(obs) = obs {
+        sh.observe(peer, obs);
+    }
+}
+
 /// At the TU's entry: true when the request's User-Agent or From matches a scanner pattern (the
 /// source is then reported, and the request should be dropped without an answer).
 pub fn scanner_request(peer: IpAddr, req: &Request) -> bool {

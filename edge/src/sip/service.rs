@@ -1252,6 +1252,7 @@ impl Worker {
                 if let Some(f) = failure {
                     self.shared.metrics.auth_failure("other", f.as_str());
                 }
+                crate::shield::feed::call_refused(from.peer.ip(), failure, false);
                 let response = self.finish(response);
                 self.respond(io, key, response);
                 self.shared.metrics.call_ended("refused");
@@ -1265,7 +1266,12 @@ impl Worker {
         };
         let (targets, callee) = match self.route_invite(io.unix_ms(), &req, &identity, &settings) {
             Route::Targets(t, callee) => (t, callee),
-            Route::Refuse(code, reason) => return refuse(self, io, code, reason),
+            Route::Refuse(code, reason) => {
+                if code == StatusCode::NOT_FOUND {
+                    crate::shield::feed::call_refused(from.peer.ip(), None, true);
+                }
+                return refuse(self, io, code, reason);
+            }
         };
         // A domain that forces anonymity (caller's or callee's): anonymous From on the far leg.
         let from_domain = req
