@@ -14,7 +14,9 @@
 ///
 /// 2: the flood shield's maps (`SV_SRC_BUCKETS`, `SV_GLOBAL_BKT`, `SV_ALLOW`, `SV_BLOCK`,
 /// `SV_SHIELD_CFG`, `SV_SHIELD_EVT`) and counters 16.. (see [`shield`]).
-pub const ABI_VERSION: u32 = 2;
+/// 3: RTCP is passed up for scrubbing ([`Counter::RtcpPass`], `SV_COUNTERS` has 31 entries);
+/// [`Counter::RelayedRtcp`] is no longer counted by the program.
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the maps of the entry program, as they appear in the object and under the pin directory.
 pub mod maps {
@@ -128,10 +130,11 @@ pub const FLOW_F_LATCH: u16 = 1 << 0;
 pub const FLOW_F_STRICT: u16 = 1 << 1;
 /// Set by the program when it has latched; cleared by the daemon to learn again.
 pub const FLOW_F_LATCHED: u16 = 1 << 2;
-/// Informational: this flow carries RTCP (port + 1) rather than RTP; counted separately.
+/// This flow carries RTCP (port + 1) rather than RTP: the program passes its packets to the
+/// userspace relay, which scrubs them (RTCP privacy, ABI 3); [`Counter::RtcpPass`].
 pub const FLOW_F_RTCP: u16 = 1 << 3;
-/// Informational: RTP and RTCP share this port (rtcp-mux); RTCP packets are recognised by their
-/// payload type (RFC 5761) and counted separately.
+/// RTP and RTCP share this port (rtcp-mux); RTCP packets are recognised by their payload type
+/// (RFC 5761) and passed to the userspace relay like those of [`FLOW_F_RTCP`] flows.
 pub const FLOW_F_RTCP_MUX: u16 = 1 << 4;
 
 /// Value of [`maps::FLOWS`].
@@ -211,7 +214,8 @@ pub enum Counter {
     RelayedTx = 1,
     /// Relayed to another interface (XDP_REDIRECT through the devmap).
     RelayedRedirect = 2,
-    /// Of the relayed packets, those that were RTCP (port + 1 flows, or RTCP on an rtcp-mux port).
+    /// Of the relayed packets, those that were RTCP. Since ABI 3 the program relays no RTCP (see
+    /// [`Counter::RtcpPass`]) and leaves this at 0; the index stays.
     RelayedRtcp = 3,
     /// Bytes relayed (IP datagram length).
     RelayedBytes = 4,
@@ -269,11 +273,15 @@ pub enum Counter {
     ShieldEvents = 28,
     /// Not an outcome: events lost because the ring buffer was full.
     ShieldEventsLost = 29,
+    /// RTCP (a [`FLOW_F_RTCP`] flow, or RTCP on a [`FLOW_F_RTCP_MUX`] flow) from an accepted
+    /// source: passed to the userspace relay, which removes what identifies the sender (SDES
+    /// items, BYE reasons, APP) before sending it on. Strict-source drops happen first.
+    RtcpPass = 30,
 }
 
 impl Counter {
     /// Number of counters (size of the per-CPU array).
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 31;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Rx,
@@ -306,6 +314,7 @@ impl Counter {
         Counter::ShieldMapFailPass,
         Counter::ShieldEvents,
         Counter::ShieldEventsLost,
+        Counter::RtcpPass,
     ];
 
     /// A stable snake_case name (metrics and CLI).
@@ -341,6 +350,7 @@ impl Counter {
             Counter::ShieldMapFailPass => "shield_map_fail_pass",
             Counter::ShieldEvents => "shield_events",
             Counter::ShieldEventsLost => "shield_events_lost",
+            Counter::RtcpPass => "rtcp_pass",
         }
     }
 }

@@ -5,6 +5,9 @@
 //! The same single parse hands the frames the relay does not own to the flood shield (`shield`):
 //! UDP outside the relay port range, TCP, and IPv6. The relay's own path is unchanged by it.
 //!
+//! RTCP (on `FLOW_F_RTCP` flows, or muxed on `FLOW_F_RTCP_MUX` flows) is not relayed here: after
+//! the strict source check it is passed to the userspace relay, which scrubs it (RTCP privacy).
+//!
 //! Every frame that is not relayed returns `Err(reason)`; the entry point counts the reason and
 //! passes the frame. Nothing is written to the frame before the last possible pass (the FIB lookup
 //! and the devmap check come first), so a passed frame reaches the stack byte-identical.
@@ -140,6 +143,12 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
             return Ok(xdp_action::XDP_DROP);
         }
     }
+    if flags & FLOW_F_RTCP != 0 || (flags & FLOW_F_RTCP_MUX != 0 && is_rtcp_mux(ctx)) {
+        // RTCP privacy: SDES (CNAME, NAME, EMAIL, ...) identifies the sender. The userspace relay
+        // holds a socket on every relay port and rewrites RTCP before sending it on (it also
+        // latches and counts it); RTP stays here. RTCP is ~1 packet per second per stream.
+        return Err(Counter::RtcpPass);
+    }
     if ttl <= 1 {
         return Err(Counter::TtlPass);
     }
@@ -206,9 +215,6 @@ pub fn try_relay(ctx: &XdpContext) -> Result<u32, Counter> {
     let bytes = tot_len as u64;
     maps::count(sent);
     maps::add(Counter::RelayedBytes, bytes);
-    if flags & FLOW_F_RTCP != 0 || (flags & FLOW_F_RTCP_MUX != 0 && is_rtcp_mux(ctx)) {
-        maps::count(Counter::RelayedRtcp);
-    }
     // SAFETY: map values are 8-byte aligned and `Flow` keeps its u64 fields 8-byte aligned (ABI
     // asserts). The bpfel target has no `AtomicU64::fetch_add` (no CAS), but an atomic add whose
     // result is unused compiles to the BPF `lock +=` instruction, which is what other CPUs need.

@@ -88,7 +88,9 @@ fn userspace_relay_latches_and_drops_strict() {
         // separately (latching is per flow), so send A's RTCP first.
         let a_rtcp = udp("198.18.1.2:4101");
         let b_rtcp = udp("198.18.2.2:5001");
-        let rtcp_pkt = [0x80u8, 200, 0, 6, 0, 0, 0, 1];
+        // A receiver report (RR, no report blocks): it carries no identity, so the scrubber
+        // forwards it unchanged.
+        let rtcp_pkt = [0x80u8, 201, 0, 1, 0, 0, 0, 1];
         a_rtcp
             .send_to(&rtcp_pkt, SocketAddr::new(ea.ip(), ea.port() + 1))
             .expect("A RTCP");

@@ -7,6 +7,9 @@
 //! - 1000 streams keep flowing with zero loss while the daemon is killed (SIGKILL) and started
 //!   again: the program stays attached and the new daemon adopts the pinned maps.
 //! - `--no-xdp`: the userspace relay carries everything, zero loss.
+//! - RTCP privacy: RTCP with a CNAME, NAME, EMAIL, ... sent from sv-a (port + 1 and rtcp-mux)
+//!   arrives in sv-b scrubbed (one pseudonymous CNAME, nothing else identifying; broken RTCP not
+//!   forwarded) while the RTP streams beside it are relayed in XDP.
 //!
 //! Needs root (namespaces, veth, XDP): fails with a clear message otherwise. Run one at a time
 //! (`--test-threads=1`; `cargo xtask test` does); every test holds the lab lock and tears the lab
@@ -371,5 +374,249 @@ fn lab_no_xdp_fallback_is_lossless() {
     assert!(
         daemon.terminate(Duration::from_secs(10)),
         "daemon did not stop cleanly"
+    );
+}
+
+/// A UDP socket bound to `addr` inside the lab namespace `ns` (created on a helper thread that
+/// enters the namespace; the socket stays in it), with a receive timeout.
+fn udp_in(ns: &str, addr: SocketAddrV4) -> std::net::UdpSocket {
+    let path = Path::new("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        // SAFETY: a valid namespace fd; setns changes only this helper thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let socket = std::net::UdpSocket::bind(addr)
+            .unwrap_or_else(|error| panic!("bind {addr} in {}: {error}", path.display()));
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        socket
+    })
+    .join()
+    .expect("socket helper thread")
+}
+
+/// What a party's RTCP says about it: every SDES item type of RFC 3550 and a BYE reason.
+const IDENTITY: [(u8, &[u8]); 8] = [
+    (1, b"alice@198.18.1.2"),
+    (2, b"Alice Lab"),
+    (3, b"alice@example.lab"),
+    (4, b"+1-555-0199"),
+    (5, b"Desk 7, Lab Street"),
+    (6, b"baresip 1.0 (alice-laptop)"),
+    (7, b"in a meeting"),
+    (8, b"\x04privsecret-alice"),
+];
+const BYE_REASON: &[u8] = b"alice leaves";
+
+/// A compound RTCP packet: SR (one report block), SDES with every item, BYE with a reason.
+fn identifying_rtcp(ssrc: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    // SR: V=2, RC=1, PT=200, length 12 words.
+    out.extend_from_slice(&[0x81, 200, 0, 12]);
+    out.extend_from_slice(&ssrc.to_be_bytes());
+    out.extend((0..20u8).map(|i| 0xa0 + i)); // sender info
+    out.extend((0..24u8).map(|i| 0x10 + i)); // one report block
+    // SDES: one chunk with every item, END, padding.
+    let mut chunk = ssrc.to_be_bytes().to_vec();
+    for (kind, text) in IDENTITY {
+        chunk.push(kind);
+        chunk.push(text.len() as u8);
+        chunk.extend_from_slice(text);
+    }
+    chunk.push(0);
+    while !chunk.len().is_multiple_of(4) {
+        chunk.push(0);
+    }
+    out.extend_from_slice(&[0x81, 202]);
+    out.extend_from_slice(&((chunk.len() / 4) as u16).to_be_bytes());
+    out.extend_from_slice(&chunk);
+    // BYE with a reason.
+    let mut bye = ssrc.to_be_bytes().to_vec();
+    bye.push(BYE_REASON.len() as u8);
+    bye.extend_from_slice(BYE_REASON);
+    while !bye.len().is_multiple_of(4) {
+        bye.push(0);
+    }
+    out.extend_from_slice(&[0x81, 203]);
+    out.extend_from_slice(&((bye.len() / 4) as u16).to_be_bytes());
+    out.extend_from_slice(&bye);
+    out
+}
+
+/// Checks what the other party received: well framed RTCP, the SR as sent, an SDES with exactly
+/// one item, a 24-hex-digit CNAME, and none of the sender's identifiers anywhere. Returns the
+/// CNAME.
+fn assert_scrubbed(got: &[u8], sent: &[u8], ssrc: u32) -> Vec<u8> {
+    for (_, text) in IDENTITY {
+        assert!(
+            !got.windows(text.len()).any(|w| w == text),
+            "{:?} reached the other party: {got:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+    assert!(!got.windows(BYE_REASON.len()).any(|w| w == BYE_REASON));
+    assert_eq!(&got[..52], &sent[..52], "the SR is forwarded as sent");
+    let mut off = 0;
+    let mut types = Vec::new();
+    let mut cname = Vec::new();
+    while off < got.len() {
+        assert!(off + 4 <= got.len(), "truncated header: {got:?}");
+        assert_eq!(got[off] >> 6, 2, "version 2: {got:?}");
+        assert_eq!(got[off] & 0x20, 0, "no padding");
+        let len = (usize::from(u16::from_be_bytes([got[off + 2], got[off + 3]])) + 1) * 4;
+        assert!(
+            off + len <= got.len(),
+            "length beyond the datagram: {got:?}"
+        );
+        let pkt = &got[off..off + len];
+        types.push(pkt[1]);
+        if pkt[1] == 202 {
+            assert_eq!(pkt[0] & 0x1f, 1, "one chunk");
+            assert_eq!(&pkt[4..8], &ssrc.to_be_bytes());
+            assert_eq!(pkt[8], 1, "the only item is a CNAME");
+            let n = usize::from(pkt[9]);
+            cname = pkt[10..10 + n].to_vec();
+            assert_eq!(pkt[10 + n], 0, "END right after the CNAME");
+        }
+        if pkt[1] == 203 {
+            assert_eq!(len, 8, "BYE keeps its SSRC only");
+        }
+        off += len;
+    }
+    assert_eq!(types, [200, 202, 203]);
+    assert_eq!(cname.len(), 24, "pseudonymous CNAME: {cname:?}");
+    assert!(cname.iter().all(u8::is_ascii_hexdigit), "{cname:?}");
+    cname
+}
+
+fn plus_one(addr: SocketAddrV4) -> SocketAddrV4 {
+    SocketAddrV4::new(*addr.ip(), addr.port() + 1)
+}
+
+/// RTCP privacy end to end: RTCP from sv-a with a CNAME, NAME, EMAIL, ... arrives in sv-b
+/// scrubbed (separate RTCP port and rtcp-mux), while the RTP streams beside it stay in XDP.
+#[test]
+fn lab_rtcp_is_scrubbed_while_rtp_stays_in_xdp() {
+    const STREAMS: usize = 4;
+    const RTCP_PACKETS: u32 = 10;
+    let shape = Shape::TwoArm;
+    let (_lab, dir) = lab(shape, "rtcp_scrub");
+    let daemon = start_daemon(shape, &dir, "driver", &[]);
+    assert_eq!(ready_field(&daemon, "mode"), "xdp", "{}", daemon.ready);
+    let relays = open_relays(STREAMS);
+    let rtp = start_rtp(&relays, 3, 50, &dir);
+
+    // Separate RTCP (port + 1) on the first relay, both ways.
+    let a_rtcp = udp_in("sv-a", SocketAddrV4::new(A_ADDR, PEER_PORT + 1));
+    let b_rtcp = udp_in("sv-b", SocketAddrV4::new(B_ADDR, PEER_PORT + 1));
+    let relay = relays[0];
+    let mut buf = [0u8; 2048];
+    let mut cnames = Vec::new();
+    for i in 0..RTCP_PACKETS {
+        let ssrc = 0x5eed_0000 + i % 2;
+        let sent = identifying_rtcp(ssrc);
+        a_rtcp
+            .send_to(&sent, plus_one(relay.a_edge))
+            .expect("A sends RTCP");
+        let (n, from) = b_rtcp
+            .recv_from(&mut buf)
+            .unwrap_or_else(|error| panic!("B receives RTCP #{i}: {error}"));
+        assert_eq!(from, std::net::SocketAddr::V4(plus_one(relay.b_edge)));
+        cnames.push(assert_scrubbed(&buf[..n], &sent, ssrc));
+    }
+    assert!(
+        cnames.windows(2).all(|w| w[0] == w[1]),
+        "one party keeps one pseudonym: {cnames:?}"
+    );
+    let sent = identifying_rtcp(0xb0b0_0001);
+    b_rtcp
+        .send_to(&sent, plus_one(relay.b_edge))
+        .expect("B sends RTCP");
+    let (n, from) = a_rtcp.recv_from(&mut buf).expect("A receives B's RTCP");
+    assert_eq!(from, std::net::SocketAddr::V4(plus_one(relay.a_edge)));
+    let b_cname = assert_scrubbed(&buf[..n], &sent, 0xb0b0_0001);
+    assert_ne!(
+        b_cname, cnames[0],
+        "the two sides have different pseudonyms"
+    );
+    // Broken RTCP (length beyond the datagram) is not forwarded.
+    let mut broken = identifying_rtcp(1);
+    broken[3] = 200;
+    a_rtcp
+        .send_to(&broken, plus_one(relay.a_edge))
+        .expect("A sends broken RTCP");
+
+    // rtcp-mux: RTCP on the RTP port is scrubbed, RTP on it is relayed unchanged.
+    let mux_port = PEER_PORT + 1000;
+    let mut control =
+        Control::connect(Path::new(LAB_CONTROL_SOCKET)).unwrap_or_else(|error| panic!("{error}"));
+    let answer = control
+        .request(&format!(
+            r#"{{"cmd":"relay-open","a_peer":"{}","b_peer":"{}","rtcp_mux":true}}"#,
+            SocketAddrV4::new(A_ADDR, mux_port),
+            SocketAddrV4::new(B_ADDR, mux_port),
+        ))
+        .unwrap_or_else(|error| panic!("relay-open: {error}"));
+    let parsed: Value = serde_json::from_str(&answer).expect("relay-open answer");
+    let mux_a: SocketAddrV4 = parsed["relays"][0]["a"]["edge"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("relay-open: {answer}"));
+    let a_mux = udp_in("sv-a", SocketAddrV4::new(A_ADDR, mux_port));
+    let b_mux = udp_in("sv-b", SocketAddrV4::new(B_ADDR, mux_port));
+    let mut rtp_packet = vec![0x80u8, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9];
+    rtp_packet.extend_from_slice(&[0xd5; 160]);
+    for _ in 0..3 {
+        a_mux.send_to(&rtp_packet, mux_a).expect("A sends RTP");
+        let (n, _) = b_mux.recv_from(&mut buf).expect("B receives RTP");
+        assert_eq!(&buf[..n], &rtp_packet[..], "RTP is relayed unchanged");
+        let sent = identifying_rtcp(9);
+        a_mux.send_to(&sent, mux_a).expect("A sends muxed RTCP");
+        let (n, _) = b_mux.recv_from(&mut buf).expect("B receives muxed RTCP");
+        assert_scrubbed(&buf[..n], &sent, 9);
+    }
+    assert!(
+        b_rtcp.recv_from(&mut buf).is_err(),
+        "the broken RTCP was not forwarded"
+    );
+
+    let (a_to_b, b_to_a) = finish(rtp);
+    assert_lossless(&a_to_b, &b_to_a, STREAMS);
+    let stats = stats();
+    let rtcp_sent = u64::from(RTCP_PACKETS) + 1 + 1 + 3;
+    println!("RTCP: {rtcp_sent} datagrams sent; stats {stats}");
+    assert_eq!(counter(&stats, "xdp", "rtcp_pass"), rtcp_sent, "{stats}");
+    assert_eq!(counter(&stats, "xdp", "relayed_rtcp"), 0, "{stats}");
+    assert_eq!(
+        counter(&stats, "userspace", "rtcp_scrubbed"),
+        rtcp_sent - 1,
+        "{stats}"
+    );
+    assert_eq!(counter(&stats, "userspace", "rtcp_dropped"), 1, "{stats}");
+    assert_eq!(counter(&stats, "userspace", "relayed_rtcp"), rtcp_sent - 1);
+    assert!(
+        counter(&stats, "userspace", "rtcp_sdes_items_removed") >= 8 * (rtcp_sent - 1),
+        "{stats}"
+    );
+    // The RTP streams were relayed in XDP; userspace carried RTCP and only the first packets
+    // before the neighbours resolved.
+    let sent_rtp = a_to_b.sent + b_to_a.sent;
+    let xdp = counter(&stats, "xdp", "relayed_redirect");
+    let userspace = counter(&stats, "userspace", "relayed") - (rtcp_sent - 1);
+    assert!(
+        userspace <= 4 * STREAMS as u64 + 3,
+        "userspace relayed {userspace} RTP packets of {sent_rtp}: {stats}"
+    );
+    assert!(
+        xdp >= sent_rtp.saturating_sub(userspace),
+        "XDP relayed {xdp} of {sent_rtp}: {stats}"
+    );
+    assert!(
+        daemon.terminate(Duration::from_secs(10)),
+        "daemon did not stop cleanly on SIGTERM"
     );
 }

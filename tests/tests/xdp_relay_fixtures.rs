@@ -328,43 +328,76 @@ fn strict_with_any_port_checks_address_only() {
     assert_eq!(r.action, XDP_DROP);
 }
 
-#[test]
-fn rtcp_flow_on_port_plus_one_counts_rtcp() {
-    let mut fx = Fixture::new(0);
+/// Installs the RTCP flow pair EA:PA+1 <-> EB:PB+1 with `extra` flags besides `FLOW_F_RTCP`.
+fn add_rtcp_pair(fx: &mut Fixture, extra: u16) {
     for (k, f) in flow_pair(
         (EA, PA + 1),
         (A, A_PORT + 1),
         (EB, PB + 1),
         (B, B_PORT + 1),
-        FLOW_F_RTCP,
+        FLOW_F_RTCP | extra,
     ) {
         fx.entry.put_flow(k, f);
     }
-    let mut f = UdpFrame::rtp(A, A_PORT + 1, EA, PA + 1);
-    f.payload[1] = 201; // RR
-    let frame = f.build();
+}
+
+#[test]
+fn rtcp_flow_on_port_plus_one_passes_to_userspace() {
+    // RTCP privacy (ABI 3): the userspace relay scrubs SDES, so the program hands RTCP up
+    // untouched, does not latch or count it on the flow, and RTP on the RTP port stays in XDP.
+    let mut fx = Fixture::new(0);
+    add_rtcp_pair(&mut fx, FLOW_F_LATCH);
+    for pt in [200u8, 201, 202, 203, 204, 205, 206] {
+        let mut f = UdpFrame::rtp(A, A_PORT + 1, EA, PA + 1);
+        f.payload[1] = pt;
+        fx.assert_pass(&f.build(), Counter::RtcpPass);
+    }
+    // Whatever arrives on an RTCP port is RTCP: even a payload that looks like RTP.
+    fx.assert_pass(
+        &UdpFrame::rtp(A, A_PORT + 1, EA, PA + 1).build(),
+        Counter::RtcpPass,
+    );
+    let flow = fx.entry.flow(FlowKey::v4(EA, PA + 1));
+    assert_eq!(flow.packets, 0, "userspace counts what it relays");
+    assert_eq!(
+        flow.flags & FLOW_F_LATCHED,
+        0,
+        "userspace latches RTCP flows"
+    );
+    // RTP on the RTP port of the same relay is still relayed in XDP.
+    let frame = fx.a_to_edge().build();
     let (r, before) = fx.run(&frame);
     assert_eq!(r.action, XDP_REDIRECT);
-    assert_rewritten(
-        &frame,
-        &r.out,
-        (MAC_EB, MAC_B),
-        (EB, PB + 1),
-        (B, B_PORT + 1),
-    );
+    assert_rewritten(&frame, &r.out, (MAC_EB, MAC_B), (EB, PB), (B, B_PORT));
     fx.assert_deltas(
         &before,
         &[
             (Counter::Rx, 1),
             (Counter::RelayedRedirect, 1),
-            (Counter::RelayedRtcp, 1),
             (Counter::RelayedBytes, ip_len(&frame)),
         ],
     );
 }
 
 #[test]
-fn rtcp_mux_detects_rtcp_by_payload_type() {
+fn strict_rtcp_from_another_source_is_dropped_in_xdp() {
+    let mut fx = Fixture::new(0);
+    add_rtcp_pair(&mut fx, FLOW_F_STRICT);
+    let mut f = UdpFrame::rtp([198, 18, 1, 9], A_PORT + 1, EA, PA + 1);
+    f.payload[1] = 201;
+    let (r, before) = fx.run(&f.build());
+    assert_eq!(
+        r.action, XDP_DROP,
+        "a spoofed RTCP flood never reaches userspace"
+    );
+    fx.assert_deltas(&before, &[(Counter::Rx, 1), (Counter::StrictDrop, 1)]);
+    let mut f = UdpFrame::rtp(A, A_PORT + 1, EA, PA + 1);
+    f.payload[1] = 201;
+    fx.assert_pass(&f.build(), Counter::RtcpPass);
+}
+
+#[test]
+fn rtcp_mux_passes_rtcp_and_relays_rtp() {
     let fx = Fixture::new(FLOW_F_RTCP_MUX);
     // Second byte: 192..=223 is RTCP (RFC 5761); 0 (PCMU), 96/0xe0 (PT 96 with marker) are RTP.
     for (second_byte, rtcp) in [
@@ -375,24 +408,33 @@ fn rtcp_mux_detects_rtcp_by_payload_type() {
         (192, true),
         (200, true), // SR
         (201, true), // RR
+        (202, true), // SDES
         (223, true),
         (224, false), // PT 96 + marker
     ] {
         let mut f = fx.a_to_edge();
         f.payload[1] = second_byte;
         let frame = f.build();
-        let (r, before) = fx.run(&frame);
-        assert_eq!(r.action, XDP_REDIRECT);
-        let mut expected = vec![
-            (Counter::Rx, 1),
-            (Counter::RelayedRedirect, 1),
-            (Counter::RelayedBytes, ip_len(&frame)),
-        ];
         if rtcp {
-            expected.push((Counter::RelayedRtcp, 1));
+            fx.assert_pass(&frame, Counter::RtcpPass);
+            continue;
         }
-        fx.assert_deltas(&before, &expected);
+        let (r, before) = fx.run(&frame);
+        assert_eq!(r.action, XDP_REDIRECT, "second byte {second_byte}");
+        fx.assert_deltas(
+            &before,
+            &[
+                (Counter::Rx, 1),
+                (Counter::RelayedRedirect, 1),
+                (Counter::RelayedBytes, ip_len(&frame)),
+            ],
+        );
     }
+    let flow = fx.entry.flow(FlowKey::v4(EA, PA));
+    assert_eq!(
+        flow.packets, 5,
+        "only the RTP packets were relayed on the muxed flow"
+    );
     // A muxed packet too short to carry an RTP header is relayed as non-RTCP.
     let mut f = fx.a_to_edge();
     f.payload.truncate(1);

@@ -25,10 +25,19 @@ pub enum UserCounter {
     MapFull = 10,
     /// Relays removed by idle expiry.
     Expired = 11,
+    /// RTCP datagrams forwarded after scrubbing (see `media::rtcp`).
+    RtcpScrubbed = 12,
+    /// SDES items removed or replaced by the pseudonymous CNAME.
+    RtcpSdesItems = 13,
+    /// RTCP datagrams that lost more than SDES items (APP, unknown types, BYE reasons, padding,
+    /// extensions, an unreadable tail) and were forwarded.
+    RtcpStripped = 14,
+    /// RTCP datagrams with nothing forwardable (broken framing, encrypted, only APP): dropped.
+    RtcpDropped = 15,
 }
 
 impl UserCounter {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 16;
     pub const ALL: [UserCounter; UserCounter::COUNT] = [
         UserCounter::Rx,
         UserCounter::Relayed,
@@ -42,6 +51,10 @@ impl UserCounter {
         UserCounter::PortsExhausted,
         UserCounter::MapFull,
         UserCounter::Expired,
+        UserCounter::RtcpScrubbed,
+        UserCounter::RtcpSdesItems,
+        UserCounter::RtcpStripped,
+        UserCounter::RtcpDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -58,6 +71,10 @@ impl UserCounter {
             UserCounter::PortsExhausted => "ports_exhausted",
             UserCounter::MapFull => "map_full",
             UserCounter::Expired => "expired",
+            UserCounter::RtcpScrubbed => "rtcp_scrubbed",
+            UserCounter::RtcpSdesItems => "rtcp_sdes_items_removed",
+            UserCounter::RtcpStripped => "rtcp_stripped",
+            UserCounter::RtcpDropped => "rtcp_dropped",
         }
     }
 }

@@ -76,9 +76,15 @@ pub fn decide(
         }
     }
     let ip_len = payload.len() as u64 + header_len(&src);
-    table.account(local, ip_len, now_ns);
     let rtcp = flow.flags & FLOW_F_RTCP != 0
         || (flow.flags & FLOW_F_RTCP_MUX != 0 && is_muxed_rtcp(payload));
+    if rtcp {
+        // RTCP always comes through here (it is scrubbed in userspace), RTP only on the program's
+        // rare pass paths: do not rewrite a flow entry the program is busy with.
+        table.account_volatile(local, ip_len, now_ns);
+    } else {
+        table.account(local, ip_len, now_ns);
+    }
     let from = super::flows::key_of(super::flows::flow_src(&flow, local));
     Verdict::Relay {
         from,

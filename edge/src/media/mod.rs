@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod counters;
 pub mod datapath;
 pub mod flows;
+pub mod rtcp;
 pub mod table;
 
 use std::collections::{BTreeMap, HashSet};
@@ -118,6 +119,29 @@ pub struct RelayStats {
     pub a_rtcp: Option<FlowStats>,
     pub b_rtp: Option<FlowStats>,
     pub b_rtcp: Option<FlowStats>,
+}
+
+/// Media seen on a relay, per direction (A = packets from the A peer, sent to B).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MediaActivity {
+    /// Packets received from A and relayed (RTP and RTCP, XDP and userspace).
+    pub a_packets: u64,
+    /// Packets received from B and relayed.
+    pub b_packets: u64,
+    /// Monotonic ns of the newest packet from A; `None` before the first.
+    pub a_last_ns: Option<u64>,
+    /// Monotonic ns of the newest packet from B; `None` before the first.
+    pub b_last_ns: Option<u64>,
+}
+
+impl MediaActivity {
+    /// The newest packet in either direction.
+    pub fn last_ns(&self) -> Option<u64> {
+        match (self.a_last_ns, self.b_last_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A relay as reported to clients.
@@ -547,6 +571,40 @@ impl MediaRelay {
         Ok(info)
     }
 
+    /// Media activity of a relay, per direction, from the flows' counters (packets relayed in
+    /// XDP and in userspace, RTCP included). One map lookup per flow (2 with rtcp-mux, else 4).
+    pub fn activity(&self, id: RelayId) -> Result<MediaActivity, MediaError> {
+        let relay = self
+            .relays
+            .get(&id)
+            .ok_or_else(|| MediaError::NotFound(id.to_string()))?;
+        let mut act = MediaActivity::default();
+        for (role, key) in relay.keys() {
+            let Some(f) = self.table.get_with_stats(&key)? else {
+                continue;
+            };
+            let (packets, last) = match role {
+                FlowRole::ARtp | FlowRole::ARtcp => (&mut act.a_packets, &mut act.a_last_ns),
+                FlowRole::BRtp | FlowRole::BRtcp => (&mut act.b_packets, &mut act.b_last_ns),
+            };
+            *packets = packets.saturating_add(f.packets);
+            // A flow starts with `last_seen_ns` = install time: only a flow that has carried a
+            // packet says when media was last seen.
+            if f.packets > 0 {
+                *last = Some(last.map_or(f.last_seen_ns, |l: u64| l.max(f.last_seen_ns)));
+            }
+        }
+        Ok(act)
+    }
+
+    /// Monotonic time (`CLOCK_MONOTONIC` ns, the clock of `crate::sys::monotonic_ns`; XDP stamps
+    /// at tick resolution, a few ms) of the newest packet relayed in either direction, or `None`
+    /// when the relay has not carried a packet yet. The call side ends calls whose media stopped
+    /// by comparing it with the clock.
+    pub fn last_activity(&self, id: RelayId) -> Result<Option<u64>, MediaError> {
+        Ok(self.activity(id)?.last_ns())
+    }
+
     /// Every relay, with counters.
     pub fn list(&self) -> Result<Vec<RelayInfo>, MediaError> {
         self.relays.keys().map(|id| self.info(*id, true)).collect()
@@ -663,6 +721,45 @@ mod tests {
             RelayOptions::default(),
         )
         .expect("ports are free again");
+    }
+
+    #[test]
+    fn activity_per_direction_and_newest_packet() {
+        let table: Arc<dyn FlowTable> = Arc::new(UserFlowTable::new());
+        let mut r = relay(47300, 47319, table.clone());
+        let info = r
+            .open(
+                sa("127.0.0.1:4000"),
+                sa("127.0.0.1:5000"),
+                RelayOptions::default(),
+            )
+            .expect("open");
+        // Freshly opened: flows carry their install time but no packet.
+        assert_eq!(r.last_activity(info.id).expect("activity"), None);
+        assert_eq!(
+            r.activity(info.id).expect("activity"),
+            MediaActivity::default()
+        );
+        // Packet times after the install time (the real clock).
+        let t0 = crate::sys::monotonic_ns() + 1_000_000_000;
+        let a_rtp = key_of(info.a.edge);
+        let b_rtcp = key_of(info.b.edge_rtcp.expect("rtcp port"));
+        table.account(&a_rtp, 200, t0 + 5_000);
+        table.account(&a_rtp, 200, t0 + 7_000);
+        let act = r.activity(info.id).expect("activity");
+        assert_eq!((act.a_packets, act.a_last_ns), (2, Some(t0 + 7_000)));
+        assert_eq!((act.b_packets, act.b_last_ns), (0, None));
+        assert_eq!(r.last_activity(info.id).expect("last"), Some(t0 + 7_000));
+        // RTCP from B counts as B's media, the newest packet wins.
+        table.account_volatile(&b_rtcp, 80, t0 + 9_000);
+        let act = r.activity(info.id).expect("activity");
+        assert_eq!((act.b_packets, act.b_last_ns), (1, Some(t0 + 9_000)));
+        assert_eq!(r.last_activity(info.id).expect("last"), Some(t0 + 9_000));
+        r.close(info.id).expect("close");
+        assert!(matches!(
+            r.last_activity(info.id),
+            Err(MediaError::NotFound(_))
+        ));
     }
 
     #[test]

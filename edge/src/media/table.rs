@@ -20,6 +20,14 @@ pub trait FlowTable: Send + Sync {
     fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError>;
     /// Records a packet relayed by userspace (bytes = IP datagram length).
     fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64);
+    /// Records a packet that userspace relays as a matter of course (RTCP, which is scrubbed in
+    /// userspace) without writing the flow entry: on a busy flow (rtcp-mux: RTP relayed by the
+    /// program on the same entry) a read-modify-write of the map could undo what the program
+    /// wrote meanwhile (its counters, or the destination latched from the reverse flow). Counted
+    /// in process memory and merged by `get_with_stats`; lost on restart.
+    fn account_volatile(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
+        self.account(key, bytes, now_ns);
+    }
     /// The flow with its counters (program and userspace relayed).
     fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError>;
 }
@@ -97,6 +105,8 @@ impl FlowTable for UserFlowTable {
 /// options) the program does not take for the same packet, so at most a count or two.
 pub struct BpfFlowTable {
     map: Mutex<aya::maps::HashMap<MapData, FlowKey, Flow>>,
+    /// `account_volatile` counts: (packets, bytes, last seen) per flow, removed with the flow.
+    volatile: Mutex<HashMap<FlowKey, (u64, u64, u64)>>,
 }
 
 /// `BPF_EXIST`: update only an existing element.
@@ -106,6 +116,7 @@ impl BpfFlowTable {
     pub fn new(map: aya::maps::HashMap<MapData, FlowKey, Flow>) -> BpfFlowTable {
         BpfFlowTable {
             map: Mutex::new(map),
+            volatile: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -140,6 +151,7 @@ impl FlowTable for BpfFlowTable {
     }
 
     fn remove(&self, key: &FlowKey) -> Result<(), MediaError> {
+        lock(&self.volatile).remove(key);
         match lock(&self.map).remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -174,7 +186,23 @@ impl FlowTable for BpfFlowTable {
         }
     }
 
+    fn account_volatile(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
+        let mut v = lock(&self.volatile);
+        let e = v.entry(*key).or_default();
+        e.0 = e.0.wrapping_add(1);
+        e.1 = e.1.wrapping_add(bytes);
+        e.2 = e.2.max(now_ns);
+    }
+
     fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
-        self.get(key)
+        let Some(mut f) = self.get(key)? else {
+            return Ok(None);
+        };
+        if let Some((packets, bytes, last)) = lock(&self.volatile).get(key).copied() {
+            f.packets = f.packets.wrapping_add(packets);
+            f.bytes = f.bytes.wrapping_add(bytes);
+            f.last_seen_ns = f.last_seen_ns.max(last);
+        }
+        Ok(Some(f))
     }
 }

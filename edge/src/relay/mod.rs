@@ -6,6 +6,9 @@
 //! by port), which keeps a multishot `recvmsg` armed on it with buffers from a provided buffer ring.
 //! Sends go out from the socket of the flow's source edge address (any worker may send on any
 //! socket) and are submitted in batches, one `submit` per completion batch.
+//!
+//! RTCP always comes through here: the XDP program passes it up (`rtcp_pass`) so that it can be
+//! scrubbed (`media::rtcp`) before it reaches the other party. RTP stays in XDP.
 mod uring;
 
 use std::collections::HashMap;
@@ -20,6 +23,7 @@ use sipveil_abi::FlowKey;
 
 use crate::media::SocketHost;
 use crate::media::counters::UserCounters;
+use crate::media::rtcp::RtcpScrubber;
 use crate::media::table::FlowTable;
 
 pub(crate) enum Command {
@@ -33,6 +37,8 @@ pub(crate) struct Shared {
     pub counters: Arc<UserCounters>,
     /// Every relay socket by its edge address: the send side looks the source socket up here.
     pub sockets: RwLock<HashMap<FlowKey, Arc<UdpSocket>>>,
+    /// Every RTCP datagram is rewritten by it before it is sent on (RTCP privacy, always on).
+    pub scrubber: RtcpScrubber,
 }
 
 struct Worker {
@@ -65,7 +71,7 @@ fn wake(fd: &OwnedFd) {
 
 impl RelayWorkers {
     /// Starts `n` worker threads (at least one). Fails when io_uring or provided buffer rings are
-    /// not available.
+    /// not available, or no random secret for the RTCP pseudonyms can be had.
     pub fn start(
         n: usize,
         table: Arc<dyn FlowTable>,
@@ -75,6 +81,8 @@ impl RelayWorkers {
             table,
             counters,
             sockets: RwLock::new(HashMap::new()),
+            scrubber: RtcpScrubber::random()
+                .map_err(|e| io::Error::other(format!("random secret for RTCP CNAMEs: {e}")))?,
         });
         let mut workers = Vec::new();
         for i in 0..n.max(1) {

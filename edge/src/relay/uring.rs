@@ -51,7 +51,10 @@ struct SendSlot {
     hdr: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_in6,
-    bid: u16,
+    /// The receive buffer the payload is sent from; `None` when it is sent from `scratch`.
+    bid: Option<u16>,
+    /// The scrubbed RTCP of this send (capacity kept between uses).
+    scratch: Vec<u8>,
     ip_len: u64,
     rtcp: bool,
     sock: Option<Arc<UdpSocket>>,
@@ -116,7 +119,8 @@ impl Worker {
                 },
                 // SAFETY: POD, all-zero is valid.
                 addr: unsafe { std::mem::zeroed() },
-                bid: 0,
+                bid: None,
+                scratch: Vec::new(),
                 ip_len: 0,
                 rtcp: false,
                 sock: None,
@@ -373,9 +377,33 @@ impl Worker {
             counters.inc(UserCounter::SendError);
             return Ok(false);
         };
-        let (base, plen) = (payload.as_ptr(), payload.len());
         let fd = sock.as_raw_fd();
         let slot = &mut self.sends[si];
+        let (base, plen, ip_len, bid) = if rtcp {
+            // Rewritten into the slot's own buffer: the receive buffer goes back at once.
+            let side = local;
+            let out = &mut slot.scratch;
+            out.reserve(crate::media::rtcp::max_output_len(payload.len()));
+            match self.shared.scrubber.scrub(&side, payload, out) {
+                Ok(r) => {
+                    counters.inc(UserCounter::RtcpScrubbed);
+                    counters.add(UserCounter::RtcpSdesItems, u64::from(r.sdes_items));
+                    if r.stripped() {
+                        counters.inc(UserCounter::RtcpStripped);
+                    }
+                }
+                Err(e) => {
+                    tracing::trace!("RTCP dropped: {e}");
+                    counters.inc(UserCounter::RtcpDropped);
+                    self.free_sends.push(si);
+                    return Ok(false);
+                }
+            }
+            let header = ip_len - payload.len() as u64;
+            (out.as_ptr(), out.len(), header + out.len() as u64, None)
+        } else {
+            (payload.as_ptr(), payload.len(), ip_len, Some(bid))
+        };
         slot.iov = libc::iovec {
             iov_base: base as *mut libc::c_void,
             iov_len: plen,
@@ -396,8 +424,9 @@ impl Worker {
         let e = opcode::SendMsg::new(Fd(fd), hdr_ptr)
             .build()
             .user_data(ud(K_SEND, si));
+        let owns_buffer = slot.bid.is_some();
         self.push(e)?;
-        Ok(true)
+        Ok(owns_buffer)
     }
 
     fn on_send(&mut self, si: usize, res: i32) {
@@ -418,7 +447,9 @@ impl Worker {
             }
         }
         self.free_sends.push(si);
-        self.recycle(bid);
+        if let Some(bid) = bid {
+            self.recycle(bid);
+        }
     }
 
     /// Cancels every receive and waits (bounded) for in-flight sends, so no request refers to the
