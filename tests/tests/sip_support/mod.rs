@@ -8,6 +8,7 @@
 //! involved). The lab is the two-arm shape: the edge listens on 198.18.1.1 (UDP and TCP 5060,
 //! TLS 5061) in sv-edge, clients run in sv-a (198.18.1.2).
 
+pub mod call;
 pub mod capture;
 pub mod client;
 pub mod digest;
@@ -115,6 +116,8 @@ pub struct EdgeOptions {
     /// auth.lab's `digest` key (the challenges offered, in order); `None`: the default
     /// (SHA-256, then MD5).
     pub auth_digest: Option<&'static str>,
+    /// More configuration appended as is (e.g. another `[[domain]]`).
+    pub extra_config: &'static str,
 }
 
 impl Default for EdgeOptions {
@@ -126,6 +129,7 @@ impl Default for EdgeOptions {
             max_message_bytes: 65535,
             workers: 2,
             auth_digest: None,
+            extra_config: "",
         }
     }
 }
@@ -168,7 +172,8 @@ pub fn config_text(options: &EdgeOptions) -> String {
          \n\
          [[domain]]\n\
          name = \"closed.lab\"\n\
-         policy = \"closed\"\n",
+         policy = \"closed\"\n\
+         {extra_config}",
         lab = Shape::TwoArm.daemon_config("auto"),
         workers = options.workers,
         max_message_bytes = options.max_message_bytes,
@@ -176,6 +181,7 @@ pub fn config_text(options: &EdgeOptions) -> String {
         max_expires = options.max_expires,
         default_expires = options.max_expires.min(600).max(options.min_expires),
         nonce_ttl_secs = options.nonce_ttl_secs,
+        extra_config = options.extra_config,
         auth_digest = options
             .auth_digest
             .map(|list| format!("digest = {list}\n"))
