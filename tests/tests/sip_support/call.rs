@@ -366,7 +366,9 @@ pub fn metric(name: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty float sum is -0.0: print a metric that is absent as 0.
+        + 0.0
 }
 
 pub fn xdp_relayed() -> u64 {
