@@ -8,9 +8,12 @@
 //! involved). The lab is the two-arm shape: the edge listens on 198.18.1.1 (UDP and TCP 5060,
 //! TLS 5061) in sv-edge, clients run in sv-a (198.18.1.2).
 
+pub mod call;
+pub mod capture;
 pub mod client;
 pub mod digest;
 pub mod sipp;
+pub mod ua;
 
 #[path = "../../../xtask/src/certs.rs"]
 pub mod certs;
@@ -113,6 +116,8 @@ pub struct EdgeOptions {
     /// auth.lab's `digest` key (the challenges offered, in order); `None`: the default
     /// (SHA-256, then MD5).
     pub auth_digest: Option<&'static str>,
+    /// More configuration appended as is (e.g. another `[[domain]]`).
+    pub extra_config: &'static str,
 }
 
 impl Default for EdgeOptions {
@@ -124,6 +129,7 @@ impl Default for EdgeOptions {
             max_message_bytes: 65535,
             workers: 2,
             auth_digest: None,
+            extra_config: "",
         }
     }
 }
@@ -166,7 +172,8 @@ pub fn config_text(options: &EdgeOptions) -> String {
          \n\
          [[domain]]\n\
          name = \"closed.lab\"\n\
-         policy = \"closed\"\n",
+         policy = \"closed\"\n\
+         {extra_config}",
         lab = Shape::TwoArm.daemon_config("auto"),
         workers = options.workers,
         max_message_bytes = options.max_message_bytes,
@@ -174,6 +181,7 @@ pub fn config_text(options: &EdgeOptions) -> String {
         max_expires = options.max_expires,
         default_expires = options.max_expires.min(600).max(options.min_expires),
         nonce_ttl_secs = options.nonce_ttl_secs,
+        extra_config = options.extra_config,
         auth_digest = options
             .auth_digest
             .map(|list| format!("digest = {list}\n"))
@@ -210,6 +218,9 @@ pub struct Edge {
     pub tls: TlsTrust,
     /// The CA the edge certificate is signed by (PEM file).
     pub ca_pem: PathBuf,
+    /// Extra `sipveil run` arguments: `--no-xdp` for the SIP-only tests, none for the call
+    /// tests (media relayed in XDP).
+    pub daemon_args: &'static [&'static str],
     _lab: LabSession,
 }
 
@@ -217,6 +228,16 @@ impl Edge {
     /// Takes the lab (waiting for the lock), writes certificates, users and configuration into
     /// a fresh directory for `test`, and starts the daemon.
     pub fn start(test: &str, options: &EdgeOptions) -> Edge {
+        Edge::start_args(test, options, &["--no-xdp"])
+    }
+
+    /// As [`Edge::start`], with XDP on (`xdp = "auto"` from the lab's configuration): the call
+    /// tests, whose media the XDP program relays.
+    pub fn start_xdp(test: &str, options: &EdgeOptions) -> Edge {
+        Edge::start_args(test, options, &[])
+    }
+
+    fn start_args(test: &str, options: &EdgeOptions, daemon_args: &'static [&'static str]) -> Edge {
         require_root();
         let sipveil = sipveil();
         let lab = Lab::session(Shape::TwoArm, sipveil)
@@ -237,6 +258,7 @@ impl Edge {
             config,
             tls,
             ca_pem: files.ca,
+            daemon_args,
             _lab: lab,
         };
         edge.start_daemon();
@@ -259,6 +281,7 @@ impl Edge {
             config: config.to_path_buf(),
             tls,
             ca_pem: ca_pem.to_path_buf(),
+            daemon_args: &["--no-xdp"],
             _lab: lab,
         };
         edge.start_daemon();
@@ -272,7 +295,7 @@ impl Edge {
         let daemon = Daemon::start(
             sipveil(),
             &self.config,
-            &["--no-xdp"],
+            self.daemon_args,
             Duration::from_secs(30),
             Some(&log),
         )
