@@ -190,6 +190,20 @@ fn embedded_v4(token: &[u8]) -> Vec<(usize, Ipv4Addr)> {
     out
 }
 
+/// `value` without a leading `sip:` / `sips:` (any case).
+fn strip_sip_scheme(value: &[u8]) -> &[u8] {
+    for scheme in [&b"sips:"[..], &b"sip:"[..]] {
+        if value.len() > scheme.len()
+            && value
+                .get(..scheme.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        {
+            return value.get(scheme.len()..).unwrap_or(value);
+        }
+    }
+    value
+}
+
 /// Identifiers shorter than this are not collected: a short value (`-`,
 /// `0`, a port) would match everywhere.
 pub const MIN_IDENTIFIER_LEN: usize = 4;
@@ -206,7 +220,8 @@ pub const MIN_IDENTIFIER_LEN: usize = 4;
 /// edge), the From URI (the caller's AOR, which the edge may show on
 /// purpose), addresses in `exclude` (the edge's own), values shorter than
 /// [`MIN_IDENTIFIER_LEN`], and any value contained in one of `shown`
-/// (what the edge deliberately shows, e.g. the authenticated AOR).
+/// (what the edge deliberately shows, e.g. the authenticated AOR; a value
+/// with a `sip:` scheme counts as shown when the rest is).
 pub fn identifiers_of(msg: &Message, exclude: &[IpAddr], shown: &[&[u8]]) -> Vec<Identifier> {
     let mut out: Vec<Identifier> = Vec::new();
     let mut add = |label: &str, value: &[u8]| {
@@ -222,10 +237,12 @@ pub fn identifiers_of(msg: &Message, exclude: &[IpAddr], shown: &[&[u8]]) -> Vec
         {
             return;
         }
+        // A value that is only something the edge shows on purpose (the callee's address of
+        // record, say), with or without its URI scheme, is not an identifier of this party:
+        // baresip, for one, uses its AOR `sip:user@domain` as RTCP CNAME.
+        let bare = strip_sip_scheme(value);
         if shown.iter().any(|s| {
-            s.len() >= value.len()
-                && s.windows(value.len())
-                    .any(|w| w.eq_ignore_ascii_case(value))
+            s.len() >= bare.len() && s.windows(bare.len()).any(|w| w.eq_ignore_ascii_case(bare))
         }) {
             return;
         }
@@ -346,6 +363,32 @@ pub fn identifiers_of(msg: &Message, exclude: &[IpAddr], shown: &[&[u8]]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cname_that_is_only_the_shown_aor_is_not_an_identifier() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 198.18.2.2\r\ns=-\r\nc=IN IP4 198.18.2.2\r\nt=0 0\r\n\
+                   m=audio 4000 RTP/AVP 0\r\na=ssrc:7 cname:sip:bob@open.lab\r\n\
+                   a=ssrc:8 cname:bob-laptop-42\r\n";
+        let text = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.18.2.1;branch=z9hG4bKe1\r\n\
+             From: <sip:anonymous@anonymous.invalid>;tag=e1\r\nTo: <sip:bob@open.lab>;tag=b1\r\n\
+             Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        let msg =
+            sipveil_sip::parse_datagram(bytes::Bytes::from(text), &sipveil_sip::Limits::default())
+                .expect("parses");
+        let ids = identifiers_of(&msg, &[], &[b"bob@open.lab"]);
+        let values: Vec<&[u8]> = ids.iter().map(|i| i.value.as_ref()).collect();
+        assert!(
+            !values
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(b"sip:bob@open.lab")),
+            "{ids:?}"
+        );
+        assert!(values.contains(&&b"bob-laptop-42"[..]), "{ids:?}");
+    }
 
     #[test]
     fn finds_identifiers_case_insensitively() {

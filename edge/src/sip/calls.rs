@@ -395,7 +395,7 @@ impl CallHub {
         call: CallRef,
         msg: &Message,
         recipient: IpAddr,
-    ) -> Vec<(&'static str, String)> {
+    ) -> Vec<(&'static str, String, String)> {
         let Some(m) = self.calls.get(&call) else {
             return Vec::new();
         };
@@ -420,11 +420,14 @@ impl CallHub {
         audit(&bytes, other_ids, &own)
             .into_iter()
             .map(|f| {
-                let kind = match f.kind {
-                    sipveil_b2bua::FindingKind::Identifier(_) => "identifier",
-                    sipveil_b2bua::FindingKind::PrivateAddress(_) => "private_address",
+                // What kind of value it was (its label, or "address"), never the value itself.
+                let (kind, what) = match f.kind {
+                    sipveil_b2bua::FindingKind::Identifier(label) => ("identifier", label),
+                    sipveil_b2bua::FindingKind::PrivateAddress(_) => {
+                        ("private_address", "address".to_owned())
+                    }
                 };
-                (kind, header_at(&bytes, f.offset))
+                (kind, header_at(&bytes, f.offset), what)
             })
             .collect()
     }

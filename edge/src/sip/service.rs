@@ -1359,8 +1359,8 @@ impl Worker {
         let Some(call) = call else {
             return;
         };
-        for (kind, header) in hub.audit_egress(call, msg, to) {
-            tracing::warn!(call = call.0, kind, header = %header, "privacy leak on egress");
+        for (kind, header, what) in hub.audit_egress(call, msg, to) {
+            tracing::warn!(call = call.0, kind, header = %header, what = %what, "privacy leak on egress");
             self.shared.metrics.privacy_leak(kind);
         }
     }
