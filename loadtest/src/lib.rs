@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod bencode;
 pub mod clock;
+pub mod flood;
 pub mod hlog;
 pub mod kamailio;
 pub mod lab;
