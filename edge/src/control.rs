@@ -72,6 +72,24 @@ pub enum Request {
     },
     /// The Prometheus text (as served on the metrics address).
     Metrics,
+    /// The shield's blocked and allowlisted sources.
+    ShieldList,
+    /// Blocks a source (IPv4 address, or an IPv6 address for its /64) for `for_secs`.
+    ShieldBlock {
+        addr: std::net::IpAddr,
+        #[serde(default = "default_block_secs")]
+        for_secs: u64,
+    },
+    /// Lifts the block of a source.
+    ShieldUnblock {
+        addr: std::net::IpAddr,
+    },
+    /// The shield's drops by reason (XDP counters and userspace).
+    ShieldStats,
+}
+
+fn default_block_secs() -> u64 {
+    3600
 }
 
 fn default_qualify_wait_ms() -> u64 {
@@ -103,6 +121,8 @@ pub struct ControlState {
     pub sip: OnceLock<Arc<crate::sip::SipEdge>>,
     /// What `reload` does (set by `daemon::run`, which knows the configuration file).
     pub reload: OnceLock<Box<Reload>>,
+    /// The flood shield (set by the daemon at start).
+    pub shield: OnceLock<Arc<crate::shield::Shield>>,
 }
 
 fn error(e: &MediaError) -> Value {
@@ -167,8 +187,43 @@ pub fn handle_line(state: &ControlState, line: &str) -> Value {
             Some(sip) => json!({"ok": true, "text": sip.metrics.render()}),
             None => no_sip(),
         },
+        Request::ShieldList => match state.shield.get() {
+            Some(sh) => sh.list(),
+            None => no_shield(),
+        },
+        Request::ShieldBlock { addr, for_secs } => match state.shield.get() {
+            Some(sh) => sh
+                .block(addr, for_secs)
+                .unwrap_or_else(|e| bad_request(e.to_string())),
+            None => no_shield(),
+        },
+        Request::ShieldUnblock { addr } => match state.shield.get() {
+            Some(sh) => sh
+                .unblock(addr)
+                .unwrap_or_else(|e| bad_request(e.to_string())),
+            None => no_shield(),
+        },
+        Request::ShieldStats => match state.shield.get() {
+            Some(sh) => {
+                let mut v = sh.stats();
+                let xdp: Vec<(&'static str, u64)> = (state.xdp_counters)()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("shield_"))
+                    .collect();
+                v["xdp"] = counters_json(&xdp);
+                v["blocked_sources"] = json!(sh.blocked_sources());
+                v["ok"] = json!(true);
+                v
+            }
+            None => no_shield(),
+        },
         relay_request => handle_relay(state, relay_request),
     }
+}
+
+fn no_shield() -> Value {
+    bad_request("the shield is not running".to_owned())
 }
 
 fn no_sip() -> Value {

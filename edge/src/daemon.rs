@@ -9,11 +9,12 @@ use sipveil_abi::Counter;
 
 use crate::config::{Config, XdpSetting};
 use crate::control::{self, ControlState};
-use crate::dataplane::{Dataplane, DataplaneOptions};
+use crate::dataplane::{Dataplane, DataplaneOptions, ShieldMaps};
 use crate::media::counters::UserCounters;
 use crate::media::table::{BpfFlowTable, FlowTable, UserFlowTable};
 use crate::media::{MediaRelay, SocketHost};
 use crate::relay::RelayWorkers;
+use crate::shield::{Shield, ShieldPorts};
 use crate::sip::SipEdge;
 
 /// The data plane and the media relay, without the control socket and the signal loop (tests use
@@ -68,26 +69,66 @@ impl Edge {
                 }
             }
         });
+        let shield = start_shield(cfg, dataplane.as_deref());
+        let state = Arc::new(ControlState {
+            relay: Mutex::new(relay),
+            xdp_counters,
+            sip: std::sync::OnceLock::new(),
+            reload: std::sync::OnceLock::new(),
+            shield: std::sync::OnceLock::new(),
+        });
+        let _ = state.shield.set(shield);
         Ok(Edge {
-            state: Arc::new(ControlState {
-                relay: Mutex::new(relay),
-                xdp_counters,
-                sip: std::sync::OnceLock::new(),
-                reload: std::sync::OnceLock::new(),
-            }),
+            state,
             mode,
             adopted_flows,
             dataplane,
         })
     }
 
-    /// Runs idle expiry once.
+    /// Runs idle expiry once (and the shield's expiries and XDP events).
     pub fn expire(&self) {
+        if let Some(sh) = self.state.shield.get() {
+            sh.tick();
+        }
         let now = crate::sys::monotonic_ns();
         if let Ok(mut r) = self.state.relay.lock() {
             r.expire_idle(now);
         }
     }
+}
+
+/// The shield: with XDP, on the pinned maps (a failure to open them leaves the XDP shield
+/// unconfigured, logged, and the userspace limiter off); without, the userspace limiter.
+fn start_shield(cfg: &Config, dp: Option<&Dataplane>) -> Arc<Shield> {
+    let ports = ShieldPorts {
+        udp: cfg.sip.udp.iter().map(|a| a.port()).collect(),
+        tcp: cfg
+            .sip
+            .tcp
+            .iter()
+            .chain(cfg.sip.tls.iter())
+            .map(|a| a.port())
+            .collect(),
+    };
+    let maps = dp.and_then(|d| match ShieldMaps::open(&d.pin_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!("shield: opening the pinned maps: {e}; the XDP shield stays as it is");
+            None
+        }
+    });
+    if dp.is_some() && maps.is_none() {
+        // XDP is on but its shield maps are unusable: do not double-enforce in userspace.
+        let mut off = cfg.shield.clone();
+        off.limits.enabled = false;
+        let shield = Arc::new(Shield::new(&off, ports, None));
+        crate::shield::feed::install(shield.clone());
+        return shield;
+    }
+    let shield = Arc::new(Shield::new(&cfg.shield, ports, maps));
+    crate::shield::feed::install(shield.clone());
+    shield
 }
 
 /// `sipveil run`: blocks SIGTERM/SIGINT (before any thread starts, so every thread inherits the
@@ -114,6 +155,12 @@ pub fn run(cfg: &Config, config_path: &Path, no_xdp: bool) -> anyhow::Result<()>
     let sip = if cfg.sip.enabled() {
         let sip = SipEdge::start(cfg).context("starting the SIP side")?;
         let _ = edge.state.sip.set(sip.clone());
+        if let Some(shield) = edge.state.shield.get().cloned() {
+            let state = edge.state.clone();
+            sip.metrics.add_collector(Box::new(move |out| {
+                shield.render_metrics(out, (state.xdp_counters)());
+            }));
+        }
         Some(sip)
     } else {
         None
@@ -123,7 +170,8 @@ pub fn run(cfg: &Config, config_path: &Path, no_xdp: bool) -> anyhow::Result<()>
         let path = config_path.to_path_buf();
         let running = running.clone();
         let sip = sip.clone();
-        let reload = move || reload_config(&path, &running, sip.as_deref());
+        let shield = edge.state.shield.get().cloned();
+        let reload = move || reload_config(&path, &running, sip.as_deref(), shield.as_deref());
         let _ = edge.state.reload.set(Box::new(reload));
     }
     control::serve(&cfg.control_socket, edge.state.clone()).with_context(|| {
@@ -190,8 +238,13 @@ fn reload_config(
     path: &Path,
     running: &Mutex<Config>,
     sip: Option<&SipEdge>,
+    shield: Option<&Shield>,
 ) -> Result<serde_json::Value, String> {
-    let mut new = Config::load(path).map_err(|e| e.to_string())?;
+    let new_cfg = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(sh) = shield {
+        sh.reload(&new_cfg.shield);
+    }
+    let mut new = new_cfg;
     let mut current = running
         .lock()
         .map_err(|_| "configuration lock poisoned".to_owned())?;

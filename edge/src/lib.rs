@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod media;
 pub mod metrics;
 pub mod relay;
+pub mod shield;
 pub mod sip;
 pub mod store;
 pub mod sys;

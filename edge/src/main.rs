@@ -125,6 +125,9 @@ enum Cmd {
     /// Start or stop HdrHistogram interval logs of transaction latency.
     #[command(subcommand)]
     Hlog(HlogCmd),
+    /// The flood shield: blocked and allowlisted sources, manual blocks, drops by reason.
+    #[command(subcommand)]
+    Shield(ShieldCmd),
     /// Print the daemon's metrics (Prometheus text format).
     #[command(
         after_help = "Examples:\n  sipveil metrics --instance lab | grep sipveil_registrations"
@@ -197,6 +200,123 @@ enum HlogCmd {
     },
     /// Stop the interval log (flushes and closes the file).
     Stop(SocketArgs),
+}
+
+#[derive(Subcommand)]
+enum ShieldCmd {
+    /// Blocked sources (source, reason, since, until) and allowlisted ones.
+    #[command(after_help = "Examples:\n  sipveil shield list --instance lab\n  \
+        sipveil shield list --json")]
+    List {
+        /// Print the daemon's JSON answer (one line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Block a source (an IPv4 address, or an IPv6 address for its /64).
+    #[command(
+        after_help = "Examples:\n  sipveil shield block 198.18.0.66 --for 10m\n  \
+        sipveil shield block 2001:db8:1:2::1 --for 1d"
+    )]
+    Block {
+        addr: std::net::IpAddr,
+        /// How long: seconds, or with a unit s/m/h/d (90s, 10m, 2h, 1d).
+        #[arg(long = "for", default_value = "1h", value_parser = parse_duration_secs)]
+        duration: u64,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Lift the block of a source.
+    #[command(after_help = "Examples:\n  sipveil shield unblock 198.18.0.66")]
+    Unblock {
+        addr: std::net::IpAddr,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Drops by reason, from XDP (the shield counters) and from the userspace limiter.
+    #[command(after_help = "Examples:\n  sipveil shield stats --instance lab")]
+    Stats {
+        /// Print the daemon's JSON answer (one line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d` → seconds (at least 1).
+fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected seconds or a number with s/m/h/d"))?;
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: must be between 1 second and {} seconds",
+            u64::MAX
+        )),
+    }
+}
+
+/// A shield command: its request, socket, JSON output, table printer.
+type ShieldCall = (Value, SocketArgs, bool, Option<fn(&Value)>);
+
+fn print_shield_list(answer: &Value) {
+    let empty = Vec::new();
+    let blocked = answer["blocked"].as_array().unwrap_or(&empty);
+    println!(
+        "{:<28} {:<14} {:>10} {:>10}",
+        "SOURCE", "REASON", "SINCE", "UNTIL"
+    );
+    for b in blocked {
+        println!(
+            "{:<28} {:<14} {:>9}s {:>9}s",
+            b["source"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("?"),
+            b["since_secs_ago"].as_u64().unwrap_or(0),
+            b["until_secs"].as_u64().unwrap_or(0),
+        );
+    }
+    let allowed = answer["allowed"].as_array().unwrap_or(&empty);
+    for a in allowed {
+        println!(
+            "{:<28} {:<14} {:>9}s {:>9}s",
+            a["source"].as_str().unwrap_or("?"),
+            "allowlisted",
+            a["since_secs_ago"].as_u64().unwrap_or(0),
+            a["until_secs"].as_u64().unwrap_or(0),
+        );
+    }
+    println!("(since: seconds ago; until: seconds from now)");
+}
+
+fn print_shield_stats(answer: &Value) {
+    println!(
+        "shield {} (enforcement: {}), blocked sources: {}",
+        if answer["enabled"].as_bool().unwrap_or(false) {
+            "on"
+        } else {
+            "off"
+        },
+        answer["enforcement"].as_str().unwrap_or("?"),
+        answer["blocked_sources"].as_u64().unwrap_or(0)
+    );
+    for (title, key) in [("xdp", "xdp"), ("userspace", "userspace_drops")] {
+        if let Some(map) = answer[key].as_object() {
+            for (k, v) in map {
+                println!("{title:<10} {k:<32} {}", v.as_u64().unwrap_or(0));
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -412,6 +532,7 @@ fn main() -> ExitCode {
         | Cmd::Qualify { .. }
         | Cmd::Hlog(_)
         | Cmd::Metrics(_)
+        | Cmd::Shield(_)
         | Cmd::Ha1 { .. } => None,
     };
     if let Err(e) = enter(netns.as_deref()) {
@@ -526,6 +647,44 @@ fn dispatch(cmd: Cmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
             let request = json!({"cmd": "hlog-start", "path": file, "interval_ms": interval_ms});
             let answer = daemon_request(socket, &request)?;
             println!("{answer}");
+            Ok(answer_code(&answer))
+        }
+        Cmd::Shield(cmd) => {
+            let (request, socket, as_json, table): ShieldCall = match cmd {
+                ShieldCmd::List { json: j, socket } => (
+                    json!({"cmd": "shield-list"}),
+                    socket,
+                    j,
+                    Some(print_shield_list),
+                ),
+                ShieldCmd::Block {
+                    addr,
+                    duration,
+                    socket,
+                } => (
+                    json!({"cmd": "shield-block", "addr": addr, "for_secs": duration}),
+                    socket,
+                    true,
+                    None,
+                ),
+                ShieldCmd::Unblock { addr, socket } => (
+                    json!({"cmd": "shield-unblock", "addr": addr}),
+                    socket,
+                    true,
+                    None,
+                ),
+                ShieldCmd::Stats { json: j, socket } => (
+                    json!({"cmd": "shield-stats"}),
+                    socket,
+                    j,
+                    Some(print_shield_stats),
+                ),
+            };
+            let answer = daemon_request(socket, &request)?;
+            match table {
+                Some(print) if !as_json && is_ok(&answer) => print(&answer),
+                _ => println!("{answer}"),
+            }
             Ok(answer_code(&answer))
         }
         Cmd::Hlog(HlogCmd::Stop(socket)) => {

@@ -7,8 +7,10 @@
 //! read at load time (their errors name the users file and line, and the config key that named
 //! it). TLS certificate and key files are checked by [`Config::check_files`] /
 //! [`SipSettings::load_tls`] (the lab generates them after its config exists).
+mod shield;
 mod sip;
 
+pub use shield::ShieldSettings;
 pub use sip::{
     DEFAULT_DEFAULT_EXPIRES, DEFAULT_MAX_BINDINGS, DEFAULT_MAX_CONTACTS, DEFAULT_MAX_EXPIRES,
     DEFAULT_MIN_EXPIRES, DEFAULT_NONCE_TTL_SECS, KeyOrigin, MAX_WORKERS, RegistrarSettings,
@@ -113,6 +115,7 @@ struct FileConfig {
     #[serde(default)]
     domain: Vec<sip::DomainSection>,
     metrics: Option<sip::MetricsSection>,
+    shield: Option<shield::ShieldSection>,
 }
 
 /// The validated configuration.
@@ -129,6 +132,8 @@ pub struct Config {
     pub registrar: RegistrarSettings,
     /// `[metrics] listen`: Prometheus text at `GET /metrics`; None = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[shield]`: the flood shield (absent = off).
+    pub shield: ShieldSettings,
 }
 
 /// Media relay settings.
@@ -339,6 +344,7 @@ impl Config {
             &file.domain,
             file.metrics.as_ref(),
         )?;
+        let shield = shield::build(&ctx, file.shield.as_ref())?;
         Ok(Config {
             interfaces: file.dataplane.interfaces,
             xdp: file.dataplane.xdp,
@@ -355,6 +361,7 @@ impl Config {
             sip: parts.sip,
             registrar: parts.registrar,
             metrics_listen: parts.metrics_listen,
+            shield,
         })
     }
 
@@ -477,6 +484,7 @@ impl Config {
                 let _ = writeln!(s, "metrics       off");
             }
         }
+        let _ = writeln!(s, "{}", self.shield.summary());
         s
     }
 }

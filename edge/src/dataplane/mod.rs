@@ -2,8 +2,10 @@
 pub mod lab;
 pub mod loader;
 pub mod objects;
+pub mod shield;
 
 pub use loader::{
     AttachMode, AttachedInterface, Dataplane, DataplaneError, DataplaneOptions, UnloadReport,
     pin_dir, read_pinned_counters, read_pinned_flow_count, unload,
 };
+pub use shield::ShieldMaps;

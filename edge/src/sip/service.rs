@@ -348,6 +348,11 @@ impl Worker {
         req: Request,
         cancels: Option<TransactionId>,
     ) {
+        // The flood shield: a scanner's request is reported and dropped without an answer.
+        if crate::shield::feed::scanner_request(from.peer.ip(), &req) {
+            self.layer.terminate(key);
+            return;
+        }
         self.pending.insert(key, (req.method().clone(), io.now()));
         // §8.2.2.3: a Require naming an extension the edge does not support gets 420.
         if let Err(bad) = check_extensions(&req, SUPPORTED, false) {
@@ -431,6 +436,11 @@ impl Worker {
                 return;
             }
         };
+        // The flood shield counts auth failures, unknown users and verified registrations.
+        let (RegisterOutcome::Drop { report }
+        | RegisterOutcome::Respond { report, .. }
+        | RegisterOutcome::Commit { report, .. }) = &outcome;
+        crate::shield::feed::register_report(from.peer.ip(), report);
         match outcome {
             RegisterOutcome::Drop { report } => {
                 // Nothing can be answered: forget the transaction rather than keep it forever.

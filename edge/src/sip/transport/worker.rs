@@ -545,6 +545,10 @@ impl Core {
             return;
         };
         let payload = out.payload_data();
+        // The flood shield's userspace enforcement (XDP off), before any parsing.
+        if crate::shield::feed::installed().is_some_and(|s| !s.check_datagram(peer.ip(), payload)) {
+            return;
+        }
         if payload.iter().all(|&b| b == b'\r' || b == b'\n') {
             return; // keep-alive
         }
@@ -603,6 +607,10 @@ impl Core {
         let (Ok(local), Ok(peer)) = (local_addr(fd.as_raw_fd()), peer_addr(fd.as_raw_fd())) else {
             return Ok(()); // already gone
         };
+        // The flood shield's userspace enforcement (XDP off): the connection is closed at once.
+        if crate::shield::feed::installed().is_some_and(|s| !s.check_accept(peer.ip())) {
+            return Ok(());
+        }
         let cfg = &self.shared.cfg;
         let metrics = &self.shared.metrics;
         if self.shared.connections.fetch_add(1, Ordering::AcqRel) >= cfg.max_connections {

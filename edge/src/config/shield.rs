@@ -1,0 +1,385 @@
+//! `[shield]`: the flood shield's settings (issue 6). Absent or `enabled = false`: off (the XDP
+//! `ShieldConfig` stays zeroed, the userspace limiter passes everything, the policy still keeps
+//! manual blocks).
+use std::net::IpAddr;
+use std::ops::Range;
+
+use serde::Deserialize;
+use sipveil_abi::shield::{CLASSES, MAX_BURST, MAX_MULTIPLIER, MAX_RATE, RateLimit, ShieldClass};
+use toml::Spanned;
+
+use super::{ConfigError, Ctx};
+use crate::shield::{Limits, Peer, PolicyConfig, Threshold, policy::DEFAULT_SCANNER_PATTERNS};
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// `rate`/`burst` of one class (`{ rate = 20, burst = 40 }`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// `count` events within `window_secs`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSection {
+    pub count: u32,
+    pub window_secs: u64,
+}
+
+/// A configured peer: `{ address = "198.18.0.0/24", unlimited = true }` or `multiplier = 50`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub multiplier: u32,
+    #[serde(default)]
+    pub unlimited: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShieldSection {
+    #[serde(default)]
+    pub enabled: bool,
+    pub register: Option<Spanned<LimitSection>>,
+    pub invite: Option<Spanned<LimitSection>>,
+    pub options: Option<Spanned<LimitSection>>,
+    pub other: Option<Spanned<LimitSection>>,
+    pub response: Option<Spanned<LimitSection>>,
+    pub not_sip: Option<Spanned<LimitSection>>,
+    pub syn: Option<Spanned<LimitSection>>,
+    pub global: Option<Spanned<LimitSection>>,
+    pub allow_multiplier: Option<Spanned<u32>>,
+    pub allow_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    pub auth_failures: Option<ThresholdSection>,
+    pub unknown_users: Option<ThresholdSection>,
+    pub rate_events: Option<ThresholdSection>,
+    pub block_secs: Option<Spanned<u64>>,
+    pub block_max_secs: Option<Spanned<u64>>,
+    pub strike_memory_secs: Option<u64>,
+    pub event_interval_ms: Option<u32>,
+    pub scanner_patterns: Option<Vec<String>>,
+}
+
+/// The validated `[shield]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShieldSettings {
+    pub limits: Limits,
+    pub peers: Vec<Peer>,
+    pub policy: PolicyConfig,
+    pub event_interval_ms: u32,
+    pub scanner_patterns: Vec<String>,
+}
+
+impl Default for ShieldSettings {
+    fn default() -> Self {
+        ShieldSettings {
+            limits: Limits::default(),
+            peers: Vec::new(),
+            policy: PolicyConfig::default(),
+            event_interval_ms: 0,
+            scanner_patterns: DEFAULT_SCANNER_PATTERNS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+impl ShieldSettings {
+    /// One line for `check-config`.
+    pub fn summary(&self) -> String {
+        if !self.limits.enabled {
+            return "shield        off".to_owned();
+        }
+        let r = self.limits.per_class[ShieldClass::Register as usize];
+        let p = &self.policy;
+        format!(
+            "shield        on; register {}/s burst {}; global {}/s; {} peer(s); block after {} \
+             auth failures / {} unknown users / {} rate events, {}s doubling to {}s",
+            r.rate,
+            r.burst,
+            self.limits.global.rate,
+            self.peers.len(),
+            p.auth_failures.count,
+            p.unknown_users.count,
+            p.rate_events.count,
+            p.block_ns / NS_PER_S,
+            p.block_max_ns / NS_PER_S
+        )
+    }
+}
+
+/// Default per-source limits (packets/s, burst): generous for a client, tight for a flood.
+const DEFAULTS: [(ShieldClass, u32, u32); 7] = [
+    (ShieldClass::Register, 20, 40),
+    (ShieldClass::Invite, 20, 40),
+    (ShieldClass::Options, 20, 40),
+    (ShieldClass::Other, 100, 200),
+    (ShieldClass::Response, 200, 400),
+    (ShieldClass::NotSip, 20, 40),
+    (ShieldClass::Syn, 10, 20),
+];
+
+fn limit(
+    ctx: &Ctx<'_>,
+    key: &str,
+    s: Option<&Spanned<LimitSection>>,
+    default: RateLimit,
+) -> Result<RateLimit, ConfigError> {
+    let Some(s) = s else { return Ok(default) };
+    let v = s.get_ref();
+    if v.rate > MAX_RATE || v.burst > MAX_BURST {
+        return Err(ctx.at(
+            s.span(),
+            key,
+            format!("rate must be at most {MAX_RATE} and burst at most {MAX_BURST}"),
+        ));
+    }
+    Ok(RateLimit {
+        rate: v.rate,
+        burst: v.burst,
+    })
+}
+
+fn threshold(t: Option<ThresholdSection>, default: Threshold) -> Threshold {
+    t.map_or(default, |t| Threshold {
+        count: t.count,
+        window_ns: t.window_secs.saturating_mul(NS_PER_S),
+    })
+}
+
+fn secs(
+    ctx: &Ctx<'_>,
+    key: &str,
+    v: Option<&Spanned<u64>>,
+    default_ns: u64,
+) -> Result<u64, ConfigError> {
+    let Some(v) = v else { return Ok(default_ns) };
+    if *v.get_ref() == 0 {
+        return Err(ctx.at(v.span(), key, "must be at least 1".to_owned()));
+    }
+    Ok(v.get_ref().saturating_mul(NS_PER_S))
+}
+
+fn peer(ctx: &Ctx<'_>, p: &PeerSection) -> Result<Peer, ConfigError> {
+    let text = p.address.get_ref();
+    let bad = |why: &str| ctx.at(p.address.span(), "shield.peers.address", why.to_owned());
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text.as_str(), None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| bad("must be an IP address or prefix (198.18.0.0/24, 2001:db8::/48)"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| bad("the prefix length is out of range"))?,
+    };
+    if p.multiplier > MAX_MULTIPLIER {
+        return Err(bad("multiplier must be at most 10000"));
+    }
+    Ok(Peer {
+        addr,
+        prefix_len,
+        multiplier: p.multiplier,
+        unlimited: p.unlimited,
+    })
+}
+
+/// Validates `[shield]` (absent: the defaults, off).
+pub(crate) fn build(
+    ctx: &Ctx<'_>,
+    s: Option<&ShieldSection>,
+) -> Result<ShieldSettings, ConfigError> {
+    let mut out = ShieldSettings::default();
+    for (class, rate, burst) in DEFAULTS {
+        out.limits.per_class[class as usize] = RateLimit { rate, burst };
+    }
+    out.limits.global = RateLimit {
+        rate: 5_000,
+        burst: 10_000,
+    };
+    out.limits.allow_multiplier = 10;
+    let Some(s) = s else {
+        return Ok(out);
+    };
+    out.limits.enabled = s.enabled;
+    let sections: [(ShieldClass, &str, Option<&Spanned<LimitSection>>); 7] = [
+        (
+            ShieldClass::Register,
+            "shield.register",
+            s.register.as_ref(),
+        ),
+        (ShieldClass::Invite, "shield.invite", s.invite.as_ref()),
+        (ShieldClass::Options, "shield.options", s.options.as_ref()),
+        (ShieldClass::Other, "shield.other", s.other.as_ref()),
+        (
+            ShieldClass::Response,
+            "shield.response",
+            s.response.as_ref(),
+        ),
+        (ShieldClass::NotSip, "shield.not_sip", s.not_sip.as_ref()),
+        (ShieldClass::Syn, "shield.syn", s.syn.as_ref()),
+    ];
+    for (class, key, sec) in sections {
+        let i = class as usize;
+        debug_assert!(i < CLASSES);
+        out.limits.per_class[i] = limit(ctx, key, sec, out.limits.per_class[i])?;
+    }
+    out.limits.global = limit(ctx, "shield.global", s.global.as_ref(), out.limits.global)?;
+    if let Some(m) = &s.allow_multiplier {
+        if *m.get_ref() == 0 || *m.get_ref() > MAX_MULTIPLIER {
+            return Err(ctx.at(
+                m.span(),
+                "shield.allow_multiplier",
+                format!("must be 1..={MAX_MULTIPLIER}"),
+            ));
+        }
+        out.limits.allow_multiplier = *m.get_ref();
+    }
+    out.peers = s
+        .peers
+        .iter()
+        .map(|p| peer(ctx, p))
+        .collect::<Result<_, _>>()?;
+    let d = PolicyConfig::default();
+    out.policy = PolicyConfig {
+        auth_failures: threshold(s.auth_failures, d.auth_failures),
+        unknown_users: threshold(s.unknown_users, d.unknown_users),
+        rate_events: threshold(s.rate_events, d.rate_events),
+        scanner: d.scanner,
+        block_ns: secs(ctx, "shield.block_secs", s.block_secs.as_ref(), d.block_ns)?,
+        block_max_ns: secs(
+            ctx,
+            "shield.block_max_secs",
+            s.block_max_secs.as_ref(),
+            d.block_max_ns,
+        )?,
+        strike_memory_ns: s
+            .strike_memory_secs
+            .map_or(d.strike_memory_ns, |v| v.saturating_mul(NS_PER_S)),
+        allow_multiplier: 0,
+        allow_ns: secs(ctx, "shield.allow_secs", s.allow_secs.as_ref(), d.allow_ns)?,
+        max_tracked: d.max_tracked,
+    };
+    if out.policy.block_max_ns < out.policy.block_ns {
+        let span: Range<usize> = s.block_max_secs.as_ref().map_or(0..0, |v| v.span());
+        return Err(ctx.at(
+            span,
+            "shield.block_max_secs",
+            "must be at least block_secs".to_owned(),
+        ));
+    }
+    out.event_interval_ms = s.event_interval_ms.unwrap_or(0);
+    out.limits.event_interval_ms = out.event_interval_ms;
+    if let Some(p) = &s.scanner_patterns {
+        out.scanner_patterns = p.clone();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::*;
+
+    const BASE: &str = "[media]\nport_min = 40000\nport_max = 40099\n\
+                        addresses = { a = \"198.18.1.1\", b = \"198.18.2.1\" }\n\n";
+
+    fn parse(shield: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), &format!("{BASE}{shield}"))
+    }
+
+    #[test]
+    fn absent_is_off_with_defaults() {
+        let c = parse("").expect("config");
+        assert!(!c.shield.limits.enabled);
+        assert_eq!(
+            c.shield.limits.per_class[ShieldClass::Register as usize],
+            RateLimit {
+                rate: 20,
+                burst: 40
+            }
+        );
+        assert_eq!(c.shield.summary(), "shield        off");
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            "[shield]\nenabled = true\nregister = { rate = 5, burst = 9 }\n\
+             syn = { rate = 0, burst = 0 }\nglobal = { rate = 100, burst = 200 }\n\
+             allow_multiplier = 7\nallow_secs = 60\n\
+             peers = [{ address = \"198.18.1.0/24\", unlimited = true }, { address = \"2001:db8::1\", multiplier = 3 }]\n\
+             auth_failures = { count = 3, window_secs = 30 }\n\
+             unknown_users = { count = 4, window_secs = 40 }\n\
+             rate_events = { count = 2, window_secs = 20 }\n\
+             block_secs = 10\nblock_max_secs = 80\nstrike_memory_secs = 1000\n\
+             event_interval_ms = 250\nscanner_patterns = [\"evil\"]\n",
+        )
+        .expect("config");
+        let s = &c.shield;
+        assert!(s.limits.enabled);
+        assert_eq!(
+            s.limits.per_class[ShieldClass::Register as usize],
+            RateLimit { rate: 5, burst: 9 }
+        );
+        assert_eq!(s.limits.per_class[ShieldClass::Syn as usize].rate, 0);
+        assert_eq!(
+            s.limits.global,
+            RateLimit {
+                rate: 100,
+                burst: 200
+            }
+        );
+        assert_eq!(s.limits.allow_multiplier, 7);
+        assert_eq!(s.limits.event_interval_ms, 250);
+        assert_eq!(s.policy.allow_ns, 60 * NS_PER_S);
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[0].prefix_len, 24);
+        assert!(s.peers[0].unlimited);
+        assert_eq!(s.peers[1].prefix_len, 128);
+        assert_eq!(s.peers[1].multiplier, 3);
+        assert_eq!(s.policy.auth_failures.count, 3);
+        assert_eq!(s.policy.unknown_users.window_ns, 40 * NS_PER_S);
+        assert_eq!(s.policy.rate_events.count, 2);
+        assert_eq!(s.policy.block_ns, 10 * NS_PER_S);
+        assert_eq!(s.policy.block_max_ns, 80 * NS_PER_S);
+        assert_eq!(s.policy.strike_memory_ns, 1000 * NS_PER_S);
+        assert_eq!(s.scanner_patterns, vec!["evil".to_owned()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let e = parse("[shield]\nenabled = true\nregister = { rate = 2000000, burst = 1 }\n")
+            .expect_err("rate too high")
+            .to_string();
+        assert!(e.contains("shield.register") && e.contains("line 8"), "{e}");
+        let e = parse("[shield]\npeers = [{ address = \"198.18.1.0/33\" }]\n")
+            .expect_err("bad prefix")
+            .to_string();
+        assert!(e.contains("shield.peers.address"), "{e}");
+        let e = parse("[shield]\nblock_secs = 100\nblock_max_secs = 10\n")
+            .expect_err("max below base")
+            .to_string();
+        assert!(e.contains("shield.block_max_secs"), "{e}");
+        let e = parse("[shield]\nenable = true\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("enable"), "{e}");
+    }
+}

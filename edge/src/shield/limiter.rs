@@ -1,0 +1,494 @@
+//! The userspace enforcement when XDP is off: the XDP shield's semantics (blocklist, allowlist
+//! with multiplier or unlimited, a token bucket per source and class, the global ceiling), applied
+//! by the io_uring transport before parsing. Same integer token arithmetic as
+//! `ebpf/src/shield.rs` (`sipveil_abi::shield::TOKEN`). Pure: time is passed in.
+//!
+//! No allocation per packet: the source table is allocated once with its capacity; when it is
+//! full it is cleared (every source comes back with a full bucket, as after the XDP LRU forgets
+//! it), which costs one rate's worth of packets per source at most.
+use std::collections::HashMap;
+
+use sipveil_abi::shield::{
+    CLASSES, DEFAULT_EVENT_INTERVAL_MS, MAX_BURST, MAX_ELAPSED_NS, MAX_MULTIPLIER, MAX_RATE,
+    RateLimit, ShieldClass, SourceBuckets, SourceKey, TOKEN, TokenBucket,
+};
+
+use super::policy::{BlockReason, Source};
+
+/// Bytes of payload [`classify`] looks at.
+pub const CLASSIFY_BYTES: usize = 8;
+
+/// The class of a UDP payload, exactly as `ebpf/src/sipclass.rs` classifies it (from the first
+/// 8 bytes; shorter payloads are [`ShieldClass::NotSip`]).
+pub fn classify(payload: &[u8]) -> ShieldClass {
+    let Some(b) = payload.get(..CLASSIFY_BYTES) else {
+        return ShieldClass::NotSip;
+    };
+    if b == b"REGISTER" {
+        return ShieldClass::Register;
+    }
+    if &b[..7] == b"INVITE " {
+        return ShieldClass::Invite;
+    }
+    if b == b"OPTIONS " {
+        return ShieldClass::Options;
+    }
+    if b == b"SIP/2.0 " {
+        return ShieldClass::Response;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        if c == b' ' {
+            return if i >= 3 {
+                ShieldClass::Other
+            } else {
+                ShieldClass::NotSip
+            };
+        }
+        if !c.is_ascii_uppercase() {
+            return ShieldClass::NotSip;
+        }
+    }
+    ShieldClass::Other
+}
+
+/// The limits the userspace limiter applies (the XDP `ShieldConfig`'s, with the global ceiling
+/// as a total rather than per CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub enabled: bool,
+    /// Indexed by [`ShieldClass`]; `rate == 0`: not limited.
+    pub per_class: [RateLimit; CLASSES],
+    /// `rate == 0`: no ceiling.
+    pub global: RateLimit,
+    /// Default multiplier of allowlisted sources (0 means 1).
+    pub allow_multiplier: u32,
+    /// A rate drop reports its source at most once per this many ms (0: the XDP default,
+    /// `DEFAULT_EVENT_INTERVAL_MS`), as the XDP program writes its events.
+    pub event_interval_ms: u32,
+}
+
+/// The verdict on one packet (or accepted connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    PassAllowlisted,
+    DropBlocked,
+    /// `event`: the first drop of this source within the event interval (report it).
+    DropRate {
+        class: ShieldClass,
+        event: bool,
+    },
+    DropGlobal,
+}
+
+/// Userspace drop counters, by the names of the XDP counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub blocked: u64,
+    pub global: u64,
+    pub rate: [u64; CLASSES],
+    pub passed: u64,
+    pub passed_allowlisted: u64,
+}
+
+impl Drops {
+    /// `(reason, count)` with the XDP counter names' reasons (`blocked`, `global`,
+    /// `rate_register`, ..., `not_sip`, `syn_rate`).
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![("blocked", self.blocked), ("global", self.global)];
+        for c in ShieldClass::ALL {
+            let name = match c {
+                ShieldClass::Register => "rate_register",
+                ShieldClass::Invite => "rate_invite",
+                ShieldClass::Options => "rate_options",
+                ShieldClass::Other => "rate_other",
+                ShieldClass::Response => "rate_response",
+                ShieldClass::NotSip => "not_sip",
+                ShieldClass::Syn => "syn_rate",
+            };
+            v.push((name, self.rate[c as usize]));
+        }
+        v
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AllowRule {
+    until_ns: u64,
+    multiplier: u32,
+    unlimited: bool,
+}
+
+/// A configured peer prefix (always allowlisted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+    /// 0: the default multiplier.
+    pub multiplier: u32,
+    pub unlimited: bool,
+}
+
+impl Peer {
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The userspace shield. One per transport worker, or shared behind a lock.
+#[derive(Debug)]
+pub struct UserShield {
+    limits: Limits,
+    capacity: usize,
+    buckets: HashMap<SourceKey, SourceBuckets>,
+    global: TokenBucket,
+    blocks: HashMap<SourceKey, (u64, BlockReason)>,
+    allows: HashMap<SourceKey, AllowRule>,
+    peers: Vec<Peer>,
+    drops: Drops,
+}
+
+/// Refill, then take one token: the XDP program's `take`.
+fn take(b: &mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+    let cap = burst * TOKEN;
+    let mut tokens = b.tokens.min(cap);
+    if b.last_refill_ns == 0 {
+        tokens = cap;
+        b.last_refill_ns = now;
+    } else if now > b.last_refill_ns {
+        let elapsed = now - b.last_refill_ns;
+        tokens = if elapsed >= MAX_ELAPSED_NS {
+            cap
+        } else {
+            (tokens + elapsed * rate).min(cap)
+        };
+        b.last_refill_ns = now;
+    }
+    if tokens >= TOKEN {
+        b.tokens = tokens - TOKEN;
+        true
+    } else {
+        b.tokens = tokens;
+        false
+    }
+}
+
+impl UserShield {
+    /// A shield for at most `capacity` tracked sources (allocated now).
+    pub fn new(limits: Limits, peers: Vec<Peer>, capacity: usize) -> UserShield {
+        let capacity = capacity.max(1);
+        UserShield {
+            limits,
+            capacity,
+            buckets: HashMap::with_capacity(capacity),
+            global: TokenBucket::default(),
+            blocks: HashMap::with_capacity(1024),
+            allows: HashMap::with_capacity(1024),
+            peers,
+            drops: Drops::default(),
+        }
+    }
+
+    /// New limits and peers (reload); buckets keep their tokens (clamped to the new bursts).
+    pub fn set_limits(&mut self, limits: Limits, peers: Vec<Peer>) {
+        self.limits = limits;
+        self.peers = peers;
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn drops(&self) -> Drops {
+        self.drops
+    }
+
+    pub fn block(&mut self, source: Source, until_ns: u64, reason: BlockReason) {
+        self.blocks.insert(source.key(), (until_ns, reason));
+    }
+
+    pub fn unblock(&mut self, source: Source) {
+        self.blocks.remove(&source.key());
+    }
+
+    pub fn allow(&mut self, source: Source, until_ns: u64, multiplier: u32) {
+        self.allows.insert(
+            source.key(),
+            AllowRule {
+                until_ns,
+                multiplier,
+                unlimited: false,
+            },
+        );
+    }
+
+    pub fn disallow(&mut self, source: Source) {
+        self.allows.remove(&source.key());
+    }
+
+    /// The verdict on a UDP datagram from `ip` with `payload` (classified like XDP does).
+    pub fn check_datagram(&mut self, ip: std::net::IpAddr, payload: &[u8], now_ns: u64) -> Verdict {
+        self.check(ip, classify(payload), now_ns)
+    }
+
+    /// The verdict on a packet of `class` from `ip` (a TCP/TLS accept is [`ShieldClass::Syn`]).
+    pub fn check(&mut self, ip: std::net::IpAddr, class: ShieldClass, now_ns: u64) -> Verdict {
+        let v = self.verdict(ip, class, now_ns);
+        match v {
+            Verdict::Pass => self.drops.passed += 1,
+            Verdict::PassAllowlisted => self.drops.passed_allowlisted += 1,
+            Verdict::DropBlocked => self.drops.blocked += 1,
+            Verdict::DropGlobal => self.drops.global += 1,
+            Verdict::DropRate { class, .. } => self.drops.rate[class as usize] += 1,
+        }
+        v
+    }
+
+    fn verdict(&mut self, ip: std::net::IpAddr, class: ShieldClass, now: u64) -> Verdict {
+        if !self.limits.enabled {
+            return Verdict::Pass;
+        }
+        let key = Source::of(ip).key();
+        if let Some((until, _)) = self.blocks.get(&key)
+            && now < *until
+        {
+            return Verdict::DropBlocked;
+        }
+        let mut rule = self.allows.get(&key).filter(|a| now < a.until_ns).copied();
+        if let Some(p) = self.peers.iter().find(|p| p.contains(ip)) {
+            rule = Some(AllowRule {
+                until_ns: u64::MAX,
+                multiplier: p.multiplier,
+                unlimited: p.unlimited,
+            });
+        }
+        let mut mult = 1u64;
+        if let Some(a) = rule {
+            if a.unlimited {
+                return Verdict::PassAllowlisted;
+            }
+            let m = if a.multiplier != 0 {
+                a.multiplier
+            } else {
+                self.limits.allow_multiplier
+            };
+            mult = u64::from(m.clamp(1, MAX_MULTIPLIER));
+        }
+        let idx = class as usize;
+        let lim = self.limits.per_class[idx];
+        if lim.rate != 0 {
+            let rate = (u64::from(lim.rate.min(MAX_RATE)) * mult).min(u64::from(MAX_RATE));
+            let burst = (u64::from(lim.burst.min(MAX_BURST)) * mult).min(u64::from(MAX_BURST));
+            if !self.buckets.contains_key(&key) && self.buckets.len() >= self.capacity {
+                // Keeps the allocation: `clear` retains the capacity.
+                self.buckets.clear();
+            }
+            let b = self.buckets.entry(key).or_default();
+            if !take(&mut b.classes[idx], rate, burst, now) {
+                b.dropped += 1;
+                let interval_ms = match self.limits.event_interval_ms {
+                    0 => DEFAULT_EVENT_INTERVAL_MS,
+                    ms => ms,
+                };
+                let event = b.last_event_ns == 0
+                    || now.saturating_sub(b.last_event_ns) >= u64::from(interval_ms) * 1_000_000;
+                if event {
+                    b.last_event_ns = now;
+                }
+                return Verdict::DropRate { class, event };
+            }
+        }
+        let g = self.limits.global;
+        if rule.is_none()
+            && g.rate != 0
+            && !take(
+                &mut self.global,
+                u64::from(g.rate.min(MAX_RATE)),
+                u64::from(g.burst.min(MAX_BURST)),
+                now,
+            )
+        {
+            return Verdict::DropGlobal;
+        }
+        if rule.is_some() {
+            Verdict::PassAllowlisted
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    /// Drops expired blocks and allowlist entries (the policy logs them).
+    pub fn expire(&mut self, now_ns: u64) {
+        self.blocks.retain(|_, (until, _)| now_ns < *until);
+        self.allows.retain(|_, a| now_ns < a.until_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000 * MS;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn limits() -> Limits {
+        let mut l = Limits {
+            enabled: true,
+            allow_multiplier: 4,
+            ..Limits::default()
+        };
+        l.per_class[ShieldClass::Register as usize] = RateLimit { rate: 10, burst: 5 };
+        l
+    }
+
+    #[test]
+    fn classify_matches_the_xdp_classes() {
+        assert_eq!(classify(b"REGISTER sip:a SIP/2.0"), ShieldClass::Register);
+        assert_eq!(classify(b"INVITE sip:a SIP/2.0"), ShieldClass::Invite);
+        assert_eq!(classify(b"OPTIONS sip:a SIP/2.0"), ShieldClass::Options);
+        assert_eq!(classify(b"SIP/2.0 200 OK"), ShieldClass::Response);
+        assert_eq!(classify(b"ACK sip:a SIP/2.0"), ShieldClass::Other);
+        assert_eq!(classify(b"SUBSCRIBE sip:a"), ShieldClass::Other);
+        assert_eq!(classify(b"AB sip:a SIP/2.0"), ShieldClass::NotSip);
+        assert_eq!(classify(b"\r\n\r\n"), ShieldClass::NotSip);
+        assert_eq!(classify(b"register sip:a"), ShieldClass::NotSip);
+    }
+
+    #[test]
+    fn burst_then_rate_per_source_and_class() {
+        let mut s = UserShield::new(limits(), Vec::new(), 16);
+        let a = ip("198.18.0.7");
+        let t0 = 10 * S;
+        for _ in 0..5 {
+            assert_eq!(s.check(a, ShieldClass::Register, t0), Verdict::Pass);
+        }
+        assert_eq!(
+            s.check(a, ShieldClass::Register, t0),
+            Verdict::DropRate {
+                class: ShieldClass::Register,
+                event: true
+            }
+        );
+        // Other classes and other sources have their own buckets / no limit.
+        assert_eq!(s.check(a, ShieldClass::Invite, t0), Verdict::Pass);
+        assert_eq!(
+            s.check(ip("198.18.0.8"), ShieldClass::Register, t0),
+            Verdict::Pass
+        );
+        // 10/s: one token per 100 ms.
+        // The second drop within the event interval is not reported again.
+        assert_eq!(
+            s.check(a, ShieldClass::Register, t0 + 99 * MS),
+            Verdict::DropRate {
+                class: ShieldClass::Register,
+                event: false
+            }
+        );
+        assert_eq!(
+            s.check(a, ShieldClass::Register, t0 + 100 * MS),
+            Verdict::Pass
+        );
+        assert_eq!(s.drops().rate[ShieldClass::Register as usize], 2);
+        assert_eq!(s.drops().passed, 8);
+    }
+
+    #[test]
+    fn blocklist_first_then_allowlist_multiplies() {
+        let mut s = UserShield::new(limits(), Vec::new(), 16);
+        let a = ip("198.18.0.7");
+        s.block(Source::of(a), 20 * S, BlockReason::Manual);
+        assert_eq!(s.check(a, ShieldClass::Register, S), Verdict::DropBlocked);
+        s.unblock(Source::of(a));
+        s.allow(Source::of(a), 100 * S, 0);
+        for _ in 0..20 {
+            assert_eq!(
+                s.check(a, ShieldClass::Register, 2 * S),
+                Verdict::PassAllowlisted
+            );
+        }
+        assert!(matches!(
+            s.check(a, ShieldClass::Register, 2 * S),
+            Verdict::DropRate { .. }
+        ));
+        // Expired blocks no longer apply even before `expire` runs.
+        s.block(Source::of(a), 3 * S, BlockReason::Manual);
+        assert_eq!(
+            s.check(a, ShieldClass::Invite, 3 * S),
+            Verdict::PassAllowlisted
+        );
+        assert_eq!(s.drops().blocked, 1);
+    }
+
+    #[test]
+    fn configured_peers_can_be_unlimited_and_skip_the_global_ceiling() {
+        let mut l = limits();
+        l.global = RateLimit { rate: 1, burst: 2 };
+        let peers = vec![Peer {
+            addr: ip("198.18.1.0"),
+            prefix_len: 24,
+            multiplier: 0,
+            unlimited: true,
+        }];
+        let mut s = UserShield::new(l, peers, 16);
+        for _ in 0..100 {
+            assert_eq!(
+                s.check(ip("198.18.1.9"), ShieldClass::Register, S),
+                Verdict::PassAllowlisted
+            );
+        }
+        assert_eq!(
+            s.check(ip("198.18.0.1"), ShieldClass::Invite, S),
+            Verdict::Pass
+        );
+        assert_eq!(
+            s.check(ip("198.18.0.2"), ShieldClass::Invite, S),
+            Verdict::Pass
+        );
+        assert_eq!(
+            s.check(ip("198.18.0.3"), ShieldClass::Invite, S),
+            Verdict::DropGlobal
+        );
+    }
+
+    #[test]
+    fn disabled_passes_everything_and_a_full_table_starts_over() {
+        let mut s = UserShield::new(Limits::default(), Vec::new(), 2);
+        s.block(Source::of(ip("198.18.0.7")), u64::MAX, BlockReason::Manual);
+        assert_eq!(
+            s.check(ip("198.18.0.7"), ShieldClass::Register, S),
+            Verdict::Pass
+        );
+        let mut s = UserShield::new(limits(), Vec::new(), 2);
+        for i in 0..10u8 {
+            let a = IpAddr::from([198, 18, 0, i]);
+            assert_eq!(s.check(a, ShieldClass::Register, S), Verdict::Pass);
+            assert!(s.buckets.len() <= 2);
+        }
+    }
+}
