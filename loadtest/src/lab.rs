@@ -411,6 +411,15 @@ impl fmt::Display for Status {
 pub struct Lab;
 
 impl Lab {
+    /// Makes the whole flood range (198.19.0.0/16, [`X_ROUTED`]) local to `sv-x`, so a flooder
+    /// there can bind any address of it as a source (one `local` route on `lo`; the edge already
+    /// routes the range back via `sv-x`). Additive and idempotent; call it only for many-source
+    /// floods.
+    pub fn route_flood_range() -> Result<(), LabError> {
+        let range = format!("{}/{}", X_ROUTED.0, X_ROUTED.1);
+        ip(&["-n", NS_X, "route", "replace", "local", &range, "dev", "lo"])
+    }
+
     /// Brings up a lab of `shape`; `sipveil` is the daemon binary (for `sipveil lab-xdp attach`).
     ///
     /// Idempotent, and never leaves half a lab: see the module documentation.

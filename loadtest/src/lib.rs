@@ -15,6 +15,7 @@ pub mod bench;
 pub mod bencode;
 pub mod calls;
 pub mod clock;
+pub mod flood;
 pub mod hlog;
 pub mod kamailio;
 pub mod lab;
