@@ -22,15 +22,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sip_support::client::{Received, Register, SipClient, Transport, in_netns};
+use sip_support::call::{ALICE, BOB, Call, NICK, Party, establish, media};
+use sip_support::client::{Received, Register, SipClient, Transport, in_netns, token};
 use sip_support::{Edge, EdgeOptions, sipveil};
-use sipveil_loadtest::lab::{LAB_CONTROL_SOCKET, NS_X};
+use sipveil_loadtest::lab::{LAB_CONTROL_SOCKET, NS_A, NS_B, NS_X};
 
 const X_ADDR: &str = "198.18.3.2";
 const EDGE_SIP: &str = "198.18.1.1:5060";
 
 /// The shield for these tests: no peers (sv-a is limited like anyone), per-source limits well
-/// above the legitimate load (≈ 100 REGISTERs/s from one address), fast blocking on repeated
+/// above the legitimate load (≈ 125 REGISTERs/s from one address), fast blocking on repeated
 /// rate events, and a global ceiling the legitimate load and a not-yet-blocked attacker cannot
 /// reach together.
 const SHIELD: &str = "\n[shield]\n\
@@ -44,9 +45,9 @@ const SHIELD: &str = "\n[shield]\n\
     event_interval_ms = 100\n\
     block_secs = 300\n";
 
-/// Legitimate transactions per phase and their rate (per second).
-const LEGIT_COUNT: usize = 300;
-const LEGIT_RATE: f64 = 100.0;
+/// Legitimate transactions per phase (split over [`ROUNDS`] windows) and their rate (per second).
+const LEGIT_COUNT: usize = 500;
+const LEGIT_RATE: f64 = 125.0;
 /// How long one legitimate transaction may take before it counts as failed (one T1-ish wait;
 /// the test client does not retransmit).
 const LEGIT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,6 +56,7 @@ const LEGIT_TIMEOUT: Duration = Duration::from_secs(1);
 const P99_FLOOR: Duration = Duration::from_millis(2);
 
 /// What one phase of legitimate load observed.
+#[derive(Default)]
 struct LoadResult {
     sent: usize,
     ok: usize,
@@ -167,6 +169,41 @@ fn legit_load(client: &mut SipClient, phase: &str, count: usize, rate: f64) -> L
     result
 }
 
+/// Legitimate calls per window.
+const CALLS: u32 = 1;
+/// Baseline and attack windows alternate this many times, so that both phases see the same
+/// background (other processes on this shared machine come and go): one phase's samples are
+/// the union of its windows.
+const ROUNDS: usize = 4;
+
+/// `count` calls from alice (sv-a) to bob's open.lab nickname (sv-b), each set up, with RTP
+/// both ways through the edge, and hung up; returns each call's set-up time (INVITE sent →
+/// 200 and ACK). Any failure panics in the call helpers (a legitimate call must not fail).
+fn calls(alice: &mut Party, bob: &mut Party, phase: &str, count: u32) -> Vec<Duration> {
+    let to = format!("{NICK}@open.lab");
+    let from = format!("{}@{}", ALICE.from_user, ALICE.host);
+    (0..count)
+        .map(|i| {
+            let call = Call::new(phase);
+            let invite = alice.invite(&to, &from, &call, "");
+            let tag = format!("bt{phase}{i}");
+            let started = Instant::now();
+            let (a_dialog, _, edge_a, edge_b) = establish(alice, bob, &invite, 1, &tag);
+            let setup = started.elapsed();
+            let counts = media(alice, edge_a, bob, edge_b);
+            assert!(
+                counts.rtp_a_to_b > 0 && counts.rtp_b_to_a > 0,
+                "{phase} call {i}: RTP did not cross both ways: {counts:?}"
+            );
+            alice.ua.send(&alice.in_dialog(&a_dialog, "BYE", 2, None));
+            let bye = bob.ua.expect_request("BYE");
+            bob.ua.answer(&bye, 200, &tag, &bob.answer_headers(), None);
+            alice.ua.expect_status("BYE", 200);
+            setup
+        })
+        .collect()
+}
+
 /// `sipveil <args> --socket <lab control socket>`, its JSON answer parsed.
 fn sipveil_json(args: &[&str]) -> Value {
     let out = Command::new(sipveil())
@@ -237,22 +274,50 @@ fn sv_flood() -> PathBuf {
     path
 }
 
-/// What `sv-flood` reported.
+/// What `sv-flood` reported (summed over runs).
+#[derive(Default)]
 struct FloodRun {
     sent: u64,
     errors: u64,
     seconds: f64,
-    pps: f64,
 }
 
-/// Runs `sv-flood` in sv-x from [`X_ADDR`] against the edge, bounded by `packets` and
+impl FloodRun {
+    fn pps(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// One phase (baseline or attack) over all its windows.
+#[derive(Default)]
+struct Phase {
+    load: LoadResult,
+    setups: Vec<Duration>,
+    flood: FloodRun,
+}
+
+impl Phase {
+    fn add(&mut self, (load, setups, flood): (LoadResult, Vec<Duration>, FloodRun)) {
+        self.load.sent += load.sent;
+        self.load.ok += load.ok;
+        self.load.latencies.extend(load.latencies);
+        self.load.failures.extend(load.failures);
+        self.load.seconds += load.seconds;
+        self.setups.extend(setups);
+        self.flood.sent += flood.sent;
+        self.flood.errors += flood.errors;
+        self.flood.seconds += flood.seconds;
+    }
+}
+
+/// Runs `sv-flood` in sv-x from [`X_ADDR`] toward `target`, bounded by `packets` and
 /// `seconds`, at `rate` packets per second.
-fn flood(binary: &Path, rate: u64, packets: u64, seconds: f64) -> FloodRun {
+fn flood(binary: &Path, target: &str, rate: u64, packets: u64, seconds: f64) -> FloodRun {
     let out = Command::new("ip")
         .args(["netns", "exec", NS_X])
         .arg(binary)
         .args([
-            "--target", EDGE_SIP, "--source", X_ADDR, "--domain", "auth.lab",
+            "--target", target, "--source", X_ADDR, "--domain", "auth.lab",
         ])
         .args(["--threads", "1"])
         .args(["--packets", &packets.to_string()])
@@ -278,7 +343,6 @@ fn flood(binary: &Path, rate: u64, packets: u64, seconds: f64) -> FloodRun {
         sent: field("sent") as u64,
         errors: field("errors") as u64,
         seconds: field("seconds"),
-        pps: field("pps"),
     }
 }
 
@@ -317,8 +381,43 @@ fn options_answered(sock: &UdpSocket, n: u32) -> bool {
     false
 }
 
+/// Where the baseline's generator sends: sv-x's own address, a port nobody listens on.
+const DECOY_TARGET: &str = "198.18.3.2:9";
+
+/// The generator's bounds, the same in both phases.
+struct FloodArgs<'a> {
+    binary: &'a Path,
+    rate: u64,
+    packets: u64,
+    seconds: f64,
+}
+
+/// The generator runs toward `target` while sv-a does the REGISTER load and then the calls
+/// (the generator runs longer than both).
+fn loaded_phase(
+    client: &mut SipClient,
+    alice: &mut Party,
+    bob: &mut Party,
+    phase: &str,
+    spec: &FloodArgs<'_>,
+    target: &str,
+) -> (LoadResult, Vec<Duration>, FloodRun) {
+    std::thread::scope(|scope| {
+        let flooding =
+            scope.spawn(|| flood(spec.binary, target, spec.rate, spec.packets, spec.seconds));
+        // Let the generator begin before the measured load.
+        std::thread::sleep(Duration::from_millis(100));
+        let load = legit_load(client, phase, LEGIT_COUNT / ROUNDS, LEGIT_RATE);
+        let setups = calls(alice, bob, phase, CALLS);
+        let run = flooding
+            .join()
+            .unwrap_or_else(|_| panic!("the flood thread panicked"));
+        (load, setups, run)
+    })
+}
+
 /// One flood scenario: the baseline, the flood with the same load, and the assertions.
-fn flood_scenario(test: &str, xdp: bool, flood_rate: u64, flood_seconds: f64) {
+fn flood_scenario(test: &str, xdp: bool, flood_rate: u64, window_seconds: f64) {
     let options = EdgeOptions {
         extra_config: SHIELD,
         ..EdgeOptions::default()
@@ -349,40 +448,87 @@ fn flood_scenario(test: &str, xdp: bool, flood_rate: u64, flood_seconds: f64) {
         "sv-x is not answered before the flood"
     );
 
+    let mut alice = Party::new(&ALICE, NS_A, 5070, 40_000);
+    let mut bob = Party::new(&BOB, NS_B, 5070, 40_100);
+    bob.register(NICK, "open.lab", &token("reg"), 1);
     let mut client = edge.client(Transport::Udp);
     // Warm-up (not measured): the registrar's first writes, ARP, caches.
     let warm = legit_load(&mut client, "warm-up", 20, LEGIT_RATE);
     assert_eq!(warm.ok, warm.sent, "warm-up failed: {:?}", warm.failures);
 
-    let baseline = legit_load(&mut client, "baseline", LEGIT_COUNT, LEGIT_RATE);
-    println!("baseline ({enforcement}): {}", baseline.describe());
+    // The baseline runs with the same generator, at the same rate, aimed at a port of sv-x's
+    // own address (the packets stay in sv-x, on its loopback): on this 2-core machine the
+    // generator's own CPU time (sending, pacing) would otherwise be counted as the flood's
+    // effect on the edge. The edge sees no flood in the baseline.
+    let packets = (flood_rate as f64 * window_seconds).ceil() as u64;
+    let flood_spec = FloodArgs {
+        binary: &flooder,
+        rate: flood_rate,
+        packets,
+        seconds: window_seconds,
+    };
+    let drops_before = drops(&sipveil_json(&["shield", "stats", "--json"]), xdp);
+    let mut baseline = Phase::default();
+    let mut attack = Phase::default();
+    for round in 0..ROUNDS {
+        let window = loaded_phase(
+            &mut client,
+            &mut alice,
+            &mut bob,
+            &format!("baseline{round}-"),
+            &flood_spec,
+            DECOY_TARGET,
+        );
+        baseline.add(window);
+        if round == 0 {
+            let list = sipveil_json(&["shield", "list", "--json"]);
+            assert!(
+                list["blocked"]
+                    .as_array()
+                    .is_none_or(|blocked| blocked.iter().all(|e| e["source"] != X_ADDR)),
+                "sv-x is blocked after a baseline window, whose generator does not reach the edge: {list}"
+            );
+        }
+        let window = loaded_phase(
+            &mut client,
+            &mut alice,
+            &mut bob,
+            &format!("attack{round}-"),
+            &flood_spec,
+            EDGE_SIP,
+        );
+        attack.add(window);
+    }
+    println!(
+        "baseline ({enforcement}): generator aimed at {DECOY_TARGET} (inside sv-x): {} packets in {:.2} s ({:.0} pps)",
+        baseline.flood.sent,
+        baseline.flood.seconds,
+        baseline.flood.pps()
+    );
+    println!("baseline ({enforcement}): {}", baseline.load.describe());
+    println!(
+        "baseline calls ({enforcement}): set-up times {:?}",
+        baseline.setups
+    );
     assert!(
-        baseline.failures.is_empty(),
+        baseline.load.failures.is_empty(),
         "the unloaded baseline failed: {:?}\n{}",
-        baseline.failures,
+        baseline.load.failures,
         edge.log_tail()
     );
-
-    let drops_before = drops(&sipveil_json(&["shield", "stats", "--json"]), xdp);
-    let packets = (flood_rate as f64 * flood_seconds).ceil() as u64;
-    let (attack, run) = std::thread::scope(|scope| {
-        let flooding = scope.spawn(|| flood(&flooder, flood_rate, packets, flood_seconds));
-        // Let the flood begin before the measured load (the load still overlaps the flood
-        // before and after sv-x gets blocked).
-        std::thread::sleep(Duration::from_millis(100));
-        let attack = legit_load(&mut client, "attack", LEGIT_COUNT, LEGIT_RATE);
-        let run = flooding
-            .join()
-            .unwrap_or_else(|_| panic!("the flood thread panicked"));
-        (attack, run)
-    });
+    let (attack, attack_setups, run) = (attack.load, attack.setups, attack.flood);
+    let baseline = baseline.load;
     let stats = sipveil_json(&["shield", "stats", "--json"]);
     let drops_after = drops(&stats, xdp);
     println!(
         "flood ({enforcement}): {} packets sent in {:.2} s ({:.0} pps, {} send errors)",
-        run.sent, run.seconds, run.pps, run.errors
+        run.sent,
+        run.seconds,
+        run.pps(),
+        run.errors
     );
     println!("under attack ({enforcement}): {}", attack.describe());
+    println!("calls under attack ({enforcement}): set-up times {attack_setups:?}");
     println!(
         "shield drops ({enforcement}): {} during the flood; stats {stats}",
         drops_after.saturating_sub(drops_before)
@@ -390,9 +536,10 @@ fn flood_scenario(test: &str, xdp: bool, flood_rate: u64, flood_seconds: f64) {
     edge.assert_alive("the flood");
 
     assert!(
-        run.sent >= packets / 4,
-        "the flood sent only {} of {packets} packets",
-        run.sent
+        run.sent >= packets * ROUNDS as u64 / 4,
+        "the flood sent only {} of {} packets",
+        run.sent,
+        packets * ROUNDS as u64
     );
     assert!(
         attack.success() >= 0.999,
@@ -445,12 +592,12 @@ fn flood_scenario(test: &str, xdp: bool, flood_rate: u64, flood_seconds: f64) {
 /// XDP enforcement: a fast flood, dropped in the driver once sv-x is blocked.
 #[test]
 fn flood_from_sv_x_is_blocked_in_xdp_and_legitimate_load_holds() {
-    flood_scenario("shield_flood_lab_xdp", true, 20_000, 4.0);
+    flood_scenario("shield_flood_lab_xdp", true, 20_000, 2.0);
 }
 
 /// Userspace enforcement (`--no-xdp`): the SIP transport asks the shield before parsing; a
 /// slower flood, since every packet reaches the daemon.
 #[test]
 fn flood_from_sv_x_is_blocked_in_userspace_and_legitimate_load_holds() {
-    flood_scenario("shield_flood_lab_userspace", false, 3_000, 4.0);
+    flood_scenario("shield_flood_lab_userspace", false, 3_000, 2.0);
 }
