@@ -2,14 +2,17 @@
 //!
 //! The daemon runs in sv-edge with the shield on and per-source limits that the legitimate load
 //! from sv-a does not reach; sv-a is NOT a configured peer here, so the shield really decides
-//! for it. First sv-a does an unloaded baseline of REGISTERs (open.lab) at a moderate rate,
-//! recording each transaction's latency (request sent → final response, measured in this test
-//! client: a behaviour bound, not a benchmark). Then `sv-flood` (release binary) floods the
-//! edge from sv-x (198.18.3.2) with the hostile mix, bounded in packets and seconds, while sv-a
-//! repeats the same load. Asserted: legitimate success ≥ 99.9 %, legitimate p99 ≤ 2× the
-//! unloaded p99 (floor 2 ms), sv-x blocked with a reason, drop counters rose; after
-//! `sipveil shield unblock` sv-x's OPTIONS are answered again. Once with XDP enforcement, once
-//! with `--no-xdp` (userspace enforcement, lower flood rate).
+//! for it. sv-a does REGISTERs (open.lab, a fresh user each) at a moderate rate, recording each
+//! transaction's latency (request sent → final response, measured in this test client: a
+//! behaviour bound, not a benchmark), and a call to bob (sv-b) with RTP both ways. It does so
+//! in alternating windows: baseline windows, where `sv-flood` (release binary, bounded in
+//! packets and seconds) in sv-x sends its mix to a port of sv-x's own address (the edge sees
+//! nothing; the generator's CPU cost on this 2-core machine is then the same in both phases),
+//! and attack windows, where the same generator floods the edge from 198.18.3.2. Asserted:
+//! legitimate REGISTER success under attack ≥ 99.9 %, every call completes, legitimate p99 ≤
+//! 2× the baseline p99 (floor 2 ms), sv-x blocked with a reason, the drop counters rose, sv-x
+//! unanswered while blocked; after `sipveil shield unblock` its OPTIONS are answered again.
+//! Once with XDP enforcement, once with `--no-xdp` (userspace enforcement, lower flood rate).
 #[expect(
     dead_code,
     reason = "the support module is shared by the SIP test binaries; each uses part of it"
