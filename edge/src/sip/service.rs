@@ -581,6 +581,21 @@ impl Worker {
         }
     }
 
+    /// Starts a client transaction sending `request` down `flow` (reliable on TCP/TLS).
+    fn send_client_request(
+        &mut self,
+        io: &Io<'_>,
+        flow: FlowId,
+        request: Request,
+    ) -> Result<TransactionId, sipveil_sip::transaction::SendError> {
+        let remote = Remote {
+            peer: flow,
+            reliable: flow.proto != Proto::Udp,
+        };
+        self.layer
+            .send_request(self.tx_now(io.now()), remote, request)
+    }
+
     /// Sends what the transaction layer queued, turns its events into bookkeeping and re-arms the
     /// worker's deadline.
     fn drain(&mut self, io: &mut Io<'_>) {
@@ -675,14 +690,7 @@ impl Worker {
                 return;
             }
         };
-        let remote = Remote {
-            peer: flow,
-            reliable: flow.proto != Proto::Udp,
-        };
-        match self
-            .layer
-            .send_request(self.tx_now(io.now()), remote, request)
-        {
+        match self.send_client_request(io, flow, request) {
             Ok(key) => {
                 self.probes.insert(
                     key,
@@ -1402,14 +1410,7 @@ impl Worker {
                     let Message::Request(request) = msg else {
                         continue;
                     };
-                    let remote = Remote {
-                        peer: flow,
-                        reliable: flow.proto != Proto::Udp,
-                    };
-                    match self
-                        .layer
-                        .send_request(self.tx_now(io.now()), remote, request)
-                    {
+                    match self.send_client_request(io, flow, request) {
                         Ok(key) => {
                             hub.client.insert(key, (call, flow));
                         }
