@@ -3,10 +3,11 @@
 //! `sipveil shield unblock`; a manual `shield block --for` drops a source and expires; a verified
 //! registration allowlists its source with raised limits; a scanner User-Agent is blocked.
 //! Sources are distinct loopback addresses (127.0.0.x), so each case has its own source.
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -88,33 +89,13 @@ fn start(name: &str, port: u16, shield: &str) -> Daemon {
     .expect("users file");
     let config = dir.join("sipveil.toml");
     std::fs::write(&config, config_text(&dir, name, port, shield)).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(["run", "--no-xdp", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sipveil");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!(ready["ready"], true, "{line}");
+    let child = common::start_no_xdp(&config);
     Daemon { child, dir, port }
 }
 
 /// `sipveil <args> --socket <daemon's>`, the JSON answer.
 fn cli(d: &Daemon, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(args)
-        .arg("--socket")
-        .arg(d.dir.join("ctl.sock"))
-        .output()
-        .expect("sipveil command");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text:?}"))
+    common::control(&d.dir.join("ctl.sock"), args)
 }
 
 /// A UDP client on its own loopback source address.

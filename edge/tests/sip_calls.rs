@@ -1,9 +1,10 @@
 //! Calls through the privacy B2BUA of the real daemon on loopback (`sipveil run --no-xdp`, no
 //! root): a caller and callees on plain UDP sockets, media through the userspace relay.
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -95,20 +96,7 @@ anonymous_callers = true
         media_max = media_base + 99,
     );
     std::fs::write(&config, text).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(["run", "--no-xdp", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sipveil");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!(ready["ready"], true, "{line}");
+    let child = common::start_no_xdp(&config);
     Daemon {
         child,
         dir,
@@ -118,14 +106,7 @@ anonymous_callers = true
 }
 
 fn ctl(d: &Daemon, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(args)
-        .arg("--socket")
-        .arg(d.dir.join("ctl.sock"))
-        .output()
-        .expect("sipveil ctl command");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    common::control(&d.dir.join("ctl.sock"), args)
 }
 
 fn metric(d: &Daemon, name: &str) -> f64 {

@@ -1,10 +1,12 @@
 //! The daemon's SIP side through the real binary on loopback (no root, no XDP): requests toward a
 //! registered client go down the flow it registered on (`sipveil qualify`), and a reload (control
 //! socket and SIGHUP) changes domains without dropping bindings, while a bad file changes nothing.
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -70,32 +72,12 @@ fn start_with(name: &str, domains: &[&str], extra: &str) -> Daemon {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("sipveil.toml");
     std::fs::write(&config, config_text(&dir, domains) + extra).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(["run", "--no-xdp", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sipveil");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!(ready["ready"], true, "{line}");
+    let child = common::start_no_xdp(&config);
     Daemon { child, dir, config }
 }
 
 fn ctl(d: &Daemon, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
-        .args(args)
-        .arg("--socket")
-        .arg(d.dir.join("ctl.sock"))
-        .output()
-        .expect("sipveil ctl command");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    common::control(&d.dir.join("ctl.sock"), args)
 }
 
 fn register(transport: &str, local: &str, nick: &str, domain: &str, call_id: &str) -> String {

@@ -1,13 +1,17 @@
 //! Throwaway network namespaces for the integration tests (198.18.0.0/15 only). Every namespace is
-//! deleted on drop.
+//! deleted on drop. Also: starting a daemon without XDP and running its control commands.
 #![allow(
     dead_code,
     reason = "each test file uses a different part of the helpers"
 )]
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use serde_json::Value;
 
 /// Fails the test with a clear message unless we are root.
 pub fn require_root() {
@@ -112,4 +116,35 @@ pub fn rtp(seq: u16) -> Vec<u8> {
     p[2..4].copy_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&[0xab; 160]);
     p
+}
+
+/// `sipveil run --no-xdp --config CONFIG`, returned once it printed `{"ready": true, ...}`.
+pub fn start_no_xdp(config: &Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(["run", "--no-xdp", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sipveil");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(ready["ready"], true, "{line}");
+    child
+}
+
+/// `sipveil ARGS --socket SOCKET`: its JSON answer.
+pub fn control(socket: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipveil"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("sipveil command");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text:?}"))
 }
