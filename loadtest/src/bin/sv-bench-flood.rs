@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::{Value, json};
-use sipveil_loadtest::bench::CpuTimes;
+use sipveil_loadtest::bench::{CpuTimes, parse_pid_cpu_ticks};
 use sipveil_loadtest::kamailio::{KamailioAuth, KamailioRun};
 use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
 use sipveil_loadtest::procs::ChildGuard;
@@ -78,7 +78,7 @@ struct Opts {
     #[arg(long, default_value_t = 500.0)]
     legit_rate: f64,
     /// Source addresses of the many-source shape (198.19.0.1 onwards).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1000)]
     many_sources: u32,
     /// Flood generator threads.
     #[arg(long, default_value_t = 2)]
@@ -122,8 +122,14 @@ struct Step {
     dropped: u64,
     /// Packets that arrived on the edge's sv-x interface.
     edge_x_rx: u64,
-    /// (system − generator) CPU ns per dropped packet.
+    /// CPU-seconds of the processes in the edge namespace (the server's user and system time;
+    /// XDP and softirq work is not in it).
+    server_proc_cpu_s: f64,
+    /// Whole-system busy CPU ns per dropped packet (generator included: the same generator
+    /// for both servers; on veth the receiver's XDP often runs in the sender's softirq).
     cpu_ns_per_drop: Option<f64>,
+    /// The server processes' CPU ns per dropped packet.
+    server_proc_ns_per_drop: Option<f64>,
     wall_s: f64,
 }
 
@@ -215,6 +221,21 @@ fn shield_drops(sipveil: &Path) -> Result<u64> {
         sum += us.values().filter_map(Value::as_u64).sum::<u64>();
     }
     Ok(sum)
+}
+
+/// CPU-seconds (utime + stime, all threads) of the processes in network namespace `ns`.
+fn netns_cpu_s(ns: &str) -> f64 {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ticks: u64 = pids
+        .split_whitespace()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|t| parse_pid_cpu_ticks(&t).ok())
+        .sum();
+    ticks as f64 * tick_ns() / 1e9
 }
 
 fn sipveil_config(o: &Opts, tmp: &Path) -> Result<PathBuf> {
@@ -435,6 +456,7 @@ impl Bench {
             Server::Kamailio => 0,
         };
         let rx0 = edge_x_rx()?;
+        let proc0 = netns_cpu_s(lab::NS_EDGE);
         let cpu0 = proc_stat()?;
         let t0 = Instant::now();
         let flood = if rate > 0 {
@@ -499,6 +521,7 @@ impl Bench {
         std::thread::sleep(Duration::from_millis(300));
         let wall_s = t0.elapsed().as_secs_f64();
         let cpu1 = proc_stat()?;
+        let server_proc_cpu_s = (netns_cpu_s(lab::NS_EDGE) - proc0).max(0.0);
         let rx1 = edge_x_rx()?;
         let edge_x_rx = rx1.saturating_sub(rx0);
         let dropped = match s {
@@ -507,7 +530,6 @@ impl Bench {
         };
         let system_cpu_s = cpu1.delta(&cpu0).busy() as f64 * tick_ns() / 1e9;
         let ok = totals.successful.saturating_sub(totals.late);
-        let server_cpu = (system_cpu_s - generator_cpu_s).max(0.0);
         Ok(Step {
             offered_pps: rate,
             flood_pps,
@@ -519,7 +541,10 @@ impl Bench {
             generator_cpu_s,
             dropped,
             edge_x_rx,
-            cpu_ns_per_drop: (dropped > 0).then(|| server_cpu * 1e9 / dropped as f64),
+            server_proc_cpu_s,
+            cpu_ns_per_drop: (dropped > 0).then(|| system_cpu_s * 1e9 / dropped as f64),
+            server_proc_ns_per_drop: (dropped > 0)
+                .then(|| server_proc_cpu_s * 1e9 / dropped as f64),
             wall_s,
         })
     }
@@ -665,7 +690,8 @@ fn main() -> Result<()> {
                     Ok(st) => {
                         println!(
                             "{:8} {:4} offered {:>8} pps: flood {:>9.0} pps, goodput {:.4} ({}/{}), \
-                             system CPU {:.2} s (generator {:.2} s), dropped {}, {} ns CPU/drop",
+                             system CPU {:.2} s (generator {:.2} s, server processes {:.2} s), \
+                             dropped {}, {} ns system CPU/drop",
                             s.name(),
                             sh,
                             rate,
@@ -675,6 +701,7 @@ fn main() -> Result<()> {
                             st.legit_offered,
                             st.system_cpu_s,
                             st.generator_cpu_s,
+                            st.server_proc_cpu_s,
                             st.dropped,
                             st.cpu_ns_per_drop
                                 .map_or("-".to_owned(), |v| format!("{v:.0}"))
@@ -763,7 +790,8 @@ fn main() -> Result<()> {
                    dropped: sipveil = shield_drop_* XDP counters + userspace drops; \
                    kamailio = packets received on the edge's sv-x interface (all flood, \
                    absorbed by pike/htable ban or answered); cpu_ns_per_drop = (system busy \
-                   CPU from /proc/stat - generator rusage) / dropped",
+                   CPU from /proc/stat, generator included) / dropped; server_proc_ns_per_drop = \
+                   CPU of the processes in sv-edge / dropped",
     });
     let sum_path = bench.o.out.join("summary.json");
     fs::write(&sum_path, serde_json::to_string_pretty(&summary)?)
