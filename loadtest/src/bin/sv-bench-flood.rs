@@ -133,6 +133,9 @@ struct Step {
     /// the receiver's XDP/softirq work may run in the sender's context and be counted as the
     /// generator's.
     cpu_ns_per_drop: Option<f64>,
+    /// `cpu_ns_per_drop` with the background load subtracted too: the series' no-flood step's
+    /// busy CPU per second × this step's wall time (other work on the machine; noisy).
+    cpu_ns_per_drop_net: Option<f64>,
     /// The server processes' CPU ns per dropped packet.
     server_proc_ns_per_drop: Option<f64>,
     wall_s: f64,
@@ -613,6 +616,7 @@ impl Bench {
             udp_rcvbuf_errors: udp1.1.saturating_sub(udp0.1),
             cpu_ns_per_drop: (dropped > 0)
                 .then(|| (system_cpu_s - generator_cpu_s).max(0.0) * 1e9 / dropped as f64),
+            cpu_ns_per_drop_net: None,
             server_proc_ns_per_drop: (dropped > 0)
                 .then(|| server_proc_cpu_s * 1e9 / dropped as f64),
             wall_s,
@@ -786,6 +790,19 @@ fn main() -> Result<()> {
                     }
                 }
             }
+            let background = series
+                .steps
+                .first()
+                .filter(|b| b.offered_pps == 0 && b.wall_s > 0.0)
+                .map(|b| b.system_cpu_s / b.wall_s);
+            if let Some(bg) = background {
+                for st in &mut series.steps {
+                    if st.dropped > 0 {
+                        let net = (st.system_cpu_s - st.generator_cpu_s - bg * st.wall_s).max(0.0);
+                        st.cpu_ns_per_drop_net = Some(net * 1e9 / st.dropped as f64);
+                    }
+                }
+            }
             series.max_flood_pps = series.steps.iter().map(|p| p.flood_pps).fold(0.0, f64::max);
             series.loses_0_1pct_at = loss_rate(&series.steps, 0.001);
             series.loses_50pct_at = loss_rate(&series.steps, 0.5);
@@ -849,7 +866,25 @@ fn main() -> Result<()> {
                 sh.clone(),
                 match common {
                     Some((r, Some(v), Some(vk))) if v > 0.0 => {
-                        json!({"offered_pps": r, "ratio": vk / v, "sipveil_ns": v, "kamailio_ns": vk})
+                        let net = |s: &Series| {
+                            s.steps
+                                .iter()
+                                .find(|p| p.offered_pps == r)
+                                .and_then(|p| p.cpu_ns_per_drop_net)
+                        };
+                        let (nv, nk) = (net(sv), net(k));
+                        json!({
+                            "offered_pps": r,
+                            "ratio": vk / v,
+                            "sipveil_ns": v,
+                            "kamailio_ns": vk,
+                            "ratio_background_subtracted": match (nv, nk) {
+                                (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+                                _ => None,
+                            },
+                            "sipveil_ns_background_subtracted": nv,
+                            "kamailio_ns_background_subtracted": nk,
+                        })
                     }
                     _ => Value::Null,
                 },
@@ -885,4 +920,33 @@ fn main() -> Result<()> {
     );
     let _ = fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(flood_pps: f64, goodput: f64) -> Step {
+        Step {
+            flood_pps,
+            goodput,
+            ..Step::default()
+        }
+    }
+
+    #[test]
+    fn loss_rates_are_relative_to_the_baseline_and_take_the_lowest_failing_rate() {
+        let steps = [
+            step(0.0, 1.0),
+            step(5e4, 1.0),
+            step(1.5e5, 0.99),
+            step(1.2e5, 0.3),
+            step(3e5, 1.0),
+        ];
+        assert_eq!(loss_rate(&steps, 0.001), Some(1.2e5));
+        assert_eq!(loss_rate(&steps, 0.5), Some(1.2e5));
+        let held = [step(0.0, 0.98), step(5e4, 0.98)];
+        assert_eq!(loss_rate(&held, 0.001), None);
+        assert_eq!(loss_rate(&[], 0.5), None);
+    }
 }
