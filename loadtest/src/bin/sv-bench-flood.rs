@@ -635,6 +635,27 @@ fn loss_rate(steps: &[Step], loss: f64) -> Option<f64> {
         .reduce(f64::min)
 }
 
+/// sipveil ÷ Kamailio flood rate at a goodput-loss threshold. When a side never crossed it, its
+/// highest flood rate stands in and the ratio is a bound: `lower` (only Kamailio crossed: sipveil
+/// held at least this much more), `upper` (only sipveil crossed), `none` (neither crossed: no
+/// ratio; the generator was the limit).
+fn threshold_ratio(sv: Option<f64>, sv_max: f64, k: Option<f64>, k_max: f64) -> Value {
+    let (ratio, bound) = match (sv, k) {
+        (Some(a), Some(b)) if b > 0.0 => (Some(a / b), "exact"),
+        (None, Some(b)) if b > 0.0 => (Some(sv_max / b), "lower"),
+        (Some(a), None) if k_max > 0.0 => (Some(a / k_max), "upper"),
+        _ => (None, "none"),
+    };
+    json!({
+        "ratio": ratio,
+        "bound": bound,
+        "sipveil_pps": sv,
+        "sipveil_max_flood_pps": sv_max,
+        "kamailio_pps": k,
+        "kamailio_max_flood_pps": k_max,
+    })
+}
+
 fn plot(path: &Path, series: &[Series]) -> Result<()> {
     use plotters::prelude::*;
     let xmax = series
@@ -825,22 +846,22 @@ fn main() -> Result<()> {
     }
     let find =
         |server: &str, shape: &str| all.iter().find(|s| s.server == server && s.shape == shape);
-    // sipveil ÷ Kamailio flood rate at 50 % goodput loss, per shape; when one side never lost 50 %,
-    // its highest flood rate stands in (a lower bound, flagged).
+    // sipveil ÷ Kamailio flood rate at 0.1 % and 50 % goodput loss, per shape (see threshold_ratio).
     let mut goodput_ratio = serde_json::Map::new();
     let mut drop_cpu = serde_json::Map::new();
     for sh in &shapes {
         if let (Some(sv), Some(k)) = (find("sipveil", sh), find("kamailio", sh)) {
-            let a = sv.loses_50pct_at.unwrap_or(sv.max_flood_pps);
-            let b = k.loses_50pct_at.unwrap_or(k.max_flood_pps);
-            goodput_ratio.insert(
-                sh.clone(),
-                json!({
-                    "ratio": (b > 0.0).then(|| a / b),
-                    "sipveil_reached_50pct_loss": sv.loses_50pct_at.is_some(),
-                    "kamailio_reached_50pct_loss": k.loses_50pct_at.is_some(),
-                }),
-            );
+            let mut per = serde_json::Map::new();
+            for (key, a, b) in [
+                ("loss_0_1pct", sv.loses_0_1pct_at, k.loses_0_1pct_at),
+                ("loss_50pct", sv.loses_50pct_at, k.loses_50pct_at),
+            ] {
+                per.insert(
+                    key.to_owned(),
+                    threshold_ratio(a, sv.max_flood_pps, b, k.max_flood_pps),
+                );
+            }
+            goodput_ratio.insert(sh.clone(), Value::Object(per));
             // Kamailio CPU/drop ÷ sipveil CPU/drop at the highest step both measured.
             let best = |s: &Series| {
                 s.steps
@@ -948,5 +969,20 @@ mod tests {
         let held = [step(0.0, 0.98), step(5e4, 0.98)];
         assert_eq!(loss_rate(&held, 0.001), None);
         assert_eq!(loss_rate(&[], 0.5), None);
+    }
+
+    #[test]
+    fn threshold_ratio_marks_bounds() {
+        let r = threshold_ratio(None, 2e5, Some(5e4), 1e5);
+        assert_eq!(r["bound"], "lower");
+        assert_eq!(r["ratio"].as_f64(), Some(4.0));
+        let r = threshold_ratio(Some(1e5), 1e5, Some(5e4), 1e5);
+        assert_eq!(
+            (r["bound"].as_str(), r["ratio"].as_f64()),
+            (Some("exact"), Some(2.0))
+        );
+        let r = threshold_ratio(None, 2e5, None, 1e5);
+        assert_eq!(r["bound"], "none");
+        assert!(r["ratio"].is_null());
     }
 }
