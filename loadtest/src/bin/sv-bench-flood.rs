@@ -29,6 +29,7 @@ use sipveil_loadtest::register::{
     AUTH_DOMAIN, OPEN_DOMAIN, SipveilConfig, make_users, sipveil_users_file,
 };
 use sipveil_loadtest::register_client::{ClientUser, run_load};
+use sipveil_loadtest::{flood, livegen};
 
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 5060);
 const INSTANCE: &str = "bench-flood";
@@ -83,6 +84,11 @@ struct Opts {
     /// Flood generator threads.
     #[arg(long, default_value_t = 2)]
     flood_threads: usize,
+    /// Generator of the one-source shape: `live` (BPF_PROG_TEST_RUN live frames with the lab's
+    /// sv_gen program: one fixed REGISTER frame, Mpps) or `sockets` (sv-flood, the hostile mix,
+    /// ~0.2-0.4 Mpps here). The many-source shape always uses sv-flood.
+    #[arg(long, default_value = "live", value_parser = ["live", "sockets"])]
+    one_generator: String,
     /// sipveil's `[sip] workers` and Kamailio's UDP children.
     #[arg(long, default_value_t = 2)]
     workers: u32,
@@ -406,6 +412,140 @@ fn enter_netns(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The sv-x interface the live generator keeps sv_gen loaded on (veth, generic mode).
+const LIVE_IFACE: &str = "svgen0";
+
+/// The MAC address of `iface` in `ns`.
+fn iface_mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", iface])
+        .output()
+        .context("running ip link")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link output")?;
+    let text = v
+        .get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no MAC address for {iface} in {ns}"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let part = parts.next().ok_or_else(|| anyhow!("bad MAC {text:?}"))?;
+        *b = u8::from_str_radix(part, 16).map_err(|_| anyhow!("bad MAC {text:?}"))?;
+    }
+    Ok(mac)
+}
+
+/// Loads sv_gen (generic mode) on a spare veth in sv-x, pinned where the generator finds it.
+fn prepare_live(sipveil: &Path) -> Result<()> {
+    let _ = Command::new("ip")
+        .args([
+            "-n",
+            lab::NS_X,
+            "link",
+            "add",
+            LIVE_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "svgen1",
+        ])
+        .output();
+    let _ = Command::new(sipveil)
+        .args([
+            "lab-xdp",
+            "detach",
+            "--netns",
+            lab::NS_X,
+            "--iface",
+            LIVE_IFACE,
+        ])
+        .output();
+    let out = Command::new(sipveil)
+        .args([
+            "lab-xdp",
+            "attach",
+            "--netns",
+            lab::NS_X,
+            "--iface",
+            LIVE_IFACE,
+            "--program",
+            "sv_gen",
+            "--mode",
+            "generic",
+        ])
+        .output()
+        .context("running sipveil lab-xdp attach")?;
+    if !out.status.success() {
+        bail!(
+            "sipveil lab-xdp attach sv_gen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// CPU time of the calling thread, seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: timespec is plain data; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// A one-source flood of one REGISTER frame with live frames out of sv-x's x0: (sent, pps,
+/// generator CPU-seconds).
+fn live_flood(rate: u64, secs: f64) -> Result<(u64, f64, f64)> {
+    let src = SocketAddrV4::new(lab::X_ADDR, 5099);
+    let mut payload = Vec::new();
+    let mut rng = flood::Rng::new(7);
+    flood::payload(
+        flood::Kind::Register,
+        &mut rng,
+        std::net::SocketAddr::V4(src),
+        OPEN_DOMAIN,
+        &mut payload,
+    );
+    let frame = livegen::build_udp_frame(
+        iface_mac(lab::NS_X, "x0")?,
+        iface_mac(lab::NS_EDGE, EDGE_X_IFACE)?,
+        src,
+        SERVER,
+        &payload,
+    );
+    let pin = format!("{}/{}-{LIVE_IFACE}/link", lab::LAB_PIN_DIR, lab::NS_X);
+    let path = format!("/var/run/netns/{}", lab::NS_X);
+    std::thread::spawn(move || -> Result<(u64, f64, f64)> {
+        enter_netns(&path)?;
+        let prog = livegen::prog_fd_from_pinned_link(&pin)
+            .with_context(|| format!("sv_gen program behind {pin}"))?;
+        let name = std::ffi::CString::new("x0")?;
+        // SAFETY: a valid NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            bail!("no x0 in {}", lab::NS_X);
+        }
+        let total = (rate as f64 * secs).ceil() as u64;
+        let c0 = thread_cpu_s();
+        let t0 = Instant::now();
+        let sent = livegen::send_paced(
+            &prog,
+            &frame,
+            ifindex,
+            total,
+            Some(rate as f64),
+            Duration::from_secs_f64(secs),
+            livegen::LIVE_CHUNK,
+        )?;
+        let el = t0.elapsed().as_secs_f64();
+        Ok((sent, sent as f64 / el.max(1e-9), thread_cpu_s() - c0))
+    })
+    .join()
+    .map_err(|_| anyhow!("live generator thread panicked"))?
+}
+
 /// Waits for `pid` (a child of this process) and returns its CPU seconds (user + system).
 fn wait_cpu(pid: u32) -> Result<(i32, f64)> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| anyhow!("pid out of range"))?;
@@ -434,6 +574,31 @@ impl Bench {
         match s {
             Server::Kamailio => {
                 ensure_no_edge_xdp()?;
+                if self.o.one_generator == "live" {
+                    // Live frames leave x0 by the veth's XDP transmit, which the peer (ex0)
+                    // accepts only with an XDP program or NAPI; GRO on gives ex0 NAPI without
+                    // putting an XDP program in front of Kamailio. (sipveil's run has its own
+                    // program there.)
+                    let out = Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            lab::NS_EDGE,
+                            "ethtool",
+                            "-K",
+                            EDGE_X_IFACE,
+                            "gro",
+                            "on",
+                        ])
+                        .output()
+                        .context("running ethtool")?;
+                    if !out.status.success() {
+                        bail!(
+                            "ethtool -K {EDGE_X_IFACE} gro on: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                }
                 let run = KamailioRun {
                     binary: self.o.kamailio.clone(),
                     config: self.o.kamailio_config.clone(),
@@ -528,7 +693,11 @@ impl Bench {
         let proc0 = netns_cpu_s(lab::NS_EDGE);
         let cpu0 = proc_stat()?;
         let t0 = Instant::now();
-        let flood = if rate > 0 {
+        let live = !many && self.o.one_generator == "live";
+        let secs = self.step_secs;
+        let live_thread =
+            (rate > 0 && live).then(|| std::thread::spawn(move || live_flood(rate, secs)));
+        let flood = if rate > 0 && !live {
             let mut cmd = self.flood_command(many, rate);
             Some(cmd.spawn().context("starting sv-flood")?)
         } else {
@@ -584,7 +753,10 @@ impl Bench {
                     cpu,
                 )
             }
-            None => (0, 0.0, 0.0),
+            None => match live_thread {
+                Some(h) => h.join().map_err(|_| anyhow!("live generator panicked"))??,
+                None => (0, 0.0, 0.0),
+            },
         };
         // Let queued packets drain before the counters are read.
         std::thread::sleep(Duration::from_millis(300));
@@ -748,6 +920,9 @@ fn main() -> Result<()> {
 
     let _session = Lab::session(Shape::TwoArm, &sipveil).map_err(|e| anyhow!("lab: {e}"))?;
     Lab::route_flood_range().map_err(|e| anyhow!("flood range: {e}"))?;
+    if o.one_generator == "live" && o.shapes.iter().any(|s| s == "one") {
+        prepare_live(&sipveil)?;
+    }
     let shapes = o.shapes.clone();
     let mut bench = Bench {
         o,
