@@ -169,11 +169,24 @@ pub fn build_frame(
         },
         &mut payload,
     );
-    let mut f = Vec::with_capacity(FRAME_LEN);
+    build_udp_frame(src_mac, dst_mac, src, dst, &payload)
+}
+
+/// Builds an Ethernet/IPv4/UDP frame carrying `payload` from `src` to `dst` (checksums filled
+/// in; e.g. one SIP request for a flood with live frames).
+#[must_use]
+pub fn build_udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 20 + 8 + payload.len());
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (20 + 8 + PACKET_LEN) as u16;
+    let ip_len = (20 + 8 + payload.len()) as u16;
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
@@ -185,7 +198,7 @@ pub fn build_frame(
     let c = csum_fold(csum_add(&ip, 0));
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
-    let udp_len = (8 + PACKET_LEN) as u16;
+    let udp_len = (8 + payload.len()) as u16;
     let mut udp = [0u8; 8];
     udp[0..2].copy_from_slice(&src.port().to_be_bytes());
     udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
@@ -195,14 +208,14 @@ pub fn build_frame(
     sum = csum_add(&dst.ip().octets(), sum);
     sum += 17 + u32::from(udp_len);
     sum = csum_add(&udp, sum);
-    sum = csum_add(&payload, sum);
+    sum = csum_add(payload, sum);
     let mut c = csum_fold(sum);
     if c == 0 {
         c = 0xffff;
     }
     udp[6..8].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&udp);
-    f.extend_from_slice(&payload);
+    f.extend_from_slice(payload);
     f
 }
 
@@ -267,5 +280,24 @@ mod tests {
         assert_eq!(csum_fold(sum), 0);
         let pkt = rtp::decode(&f[42..]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((pkt.probe.tag, pkt.probe.stream), (7, 1));
+    }
+
+    #[test]
+    fn udp_frame_of_odd_length_payload_has_valid_checksums() {
+        let payload = b"OPTIONS sip:x SIP/2.0\r\n\r\n!";
+        let f = build_udp_frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 2), 5099),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 5060),
+            payload,
+        );
+        assert_eq!(f.len(), 42 + payload.len());
+        assert_eq!(csum_fold(csum_add(&f[14..34], 0)), 0);
+        let mut sum = csum_add(&f[26..34], 0);
+        sum += 17 + (f.len() - 34) as u32;
+        sum = csum_add(&f[34..], sum);
+        assert_eq!(csum_fold(sum), 0);
+        assert_eq!(&f[42..], payload);
     }
 }

@@ -78,7 +78,8 @@ enum Task {
     },
     /// Build in release mode and run a benchmark harness: `bench register ARGS` runs
     /// `sv-bench-register ARGS`, `bench calls ARGS` runs `sv-bench-calls ARGS` (`--quick` for a
-    /// smoke run), `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
+    /// smoke run), `bench flood [--quick]` runs `sv-bench-flood` (goodput under a SIP flood,
+    /// sipveil's XDP shield vs Kamailio pike), `bench ARGS` otherwise runs the relay harness `sv-bench-relay`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -129,6 +130,7 @@ fn main() -> Result<()> {
                 metal::bench_harness("sv-bench-register", rest)
             }
             Some((first, rest)) if first == "calls" => metal::bench_harness("sv-bench-calls", rest),
+            Some((first, rest)) if first == "flood" => metal::bench_harness("sv-bench-flood", rest),
             _ => metal::bench_harness("sv-bench-relay", &args),
         },
         Task::Test => test::run(),

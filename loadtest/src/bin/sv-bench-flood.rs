@@ -1,0 +1,1163 @@
+//! `sv-bench-flood`: legitimate REGISTER goodput under a SIP flood, sipveil (XDP shield on)
+//! against Kamailio 5.6 (pike + htable ban, `loadtest/kamailio/flood.cfg`).
+//!
+//! In the two-arm lab: a steady legitimate REGISTER load (open domain, native client) from sv-a
+//! while sv-x floods the edge's SIP port with the hostile mix of `sv-flood` (garbage, OPTIONS,
+//! REGISTER, INVITE, wrong-password REGISTER) at rising rates, from one source or from many
+//! sources of 198.19.0.0/16. Per step: goodput (the fraction of legitimate REGISTERs answered 200
+//! within 500 ms), flood rate achieved, whole-system CPU (/proc/stat) with and without the flood
+//! generator's own CPU, and packets dropped (sipveil: the XDP shield counters and the userspace
+//! drops from `sipveil shield stats --json`; Kamailio: the packets that reached the edge's sv-x
+//! interface, which Kamailio either ignored (pike/ban) or answered — none of them is legitimate).
+//! Writes `target/bench/flood/summary.json` and `goodput.svg`.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sipveil_loadtest::bench::{CpuTimes, parse_pid_cpu_ticks};
+use sipveil_loadtest::kamailio::{KamailioAuth, KamailioRun};
+use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
+use sipveil_loadtest::procs::ChildGuard;
+use sipveil_loadtest::register::{
+    AUTH_DOMAIN, OPEN_DOMAIN, SipveilConfig, make_users, sipveil_users_file,
+};
+use sipveil_loadtest::register_client::{ClientUser, run_load};
+use sipveil_loadtest::{flood, livegen};
+
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 5060);
+const INSTANCE: &str = "bench-flood";
+const CONTROL_SOCKET: &str = "/run/sipveil/bench-flood.sock";
+const CLIENT_BASE_PORT: u16 = 5070;
+/// The edge's interface toward sv-x in the two-arm lab.
+const EDGE_X_IFACE: &str = "ex0";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sv-bench-flood",
+    about = "Legitimate REGISTER goodput under a SIP flood: sipveil (XDP shield) vs Kamailio (pike)"
+)]
+struct Opts {
+    /// The benchmark to run; `flood` is the only one (so that `cargo xtask bench flood` can pass
+    /// its arguments through unchanged).
+    #[arg(value_parser = ["flood"])]
+    which: Option<String>,
+    /// A short run (fewer, shorter steps): under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// The sipveil binary (default: next to this one). Also used to bring the lab up.
+    #[arg(long)]
+    sipveil: Option<PathBuf>,
+    /// The flood generator (default: `sv-flood` next to this one).
+    #[arg(long)]
+    sv_flood: Option<PathBuf>,
+    #[arg(long, default_value = "kamailio")]
+    kamailio: PathBuf,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/kamailio/flood.cfg"))]
+    kamailio_config: PathBuf,
+    #[arg(long, default_value = "target/bench/flood")]
+    out: PathBuf,
+    /// Servers to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "kamailio,sipveil")]
+    servers: Vec<String>,
+    /// Flood shapes: `one` (one source address) and `many` (sources from 198.19.0.0/16).
+    #[arg(long, value_delimiter = ',', default_value = "one,many")]
+    shapes: Vec<String>,
+    /// Offered flood rates (packets/s), in order; 0 = no flood (the baseline).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<u64>,
+    /// Seconds per step (default 4, 2 with --quick).
+    #[arg(long)]
+    step_secs: Option<f64>,
+    /// Legitimate REGISTER exchanges per second from sv-a.
+    #[arg(long, default_value_t = 500.0)]
+    legit_rate: f64,
+    /// Source addresses of the many-source shape (198.19.0.1 onwards).
+    #[arg(long, default_value_t = 1000)]
+    many_sources: u32,
+    /// Flood generator threads.
+    #[arg(long, default_value_t = 2)]
+    flood_threads: usize,
+    /// Generator of the one-source shape: `live` (BPF_PROG_TEST_RUN live frames with the lab's
+    /// sv_gen program: one fixed REGISTER frame, Mpps) or `sockets` (sv-flood, the hostile mix,
+    /// ~0.2-0.4 Mpps here). The many-source shape always uses sv-flood.
+    #[arg(long, default_value = "live", value_parser = ["live", "sockets"])]
+    one_generator: String,
+    /// sipveil's `[sip] workers` and Kamailio's UDP children.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Sipveil,
+    Kamailio,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Sipveil => "sipveil",
+            Server::Kamailio => "kamailio",
+        }
+    }
+}
+
+/// One measured step.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Step {
+    offered_pps: u64,
+    /// Flood packets the generator sent per second.
+    flood_pps: f64,
+    flood_sent: u64,
+    legit_offered: u64,
+    legit_ok_in_time: u64,
+    /// `legit_ok_in_time / legit_offered`.
+    goodput: f64,
+    /// Busy CPU-seconds of the whole machine over the step (/proc/stat).
+    system_cpu_s: f64,
+    /// The flood generator's own CPU-seconds (wait4 rusage).
+    generator_cpu_s: f64,
+    /// Packets dropped/absorbed by the server's defence (see the module documentation).
+    dropped: u64,
+    /// Packets that arrived on the edge's sv-x interface.
+    edge_x_rx: u64,
+    /// CPU-seconds of the processes in the edge namespace (the server's user and system time;
+    /// XDP and softirq work is not in it).
+    server_proc_cpu_s: f64,
+    /// UDP datagrams delivered to sockets in the edge namespace, and datagrams dropped because
+    /// a socket's receive buffer was full (/proc/net/snmp).
+    udp_in_datagrams: u64,
+    udp_rcvbuf_errors: u64,
+    /// (whole-system busy CPU − the generator's own CPU) ns per dropped packet. Caveat: on veth
+    /// the receiver's XDP/softirq work may run in the sender's context and be counted as the
+    /// generator's.
+    cpu_ns_per_drop: Option<f64>,
+    /// `cpu_ns_per_drop` with the background load subtracted too: the series' no-flood step's
+    /// busy CPU per second × this step's wall time (other work on the machine; noisy).
+    cpu_ns_per_drop_net: Option<f64>,
+    /// The server processes' CPU ns per dropped packet.
+    server_proc_ns_per_drop: Option<f64>,
+    wall_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Series {
+    server: String,
+    shape: String,
+    steps: Vec<Step>,
+    /// Lowest flood rate achieved at which goodput fell 0.1 % (resp. 50 %) below the baseline.
+    loses_0_1pct_at: Option<f64>,
+    loses_50pct_at: Option<f64>,
+    /// The highest flood rate achieved in this series.
+    max_flood_pps: f64,
+    errors: Vec<String>,
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+fn proc_stat() -> Result<CpuTimes> {
+    Ok(CpuTimes::parse_proc_stat(&fs::read_to_string(
+        "/proc/stat",
+    )?)?)
+}
+
+/// Packets received by the edge's interface toward sv-x.
+fn edge_x_rx() -> Result<u64> {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            lab::NS_EDGE,
+            "-s",
+            "-j",
+            "link",
+            "show",
+            "dev",
+            EDGE_X_IFACE,
+        ])
+        .output()
+        .context("running ip -s link")?;
+    if !out.status.success() {
+        bail!(
+            "ip -s link show {EDGE_X_IFACE}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
+    v.get(0)
+        .and_then(|l| l.get("stats64"))
+        .and_then(|s| s.get("rx"))
+        .and_then(|r| r.get("packets"))
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("no rx packet count for {EDGE_X_IFACE}"))
+}
+
+/// Sum of the shield's drops (XDP counters `shield_drop_*` and userspace drops).
+fn shield_drops(sipveil: &Path) -> Result<u64> {
+    let out = Command::new(sipveil)
+        .args(["shield", "stats", "--json", "--socket", CONTROL_SOCKET])
+        .output()
+        .context("running sipveil shield stats")?;
+    if !out.status.success() {
+        bail!(
+            "sipveil shield stats: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("shield stats JSON")?;
+    let mut sum = 0u64;
+    if let Some(xdp) = v.get("xdp").and_then(Value::as_object) {
+        for (k, n) in xdp {
+            if k.starts_with("shield_drop_") {
+                sum += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    if let Some(us) = v.get("userspace_drops").and_then(Value::as_object) {
+        sum += us.values().filter_map(Value::as_u64).sum::<u64>();
+    }
+    Ok(sum)
+}
+
+/// CPU-seconds (utime + stime, all threads) of the processes in network namespace `ns`.
+fn netns_cpu_s(ns: &str) -> f64 {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ticks: u64 = pids
+        .split_whitespace()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|t| parse_pid_cpu_ticks(&t).ok())
+        .sum();
+    ticks as f64 * tick_ns() / 1e9
+}
+
+fn sipveil_config(o: &Opts, tmp: &Path) -> Result<PathBuf> {
+    let users = make_users(0, 1, AUTH_DOMAIN);
+    let users_file = tmp.join("users.toml");
+    fs::write(&users_file, sipveil_users_file(&users))?;
+    let db = tmp.join("registrar.redb");
+    let ifaces = Shape::TwoArm.edge_ifaces();
+    let base = SipveilConfig {
+        workers: o.workers,
+        listen: SERVER,
+        database: &db,
+        users_file: &users_file,
+        control_socket: Path::new(CONTROL_SOCKET),
+        media_a: Shape::TwoArm.edge_toward_a(),
+        media_b: Shape::TwoArm.edge_toward_b(),
+        instance: INSTANCE,
+        interfaces: &ifaces,
+        digest: &[],
+    }
+    .to_toml();
+    if !base.contains("xdp = \"off\"") {
+        bail!("the register bench's configuration no longer has `xdp = \"off\"` to replace");
+    }
+    // XDP on (the shield in the driver); sv-a is a configured peer with a multiplier (its
+    // limits ×50, exempt from the global ceiling), not an unlimited one.
+    let text = base.replace("xdp = \"off\"", "xdp = \"auto\"")
+        + "\n[shield]\n\
+           enabled = true\n\
+           register = { rate = 20, burst = 40 }\n\
+           invite = { rate = 20, burst = 40 }\n\
+           options = { rate = 20, burst = 40 }\n\
+           other = { rate = 100, burst = 200 }\n\
+           response = { rate = 200, burst = 400 }\n\
+           not_sip = { rate = 20, burst = 40 }\n\
+           syn = { rate = 10, burst = 20 }\n\
+           global = { rate = 5000, burst = 10000 }\n\
+           peers = [{ address = \"198.18.1.0/24\", multiplier = 50 }]\n";
+    let path = tmp.join("sipveil.toml");
+    fs::write(&path, text)?;
+    Ok(path)
+}
+
+enum Running {
+    Sipveil(Daemon),
+    Kamailio(ChildGuard),
+}
+
+impl Running {
+    /// Stops the server; for sipveil also detaches its XDP programs and removes its pins (they
+    /// outlive the daemon by design), so that the next server does not sit behind the shield.
+    fn stop(self, sipveil: &Path) -> Result<()> {
+        match self {
+            Running::Sipveil(d) => {
+                let _ = d.terminate(Duration::from_secs(10));
+                let out = Command::new(sipveil)
+                    .args(["unload", "--instance", INSTANCE, "--netns", lab::NS_EDGE])
+                    .output()
+                    .context("running sipveil unload")?;
+                if !out.status.success() {
+                    bail!(
+                        "sipveil unload: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                ensure_no_edge_xdp()
+            }
+            Running::Kamailio(mut g) => {
+                g.stop();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Fails when an XDP program is attached to one of the edge's interfaces.
+fn ensure_no_edge_xdp() -> Result<()> {
+    for iface in Shape::TwoArm.edge_ifaces() {
+        let out = Command::new("ip")
+            .args(["-n", lab::NS_EDGE, "-j", "link", "show", "dev", iface])
+            .output()
+            .context("running ip link")?;
+        let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link output")?;
+        if v.get(0).and_then(|l| l.get("xdp")).is_some() {
+            bail!(
+                "an XDP program is still attached to {iface} in {}",
+                lab::NS_EDGE
+            );
+        }
+    }
+    Ok(())
+}
+
+/// UDP counters of the edge namespace: (InDatagrams, RcvbufErrors).
+fn edge_udp() -> Result<(u64, u64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab::NS_EDGE, "cat", "/proc/net/snmp"])
+        .output()
+        .context("reading /proc/net/snmp in the edge namespace")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    let get = |name: &str| -> Result<u64> {
+        let i = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .ok_or_else(|| anyhow!("no {name} in /proc/net/snmp"))?;
+        values
+            .split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("bad {name} value"))
+    };
+    Ok((get("InDatagrams")?, get("RcvbufErrors")?))
+}
+
+/// Sends OPTIONS from a thread in `ns` until any SIP answer comes back.
+fn probe_sip(ns: &str, from: Ipv4Addr, timeout: Duration) -> Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<()> {
+        enter_netns(&path)?;
+        let sock = UdpSocket::bind(SocketAddrV4::new(from, 0)).context("probe socket")?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let local = sock.local_addr()?;
+        let deadline = Instant::now() + timeout;
+        let mut n = 0u32;
+        while Instant::now() < deadline {
+            n += 1;
+            let msg = format!(
+                "OPTIONS sip:{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKfprobe{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:probe@bench.lab>;tag=p{n}\r\nTo: <sip:{SERVER}>\r\n\
+                 Call-ID: fprobe-{n}-{}@bench\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                std::process::id()
+            );
+            let _ = sock.send_to(msg.as_bytes(), SERVER);
+            let mut buf = [0u8; 4096];
+            if let Ok(len) = sock.recv(&mut buf)
+                && buf.get(..len).is_some_and(|b| b.starts_with(b"SIP/2.0 "))
+            {
+                return Ok(());
+            }
+        }
+        bail!("no SIP answer from {SERVER} within {timeout:?}")
+    })
+    .join()
+    .map_err(|_| anyhow!("probe thread panicked"))?
+}
+
+fn enter_netns(path: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on an open netns fd; CLONE_NEWNET changes only this thread's network
+    // namespace, which is what the sockets created afterwards in this thread need.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns({path}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The sv-x interface the live generator keeps sv_gen loaded on (veth, generic mode).
+const LIVE_IFACE: &str = "svgen0";
+
+/// The MAC address of `iface` in `ns`.
+fn iface_mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", iface])
+        .output()
+        .context("running ip link")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link output")?;
+    let text = v
+        .get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no MAC address for {iface} in {ns}"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let part = parts.next().ok_or_else(|| anyhow!("bad MAC {text:?}"))?;
+        *b = u8::from_str_radix(part, 16).map_err(|_| anyhow!("bad MAC {text:?}"))?;
+    }
+    Ok(mac)
+}
+
+/// Loads sv_gen (generic mode) on a spare veth in sv-x, pinned where the generator finds it.
+fn prepare_live(sipveil: &Path) -> Result<()> {
+    let _ = Command::new("ip")
+        .args([
+            "-n",
+            lab::NS_X,
+            "link",
+            "add",
+            LIVE_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "svgen1",
+        ])
+        .output();
+    let _ = Command::new(sipveil)
+        .args([
+            "lab-xdp",
+            "detach",
+            "--netns",
+            lab::NS_X,
+            "--iface",
+            LIVE_IFACE,
+        ])
+        .output();
+    let out = Command::new(sipveil)
+        .args([
+            "lab-xdp",
+            "attach",
+            "--netns",
+            lab::NS_X,
+            "--iface",
+            LIVE_IFACE,
+            "--program",
+            "sv_gen",
+            "--mode",
+            "generic",
+        ])
+        .output()
+        .context("running sipveil lab-xdp attach")?;
+    if !out.status.success() {
+        bail!(
+            "sipveil lab-xdp attach sv_gen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// CPU time of the calling thread, seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: timespec is plain data; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// A one-source flood of one REGISTER frame with live frames out of sv-x's x0: (sent, pps,
+/// generator CPU-seconds).
+fn live_flood(rate: u64, secs: f64) -> Result<(u64, f64, f64)> {
+    let src = SocketAddrV4::new(lab::X_ADDR, 5099);
+    let mut payload = Vec::new();
+    let mut rng = flood::Rng::new(7);
+    flood::payload(
+        flood::Kind::Register,
+        &mut rng,
+        std::net::SocketAddr::V4(src),
+        OPEN_DOMAIN,
+        &mut payload,
+    );
+    let frame = livegen::build_udp_frame(
+        iface_mac(lab::NS_X, "x0")?,
+        iface_mac(lab::NS_EDGE, EDGE_X_IFACE)?,
+        src,
+        SERVER,
+        &payload,
+    );
+    let pin = format!("{}/{}-{LIVE_IFACE}/link", lab::LAB_PIN_DIR, lab::NS_X);
+    let path = format!("/var/run/netns/{}", lab::NS_X);
+    std::thread::spawn(move || -> Result<(u64, f64, f64)> {
+        enter_netns(&path)?;
+        let prog = livegen::prog_fd_from_pinned_link(&pin)
+            .with_context(|| format!("sv_gen program behind {pin}"))?;
+        let name = std::ffi::CString::new("x0")?;
+        // SAFETY: a valid NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            bail!("no x0 in {}", lab::NS_X);
+        }
+        let total = (rate as f64 * secs).ceil() as u64;
+        let c0 = thread_cpu_s();
+        let t0 = Instant::now();
+        let sent = livegen::send_paced(
+            &prog,
+            &frame,
+            ifindex,
+            total,
+            Some(rate as f64),
+            Duration::from_secs_f64(secs),
+            livegen::LIVE_CHUNK,
+        )?;
+        let el = t0.elapsed().as_secs_f64();
+        Ok((sent, sent as f64 / el.max(1e-9), thread_cpu_s() - c0))
+    })
+    .join()
+    .map_err(|_| anyhow!("live generator thread panicked"))?
+}
+
+/// Waits for `pid` (a child of this process) and returns its CPU seconds (user + system).
+fn wait_cpu(pid: u32) -> Result<(i32, f64)> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| anyhow!("pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value that wait4 overwrites.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid pointers to a status and a rusage.
+    let rc = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut ru) };
+    if rc < 0 {
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((status, secs(ru.ru_utime) + secs(ru.ru_stime)))
+}
+
+struct Bench {
+    o: Opts,
+    sipveil: PathBuf,
+    sv_flood: PathBuf,
+    step_secs: f64,
+    step_no: u32,
+}
+
+impl Bench {
+    fn start(&self, s: Server, tmp: &Path) -> Result<Running> {
+        match s {
+            Server::Kamailio => {
+                ensure_no_edge_xdp()?;
+                if self.o.one_generator == "live" {
+                    // Live frames leave x0 by the veth's XDP transmit, which the peer (ex0)
+                    // accepts only with an XDP program or NAPI; GRO on gives ex0 NAPI without
+                    // putting an XDP program in front of Kamailio. (sipveil's run has its own
+                    // program there.)
+                    let out = Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            lab::NS_EDGE,
+                            "ethtool",
+                            "-K",
+                            EDGE_X_IFACE,
+                            "gro",
+                            "on",
+                        ])
+                        .output()
+                        .context("running ethtool")?;
+                    if !out.status.success() {
+                        bail!(
+                            "ethtool -K {EDGE_X_IFACE} gro on: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                }
+                let run = KamailioRun {
+                    binary: self.o.kamailio.clone(),
+                    config: self.o.kamailio_config.clone(),
+                    netns: lab::NS_EDGE.to_owned(),
+                    listen: SERVER,
+                    children: self.o.workers,
+                    shm_mb: 512,
+                    pkg_mb: 64,
+                    db_dir: None,
+                    auth: KamailioAuth::AuthDb,
+                };
+                let log = tmp.join("kamailio.log");
+                let file = fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .with_context(|| format!("opening {}", log.display()))?;
+                let mut cmd = run.command();
+                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+                let mut g = ChildGuard::spawn("kamailio", &mut cmd)?;
+                if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
+                    let exited = g.try_wait().ok().flatten();
+                    g.stop();
+                    bail!(
+                        "kamailio did not answer ({e:#}; exited: {exited:?}); log: {}",
+                        log.display()
+                    );
+                }
+                Ok(Running::Kamailio(g))
+            }
+            Server::Sipveil => {
+                let config = sipveil_config(&self.o, tmp)?;
+                let log = tmp.join("sipveil.log");
+                let d = Daemon::start(
+                    &self.sipveil,
+                    &config,
+                    &[],
+                    Duration::from_secs(60),
+                    Some(&log),
+                )
+                .map_err(|e| anyhow!("{e}; log: {}", log.display()))?;
+                if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
+                    d.kill();
+                    bail!(
+                        "sipveil did not answer OPTIONS ({e:#}); log: {}",
+                        log.display()
+                    );
+                }
+                Ok(Running::Sipveil(d))
+            }
+        }
+    }
+
+    fn flood_command(&self, many: bool, rate: u64) -> Command {
+        let mut cmd = Command::new("ip");
+        let packets = ((rate as f64) * self.step_secs).ceil() as u64;
+        cmd.args(["netns", "exec", lab::NS_X])
+            .arg(&self.sv_flood)
+            .args(["--target", &SERVER.to_string()])
+            .args(["--domain", OPEN_DOMAIN])
+            .args(["--threads", &self.o.flood_threads.to_string()])
+            .args(["--packets", &packets.to_string()])
+            .args(["--seconds", &format!("{:.3}", self.step_secs)])
+            .args(["--rate", &rate.to_string()]);
+        if many {
+            let n = self.o.many_sources.clamp(1, 65_000);
+            for i in 0..n {
+                let host = i + 1;
+                let ip = Ipv4Addr::new(198, 19, (host >> 8) as u8, (host & 0xff) as u8);
+                cmd.args(["--source", &ip.to_string()]);
+            }
+        } else {
+            cmd.args(["--source", &lab::X_ADDR.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    fn step(&mut self, s: Server, many: bool, rate: u64) -> Result<Step> {
+        self.step_no += 1;
+        let legit = (self.o.legit_rate * self.step_secs).round().max(1.0) as usize;
+        let prefix = format!("f{}{}", self.step_no, std::process::id());
+        let names: Vec<String> = (0..legit).map(|i| format!("{prefix}u{i}")).collect();
+        let drops0 = match s {
+            Server::Sipveil => shield_drops(&self.sipveil)?,
+            Server::Kamailio => 0,
+        };
+        let rx0 = edge_x_rx()?;
+        let udp0 = edge_udp()?;
+        let proc0 = netns_cpu_s(lab::NS_EDGE);
+        let cpu0 = proc_stat()?;
+        let t0 = Instant::now();
+        let live = !many && self.o.one_generator == "live";
+        let secs = self.step_secs;
+        let live_thread =
+            (rate > 0 && live).then(|| std::thread::spawn(move || live_flood(rate, secs)));
+        let flood = if rate > 0 && !live {
+            let mut cmd = self.flood_command(many, rate);
+            Some(cmd.spawn().context("starting sv-flood")?)
+        } else {
+            None
+        };
+        let legit_rate = self.o.legit_rate;
+        let path = format!("/var/run/netns/{}", lab::NS_A);
+        let client = std::thread::spawn(move || -> Result<_> {
+            enter_netns(&path)?;
+            let mut socks = Vec::new();
+            for p in 0..8u16 {
+                let sock = UdpSocket::bind(SocketAddrV4::new(lab::A_ADDR, CLIENT_BASE_PORT + p))
+                    .context("binding the client sockets")?;
+                socks.push(sock);
+            }
+            let users: Vec<ClientUser<'_>> = names
+                .iter()
+                .map(|n| ClientUser {
+                    name: n,
+                    ha1_md5_hex: "",
+                })
+                .collect();
+            Ok(run_load(
+                &socks,
+                SERVER,
+                OPEN_DOMAIN,
+                &users,
+                legit_rate,
+                Duration::from_secs(2),
+                false,
+            )?)
+        });
+        let totals = client
+            .join()
+            .map_err(|_| anyhow!("client thread panicked"))??
+            .0;
+        let (flood_sent, flood_pps, generator_cpu_s) = match flood {
+            Some(mut child) => {
+                let mut out = String::new();
+                if let Some(mut so) = child.stdout.take() {
+                    use std::io::Read;
+                    so.read_to_string(&mut out).context("reading sv-flood")?;
+                }
+                let (status, cpu) = wait_cpu(child.id())?;
+                if status != 0 {
+                    bail!("sv-flood exited with status {status}");
+                }
+                let v: Value = serde_json::from_str(out.trim())
+                    .with_context(|| format!("sv-flood output {out:?}"))?;
+                (
+                    v.get("sent").and_then(Value::as_u64).unwrap_or(0),
+                    v.get("pps").and_then(Value::as_f64).unwrap_or(0.0),
+                    cpu,
+                )
+            }
+            None => match live_thread {
+                Some(h) => h.join().map_err(|_| anyhow!("live generator panicked"))??,
+                None => (0, 0.0, 0.0),
+            },
+        };
+        // Let queued packets drain before the counters are read.
+        std::thread::sleep(Duration::from_millis(300));
+        let wall_s = t0.elapsed().as_secs_f64();
+        let cpu1 = proc_stat()?;
+        let server_proc_cpu_s = (netns_cpu_s(lab::NS_EDGE) - proc0).max(0.0);
+        let rx1 = edge_x_rx()?;
+        let udp1 = edge_udp()?;
+        let edge_x_rx = rx1.saturating_sub(rx0);
+        let dropped = match s {
+            Server::Sipveil => shield_drops(&self.sipveil)?.saturating_sub(drops0),
+            Server::Kamailio => edge_x_rx,
+        };
+        let system_cpu_s = cpu1.delta(&cpu0).busy() as f64 * tick_ns() / 1e9;
+        let ok = totals.successful.saturating_sub(totals.late);
+        Ok(Step {
+            offered_pps: rate,
+            flood_pps,
+            flood_sent,
+            legit_offered: legit as u64,
+            legit_ok_in_time: ok,
+            goodput: ok as f64 / legit as f64,
+            system_cpu_s,
+            generator_cpu_s,
+            dropped,
+            edge_x_rx,
+            server_proc_cpu_s,
+            udp_in_datagrams: udp1.0.saturating_sub(udp0.0),
+            udp_rcvbuf_errors: udp1.1.saturating_sub(udp0.1),
+            cpu_ns_per_drop: (dropped > 0)
+                .then(|| (system_cpu_s - generator_cpu_s).max(0.0) * 1e9 / dropped as f64),
+            cpu_ns_per_drop_net: None,
+            server_proc_ns_per_drop: (dropped > 0)
+                .then(|| server_proc_cpu_s * 1e9 / dropped as f64),
+            wall_s,
+        })
+    }
+}
+
+/// The lowest flood rate achieved at which goodput is below `baseline * (1 - loss)`.
+fn loss_rate(steps: &[Step], loss: f64) -> Option<f64> {
+    let baseline = steps.first().map(|s| s.goodput)?;
+    steps
+        .iter()
+        .skip(1)
+        .filter(|s| s.goodput < baseline * (1.0 - loss))
+        .map(|s| s.flood_pps)
+        .reduce(f64::min)
+}
+
+/// sipveil ÷ Kamailio flood rate at a goodput-loss threshold. When a side never crossed it, its
+/// highest flood rate stands in and the ratio is a bound: `lower` (only Kamailio crossed: sipveil
+/// held at least this much more), `upper` (only sipveil crossed), `none` (neither crossed: no
+/// ratio; the generator was the limit).
+fn threshold_ratio(sv: Option<f64>, sv_max: f64, k: Option<f64>, k_max: f64) -> Value {
+    let (ratio, bound) = match (sv, k) {
+        (Some(a), Some(b)) if b > 0.0 => (Some(a / b), "exact"),
+        (None, Some(b)) if b > 0.0 => (Some(sv_max / b), "lower"),
+        (Some(a), None) if k_max > 0.0 => (Some(a / k_max), "upper"),
+        _ => (None, "none"),
+    };
+    json!({
+        "ratio": ratio,
+        "bound": bound,
+        "sipveil_pps": sv,
+        "sipveil_max_flood_pps": sv_max,
+        "kamailio_pps": k,
+        "kamailio_max_flood_pps": k_max,
+    })
+}
+
+fn plot(path: &Path, series: &[Series]) -> Result<()> {
+    use plotters::prelude::*;
+    let xmax = series
+        .iter()
+        .map(|s| s.max_flood_pps)
+        .fold(1000.0f64, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Legitimate REGISTER goodput under a SIP flood",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0f64..xmax, 0.0f64..1.05)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("flood rate achieved (packets/s)")
+        .y_desc("goodput (fraction answered 200 in 500 ms)")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = s.steps.iter().map(|p| (p.flood_pps, p.goodput)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(format!("{} / {} source(s)", s.server, s.shape))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn fmt_rate(r: Option<f64>, max: f64) -> String {
+    match r {
+        Some(r) => format!("{:.0} pps", r),
+        None => format!("not reached up to {max:.0} pps"),
+    }
+}
+
+fn main() -> Result<()> {
+    let o = Opts::parse();
+    let t_start = Instant::now();
+    let quick = o.quick;
+    let step_secs = o.step_secs.unwrap_or(if quick { 2.0 } else { 4.0 });
+    if !(step_secs.is_finite() && step_secs > 0.0 && step_secs <= 30.0) {
+        bail!("--step-secs must be in (0, 30]");
+    }
+    let mut rates = o.rates.clone();
+    if rates.is_empty() {
+        rates = if quick {
+            vec![0, 50_000, 300_000]
+        } else {
+            vec![0, 50_000, 150_000, 300_000, 600_000, 1_200_000]
+        };
+    }
+    let servers: Vec<Server> = o
+        .servers
+        .iter()
+        .map(|s| match s.as_str() {
+            "sipveil" => Ok(Server::Sipveil),
+            "kamailio" => Ok(Server::Kamailio),
+            other => Err(anyhow!("unknown server {other:?}")),
+        })
+        .collect::<Result<_>>()?;
+    for sh in &o.shapes {
+        if sh != "one" && sh != "many" {
+            bail!("unknown shape {sh:?} (one, many)");
+        }
+    }
+    let sipveil = o.sipveil.clone().unwrap_or_else(|| sibling("sipveil"));
+    let sv_flood = o.sv_flood.clone().unwrap_or_else(|| sibling("sv-flood"));
+    fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let tmp = std::env::temp_dir().join(format!("sv-bench-flood-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+
+    let _session = Lab::session(Shape::TwoArm, &sipveil).map_err(|e| anyhow!("lab: {e}"))?;
+    Lab::route_flood_range().map_err(|e| anyhow!("flood range: {e}"))?;
+    if o.one_generator == "live" && o.shapes.iter().any(|s| s == "one") {
+        prepare_live(&sipveil)?;
+    }
+    let shapes = o.shapes.clone();
+    let mut bench = Bench {
+        o,
+        sipveil,
+        sv_flood,
+        step_secs,
+        step_no: 0,
+    };
+    let mut all: Vec<Series> = Vec::new();
+    for &s in &servers {
+        let running = match bench.start(s, &tmp) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: {e:#}", s.name());
+                for sh in &shapes {
+                    all.push(Series {
+                        server: s.name().to_owned(),
+                        shape: sh.clone(),
+                        errors: vec![format!("{e:#}")],
+                        ..Series::default()
+                    });
+                }
+                continue;
+            }
+        };
+        for sh in &shapes {
+            let many = sh == "many";
+            let mut series = Series {
+                server: s.name().to_owned(),
+                shape: sh.clone(),
+                ..Series::default()
+            };
+            for &rate in &rates {
+                match bench.step(s, many, rate) {
+                    Ok(st) => {
+                        println!(
+                            "{:8} {:4} offered {:>8} pps: flood {:>9.0} pps, goodput {:.4} ({}/{}), \
+                             system CPU {:.2} s (generator {:.2} s, server processes {:.2} s), \
+                             dropped {}, udp in {} rcvbuf-err {}, {} ns CPU/drop",
+                            s.name(),
+                            sh,
+                            rate,
+                            st.flood_pps,
+                            st.goodput,
+                            st.legit_ok_in_time,
+                            st.legit_offered,
+                            st.system_cpu_s,
+                            st.generator_cpu_s,
+                            st.server_proc_cpu_s,
+                            st.dropped,
+                            st.udp_in_datagrams,
+                            st.udp_rcvbuf_errors,
+                            st.cpu_ns_per_drop
+                                .map_or("-".to_owned(), |v| format!("{v:.0}"))
+                        );
+                        series.steps.push(st);
+                    }
+                    Err(e) => {
+                        eprintln!("{} {sh} {rate}: {e:#}", s.name());
+                        series.errors.push(format!("{rate}: {e:#}"));
+                    }
+                }
+            }
+            let background = series
+                .steps
+                .first()
+                .filter(|b| b.offered_pps == 0 && b.wall_s > 0.0)
+                .map(|b| b.system_cpu_s / b.wall_s);
+            if let Some(bg) = background {
+                for st in &mut series.steps {
+                    if st.dropped > 0 {
+                        let net = (st.system_cpu_s - st.generator_cpu_s - bg * st.wall_s).max(0.0);
+                        st.cpu_ns_per_drop_net = Some(net * 1e9 / st.dropped as f64);
+                    }
+                }
+            }
+            series.max_flood_pps = series.steps.iter().map(|p| p.flood_pps).fold(0.0, f64::max);
+            series.loses_0_1pct_at = loss_rate(&series.steps, 0.001);
+            series.loses_50pct_at = loss_rate(&series.steps, 0.5);
+            all.push(series);
+        }
+        if let Err(e) = running.stop(&bench.sipveil) {
+            bail!("stopping {}: {e:#}", s.name());
+        }
+    }
+
+    println!("\nflood rate at which legitimate goodput falls (vs the no-flood baseline):");
+    for s in &all {
+        println!(
+            "  {:8} {:4} sources: -0.1 % at {}, -50 % at {}",
+            s.server,
+            s.shape,
+            fmt_rate(s.loses_0_1pct_at, s.max_flood_pps),
+            fmt_rate(s.loses_50pct_at, s.max_flood_pps)
+        );
+    }
+    let find =
+        |server: &str, shape: &str| all.iter().find(|s| s.server == server && s.shape == shape);
+    // sipveil ÷ Kamailio flood rate at 0.1 % and 50 % goodput loss, per shape (see threshold_ratio).
+    let mut goodput_ratio = serde_json::Map::new();
+    let mut drop_cpu = serde_json::Map::new();
+    for sh in &shapes {
+        if let (Some(sv), Some(k)) = (find("sipveil", sh), find("kamailio", sh)) {
+            let mut per = serde_json::Map::new();
+            for (key, a, b) in [
+                ("loss_0_1pct", sv.loses_0_1pct_at, k.loses_0_1pct_at),
+                ("loss_50pct", sv.loses_50pct_at, k.loses_50pct_at),
+            ] {
+                per.insert(
+                    key.to_owned(),
+                    threshold_ratio(a, sv.max_flood_pps, b, k.max_flood_pps),
+                );
+            }
+            goodput_ratio.insert(sh.clone(), Value::Object(per));
+            // Kamailio CPU/drop ÷ sipveil CPU/drop at the highest step both measured.
+            let best = |s: &Series| {
+                s.steps
+                    .iter()
+                    .filter(|p| {
+                        p.cpu_ns_per_drop.is_some()
+                            && p.offered_pps > 0
+                            && p.flood_pps >= 0.95 * p.offered_pps as f64
+                    })
+                    .map(|p| (p.offered_pps, p.cpu_ns_per_drop))
+                    .collect::<Vec<_>>()
+            };
+            let (bs, bk) = (best(sv), best(k));
+            let common = bs
+                .iter()
+                .filter_map(|(r, v)| {
+                    bk.iter()
+                        .find(|(rk, _)| rk == r)
+                        .map(|(_, vk)| (*r, *v, *vk))
+                })
+                .max_by_key(|(r, _, _)| *r);
+            drop_cpu.insert(
+                sh.clone(),
+                match common {
+                    Some((r, Some(v), Some(vk))) if v > 0.0 => {
+                        let net = |s: &Series| {
+                            s.steps
+                                .iter()
+                                .find(|p| p.offered_pps == r)
+                                .and_then(|p| p.cpu_ns_per_drop_net)
+                        };
+                        let (nv, nk) = (net(sv), net(k));
+                        json!({
+                            "offered_pps": r,
+                            "ratio": vk / v,
+                            "sipveil_ns": v,
+                            "kamailio_ns": vk,
+                            "ratio_background_subtracted": match (nv, nk) {
+                                (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+                                _ => None,
+                            },
+                            "sipveil_ns_background_subtracted": nv,
+                            "kamailio_ns_background_subtracted": nk,
+                        })
+                    }
+                    _ => Value::Null,
+                },
+            );
+        }
+    }
+    let summary = json!({
+        "goodput_flood_rate_ratio": goodput_ratio,
+        "drop_cpu_ratio": drop_cpu,
+        "legit_rate": bench.o.legit_rate,
+        "step_secs": step_secs,
+        "quick": quick,
+        "wall_s": t_start.elapsed().as_secs_f64(),
+        "series": all,
+        "method": "goodput = legitimate REGISTERs answered 200 within 500 ms / offered; \
+                   dropped: sipveil = shield_drop_* XDP counters + userspace drops; \
+                   kamailio = packets received on the edge's sv-x interface (all flood, \
+                   absorbed by pike/htable ban or answered); cpu_ns_per_drop = (system busy \
+                   CPU from /proc/stat - the generator's rusage) / dropped, compared at the highest \
+                   offered rate both runs achieved within 5 %; server_proc_ns_per_drop = \
+                   CPU of the processes in sv-edge / dropped",
+    });
+    let sum_path = bench.o.out.join("summary.json");
+    fs::write(&sum_path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", sum_path.display()))?;
+    let svg = bench.o.out.join("goodput.svg");
+    plot(&svg, &all)?;
+    println!(
+        "wrote {} and {} in {:.0} s",
+        sum_path.display(),
+        svg.display(),
+        t_start.elapsed().as_secs_f64()
+    );
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(flood_pps: f64, goodput: f64) -> Step {
+        Step {
+            flood_pps,
+            goodput,
+            ..Step::default()
+        }
+    }
+
+    #[test]
+    fn loss_rates_are_relative_to_the_baseline_and_take_the_lowest_failing_rate() {
+        let steps = [
+            step(0.0, 1.0),
+            step(5e4, 1.0),
+            step(1.5e5, 0.99),
+            step(1.2e5, 0.3),
+            step(3e5, 1.0),
+        ];
+        assert_eq!(loss_rate(&steps, 0.001), Some(1.2e5));
+        assert_eq!(loss_rate(&steps, 0.5), Some(1.2e5));
+        let held = [step(0.0, 0.98), step(5e4, 0.98)];
+        assert_eq!(loss_rate(&held, 0.001), None);
+        assert_eq!(loss_rate(&[], 0.5), None);
+    }
+
+    #[test]
+    fn threshold_ratio_marks_bounds() {
+        let r = threshold_ratio(None, 2e5, Some(5e4), 1e5);
+        assert_eq!(r["bound"], "lower");
+        assert_eq!(r["ratio"].as_f64(), Some(4.0));
+        let r = threshold_ratio(Some(1e5), 1e5, Some(5e4), 1e5);
+        assert_eq!(
+            (r["bound"].as_str(), r["ratio"].as_f64()),
+            (Some("exact"), Some(2.0))
+        );
+        let r = threshold_ratio(None, 2e5, None, 1e5);
+        assert_eq!(r["bound"], "none");
+        assert!(r["ratio"].is_null());
+    }
+}
