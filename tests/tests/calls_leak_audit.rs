@@ -21,7 +21,7 @@
 //! one of its identifiers is found there: the identifiers were on the wire and the search finds
 //! them. The daemon's leak detector (`sipveil_privacy_leaks_total`) must stay 0.
 //!
-//! Not covered here yet: TLS (the capture would need the client's key log), TCP.
+//! TLS: `calls_leak_audit_tls.rs` (the TLS party's decrypted reads stand for what it received). Not covered: TCP.
 //!
 //! Needs root (namespaces, XDP) and dumpcap: fails with a clear message otherwise.
 
