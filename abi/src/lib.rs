@@ -400,7 +400,7 @@ pub mod shield {
     pub const DEFAULT_EVENT_INTERVAL_MS: u32 = 1_000;
 
     /// Capacity of `SV_SRC_BUCKETS` (LRU: the least recently seen source is forgotten first, and
-    /// comes back with a full bucket).
+    /// comes back as a new source: see [`SHIELD_F_NEW_SOURCE`]).
     pub const MAX_SOURCES: u32 = 131_072;
     /// Capacity of `SV_BLOCK`.
     pub const MAX_BLOCKED: u32 = 65_536;
@@ -537,7 +537,10 @@ pub mod shield {
     ///
     /// On each packet: `tokens = min(burst * TOKEN, tokens + (now - last_refill_ns) * rate)`,
     /// `last_refill_ns = now`; the packet passes and takes [`TOKEN`] when `tokens >= TOKEN`.
-    /// `last_refill_ns == 0` means "never used": the bucket is full.
+    /// `last_refill_ns == 0` means "never used": the bucket is full. The program creates the
+    /// buckets of a new source with `last_refill_ns == 0` when the source is allowlisted or
+    /// [`SHIELD_F_NEW_SOURCE`] is clear, otherwise with `tokens = new_source_burst * TOKEN` as
+    /// of its first packet.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct TokenBucket {
@@ -669,6 +672,12 @@ pub mod shield {
     /// [`ShieldConfig::flags`]: the shield is on. Without it packets to the SIP ports pass
     /// ([`crate::Counter::NotOursPass`]).
     pub const SHIELD_F_ENABLED: u32 = 1 << 0;
+    /// [`ShieldConfig::flags`]: a source the program has no bucket for and that is not
+    /// allowlisted (a source never seen, or forgotten by the LRU) starts with
+    /// [`ShieldConfig::new_source_burst`] tokens per class instead of a full bucket; its buckets
+    /// then refill at the class rate up to the class burst. Without it (a config written before
+    /// this flag existed, where the field was reserved and zero) fresh buckets start full.
+    pub const SHIELD_F_NEW_SOURCE: u32 = 1 << 1;
 
     /// Value of `SV_SHIELD_CFG` (entry 0). Read on every shielded packet, so a write takes
     /// effect at once, without reattaching. Zeroed (never written): the shield is off.
@@ -695,8 +704,16 @@ pub mod shield {
         /// Multiplier of allowlisted sources' limits whose entry says 0; 0 here means 1.
         pub allow_multiplier: u32,
         pub _pad0: u32,
+        /// With [`SHIELD_F_NEW_SOURCE`]: the packets of each class (indexed by [`ShieldClass`])
+        /// a source may send at once when the program creates its buckets, i.e. the tokens a
+        /// fresh bucket starts with (at most the class burst; 0 = the first packet of the class
+        /// waits for one token of refill). Allowlisted sources get full buckets. Taken from
+        /// what was `reserved` space: the layout and the size did not change, and a zeroed
+        /// field with the flag clear means what it always meant, so [`crate::ABI_VERSION`]
+        /// did not change either.
+        pub new_source_burst: [u16; CLASSES],
         /// Room for later settings without an ABI bump of the layout.
-        pub reserved: [u32; 10],
+        pub reserved: [u32; 6],
     }
     const _: () = assert!(core::mem::size_of::<ShieldConfig>() == 144);
 

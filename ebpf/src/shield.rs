@@ -28,8 +28,8 @@ use sipveil_abi::{
     shield::{
         ALLOW_F_UNLIMITED, ALLOW_FAMILY_BITS, AllowData, CLASSES, DEFAULT_EVENT_INTERVAL_MS,
         EVENT_RATE_LIMITED, MAX_BURST, MAX_ELAPSED_NS, MAX_MULTIPLIER, MAX_PORTS, MAX_RATE,
-        SHIELD_F_ENABLED, ShieldClass, ShieldConfig, ShieldEvent, SourceBuckets, SourceKey, TOKEN,
-        TokenBucket,
+        SHIELD_F_ENABLED, SHIELD_F_NEW_SOURCE, ShieldClass, ShieldConfig, ShieldEvent,
+        SourceBuckets, SourceKey, TOKEN, TokenBucket,
     },
 };
 use sipveil_ebpf::{
@@ -307,7 +307,7 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     if lim.rate != 0 {
         let rate = (lim.rate.min(MAX_RATE) as u64 * mult).min(MAX_RATE as u64);
         let burst = (lim.burst.min(MAX_BURST) as u64 * mult).min(MAX_BURST as u64);
-        let Some(buckets) = source_buckets(&src.key) else {
+        let Some(buckets) = source_buckets(cfg, &src.key, allowed, now) else {
             maps::count(Counter::ShieldMapFailPass);
             return xdp_action::XDP_PASS;
         };
@@ -343,15 +343,25 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The source's buckets, created (all classes full) on its first packet. `None` only when the
-/// LRU map refuses the insert (then the packet passes: fail-open).
+/// The source's buckets, created on its first packet: full when the source is allowlisted or
+/// the new-source burst is off, otherwise holding `new_source_burst` tokens per class as of
+/// `now` (so a fresh source gets only that many packets at once, then its class rates). `None`
+/// only when the LRU map refuses the insert (then the packet passes: fail-open).
+///
+/// A known source costs the one lookup it always did; the new-source rule is applied only on
+/// the insert path, by what the fresh value holds.
 #[inline(always)]
-fn source_buckets(key: &SourceKey) -> Option<*mut SourceBuckets> {
+fn source_buckets(
+    cfg: &ShieldConfig,
+    key: &SourceKey,
+    allowed: bool,
+    now: u64,
+) -> Option<*mut SourceBuckets> {
     if let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(key) {
         return Some(b);
     }
     // `last_refill_ns == 0` reads as a full bucket.
-    let fresh = SourceBuckets {
+    let mut fresh = SourceBuckets {
         classes: [TokenBucket {
             tokens: 0,
             last_refill_ns: 0,
@@ -359,6 +369,17 @@ fn source_buckets(key: &SourceKey) -> Option<*mut SourceBuckets> {
         last_event_ns: 0,
         dropped: 0,
     };
+    if !allowed && cfg.flags & SHIELD_F_NEW_SOURCE != 0 {
+        // `now` is never 0 on a running system; `max(1)` keeps "0 = full" unambiguous anyway.
+        // Tokens above a class's burst are clamped by `take`.
+        let at = if now == 0 { 1 } else { now };
+        for i in 0..CLASSES {
+            fresh.classes[i] = TokenBucket {
+                tokens: cfg.new_source_burst[i] as u64 * TOKEN,
+                last_refill_ns: at,
+            };
+        }
+    }
     // Another CPU may have inserted it meanwhile (EEXIST): the lookup below finds theirs.
     let _ = SV_SRC_BUCKETS.insert(key, &fresh, BPF_NOEXIST as u64);
     SV_SRC_BUCKETS.get_ptr_mut(key)

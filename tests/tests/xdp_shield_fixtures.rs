@@ -15,8 +15,8 @@ use sipveil_abi::{
     ABI_VERSION, Counter, FAMILY_IPV4, FAMILY_IPV6,
     shield::{
         ALLOW_F_UNLIMITED, ALLOW_REASON_CONFIGURED, AllowData, AllowEntry, BLOCK_REASON_MANUAL,
-        BlockEntry, CLASSES, EVENT_RATE_LIMITED, RateLimit, SHIELD_F_ENABLED, ShieldClass,
-        ShieldConfig, ShieldEvent, SourceKey, TOKEN, TokenBucket,
+        BlockEntry, CLASSES, EVENT_RATE_LIMITED, RateLimit, SHIELD_F_ENABLED, SHIELD_F_NEW_SOURCE,
+        ShieldClass, ShieldConfig, ShieldEvent, SourceKey, TOKEN, TokenBucket,
     },
 };
 use sipveil_tests::xdp::*;
@@ -786,6 +786,187 @@ fn a_full_ring_loses_events_not_verdicts() {
         r_after[Counter::ShieldEvents as usize] - r_before[Counter::ShieldEvents as usize],
         1
     );
+}
+
+/// The fixtures' limits with the new-source rule on: a fresh REGISTER bucket holds 2 (burst 5),
+/// OPTIONS 0 (burst 3), not-SIP 1 (burst 2), the other classes their full bursts.
+fn new_source_config() -> ShieldConfig {
+    let mut cfg = shield_config();
+    cfg.flags |= SHIELD_F_NEW_SOURCE;
+    for (class, n) in [
+        (ShieldClass::Register, 2),
+        (ShieldClass::Invite, 4),
+        (ShieldClass::Options, 0),
+        (ShieldClass::Other, 6),
+        (ShieldClass::Response, 7),
+        (ShieldClass::NotSip, 1),
+        (ShieldClass::Syn, 3),
+    ] {
+        cfg.new_source_burst[class as usize] = n;
+    }
+    cfg
+}
+
+#[test]
+fn a_new_source_gets_the_new_source_burst_then_refills_to_the_full_burst() {
+    let mut fx = Fixture::new();
+    fx.entry.set_shield_config(new_source_config());
+    let frame = sip4(A, REGISTER);
+    // Two at once (not the burst of 5), then the rate.
+    fx.pass(&frame);
+    fx.pass(&frame);
+    fx.drop_with_event(&frame, Counter::DropRateRegister);
+    let key = SourceKey::v4(A);
+    let b = fx.entry.buckets(key).expect("A has buckets");
+    assert_eq!(b.dropped, 1);
+    // Every class was created as of the first packet, with its new-source tokens.
+    let created = b.classes[ShieldClass::Options as usize].last_refill_ns;
+    assert_ne!(created, 0, "not the 'full' marker");
+    assert_eq!(b.classes[ShieldClass::Options as usize].tokens, 0);
+    assert_eq!(b.classes[ShieldClass::NotSip as usize].tokens, TOKEN);
+    assert_eq!(b.classes[ShieldClass::Invite as usize].tokens, 4 * TOKEN);
+    assert_eq!(
+        b.classes[ShieldClass::Invite as usize].last_refill_ns,
+        created
+    );
+
+    // 1 s at 1/s: one more.
+    fx.age_bucket(key, ShieldClass::Register, 1_000_000_000);
+    fx.pass(&frame);
+    fx.drop_as(&frame, Counter::DropRateRegister);
+    // Quiet for an hour: the full burst (5), not beyond.
+    fx.age_bucket(key, ShieldClass::Register, 3_600_000_000_000);
+    for _ in 0..5 {
+        fx.pass(&frame);
+    }
+    fx.drop_as(&frame, Counter::DropRateRegister);
+
+    // OPTIONS' new-source burst is 0: the first one waits for a token of refill.
+    fx.drop_as(&sip4(A, OPTIONS), Counter::DropRateOptions);
+    fx.age_bucket(key, ShieldClass::Options, 1_000_000_000);
+    fx.pass(&sip4(A, OPTIONS));
+    fx.drop_as(&sip4(A, OPTIONS), Counter::DropRateOptions);
+    // Not-SIP: one.
+    fx.pass(&sip4(A, JUNK));
+    fx.drop_as(&sip4(A, JUNK), Counter::DropNotSip);
+
+    // Another fresh source has its own new-source burst.
+    fx.pass(&sip4(C, REGISTER));
+    fx.pass(&sip4(C, REGISTER));
+    fx.drop_with_event(&sip4(C, REGISTER), Counter::DropRateRegister);
+}
+
+#[test]
+fn allowlisted_sources_start_with_full_limits_under_the_new_source_rule() {
+    let mut fx = Fixture::new();
+    fx.entry.set_shield_config(new_source_config());
+    // Authenticated (or a peer): the config multiplier (4) on the full burst, 5 -> 20, from its
+    // very first packet.
+    fx.entry.allow(
+        AllowData::v4(A2),
+        32,
+        AllowEntry {
+            expires_ns: 0,
+            multiplier: 0,
+            flags: 0,
+            reason: ALLOW_REASON_CONFIGURED,
+        },
+    );
+    for _ in 0..20 {
+        fx.pass_as(&sip4(A2, REGISTER), Counter::ShieldAllowPass);
+    }
+    fx.drop_with_event(&sip4(A2, REGISTER), Counter::DropRateRegister);
+    let b = fx.entry.buckets(SourceKey::v4(A2)).expect("A2 has buckets");
+    assert_eq!(
+        b.classes[ShieldClass::Options as usize],
+        TokenBucket::default(),
+        "an allowlisted source's fresh buckets are full (never used)"
+    );
+    // OPTIONS: the full 3 x 4, although a new source's OPTIONS burst is 0.
+    for _ in 0..12 {
+        fx.pass_as(&sip4(A2, OPTIONS), Counter::ShieldAllowPass);
+    }
+    fx.drop_as(&sip4(A2, OPTIONS), Counter::DropRateOptions);
+    // Unlimited: still no bucket at all.
+    let trunk = [198, 18, 1, 30];
+    fx.entry.allow(
+        AllowData::v4(trunk),
+        32,
+        AllowEntry {
+            expires_ns: 0,
+            multiplier: 0,
+            flags: ALLOW_F_UNLIMITED,
+            reason: ALLOW_REASON_CONFIGURED,
+        },
+    );
+    for _ in 0..50 {
+        fx.pass_as(&sip4(trunk, OPTIONS), Counter::ShieldAllowPass);
+    }
+    assert!(fx.entry.buckets(SourceKey::v4(trunk)).is_none());
+    // A source that is not on the list, beside them: the new-source burst.
+    fx.pass(&sip4(A, REGISTER));
+    fx.pass(&sip4(A, REGISTER));
+    fx.drop_with_event(&sip4(A, REGISTER), Counter::DropRateRegister);
+}
+
+#[test]
+fn an_ipv6_64_is_one_new_source() {
+    let mut fx = Fixture::new();
+    fx.entry.set_shield_config(new_source_config());
+    // H1 and H2 share 2001:db8:1:2::/64: two REGISTERs between them.
+    fx.pass(&sip6(V6_H1, REGISTER));
+    fx.pass(&sip6(V6_H2, REGISTER));
+    fx.drop_with_event(&sip6(V6_H1, REGISTER), Counter::DropRateRegister);
+    // Another /64 is another new source.
+    fx.pass(&sip6(V6_OTHER64, REGISTER));
+    fx.pass(&sip6(V6_OTHER64, REGISTER));
+    fx.drop_with_event(&sip6(V6_OTHER64, REGISTER), Counter::DropRateRegister);
+    // TCP SYNs to the TLS port from the first /64: its new-source 3.
+    let syn6 = |src| ipv6_frame(src, V6_EDGE, 6, &tcp_bytes(40_000, SIPS, TCP_SYN));
+    for _ in 0..3 {
+        fx.pass(&syn6(V6_H2));
+    }
+    fx.drop_as(&syn6(V6_H1), Counter::DropSynRate);
+    let shared = fx
+        .entry
+        .buckets(SourceKey::v6(V6_H1))
+        .expect("the /64's buckets");
+    assert_eq!(shared.dropped, 2);
+}
+
+#[test]
+fn the_new_source_rule_needs_its_flag_and_reloads_without_reattaching() {
+    let mut fx = Fixture::new();
+    // The burst values without the flag (a config from before the flag): fresh buckets full.
+    let mut cfg = new_source_config();
+    cfg.flags &= !SHIELD_F_NEW_SOURCE;
+    fx.entry.set_shield_config(cfg);
+    for _ in 0..5 {
+        fx.pass(&sip4(A, REGISTER));
+    }
+    fx.drop_with_event(&sip4(A, REGISTER), Counter::DropRateRegister);
+    // Switched on by a config write: sources created from now on are new sources; A keeps the
+    // state it has.
+    fx.entry.set_shield_config(new_source_config());
+    fx.pass(&sip4(C, REGISTER));
+    fx.pass(&sip4(C, REGISTER));
+    fx.drop_with_event(&sip4(C, REGISTER), Counter::DropRateRegister);
+    fx.drop_as(&sip4(A, REGISTER), Counter::DropRateRegister);
+    // Forgotten (deleted from the LRU, as eviction does): A comes back as a new source.
+    {
+        let mut m: aya::maps::HashMap<_, SourceKey, sipveil_abi::shield::SourceBuckets> = fx
+            .entry
+            .ebpf
+            .map_mut(sipveil_abi::maps::SHIELD_BUCKETS)
+            .expect("buckets map")
+            .try_into()
+            .expect("buckets is an LRU hash map");
+        m.remove(&SourceKey::v4(A)).expect("forget A");
+    }
+    fx.pass(&sip4(A, REGISTER));
+    fx.pass(&sip4(A, REGISTER));
+    // Its event state went with its buckets: the first drop reports it again.
+    fx.drop_with_event(&sip4(A, REGISTER), Counter::DropRateRegister);
 }
 
 #[test]

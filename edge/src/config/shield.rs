@@ -13,12 +13,15 @@ use crate::shield::{Limits, Peer, PolicyConfig, Threshold, policy::DEFAULT_SCANN
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-/// `rate`/`burst` of one class (`{ rate = 20, burst = 40 }`).
+/// `rate`/`burst` of one class (`{ rate = 20, burst = 40 }`), optionally with the burst of a
+/// source never seen before (`new_source_burst = 4`; not for `global`).
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSection {
     pub rate: u32,
     pub burst: u32,
+    #[serde(default)]
+    pub new_source_burst: Option<u32>,
 }
 
 /// `count` events within `window_secs`.
@@ -99,12 +102,18 @@ impl ShieldSettings {
             return "shield        off".to_owned();
         }
         let r = self.limits.per_class[ShieldClass::Register as usize];
+        let new = self
+            .limits
+            .new_source_burst
+            .map_or(r.burst, |n| u32::from(n[ShieldClass::Register as usize]));
         let p = &self.policy;
         format!(
-            "shield        on; register {}/s burst {}; global {}/s; {} peer(s); block after {} \
-             auth failures / {} unknown users / {} rate events, {}s doubling to {}s",
+            "shield        on; register {}/s burst {} ({} for a new source); global {}/s; {} \
+             peer(s); block after {} auth failures / {} unknown users / {} rate events, {}s \
+             doubling to {}s",
             r.rate,
             r.burst,
+            new,
             self.limits.global.rate,
             self.peers.len(),
             p.auth_failures.count,
@@ -116,24 +125,44 @@ impl ShieldSettings {
     }
 }
 
-/// Default per-source limits (packets/s, burst): generous for a client, tight for a flood.
-const DEFAULTS: [(ShieldClass, u32, u32); 7] = [
-    (ShieldClass::Register, 20, 40),
-    (ShieldClass::Invite, 20, 40),
-    (ShieldClass::Options, 20, 40),
-    (ShieldClass::Other, 100, 200),
-    (ShieldClass::Response, 200, 400),
-    (ShieldClass::NotSip, 20, 40),
-    (ShieldClass::Syn, 10, 20),
+/// Default per-source limits (packets/s, burst, new-source burst): generous for a client, tight
+/// for a flood.
+///
+/// The new-source burst is what a source the shield has no state for (never seen, or forgotten)
+/// may send at once before its class rate applies; the bucket then refills at the rate up to the
+/// full burst. What a legitimate client sends in its first second: REGISTER → 401, REGISTER
+/// with credentials → 200 (2; 4 covers a phone with two accounts on one address or a client that
+/// re-REGISTERs at once), INVITE → 407, INVITE with credentials (2; 4 for two calls), an OPTIONS
+/// ping or two, ACK/SUBSCRIBE/PUBLISH/NOTIFY/BYE as "other" (a desk phone subscribes to
+/// message-waiting and presence at boot: 8), responses to the edge's own requests (100/180/200
+/// of a call, 200 to NOTIFY/OPTIONS: 8), a CRLF or STUN keep-alive (2), and a TCP/TLS connection
+/// or two (2). The rates add a token every 1/rate s (50 ms for REGISTER), which is less than
+/// a challenge's round trip, so a client waiting for each answer never notices; what is lost in a
+/// larger instant burst (a phone with dozens of busy-lamp SUBSCRIBEs) is retransmitted by the
+/// SIP timers (500 ms), by which time the bucket holds ~50 more. Sources on the allowlist
+/// (configured peers, recently authenticated) always start with their full limits.
+const DEFAULTS: [(ShieldClass, u32, u32, u16); 7] = [
+    (ShieldClass::Register, 20, 40, 4),
+    (ShieldClass::Invite, 20, 40, 4),
+    (ShieldClass::Options, 20, 40, 2),
+    (ShieldClass::Other, 100, 200, 8),
+    (ShieldClass::Response, 200, 400, 8),
+    (ShieldClass::NotSip, 20, 40, 2),
+    (ShieldClass::Syn, 10, 20, 2),
 ];
 
+/// A class's limit and its new-source burst; `default_new` (capped at the burst) when the
+/// section does not say.
 fn limit(
     ctx: &Ctx<'_>,
     key: &str,
     s: Option<&Spanned<LimitSection>>,
     default: RateLimit,
-) -> Result<RateLimit, ConfigError> {
-    let Some(s) = s else { return Ok(default) };
+    default_new: u16,
+) -> Result<(RateLimit, u16), ConfigError> {
+    let Some(s) = s else {
+        return Ok((default, capped(default_new, default.burst)));
+    };
     let v = s.get_ref();
     if v.rate > MAX_RATE || v.burst > MAX_BURST {
         return Err(ctx.at(
@@ -142,10 +171,35 @@ fn limit(
             format!("rate must be at most {MAX_RATE} and burst at most {MAX_BURST}"),
         ));
     }
-    Ok(RateLimit {
-        rate: v.rate,
-        burst: v.burst,
-    })
+    let new = match v.new_source_burst {
+        None => capped(default_new, v.burst),
+        Some(n) => match u16::try_from(n) {
+            Ok(n) if u32::from(n) <= v.burst => n,
+            _ => {
+                return Err(ctx.at(
+                    s.span(),
+                    &format!("{key}.new_source_burst"),
+                    format!(
+                        "must be at most the class's burst ({}) and at most {}",
+                        v.burst,
+                        u16::MAX
+                    ),
+                ));
+            }
+        },
+    };
+    Ok((
+        RateLimit {
+            rate: v.rate,
+            burst: v.burst,
+        },
+        new,
+    ))
+}
+
+/// `new` but no more than `burst`.
+fn capped(new: u16, burst: u32) -> u16 {
+    u16::try_from(burst).map_or(new, |b| new.min(b))
 }
 
 fn threshold(t: Option<ThresholdSection>, default: Threshold) -> Threshold {
@@ -204,9 +258,12 @@ pub(crate) fn build(
     s: Option<&ShieldSection>,
 ) -> Result<ShieldSettings, ConfigError> {
     let mut out = ShieldSettings::default();
-    for (class, rate, burst) in DEFAULTS {
+    let mut new_source = [0u16; CLASSES];
+    for (class, rate, burst, new) in DEFAULTS {
         out.limits.per_class[class as usize] = RateLimit { rate, burst };
+        new_source[class as usize] = new;
     }
+    out.limits.new_source_burst = Some(new_source);
     out.limits.global = RateLimit {
         rate: 5_000,
         burst: 10_000,
@@ -236,9 +293,26 @@ pub(crate) fn build(
     for (class, key, sec) in sections {
         let i = class as usize;
         debug_assert!(i < CLASSES);
-        out.limits.per_class[i] = limit(ctx, key, sec, out.limits.per_class[i])?;
+        (out.limits.per_class[i], new_source[i]) =
+            limit(ctx, key, sec, out.limits.per_class[i], new_source[i])?;
     }
-    out.limits.global = limit(ctx, "shield.global", s.global.as_ref(), out.limits.global)?;
+    out.limits.new_source_burst = Some(new_source);
+    if let Some(g) = &s.global
+        && g.get_ref().new_source_burst.is_some()
+    {
+        return Err(ctx.at(
+            g.span(),
+            "shield.global.new_source_burst",
+            "the global ceiling is shared by all sources: it has no new-source burst".to_owned(),
+        ));
+    }
+    (out.limits.global, _) = limit(
+        ctx,
+        "shield.global",
+        s.global.as_ref(),
+        out.limits.global,
+        0,
+    )?;
     if let Some(m) = &s.allow_multiplier {
         if *m.get_ref() == 0 || *m.get_ref() > MAX_MULTIPLIER {
             return Err(ctx.at(
@@ -316,12 +390,52 @@ mod tests {
             }
         );
         assert_eq!(c.shield.summary(), "shield        off");
+        let n = c
+            .shield
+            .limits
+            .new_source_burst
+            .expect("a new-source burst");
+        assert_eq!(n[ShieldClass::Register as usize], 4);
+        assert_eq!(n[ShieldClass::Invite as usize], 4);
+        assert_eq!(n[ShieldClass::Options as usize], 2);
+        assert_eq!(n[ShieldClass::Other as usize], 8);
+        assert_eq!(n[ShieldClass::Response as usize], 8);
+        assert_eq!(n[ShieldClass::NotSip as usize], 2);
+        assert_eq!(n[ShieldClass::Syn as usize], 2);
+    }
+
+    #[test]
+    fn new_source_burst_defaults_are_capped_at_a_smaller_burst() {
+        let c = parse(
+            "[shield]\nenabled = true\nregister = { rate = 5, burst = 3 }\n\
+             invite = { rate = 5, burst = 30, new_source_burst = 30 }\n\
+             options = { rate = 5, burst = 30, new_source_burst = 0 }\n",
+        )
+        .expect("config");
+        let n = c
+            .shield
+            .limits
+            .new_source_burst
+            .expect("a new-source burst");
+        assert_eq!(n[ShieldClass::Register as usize], 3, "default 4, burst 3");
+        assert_eq!(n[ShieldClass::Invite as usize], 30, "the full burst");
+        assert_eq!(n[ShieldClass::Options as usize], 0);
+        assert_eq!(
+            n[ShieldClass::Other as usize],
+            8,
+            "untouched classes keep theirs"
+        );
+        assert!(
+            c.shield.summary().contains("burst 3 (3 for a new source)"),
+            "{}",
+            c.shield.summary()
+        );
     }
 
     #[test]
     fn every_key_is_read() {
         let c = parse(
-            "[shield]\nenabled = true\nregister = { rate = 5, burst = 9 }\n\
+            "[shield]\nenabled = true\nregister = { rate = 5, burst = 9, new_source_burst = 1 }\n\
              syn = { rate = 0, burst = 0 }\nglobal = { rate = 100, burst = 200 }\n\
              allow_multiplier = 7\nallow_secs = 60\n\
              peers = [{ address = \"198.18.1.0/24\", unlimited = true }, { address = \"2001:db8::1\", multiplier = 3 }]\n\
@@ -339,6 +453,13 @@ mod tests {
             RateLimit { rate: 5, burst: 9 }
         );
         assert_eq!(s.limits.per_class[ShieldClass::Syn as usize].rate, 0);
+        let n = s.limits.new_source_burst.expect("a new-source burst");
+        assert_eq!(n[ShieldClass::Register as usize], 1);
+        assert_eq!(
+            n[ShieldClass::Syn as usize],
+            0,
+            "default 2 capped at burst 0"
+        );
         assert_eq!(
             s.limits.global,
             RateLimit {
@@ -377,6 +498,22 @@ mod tests {
             .expect_err("max below base")
             .to_string();
         assert!(e.contains("shield.block_max_secs"), "{e}");
+        let e = parse(
+            "[shield]\nenabled = true\n\ninvite = { rate = 2, burst = 5, new_source_burst = 6 }\n",
+        )
+        .expect_err("new-source burst above the burst")
+        .to_string();
+        assert!(
+            e.contains("shield.invite.new_source_burst") && e.contains("line 9"),
+            "{e}"
+        );
+        let e = parse("[shield]\nglobal = { rate = 2, burst = 5, new_source_burst = 1 }\n")
+            .expect_err("global has no new-source burst")
+            .to_string();
+        assert!(
+            e.contains("shield.global.new_source_burst") && e.contains("line 7"),
+            "{e}"
+        );
         let e = parse("[shield]\nenable = true\n")
             .expect_err("unknown key")
             .to_string();

@@ -3,9 +3,13 @@
 //! by the io_uring transport before parsing. Same integer token arithmetic as
 //! `ebpf/src/shield.rs` (`sipveil_abi::shield::TOKEN`). Pure: time is passed in.
 //!
+//! A source seen for the first time that is not allowlisted starts with
+//! [`Limits::new_source_burst`] tokens per class (when set), as the XDP program creates its
+//! buckets with `SHIELD_F_NEW_SOURCE`; allowlisted sources start full.
+//!
 //! No allocation per packet: the source table is allocated once with its capacity; when it is
-//! full it is cleared (every source comes back with a full bucket, as after the XDP LRU forgets
-//! it), which costs one rate's worth of packets per source at most.
+//! full it is cleared (every source comes back as a new source, as after the XDP LRU forgets
+//! it), which costs one new-source burst per source at most.
 use std::collections::HashMap;
 
 use sipveil_abi::shield::{
@@ -65,6 +69,27 @@ pub struct Limits {
     /// A rate drop reports its source at most once per this many ms (0: the XDP default,
     /// `DEFAULT_EVENT_INTERVAL_MS`), as the XDP program writes its events.
     pub event_interval_ms: u32,
+    /// Packets per class (indexed by [`ShieldClass`]) a source without buckets that is not
+    /// allowlisted may send at once: its fresh buckets start with this many tokens and refill
+    /// at the class rate up to the class burst. `None`: fresh buckets start full. The XDP
+    /// `ShieldConfig::new_source_burst` with `SHIELD_F_NEW_SOURCE`.
+    pub new_source_burst: Option<[u16; CLASSES]>,
+}
+
+/// The buckets a source gets on its first limited packet at `now`: full (`last_refill_ns == 0`)
+/// when `new_source` is `None`, else `new_source[class]` tokens each, as the XDP program's
+/// `source_buckets` creates them.
+fn fresh_buckets(new_source: Option<&[u16; CLASSES]>, now: u64) -> SourceBuckets {
+    let mut b = SourceBuckets::default();
+    if let Some(burst) = new_source {
+        for (bucket, n) in b.classes.iter_mut().zip(burst) {
+            *bucket = TokenBucket {
+                tokens: u64::from(*n) * TOKEN,
+                last_refill_ns: now.max(1),
+            };
+        }
+    }
+    b
 }
 
 /// The verdict on one packet (or accepted connection).
@@ -304,7 +329,15 @@ impl UserShield {
                 // Keeps the allocation: `clear` retains the capacity.
                 self.buckets.clear();
             }
-            let b = self.buckets.entry(key).or_default();
+            let new_source = if rule.is_none() {
+                self.limits.new_source_burst.as_ref()
+            } else {
+                None
+            };
+            let b = self
+                .buckets
+                .entry(key)
+                .or_insert_with(|| fresh_buckets(new_source, now));
             if !take(&mut b.classes[idx], rate, burst, now) {
                 b.dropped += 1;
                 let interval_ms = match self.limits.event_interval_ms {
@@ -474,6 +507,153 @@ mod tests {
             s.check(ip("198.18.0.3"), ShieldClass::Invite, S),
             Verdict::DropGlobal
         );
+    }
+
+    fn new_source_limits() -> Limits {
+        let mut l = limits();
+        let mut n = [0u16; CLASSES];
+        n[ShieldClass::Register as usize] = 2;
+        l.new_source_burst = Some(n);
+        l
+    }
+
+    fn rate_drop(class: ShieldClass) -> impl Fn(Verdict) -> bool {
+        move |v| matches!(v, Verdict::DropRate { class: c, .. } if c == class)
+    }
+
+    #[test]
+    fn a_new_source_gets_its_new_source_burst_then_refills_to_the_full_burst() {
+        let mut s = UserShield::new(new_source_limits(), Vec::new(), 16);
+        let a = ip("198.18.0.7");
+        let t0 = 10 * S;
+        let reg = rate_drop(ShieldClass::Register);
+        // 2 at once, not the burst of 5.
+        for _ in 0..2 {
+            assert_eq!(s.check(a, ShieldClass::Register, t0), Verdict::Pass);
+        }
+        assert!(reg(s.check(a, ShieldClass::Register, t0)));
+        // Then the class rate (10/s): one token per 100 ms.
+        assert!(reg(s.check(a, ShieldClass::Register, t0 + 99 * MS)));
+        assert_eq!(
+            s.check(a, ShieldClass::Register, t0 + 100 * MS),
+            Verdict::Pass
+        );
+        assert!(reg(s.check(a, ShieldClass::Register, t0 + 100 * MS)));
+        // After a quiet second the bucket holds the full burst (5), not the new-source one.
+        let t1 = t0 + 100 * MS + S;
+        for _ in 0..5 {
+            assert_eq!(s.check(a, ShieldClass::Register, t1), Verdict::Pass);
+        }
+        assert!(reg(s.check(a, ShieldClass::Register, t1)));
+        // A class without a rate is not limited, new source or not.
+        assert_eq!(s.check(a, ShieldClass::Invite, t1), Verdict::Pass);
+        // Another fresh source has its own new-source burst.
+        let b = ip("198.18.0.8");
+        for _ in 0..2 {
+            assert_eq!(s.check(b, ShieldClass::Register, t1), Verdict::Pass);
+        }
+        assert!(reg(s.check(b, ShieldClass::Register, t1)));
+    }
+
+    #[test]
+    fn a_zero_new_source_burst_waits_for_the_rate() {
+        let mut l = new_source_limits();
+        l.per_class[ShieldClass::Options as usize] = RateLimit { rate: 2, burst: 4 };
+        let mut s = UserShield::new(l, Vec::new(), 16);
+        let a = ip("198.18.0.7");
+        let opt = rate_drop(ShieldClass::Options);
+        assert!(opt(s.check(a, ShieldClass::Options, S)));
+        assert!(opt(s.check(a, ShieldClass::Options, S + 499 * MS)));
+        assert_eq!(
+            s.check(a, ShieldClass::Options, S + 500 * MS),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn allowlisted_and_peer_sources_keep_their_full_limits() {
+        let peers = vec![Peer {
+            addr: ip("198.18.1.0"),
+            prefix_len: 24,
+            multiplier: 2,
+            unlimited: false,
+        }];
+        let mut s = UserShield::new(new_source_limits(), peers, 16);
+        let t = 5 * S;
+        // A configured peer: burst 5 x 2, from its first packet.
+        let p = ip("198.18.1.9");
+        for _ in 0..10 {
+            assert_eq!(
+                s.check(p, ShieldClass::Register, t),
+                Verdict::PassAllowlisted
+            );
+        }
+        assert!(rate_drop(ShieldClass::Register)(s.check(
+            p,
+            ShieldClass::Register,
+            t
+        )));
+        // An authenticated source (allowlisted by the policy, default multiplier 4): 20.
+        let a = ip("198.18.0.7");
+        s.allow(Source::of(a), 100 * S, 0);
+        for _ in 0..20 {
+            assert_eq!(
+                s.check(a, ShieldClass::Register, t),
+                Verdict::PassAllowlisted
+            );
+        }
+        assert!(rate_drop(ShieldClass::Register)(s.check(
+            a,
+            ShieldClass::Register,
+            t
+        )));
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_new_source_burst() {
+        let mut s = UserShield::new(new_source_limits(), Vec::new(), 16);
+        let t = 5 * S;
+        assert_eq!(
+            s.check(ip("2001:db8:1:2::11"), ShieldClass::Register, t),
+            Verdict::Pass
+        );
+        assert_eq!(
+            s.check(ip("2001:db8:1:2:aabb::22"), ShieldClass::Register, t),
+            Verdict::Pass
+        );
+        assert!(rate_drop(ShieldClass::Register)(s.check(
+            ip("2001:db8:1:2::33"),
+            ShieldClass::Register,
+            t
+        )));
+        // Another /64 is another new source.
+        assert_eq!(
+            s.check(ip("2001:db8:1:3::11"), ShieldClass::Register, t),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_cleared_table_brings_sources_back_as_new_sources() {
+        let mut s = UserShield::new(new_source_limits(), Vec::new(), 1);
+        let a = ip("198.18.0.7");
+        let t = 5 * S;
+        // A known source whose bucket refilled to the full burst ...
+        assert_eq!(s.check(a, ShieldClass::Register, t), Verdict::Pass);
+        // ... is forgotten when another source needs the only slot,
+        assert_eq!(
+            s.check(ip("198.18.0.8"), ShieldClass::Register, t + 10 * S),
+            Verdict::Pass
+        );
+        // and comes back with the new-source burst (2), not the full one (5).
+        for _ in 0..2 {
+            assert_eq!(s.check(a, ShieldClass::Register, t + 10 * S), Verdict::Pass);
+        }
+        assert!(rate_drop(ShieldClass::Register)(s.check(
+            a,
+            ShieldClass::Register,
+            t + 10 * S
+        )));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 use sipveil_abi::shield::{
     ALLOW_F_UNLIMITED, ALLOW_REASON_AUTHENTICATED, ALLOW_REASON_CONFIGURED, AllowData, AllowEntry,
-    BlockEntry, MAX_PORTS, SHIELD_F_ENABLED, ShieldClass, ShieldConfig, ShieldEvent,
+    BlockEntry, MAX_PORTS, SHIELD_F_ENABLED, SHIELD_F_NEW_SOURCE, ShieldClass, ShieldConfig,
+    ShieldEvent,
 };
 
 use super::limiter::{Peer, UserShield, Verdict};
@@ -54,6 +55,10 @@ pub fn xdp_config(s: &ShieldSettings, ports: &ShieldPorts, cpus: u32) -> ShieldC
     let mut c = ShieldConfig::default();
     if s.limits.enabled {
         c.flags = SHIELD_F_ENABLED;
+    }
+    if let Some(n) = s.limits.new_source_burst {
+        c.flags |= SHIELD_F_NEW_SOURCE;
+        c.new_source_burst = n;
     }
     c.event_interval_ms = s.event_interval_ms;
     for (slot, p) in c.udp_ports.iter_mut().zip(ports.udp.iter().take(MAX_PORTS)) {
@@ -492,6 +497,25 @@ mod tests {
         );
         s.limits.enabled = false;
         assert_eq!(xdp_config(&s, &ports, 2).flags, 0);
+    }
+
+    #[test]
+    fn xdp_config_carries_the_new_source_burst() {
+        let mut s = ShieldSettings::default();
+        s.limits.enabled = true;
+        let c = xdp_config(&s, &ShieldPorts::default(), 1);
+        assert_eq!(
+            c.flags, SHIELD_F_ENABLED,
+            "no new-source burst: fresh buckets full"
+        );
+        assert_eq!(c.new_source_burst, [0; 8]);
+        let mut n = [0u16; 8];
+        n[ShieldClass::Register as usize] = 3;
+        n[ShieldClass::NotSip as usize] = 1;
+        s.limits.new_source_burst = Some(n);
+        let c = xdp_config(&s, &ShieldPorts::default(), 1);
+        assert_eq!(c.flags, SHIELD_F_ENABLED | SHIELD_F_NEW_SOURCE);
+        assert_eq!(c.new_source_burst, n);
     }
 
     #[test]
