@@ -273,10 +273,14 @@ fn blocked_entry(list: &Value, source: &str) -> Option<Value> {
         .cloned()
 }
 
+/// The closed loop's tests send requests back to back over loopback (well under a millisecond
+/// apart): their sources start with the full bursts (`new_source_burst = burst`), so the
+/// policy, not the new-source burst, is what they exercise.
 const SHIELD: &str = r#"[shield]
 enabled = true
-register = { rate = 1000, burst = 1000 }
-options = { rate = 1000, burst = 1000 }
+register = { rate = 1000, burst = 1000, new_source_burst = 1000 }
+options = { rate = 1000, burst = 1000, new_source_burst = 1000 }
+invite = { rate = 20, burst = 40, new_source_burst = 40 }
 auth_failures = { count = 5, window_secs = 60 }
 block_secs = 600
 "#;
@@ -404,6 +408,39 @@ allow_multiplier = 10
             .as_u64()
             .unwrap_or(0)
             >= 14,
+        "{stats}"
+    );
+}
+
+/// The userspace limiter's new-source burst end to end (XDP off): a fresh source gets its
+/// `new_source_burst` of a back-to-back burst, a configured peer its full (multiplied) burst.
+#[test]
+fn a_new_source_gets_only_its_new_source_burst() {
+    let shield = r#"[shield]
+enabled = true
+register = { rate = 1, burst = 10, new_source_burst = 3 }
+peers = [{ address = "127.0.0.62", multiplier = 2 }]
+"#;
+    let d = start("newsrc", 25_176, shield);
+    let mut fresh = Client::new(&d, "127.0.0.61");
+    let mut peer = Client::new(&d, "127.0.0.62");
+    let fresh_answers = fresh.burst_register("nick61", 10);
+    let peer_answers = peer.burst_register("nick62", 10);
+    // 3, plus at most one token of refill (1/s) while the burst is answered.
+    assert!(
+        (3..=4).contains(&fresh_answers),
+        "{fresh_answers} of 10 answered for a new source"
+    );
+    assert_eq!(
+        peer_answers, 10,
+        "a configured peer starts with its full burst"
+    );
+    let stats = cli(&d, &["shield", "stats", "--json"]);
+    assert!(
+        stats["userspace_drops"]["rate_register"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 6,
         "{stats}"
     );
 }
