@@ -12,6 +12,8 @@
 //! - truncated or inconsistent headers: `MalformedPass` (the stack drops those cheaply);
 //! - later fragments (no ports to look at): `FragmentPass`;
 //! - the source's bucket cannot be created (LRU insert failed): `ShieldMapFailPass`;
+//!   (a source whose buckets are created gets a full burst when allowlisted, otherwise only
+//!   `ShieldConfig::new_source_burst` with `SHIELD_F_NEW_SOURCE`: see `source_buckets`)
 //! - a class whose rate is 0: not limited per source.
 //!
 //! The only drops are the shield's own: blocked source, per-source rate (per class), global
@@ -370,8 +372,8 @@ fn source_buckets(
         dropped: 0,
     };
     if !allowed && cfg.flags & SHIELD_F_NEW_SOURCE != 0 {
-        // `now` is never 0 on a running system; `max(1)` keeps "0 = full" unambiguous anyway.
-        // Tokens above a class's burst are clamped by `take`.
+        // `now` is never 0 on a running system; 1 in its place keeps "0 = full" unambiguous
+        // anyway. Tokens above a class's burst are clamped by `take`.
         let at = if now == 0 { 1 } else { now };
         for i in 0..CLASSES {
             fresh.classes[i] = TokenBucket {
