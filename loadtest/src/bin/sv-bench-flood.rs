@@ -7,11 +7,11 @@
 //! the lab's `sv_gen`: REGISTERs for random users, Mpps; for the many-source shape `sv_gen`
 //! rotates the IPv4 source address through the range, `GEN_F_SRC_ROTATE`); `--one-generator
 //! sockets` / `--many-generator sockets` use `sv-flood` instead (UDP sockets, the hostile mix:
-//! garbage, OPTIONS, REGISTER, INVITE, wrong-password REGISTER; ~0.2-0.4 Mpps here). Per step: goodput (the fraction of legitimate REGISTERs answered 200
-//! within 500 ms), flood rate achieved, whole-system CPU (/proc/stat) with and without the flood
-//! generator's own CPU, and packets dropped (sipveil: the XDP shield counters and the userspace
-//! drops from `sipveil shield stats --json`; Kamailio: the packets that reached the edge's sv-x
-//! interface, which Kamailio either ignored (pike/ban) or answered — none of them is legitimate).
+//! garbage, OPTIONS, REGISTER, INVITE, wrong-password REGISTER; ~0.2-0.4 Mpps here). Per step:
+//! goodput (the fraction of legitimate REGISTERs answered 200 within 500 ms), flood rate achieved,
+//! whole-system CPU (/proc/stat) with and without the flood generator's own CPU, and packets
+//! dropped (sipveil: the XDP shield counters and the userspace drops from `sipveil shield stats
+//! --json`; Kamailio: the packets that reached the edge's sv-x interface, which Kamailio either ignored (pike/ban) or answered — none of them is legitimate).
 //! Writes `target/bench/flood/summary.json` and `goodput.svg`.
 
 use std::fs;
@@ -106,8 +106,8 @@ struct Opts {
     /// machine Kamailio's many-source goodput sat at 0.66-0.83 with 2 threads, 0.46-0.58 with 4).
     #[arg(long, default_value_t = 4)]
     live_threads: usize,
-    /// Distinct REGISTER payloads (random users, Call-IDs, tags) the live generator cycles
-    /// through, one per batch of 64 frames.
+    /// Distinct REGISTER payloads (random users, Call-IDs, tags; new ones every step) the live
+    /// generator cycles through, one per BPF_PROG_TEST_RUN call (--live-chunk frames).
     #[arg(long, default_value_t = 256)]
     live_payloads: usize,
     /// Frames per BPF_PROG_TEST_RUN call of the live generator (kernel batches of 64 inside).
@@ -116,10 +116,11 @@ struct Opts {
     #[arg(long, default_value_t = 4096)]
     live_chunk: u64,
     /// Receive queues of the edge's veth toward sv-x (`ethtool -L ex0 rx N`, for both servers;
-    /// default: --live-threads, at most the CPU count, which is veth's maximum). veth hands a frame pushed by XDP to the peer's queue of the
-    /// sending CPU, so with one queue all flood reception runs in one NAPI instance, which under
-    /// load defers to ksoftirqd and shares a CPU fairly with the server; one queue per generator
-    /// thread lets the flood reach every CPU, as a multi-queue NIC would.
+    /// default: --live-threads, at most the CPU count, which is veth's maximum). veth hands a
+    /// frame pushed by XDP to the peer's queue of the sending CPU, so with one queue all flood
+    /// reception runs in one NAPI instance, which under load defers to ksoftirqd and shares a
+    /// CPU fairly with the server; one queue per generator thread lets the flood reach every
+    /// CPU, as a multi-queue NIC would.
     #[arg(long)]
     edge_x_queues: Option<u32>,
     /// sipveil's `[sip] workers` and Kamailio's UDP children.
