@@ -11,7 +11,8 @@
 //! goodput (the fraction of legitimate REGISTERs answered 200 within 500 ms), flood rate achieved,
 //! whole-system CPU (/proc/stat) with and without the flood generator's own CPU, and packets
 //! dropped (sipveil: the XDP shield counters and the userspace drops from `sipveil shield stats
-//! --json`; Kamailio: the packets that reached the edge's sv-x interface, which Kamailio either ignored (pike/ban) or answered — none of them is legitimate).
+//! --json`; Kamailio: the packets that reached the edge's sv-x interface, which Kamailio either
+//! ignored (pike/ban) or answered — none of them is legitimate).
 //! Writes `target/bench/flood/summary.json` and `goodput.svg`.
 
 use std::fs;
