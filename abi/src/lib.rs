@@ -811,6 +811,24 @@ pub mod lab {
     /// IPv4/UDP frames (no options) and fixes the UDP checksum incrementally (0 stays 0), so the
     /// recycled live frames differ from one transmission to the next.
     pub const GEN_F_RTP_SEQ: u32 = 1 << 0;
+    /// `sv_gen` rewrites the IPv4 source address of IPv4/UDP frames (no options) to
+    /// `base + (per-CPU frame count mod count)` from [`GEN_SOURCES_GLOBAL`], fixing the IPv4 header
+    /// checksum and the UDP checksum incrementally (a UDP checksum of 0 stays 0), so one live frame
+    /// becomes a flood from `count` addresses. Ignored while `count` is 0.
+    pub const GEN_F_SRC_ROTATE: u32 = 1 << 1;
+    /// Read-only global of `sv_gen`, a [`GenSources`] (used with [`GEN_F_SRC_ROTATE`]).
+    pub const GEN_SOURCES_GLOBAL: &str = "SVL_GEN_SOURCES";
+
+    /// The source addresses `sv_gen` rotates through with [`GEN_F_SRC_ROTATE`]: `count` addresses
+    /// from `base` upwards. Unlike the wire-order fields elsewhere in this crate, `base` is in host
+    /// order (`u32::from(Ipv4Addr)`), because the program adds to it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct GenSources {
+        pub base: u32,
+        pub count: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<GenSources>() == 8);
 }
 
 #[cfg(feature = "user")]
@@ -841,4 +859,6 @@ mod pod {
     unsafe impl aya::Pod for super::lab::SinkPorts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::lab::CeilingFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::lab::GenSources {}
 }

@@ -7,7 +7,8 @@
 //! - `sv_ceiling`: the bench ceiling, a forwarder for exactly one flow given as read-only globals
 //!   (`SVL_CEILING_FLOW`): no map lookup, no FIB, no counters. Passes everything else.
 //! - `sv_gen`: XDP_TX for every frame, a packet generator under BPF_PROG_TEST_RUN live frames;
-//!   counts what it sends and, with `GEN_F_RTP_SEQ`, stamps its count into the RTP sequence number.
+//!   counts what it sends and, with `GEN_F_RTP_SEQ`, stamps its count into the RTP sequence number;
+//!   with `GEN_F_SRC_ROTATE`, rotates the IPv4 source address through `SVL_GEN_SOURCES`.
 //!
 //! The read-only globals are set at load time with `EbpfLoader::override_global`; the maps are not
 //! pinned (whoever loads a lab program owns its maps; pin them explicitly if another process must
@@ -21,7 +22,9 @@ use aya_ebpf::{
     maps::{DevMapHash, PerCpuArray},
     programs::XdpContext,
 };
-use sipveil_abi::lab::{CeilingFlow, GEN_F_RTP_SEQ, SINK_BYTES, SINK_PACKETS, SinkPorts};
+use sipveil_abi::lab::{
+    CeilingFlow, GEN_F_RTP_SEQ, GEN_F_SRC_ROTATE, GenSources, SINK_BYTES, SINK_PACKETS, SinkPorts,
+};
 use sipveil_ebpf::{
     csum,
     packet::{
@@ -53,6 +56,10 @@ static SVL_CEILING_FLOW: CeilingFlow = CeilingFlow {
 /// `sv_gen`: `GEN_F_*` bits.
 #[unsafe(no_mangle)]
 static SVL_GEN_FLAGS: u32 = 0;
+
+/// `sv_gen`: the source addresses of `GEN_F_SRC_ROTATE`.
+#[unsafe(no_mangle)]
+static SVL_GEN_SOURCES: GenSources = GenSources { base: 0, count: 0 };
 
 /// `sv_sink`: packets (index 0) and frame bytes (index 1) per CPU.
 #[map]
@@ -179,7 +186,8 @@ fn try_ceiling(ctx: &XdpContext) -> Option<u32> {
 /// Sends every frame back out (XDP_TX): under BPF_PROG_TEST_RUN with live frames this is a packet
 /// generator. Counts per CPU; with `GEN_F_RTP_SEQ` writes the low 16 bits of this CPU's count into
 /// the RTP sequence number of IPv4/UDP frames (no options) and fixes the UDP checksum, because live
-/// frames are recycled without being reset and would otherwise all be identical.
+/// frames are recycled without being reset and would otherwise all be identical. With
+/// `GEN_F_SRC_ROTATE` also rotates the IPv4 source address (see [`rotate_source`]).
 #[xdp]
 pub fn sv_gen(ctx: XdpContext) -> u32 {
     let Some(slot) = SVL_GEN_COUNT.get_ptr_mut(0) else {
@@ -195,7 +203,46 @@ pub fn sv_gen(ctx: XdpContext) -> u32 {
     if flags & GEN_F_RTP_SEQ != 0 {
         stamp_rtp_seq(&ctx, sent as u16);
     }
+    if flags & GEN_F_SRC_ROTATE != 0 {
+        rotate_source(&ctx, sent.wrapping_sub(1));
+    }
     xdp_action::XDP_TX
+}
+
+/// Ethernet + IPv4 (no options) + UDP, checked with one bounds test.
+#[repr(C)]
+struct UdpHead {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+}
+
+/// Sets the IPv4 source to `base + (before mod count)` (`before`: frames this CPU sent before this
+/// one) and fixes both checksums incrementally. The old address is read from the frame, so this is
+/// right whether the kernel hands us a fresh copy or our own rewrite of a recycled live frame.
+#[inline(always)]
+fn rotate_source(ctx: &XdpContext, before: u64) {
+    // SAFETY: a read-only global set at load time, read volatile so the load-time value is used.
+    let sources = unsafe { core::ptr::read_volatile(&raw const SVL_GEN_SOURCES) };
+    if sources.count == 0 {
+        return;
+    }
+    let Some(f) = ptr_at::<UdpHead>(ctx, 0) else {
+        return;
+    };
+    let offset = (before % u64::from(sources.count)) as u32;
+    let new = sources.base.wrapping_add(offset).to_be_bytes();
+    // SAFETY: ptr_at checked the whole head.
+    unsafe {
+        if (*f).eth.proto != ETH_P_IP || (*f).ip.vihl != 0x45 || (*f).ip.proto != IPPROTO_UDP {
+            return;
+        }
+        let diff = csum::diff32(ne32((*f).ip.saddr), ne32(new));
+        (*f).ip.check = csum::update(ne16((*f).ip.check), diff).to_ne_bytes();
+        // The source address is in the UDP pseudo header.
+        (*f).udp.check = csum::update_udp(ne16((*f).udp.check), diff).to_ne_bytes();
+        (*f).ip.saddr = new;
+    }
 }
 
 /// Ethernet + IPv4 (no options) + UDP + the first 4 bytes of RTP, checked with one bounds test.

@@ -450,6 +450,10 @@ enum LabCmd {
         /// sv_gen: stamp the frame count into the RTP sequence number (GEN_F_RTP_SEQ).
         #[arg(long)]
         rtp_seq: bool,
+        /// sv_gen: rotate the IPv4 source address through COUNT addresses from BASE upwards
+        /// (GEN_F_SRC_ROTATE), BASE/COUNT, e.g. 198.19.0.1/4096.
+        #[arg(long, value_parser = parse_gen_sources)]
+        rotate_sources: Option<(std::net::Ipv4Addr, u32)>,
     },
     /// Detach the program pinned in --pin DIR and remove DIR.
     Detach {
@@ -495,6 +499,20 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
         return Err("MIN must not exceed MAX".to_owned());
     }
     Ok((a, b))
+}
+
+/// `BASE/COUNT` of `--rotate-sources`: COUNT (1..) addresses from BASE, not past 255.255.255.255.
+fn parse_gen_sources(s: &str) -> Result<(std::net::Ipv4Addr, u32), String> {
+    let (base, count) = s.split_once('/').ok_or("expected BASE/COUNT")?;
+    let base: std::net::Ipv4Addr = base.trim().parse().map_err(|e| format!("{e}"))?;
+    let count: u32 = count.trim().parse().map_err(|e| format!("{e}"))?;
+    if count == 0 {
+        return Err("COUNT must be at least 1".to_owned());
+    }
+    if u32::from(base).checked_add(count - 1).is_none() {
+        return Err("BASE + COUNT runs past 255.255.255.255".to_owned());
+    }
+    Ok((base, count))
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -1060,6 +1078,7 @@ fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
             egress,
             ttl,
             rtp_seq,
+            rotate_sources,
             ..
         } => {
             let dir = pin.unwrap_or_else(|| lab::default_lab_pin(netns.as_deref(), &iface));
@@ -1069,7 +1088,20 @@ fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut settings = lab::LabSettings {
                 sink_ports: sink_ports.map(|(min, max)| SinkPorts { min, max }),
-                gen_flags: rtp_seq.then_some(sipveil_abi::lab::GEN_F_RTP_SEQ),
+                gen_flags: (rtp_seq || rotate_sources.is_some()).then(|| {
+                    let mut f = 0;
+                    if rtp_seq {
+                        f |= sipveil_abi::lab::GEN_F_RTP_SEQ;
+                    }
+                    if rotate_sources.is_some() {
+                        f |= sipveil_abi::lab::GEN_F_SRC_ROTATE;
+                    }
+                    f
+                }),
+                gen_sources: rotate_sources.map(|(base, count)| sipveil_abi::lab::GenSources {
+                    base: u32::from(base),
+                    count,
+                }),
                 ..Default::default()
             };
             if matches!(program, LabProgram::Ceiling) {
@@ -1135,4 +1167,22 @@ fn lab_xdp(cmd: LabCmd, netns: Option<String>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_gen_sources;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn gen_sources_parse_and_refuse_empty_or_overflowing_ranges() {
+        assert_eq!(
+            parse_gen_sources("198.19.0.1/4096"),
+            Ok((Ipv4Addr::new(198, 19, 0, 1), 4096))
+        );
+        assert!(parse_gen_sources("198.19.0.1/0").is_err());
+        assert!(parse_gen_sources("198.19.0.1").is_err());
+        assert!(parse_gen_sources("255.255.255.0/257").is_err());
+        assert!(parse_gen_sources("255.255.255.0/256").is_ok());
+    }
 }

@@ -231,6 +231,28 @@ pub fn send_paced(
     limit: Duration,
     chunk: u64,
 ) -> io::Result<u64> {
+    send_paced_frames(prog, &[frame], ifindex, total, rate, limit, chunk)
+}
+
+/// [`send_paced`] with several frames: each BPF_PROG_TEST_RUN call sends copies of the next
+/// frame of `frames` in turn (e.g. REGISTERs for different users), so the flood is as varied as
+/// `frames` at no cost per packet. Fails when `frames` is empty.
+pub fn send_paced_frames<F: AsRef<[u8]>>(
+    prog: &OwnedFd,
+    frames: &[F],
+    ifindex: u32,
+    total: u64,
+    rate: Option<f64>,
+    limit: Duration,
+    chunk: u64,
+) -> io::Result<u64> {
+    if frames.is_empty() {
+        return Err(io::Error::other("no frame to send"));
+    }
+    /// Consecutive ENOSPC/ENOMEM answers tolerated (5 ms apart) before giving up.
+    const MAX_REFUSED: u32 = 200;
+    let mut next = frames.iter().cycle();
+    let mut refused = 0u32;
     let max_chunk = chunk.max(1);
     let start = Instant::now();
     let mut sent: u64 = 0;
@@ -249,8 +271,31 @@ pub fn send_paced(
         // rewrote the frame in place (addresses, ports, MACs) would then get its own output back
         // as input, match no flow and drop it.
         let n = (due - sent).min(max_chunk) as u32;
-        run_live(prog, frame, ifindex, n, LIVE_CHUNK as u32)?;
-        sent += u64::from(n);
+        let frame = next
+            .next()
+            .ok_or_else(|| io::Error::other("no frame to send"))?;
+        match run_live(prog, frame.as_ref(), ifindex, n, LIVE_CHUNK as u32) {
+            Ok(()) => {
+                sent += u64::from(n);
+                refused = 0;
+            }
+            // Every call registers a page pool (an id from a 16-bit space, released only when
+            // the pool's last page comes back from a receiver): under a long flood the kernel
+            // can run out for a moment. Wait for pools to drain rather than end the flood.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::ENOMEM))
+                    && refused < MAX_REFUSED =>
+            {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("BPF_PROG_TEST_RUN (live frames, after {sent} frames): {e}"),
+                ));
+            }
+        }
     }
     Ok(sent)
 }

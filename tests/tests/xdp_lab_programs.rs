@@ -11,7 +11,7 @@ use aya::{
 };
 use sipveil_abi::{
     ip4,
-    lab::{self, CeilingFlow, SinkPorts},
+    lab::{self, CeilingFlow, GenSources, SinkPorts},
     port,
 };
 use sipveil_edge::dataplane::objects::LAB_OBJECT;
@@ -168,10 +168,8 @@ fn sv_ceiling_redirects_through_its_devmap() {
     assert_ceiling_rewrite(&frame, &r.out);
 }
 
-#[test]
-fn sv_gen_transmits_and_stamps_rtp_sequence() {
-    let _ns = Netns::two_arm();
-    // The stamp is this CPU's count: keep the runs on one CPU.
+/// Keeps the calling thread on CPU 0: sv_gen's stamps come from a per-CPU count.
+fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t with one CPU set; pid 0 = the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -181,6 +179,12 @@ fn sv_gen_transmits_and_stamps_rtp_sequence() {
             0
         );
     }
+}
+
+#[test]
+fn sv_gen_transmits_and_stamps_rtp_sequence() {
+    let _ns = Netns::two_arm();
+    pin_to_cpu0();
     let flags = lab::GEN_F_RTP_SEQ;
     let ebpf = load(
         EbpfLoader::new().override_global(lab::GEN_FLAGS_GLOBAL, &flags, true),
@@ -208,4 +212,108 @@ fn sv_gen_transmits_and_stamps_rtp_sequence() {
     let r = run_xdp(prog(&ebpf, lab::GEN_PROGRAM), &frame, 1);
     assert_eq!(r.action, XDP_TX);
     assert_eq!(r.out, frame);
+}
+
+fn load_gen(flags: u32, sources: GenSources) -> Ebpf {
+    load(
+        EbpfLoader::new()
+            .override_global(lab::GEN_FLAGS_GLOBAL, &flags, true)
+            .override_global(lab::GEN_SOURCES_GLOBAL, &sources, true),
+        lab::GEN_PROGRAM,
+    )
+}
+
+#[test]
+fn sv_gen_rotates_the_source_address_with_valid_checksums() {
+    let _ns = Netns::two_arm();
+    pin_to_cpu0();
+    const X: [u8; 4] = [198, 18, 3, 2];
+    let base = [198, 19, 0, 254];
+    let sources = GenSources {
+        base: u32::from_be_bytes(base),
+        count: 3,
+    };
+    let ebpf = load_gen(lab::GEN_F_SRC_ROTATE, sources);
+    let p = prog(&ebpf, lab::GEN_PROGRAM);
+    let register =
+        b"REGISTER sip:open.lab SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.3.2:5099;branch=z9hG4bKx\r\n\
+        From: <sip:u1@open.lab>;tag=1\r\nTo: <sip:u1@open.lab>\r\nCall-ID: c1\r\n\
+        CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    let frame = UdpFrame::sip(X, 5099, EA, 5060, register).build();
+    // The n-th frame this CPU sends gets base + ((n - 1) mod 3); across the .255 boundary.
+    let expected: [[u8; 4]; 7] = [
+        [198, 19, 0, 254],
+        [198, 19, 0, 255],
+        [198, 19, 1, 0],
+        [198, 19, 0, 254],
+        [198, 19, 0, 255],
+        [198, 19, 1, 0],
+        [198, 19, 0, 254],
+    ];
+    for want in expected {
+        let r = run_xdp(p, &frame, 1);
+        assert_eq!(r.action, XDP_TX);
+        assert_eq!(&r.out[26..30], &want, "source address");
+        // Only the source address and the two checksums change.
+        let mut same = frame.clone();
+        same[26..30].copy_from_slice(&want);
+        same[24..26].copy_from_slice(&r.out[24..26]);
+        same[40..42].copy_from_slice(&r.out[40..42]);
+        assert_eq!(r.out, same);
+        assert_ne!(
+            &r.out[40..42],
+            &[0, 0],
+            "the UDP checksum was kept, not zeroed"
+        );
+        assert_checksums(&r.out);
+    }
+    assert_eq!(per_cpu_sum(&ebpf, lab::GEN_COUNT_MAP, 0), 7);
+
+    // The kernel may hand back its own earlier rewrite (recycled live frames): the fix-up reads
+    // the old address from the frame, so a rewritten frame as input still verifies.
+    let r1 = run_xdp(p, &frame, 1);
+    let r2 = run_xdp(p, &r1.out, 1);
+    assert_eq!(&r2.out[26..30], &[198, 19, 1, 0]);
+    assert_checksums(&r2.out);
+
+    // A frame without a UDP checksum keeps none; the IPv4 checksum is still fixed.
+    let mut no_csum = UdpFrame::sip(X, 5099, EA, 5060, register);
+    no_csum.udp_csum = false;
+    let no_csum = no_csum.build();
+    let r = run_xdp(p, &no_csum, 1);
+    assert_eq!(&r.out[26..30], &[198, 19, 0, 254]);
+    assert_eq!(&r.out[40..42], &[0, 0]);
+    assert_checksums(&r.out);
+
+    // Not IPv4/UDP (here TCP), or too short: left alone.
+    let mut tcp = frame.clone();
+    tcp[23] = 6;
+    assert_eq!(run_xdp(p, &tcp, 1).out, tcp);
+    assert_eq!(run_xdp(p, &frame[..40], 1).out, &frame[..40]);
+}
+
+#[test]
+fn sv_gen_rotation_combines_with_rtp_seq_and_is_off_without_its_flag_or_count() {
+    let _ns = Netns::two_arm();
+    pin_to_cpu0();
+    let sources = GenSources {
+        base: u32::from_be_bytes([198, 19, 0, 1]),
+        count: 4096,
+    };
+    let frame = UdpFrame::rtp(A, 4000, B, 30_000).build();
+    let ebpf = load_gen(lab::GEN_F_SRC_ROTATE | lab::GEN_F_RTP_SEQ, sources);
+    let p = prog(&ebpf, lab::GEN_PROGRAM);
+    for n in 1u16..=3 {
+        let r = run_xdp(p, &frame, 1);
+        assert_eq!(&r.out[44..46], &n.to_be_bytes(), "RTP sequence");
+        assert_eq!(&r.out[26..30], &[198, 19, 0, n as u8], "source address");
+        assert_checksums(&r.out);
+    }
+    // Sources set but the flag clear, or the flag set with count 0: the frame is unchanged.
+    for (flags, count) in [(0, 4096), (lab::GEN_F_SRC_ROTATE, 0)] {
+        let ebpf = load_gen(flags, GenSources { count, ..sources });
+        let r = run_xdp(prog(&ebpf, lab::GEN_PROGRAM), &frame, 1);
+        assert_eq!(r.action, XDP_TX);
+        assert_eq!(r.out, frame, "flags {flags:#x}, count {count}");
+    }
 }

@@ -8,7 +8,7 @@ use aya::EbpfLoader;
 use aya::maps::{DevMapHash, Map, MapData, MapInfo, MapType};
 use aya::programs::links::FdLink;
 use aya::programs::{Xdp, XdpMode};
-use sipveil_abi::lab::{self, CeilingFlow, SinkPorts};
+use sipveil_abi::lab::{self, CeilingFlow, GenSources, SinkPorts};
 
 use super::loader::{DataplaneError, detach_pinned_link, open_pinned};
 use super::objects::LAB_OBJECT;
@@ -126,6 +126,8 @@ pub struct LabSettings {
     pub ceiling: Option<CeilingFlow>,
     /// `SVL_GEN_FLAGS` of `sv_gen`.
     pub gen_flags: Option<u32>,
+    /// `SVL_GEN_SOURCES` of `sv_gen` (with `GEN_F_SRC_ROTATE` in `gen_flags`).
+    pub gen_sources: Option<GenSources>,
     /// Interfaces to put into `SVL_TX` (the ceiling's egress).
     pub tx_ifindexes: Vec<u32>,
 }
@@ -175,6 +177,9 @@ fn load_and_attach(
     }
     if let Some(f) = &settings.gen_flags {
         loader.override_global(lab::GEN_FLAGS_GLOBAL, f, true);
+    }
+    if let Some(g) = &settings.gen_sources {
+        loader.override_global(lab::GEN_SOURCES_GLOBAL, g, true);
     }
     for g in globals {
         loader.override_global(g.name.as_str(), g.bytes.as_slice(), true);

@@ -2,13 +2,17 @@
 //! against Kamailio 5.6 (pike + htable ban, `loadtest/kamailio/flood.cfg`).
 //!
 //! In the two-arm lab: a steady legitimate REGISTER load (open domain, native client) from sv-a
-//! while sv-x floods the edge's SIP port with the hostile mix of `sv-flood` (garbage, OPTIONS,
-//! REGISTER, INVITE, wrong-password REGISTER) at rising rates, from one source or from many
-//! sources of 198.19.0.0/16. Per step: goodput (the fraction of legitimate REGISTERs answered 200
-//! within 500 ms), flood rate achieved, whole-system CPU (/proc/stat) with and without the flood
-//! generator's own CPU, and packets dropped (sipveil: the XDP shield counters and the userspace
-//! drops from `sipveil shield stats --json`; Kamailio: the packets that reached the edge's sv-x
-//! interface, which Kamailio either ignored (pike/ban) or answered — none of them is legitimate).
+//! while sv-x floods the edge's SIP port at rising rates, from one source or from many sources of
+//! 198.19.0.0/16. By default both shapes use the live-frames generator (BPF_PROG_TEST_RUN with
+//! the lab's `sv_gen`: REGISTERs for random users, Mpps; for the many-source shape `sv_gen`
+//! rotates the IPv4 source address through the range, `GEN_F_SRC_ROTATE`); `--one-generator
+//! sockets` / `--many-generator sockets` use `sv-flood` instead (UDP sockets, the hostile mix:
+//! garbage, OPTIONS, REGISTER, INVITE, wrong-password REGISTER; ~0.2-0.4 Mpps here). Per step:
+//! goodput (the fraction of legitimate REGISTERs answered 200 within 500 ms), flood rate achieved,
+//! whole-system CPU (/proc/stat) with and without the flood generator's own CPU, and packets
+//! dropped (sipveil: the XDP shield counters and the userspace drops from `sipveil shield stats
+//! --json`; Kamailio: the packets that reached the edge's sv-x interface, which Kamailio either
+//! ignored (pike/ban) or answered — none of them is legitimate).
 //! Writes `target/bench/flood/summary.json` and `goodput.svg`.
 
 use std::fs;
@@ -78,17 +82,48 @@ struct Opts {
     /// Legitimate REGISTER exchanges per second from sv-a.
     #[arg(long, default_value_t = 500.0)]
     legit_rate: f64,
-    /// Source addresses of the many-source shape (198.19.0.1 onwards).
-    #[arg(long, default_value_t = 1000)]
-    many_sources: u32,
+    /// Source addresses of the many-source shape (198.19.0.1 onwards). Default: 65534 (all of
+    /// 198.19.0.0/16 but .0.0 and .255.255) with the live generator — each source then sends
+    /// under 15 requests/s (Kamailio's pike threshold in flood.cfg: 30 in 2 s) up to ~980 kpps,
+    /// so per-source detection never fires; 1000 with `sockets` (sv-flood binds one socket each).
+    #[arg(long)]
+    many_sources: Option<u32>,
     /// Flood generator threads.
     #[arg(long, default_value_t = 2)]
     flood_threads: usize,
     /// Generator of the one-source shape: `live` (BPF_PROG_TEST_RUN live frames with the lab's
-    /// sv_gen program: one fixed REGISTER frame, Mpps) or `sockets` (sv-flood, the hostile mix,
-    /// ~0.2-0.4 Mpps here). The many-source shape always uses sv-flood.
+    /// sv_gen program: REGISTER frames for random users, Mpps) or `sockets` (sv-flood, the
+    /// hostile mix, ~0.2-0.4 Mpps here).
     #[arg(long, default_value = "live", value_parser = ["live", "sockets"])]
     one_generator: String,
+    /// Generator of the many-source shape: `live` (as above, with sv_gen rotating the source
+    /// address over --many-sources addresses) or `sockets` (sv-flood, the hostile mix).
+    #[arg(long, default_value = "live", value_parser = ["live", "sockets"])]
+    many_generator: String,
+    /// Threads of the live generator, pinned to the CPUs round robin, each sending its share of
+    /// the rate. On veth the receiver's XDP/softirq work runs in the sender's context (and in
+    /// ksoftirqd), scheduled fairly against the server's threads, where a NIC's interrupts would
+    /// come first: 4 threads on 2 CPUs give the flood's reception a larger share (on a quiet
+    /// machine Kamailio's many-source goodput sat at 0.66-0.83 with 2 threads, 0.46-0.58 with 4).
+    #[arg(long, default_value_t = 4)]
+    live_threads: usize,
+    /// Distinct REGISTER payloads (random users, Call-IDs, tags; new ones every step) the live
+    /// generator cycles through, one per BPF_PROG_TEST_RUN call (--live-chunk frames).
+    #[arg(long, default_value_t = 256)]
+    live_payloads: usize,
+    /// Frames per BPF_PROG_TEST_RUN call of the live generator (kernel batches of 64 inside).
+    /// Each call sets up its own page pool, so larger calls leave fewer gaps in the flood; sv_gen
+    /// rewrites frames only incrementally, so recycled pages are harmless here.
+    #[arg(long, default_value_t = 4096)]
+    live_chunk: u64,
+    /// Receive queues of the edge's veth toward sv-x (`ethtool -L ex0 rx N`, for both servers;
+    /// default: --live-threads, at most the CPU count, which is veth's maximum). veth hands a
+    /// frame pushed by XDP to the peer's queue of the sending CPU, so with one queue all flood
+    /// reception runs in one NAPI instance, which under load defers to ksoftirqd and shares a
+    /// CPU fairly with the server; one queue per generator thread lets the flood reach every
+    /// CPU, as a multi-queue NIC would.
+    #[arg(long)]
+    edge_x_queues: Option<u32>,
     /// sipveil's `[sip] workers` and Kamailio's UDP children.
     #[arg(long, default_value_t = 2)]
     workers: u32,
@@ -412,8 +447,15 @@ fn enter_netns(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// The sv-x interface the live generator keeps sv_gen loaded on (veth, generic mode).
+/// The spare sv-x veths the live generator keeps sv_gen loaded on (generic mode): one plain
+/// (the one-source shape), one rotating the source address (the many-source shape). Frames leave
+/// through x0 either way; these only hold the programs.
 const LIVE_IFACE: &str = "svgen0";
+const LIVE_ROTATE_IFACE: &str = "svgen2";
+/// The first address of the many-source shape.
+const MANY_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Addresses from [`MANY_BASE`] that stay inside 198.19.0.0/16 without its broadcast address.
+const MANY_MAX: u32 = 65_534;
 
 /// The MAC address of `iface` in `ns`.
 fn iface_mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
@@ -436,50 +478,51 @@ fn iface_mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Loads sv_gen (generic mode) on a spare veth in sv-x, pinned where the generator finds it.
-fn prepare_live(sipveil: &Path) -> Result<()> {
+/// Loads sv_gen (generic mode) on the spare veth `iface` (with peer `peer`) in sv-x, pinned
+/// where the generator finds it; with `rotate`, as `--rotate-sources BASE/COUNT`.
+fn prepare_live(
+    sipveil: &Path,
+    iface: &str,
+    peer: &str,
+    rotate: Option<(Ipv4Addr, u32)>,
+) -> Result<()> {
     let _ = Command::new("ip")
         .args([
             "-n",
             lab::NS_X,
             "link",
             "add",
-            LIVE_IFACE,
+            iface,
             "type",
             "veth",
             "peer",
             "name",
-            "svgen1",
+            peer,
         ])
         .output();
     let _ = Command::new(sipveil)
-        .args([
-            "lab-xdp",
-            "detach",
-            "--netns",
-            lab::NS_X,
-            "--iface",
-            LIVE_IFACE,
-        ])
+        .args(["lab-xdp", "detach", "--netns", lab::NS_X, "--iface", iface])
         .output();
-    let out = Command::new(sipveil)
-        .args([
-            "lab-xdp",
-            "attach",
-            "--netns",
-            lab::NS_X,
-            "--iface",
-            LIVE_IFACE,
-            "--program",
-            "sv_gen",
-            "--mode",
-            "generic",
-        ])
-        .output()
-        .context("running sipveil lab-xdp attach")?;
+    let mut cmd = Command::new(sipveil);
+    cmd.args([
+        "lab-xdp",
+        "attach",
+        "--netns",
+        lab::NS_X,
+        "--iface",
+        iface,
+        "--program",
+        "sv_gen",
+        "--mode",
+        "generic",
+    ]);
+    if let Some((base, count)) = rotate {
+        cmd.args(["--rotate-sources", &format!("{base}/{count}")]);
+    }
+    let out = cmd.output().context("running sipveil lab-xdp attach")?;
     if !out.status.success() {
         bail!(
-            "sipveil lab-xdp attach sv_gen: {}",
+            "sipveil lab-xdp attach sv_gen on {iface}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -495,55 +538,109 @@ fn thread_cpu_s() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// A one-source flood of one REGISTER frame with live frames out of sv-x's x0: (sent, pps,
-/// generator CPU-seconds).
-fn live_flood(rate: u64, secs: f64) -> Result<(u64, f64, f64)> {
-    let src = SocketAddrV4::new(lab::X_ADDR, 5099);
-    let mut payload = Vec::new();
-    let mut rng = flood::Rng::new(7);
-    flood::payload(
-        flood::Kind::Register,
-        &mut rng,
-        std::net::SocketAddr::V4(src),
-        OPEN_DOMAIN,
-        &mut payload,
-    );
-    let frame = livegen::build_udp_frame(
+/// Ethernet frames of `n` REGISTERs for random users (seeded by `seed`) from `src` to the server,
+/// for the live generator.
+fn register_frames(src: SocketAddrV4, n: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
+    let (src_mac, dst_mac) = (
         iface_mac(lab::NS_X, "x0")?,
         iface_mac(lab::NS_EDGE, EDGE_X_IFACE)?,
-        src,
-        SERVER,
-        &payload,
     );
-    let pin = format!("{}/{}-{LIVE_IFACE}/link", lab::LAB_PIN_DIR, lab::NS_X);
+    let mut rng = flood::Rng::new(seed);
+    let mut payload = Vec::new();
+    Ok((0..n.max(1))
+        .map(|_| {
+            flood::payload(
+                flood::Kind::Register,
+                &mut rng,
+                std::net::SocketAddr::V4(src),
+                OPEN_DOMAIN,
+                &mut payload,
+            );
+            livegen::build_udp_frame(src_mac, dst_mac, src, SERVER, &payload)
+        })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET sets one bit inside it; pid 0 is the calling
+    // thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity(cpu {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// A flood of REGISTER frames with live frames out of sv-x's x0, at `rate` for `secs`, from
+/// `threads` threads (one per CPU, each a share of the rate): from X_ADDR, or with `many` from
+/// the sources sv_gen rotates through. Returns (sent, pps, generator CPU-seconds).
+fn live_flood(
+    rate: u64,
+    secs: f64,
+    many: bool,
+    threads: usize,
+    payloads: usize,
+    chunk: u64,
+    seed: u64,
+) -> Result<(u64, f64, f64)> {
+    let src = SocketAddrV4::new(if many { MANY_BASE } else { lab::X_ADDR }, 5099);
+    let frames = std::sync::Arc::new(register_frames(src, payloads, seed)?);
+    let iface = if many { LIVE_ROTATE_IFACE } else { LIVE_IFACE };
+    let pin = format!("{}/{}-{iface}/link", lab::LAB_PIN_DIR, lab::NS_X);
     let path = format!("/var/run/netns/{}", lab::NS_X);
-    std::thread::spawn(move || -> Result<(u64, f64, f64)> {
-        enter_netns(&path)?;
-        let prog = livegen::prog_fd_from_pinned_link(&pin)
-            .with_context(|| format!("sv_gen program behind {pin}"))?;
-        let name = std::ffi::CString::new("x0")?;
-        // SAFETY: a valid NUL-terminated interface name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            bail!("no x0 in {}", lab::NS_X);
-        }
-        let total = (rate as f64 * secs).ceil() as u64;
-        let c0 = thread_cpu_s();
-        let t0 = Instant::now();
-        let sent = livegen::send_paced(
-            &prog,
-            &frame,
-            ifindex,
-            total,
-            Some(rate as f64),
-            Duration::from_secs_f64(secs),
-            livegen::LIVE_CHUNK,
-        )?;
-        let el = t0.elapsed().as_secs_f64();
-        Ok((sent, sent as f64 / el.max(1e-9), thread_cpu_s() - c0))
-    })
-    .join()
-    .map_err(|_| anyhow!("live generator thread panicked"))?
+    let threads = threads.max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (frames, pin, path) = (frames.clone(), pin.clone(), path.clone());
+            // This thread's share of the packets and of the rate.
+            let total =
+                ((rate as f64 * secs).ceil() as u64 + (threads - 1 - i) as u64) / threads as u64;
+            let share = rate as f64 / threads as f64;
+            std::thread::spawn(move || -> Result<(u64, f64)> {
+                pin_thread(i % cpus)?;
+                enter_netns(&path)?;
+                let prog = livegen::prog_fd_from_pinned_link(&pin)
+                    .with_context(|| format!("sv_gen program behind {pin}"))?;
+                let name = std::ffi::CString::new("x0")?;
+                // SAFETY: a valid NUL-terminated interface name.
+                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                if ifindex == 0 {
+                    bail!("no x0 in {}", lab::NS_X);
+                }
+                let c0 = thread_cpu_s();
+                let sent = livegen::send_paced_frames(
+                    &prog,
+                    &frames,
+                    ifindex,
+                    total,
+                    Some(share),
+                    Duration::from_secs_f64(secs),
+                    chunk,
+                )?;
+                Ok((sent, thread_cpu_s() - c0))
+            })
+        })
+        .collect();
+    let (mut sent, mut cpu) = (0u64, 0.0f64);
+    for h in handles {
+        let (s, c) = h
+            .join()
+            .map_err(|_| anyhow!("live generator thread panicked"))??;
+        sent += s;
+        cpu += c;
+    }
+    let el = t0.elapsed().as_secs_f64();
+    Ok((sent, sent as f64 / el.max(1e-9), cpu))
 }
 
 /// Waits for `pid` (a child of this process) and returns its CPU seconds (user + system).
@@ -574,7 +671,7 @@ impl Bench {
         match s {
             Server::Kamailio => {
                 ensure_no_edge_xdp()?;
-                if self.o.one_generator == "live" {
+                if self.o.one_generator == "live" || self.o.many_generator == "live" {
                     // Live frames leave x0 by the veth's XDP transmit, which the peer (ex0)
                     // accepts only with an XDP program or NAPI; GRO on gives ex0 NAPI without
                     // putting an XDP program in front of Kamailio. (sipveil's run has its own
@@ -664,7 +761,7 @@ impl Bench {
             .args(["--seconds", &format!("{:.3}", self.step_secs)])
             .args(["--rate", &rate.to_string()]);
         if many {
-            let n = self.o.many_sources.clamp(1, 65_000);
+            let n = self.o.many_sources.unwrap_or(1000).clamp(1, MANY_MAX);
             for i in 0..n {
                 let host = i + 1;
                 let ip = Ipv4Addr::new(198, 19, (host >> 8) as u8, (host & 0xff) as u8);
@@ -693,10 +790,19 @@ impl Bench {
         let proc0 = netns_cpu_s(lab::NS_EDGE);
         let cpu0 = proc_stat()?;
         let t0 = Instant::now();
-        let live = !many && self.o.one_generator == "live";
+        let live = if many {
+            self.o.many_generator == "live"
+        } else {
+            self.o.one_generator == "live"
+        };
         let secs = self.step_secs;
-        let live_thread =
-            (rate > 0 && live).then(|| std::thread::spawn(move || live_flood(rate, secs)));
+        let (threads, payloads, chunk) =
+            (self.o.live_threads, self.o.live_payloads, self.o.live_chunk);
+        // Different random users in every step.
+        let seed = 0x5eed_0000 + u64::from(self.step_no);
+        let live_thread = (rate > 0 && live).then(|| {
+            std::thread::spawn(move || live_flood(rate, secs, many, threads, payloads, chunk, seed))
+        });
         let flood = if rate > 0 && !live {
             let mut cmd = self.flood_command(many, rate);
             Some(cmd.spawn().context("starting sv-flood")?)
@@ -807,6 +913,36 @@ fn loss_rate(steps: &[Step], loss: f64) -> Option<f64> {
         .reduce(f64::min)
 }
 
+/// The highest flood rate achieved below the lowest rate that lost more than `loss` of the
+/// baseline's goodput: every step up to it held (all steps when none lost; None when the lowest
+/// step already lost, or there is no flood step).
+fn held_rate(steps: &[Step], loss: f64) -> Option<f64> {
+    let first_loss = loss_rate(steps, loss).unwrap_or(f64::INFINITY);
+    steps
+        .iter()
+        .skip(1)
+        .map(|s| s.flood_pps)
+        .filter(|r| *r < first_loss)
+        .reduce(f64::max)
+}
+
+/// The issue's target for one shape: sipveil keeps ≥ 99.9 % of its goodput at ≥ 5× the flood
+/// rate that halves Kamailio's. `ratio` = the highest rate up to which sipveil held ÷ the rate
+/// at which Kamailio lost 50 % (null when Kamailio never did or sipveil held no step).
+fn issue_target(sv: &Series, k: &Series) -> Value {
+    let held = held_rate(&sv.steps, 0.001);
+    let ratio = match (held, k.loses_50pct_at) {
+        (Some(h), Some(half)) if half > 0.0 => Some(h / half),
+        _ => None,
+    };
+    json!({
+        "kamailio_halves_at_pps": k.loses_50pct_at,
+        "sipveil_holds_99_9pct_up_to_pps": held,
+        "ratio": ratio,
+        "met": ratio.map(|r| r >= 5.0),
+    })
+}
+
 /// sipveil ÷ Kamailio flood rate at a goodput-loss threshold. When a side never crossed it, its
 /// highest flood rate stands in and the ratio is a bound: `lower` (only Kamailio crossed: sipveil
 /// held at least this much more), `upper` (only sipveil crossed), `none` (neither crossed: no
@@ -893,9 +1029,11 @@ fn main() -> Result<()> {
     let mut rates = o.rates.clone();
     if rates.is_empty() {
         rates = if quick {
-            vec![0, 50_000, 300_000]
+            vec![0, 50_000, 300_000, 1_200_000]
         } else {
-            vec![0, 50_000, 150_000, 300_000, 600_000, 1_200_000]
+            vec![
+                0, 50_000, 150_000, 300_000, 600_000, 1_200_000, 2_400_000, 3_600_000,
+            ]
         };
     }
     let servers: Vec<Server> = o
@@ -912,6 +1050,21 @@ fn main() -> Result<()> {
             bail!("unknown shape {sh:?} (one, many)");
         }
     }
+    if o.live_threads == 0 || o.live_threads > 8 {
+        bail!("--live-threads must be in 1..=8");
+    }
+    if o.live_payloads == 0 || o.live_payloads > 65_536 {
+        bail!("--live-payloads must be in 1..=65536");
+    }
+    if o.edge_x_queues.is_some_and(|n| !(1..=8).contains(&n)) {
+        bail!("--edge-x-queues must be in 1..=8");
+    }
+    if !(1..=1 << 20).contains(&o.live_chunk) {
+        bail!("--live-chunk must be in 1..=1048576");
+    }
+    if o.many_sources.is_some_and(|n| !(1..=MANY_MAX).contains(&n)) {
+        bail!("--many-sources must be in 1..={MANY_MAX}");
+    }
     let sipveil = o.sipveil.clone().unwrap_or_else(|| sibling("sipveil"));
     let sv_flood = o.sv_flood.clone().unwrap_or_else(|| sibling("sv-flood"));
     fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
@@ -920,9 +1073,39 @@ fn main() -> Result<()> {
 
     let _session = Lab::session(Shape::TwoArm, &sipveil).map_err(|e| anyhow!("lab: {e}"))?;
     Lab::route_flood_range().map_err(|e| anyhow!("flood range: {e}"))?;
-    if o.one_generator == "live" && o.shapes.iter().any(|s| s == "one") {
-        prepare_live(&sipveil)?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let edge_x_queues = o
+        .edge_x_queues
+        .unwrap_or(u32::try_from(o.live_threads.min(cpus)).unwrap_or(1));
+    if edge_x_queues != 1 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab::NS_EDGE,
+                "ethtool",
+                "-L",
+                EDGE_X_IFACE,
+                "rx",
+            ])
+            .arg(edge_x_queues.to_string())
+            .output()
+            .context("running ethtool -L")?;
+        if !out.status.success() {
+            bail!(
+                "ethtool -L {EDGE_X_IFACE} rx {edge_x_queues}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
+    if o.one_generator == "live" && o.shapes.iter().any(|s| s == "one") {
+        prepare_live(&sipveil, LIVE_IFACE, "svgen1", None)?;
+    }
+    if o.many_generator == "live" && o.shapes.iter().any(|s| s == "many") {
+        let n = o.many_sources.unwrap_or(MANY_MAX);
+        prepare_live(&sipveil, LIVE_ROTATE_IFACE, "svgen3", Some((MANY_BASE, n)))?;
+    }
+
     let shapes = o.shapes.clone();
     let mut bench = Bench {
         o,
@@ -1036,6 +1219,21 @@ fn main() -> Result<()> {
                     threshold_ratio(a, sv.max_flood_pps, b, k.max_flood_pps),
                 );
             }
+            let target = issue_target(sv, k);
+            println!(
+                "  {sh:4} sources: sipveil held >= 99.9 % up to {} pps; Kamailio halved at {} pps; \
+                 ratio {} (target >= 5)",
+                target["sipveil_holds_99_9pct_up_to_pps"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.0}")),
+                target["kamailio_halves_at_pps"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.0}")),
+                target["ratio"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.2}")),
+            );
+            per.insert("issue_target_5x_halving".to_owned(), target);
             goodput_ratio.insert(sh.clone(), Value::Object(per));
             // sipveil CPU/drop ÷ Kamailio CPU/drop (as the other benches: sipveil ÷ the peer;
             // target ≤ 0.1) at the highest step both measured.
@@ -1092,6 +1290,19 @@ fn main() -> Result<()> {
         "goodput_flood_rate_ratio": goodput_ratio,
         "drop_cpu_ratio": drop_cpu,
         "legit_rate": bench.o.legit_rate,
+        "generators": {
+            "one": bench.o.one_generator,
+            "many": bench.o.many_generator,
+            "many_sources": bench.o.many_sources.unwrap_or(if bench.o.many_generator == "live" {
+                MANY_MAX
+            } else {
+                1000
+            }),
+            "live_threads": bench.o.live_threads,
+            "live_payloads": bench.o.live_payloads,
+            "live_chunk": bench.o.live_chunk,
+            "edge_x_queues": edge_x_queues,
+        },
         "step_secs": step_secs,
         "quick": quick,
         "wall_s": t_start.elapsed().as_secs_f64(),
@@ -1145,6 +1356,21 @@ mod tests {
         let held = [step(0.0, 0.98), step(5e4, 0.98)];
         assert_eq!(loss_rate(&held, 0.001), None);
         assert_eq!(loss_rate(&[], 0.5), None);
+    }
+
+    #[test]
+    fn held_rate_stops_below_the_first_loss() {
+        let steps = [
+            step(0.0, 1.0),
+            step(5e4, 1.0),
+            step(1.5e5, 1.0),
+            step(3e5, 0.99),
+            step(6e5, 1.0),
+        ];
+        assert_eq!(held_rate(&steps, 0.001), Some(1.5e5));
+        assert_eq!(held_rate(&steps[..3], 0.001), Some(1.5e5));
+        assert_eq!(held_rate(&[step(0.0, 1.0), step(5e4, 0.5)], 0.001), None);
+        assert_eq!(held_rate(&[step(0.0, 1.0)], 0.001), None);
     }
 
     #[test]
