@@ -264,9 +264,12 @@ pub(crate) fn build(
         new_source[class as usize] = new;
     }
     out.limits.new_source_burst = Some(new_source);
+    // The burst stays below what the daemon's SIP sockets can queue (4 MiB each: a few thousand
+    // datagrams): a ceiling burst larger than that overflows them in milliseconds under a
+    // many-source flood, and the legitimate datagrams queued behind it are lost with it.
     out.limits.global = RateLimit {
         rate: 5_000,
-        burst: 10_000,
+        burst: 1_000,
     };
     out.limits.allow_multiplier = 10;
     let Some(s) = s else {

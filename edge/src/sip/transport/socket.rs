@@ -101,8 +101,12 @@ fn bind_one(addr: SocketAddr, stream: bool) -> io::Result<(SocketAddr, OwnedFd)>
         // Accepted connections inherit it: SIP messages go out whole, without Nagle delays.
         set_int(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     } else {
-        // Room for bursts between two loop iterations (capped by net.core.rmem_max).
-        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF);
+        // Room for bursts between two loop iterations: beyond net.core.rmem_max when the daemon
+        // may (CAP_NET_ADMIN: SO_RCVBUFFORCE), else capped by it (debug log: the size obtained).
+        if set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, UDP_RCVBUF).is_err() {
+            let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF);
+            tracing::debug!(%addr, "SO_RCVBUFFORCE refused; SO_RCVBUF is capped by net.core.rmem_max");
+        }
     }
     // SAFETY: POD, zero is valid.
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
