@@ -309,19 +309,12 @@ fn sipveil_config(o: &Opts, tmp: &Path) -> Result<PathBuf> {
     if !base.contains("xdp = \"off\"") {
         bail!("the register bench's configuration no longer has `xdp = \"off\"` to replace");
     }
-    // XDP on (the shield in the driver); sv-a is a configured peer with a multiplier (its
-    // limits ×50, exempt from the global ceiling), not an unlimited one.
+    // XDP on (the shield in the driver) with the example configuration's default limits (all
+    // classes, new-source bursts, global ceiling); sv-a is a configured peer with a multiplier
+    // (its limits ×50, exempt from the global ceiling), not an unlimited one.
     let text = base.replace("xdp = \"off\"", "xdp = \"auto\"")
         + "\n[shield]\n\
            enabled = true\n\
-           register = { rate = 20, burst = 40 }\n\
-           invite = { rate = 20, burst = 40 }\n\
-           options = { rate = 20, burst = 40 }\n\
-           other = { rate = 100, burst = 200 }\n\
-           response = { rate = 200, burst = 400 }\n\
-           not_sip = { rate = 20, burst = 40 }\n\
-           syn = { rate = 10, burst = 20 }\n\
-           global = { rate = 5000, burst = 10000 }\n\
            peers = [{ address = \"198.18.1.0/24\", multiplier = 50 }]\n";
     let path = tmp.join("sipveil.toml");
     fs::write(&path, text)?;
