@@ -1,7 +1,8 @@
 //! The flood shield's closed loop through the real daemon on loopback, without XDP (the userspace
 //! enforcement): a wrong-password REGISTER storm blocks its source (reason auth-failures) until
 //! `sipveil shield unblock`; a manual `shield block --for` drops a source and expires; a verified
-//! registration allowlists its source with raised limits; a scanner User-Agent is blocked.
+//! registration allowlists its source with raised limits; a scanner User-Agent is blocked; TCP
+//! connections beyond a source's SYN limit are closed at once, other sources unaffected.
 //! Sources are distinct loopback addresses (127.0.0.x), so each case has its own source.
 mod common;
 
@@ -55,6 +56,7 @@ socket = "{dir}/ctl.sock"
 [sip]
 workers = 1
 udp = ["0.0.0.0:{port}"]
+tcp = ["0.0.0.0:{port}"]
 server = "sipveil-test"
 
 [registrar]
@@ -527,4 +529,92 @@ fn invites_for_unknown_users_block_the_source() {
     let list = cli(&d, &["shield", "list", "--json"]);
     let entry = blocked_entry(&list, "127.0.0.51").unwrap_or_else(|| panic!("{list}"));
     assert_eq!(entry["reason"], "unknown-users", "{list}");
+}
+
+/// A TCP connection from `source` to the daemon's SIP port; an OPTIONS on it; the answer's status,
+/// or None when the daemon closed the connection without answering.
+fn tcp_options(d: &Daemon, source: &str, n: u32) -> Option<u16> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let src: Ipv4Addr = source.parse().expect("source address");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(src, 0))).expect("bind the source");
+    connect(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, d.port)),
+    )
+    .expect("connect (the kernel completes the handshake before the daemon accepts)");
+    let mut stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let local = stream.local_addr().expect("local").to_string();
+    let text = format!(
+        "OPTIONS sip:open.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bKtcp{n}\r\n\
+         From: <sip:probe@open.test>;tag=t{n}\r\n\
+         To: <sip:open.test>\r\n\
+         Call-ID: shield-tcp-{local}-{n}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    // A connection the daemon already closed may refuse the write (EPIPE/ECONNRESET): no answer.
+    if stream.write_all(text.as_bytes()).is_err() {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => None,
+        Ok(n) => Some(status_of(&String::from_utf8_lossy(&buf[..n]))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("reading the answer on {local}: {e}"),
+    }
+}
+
+#[test]
+fn tcp_connections_beyond_the_syn_limit_are_closed_at_once() {
+    let shield = r#"[shield]
+enabled = true
+syn = { rate = 1, burst = 3, new_source_burst = 3 }
+"#;
+    let d = start("syn", 25_177, shield);
+    // Six connections back to back from one source: its first three are served (a token comes
+    // back per second, so at most one more), the rest closed before anything is read.
+    let answers: Vec<Option<u16>> = (0..6).map(|n| tcp_options(&d, "127.0.0.71", n)).collect();
+    let served = answers.iter().filter(|a| a.is_some()).count();
+    assert!(
+        (3..=4).contains(&served),
+        "{served} of 6 connections served: {answers:?}"
+    );
+    assert!(
+        answers.iter().flatten().all(|s| *s == 200),
+        "served connections get 200 to OPTIONS: {answers:?}"
+    );
+    assert!(
+        answers[answers.len() - 1].is_none(),
+        "the last connection of the burst is closed: {answers:?}"
+    );
+    // Another source is not affected by the first one's limit.
+    assert_eq!(tcp_options(&d, "127.0.0.72", 100), Some(200));
+    let stats = cli(&d, &["shield", "stats", "--json"]);
+    assert!(
+        stats["userspace_drops"]["syn_rate"].as_u64().unwrap_or(0) >= 2,
+        "{stats}"
+    );
 }
