@@ -1353,6 +1353,7 @@ impl Worker {
                         a_shown,
                         b_shown,
                         ending: false,
+                        media_check: None,
                     },
                 );
                 tracing::info!(call = call.0, "call started");
