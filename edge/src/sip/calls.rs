@@ -537,7 +537,9 @@ impl CallHub {
     /// The flows' counters (one BPF map lookup per flow) are read only once a call could have
     /// been silent for the timeout: after a look at the counters the call is not looked at again
     /// before `timeout - silence` has passed, so a call shorter than the timeout costs no
-    /// lookup at all, and a silent call still ends at the first tick after its timeout.
+    /// lookup at all, and a silent call still ends at the first tick after its timeout. The
+    /// silence is counted from the answer at the earliest: a call with early media that then
+    /// fell silent ends `media_timeout_secs` after the answer, not after the last early packet.
     pub(crate) fn due(&mut self, now: StdInstant) -> Vec<(CallRef, &'static str)> {
         let s = &self.settings;
         let anchor = &self.anchor;
@@ -556,10 +558,17 @@ impl CallHub {
             if s.media_timeout_secs > 0
                 && let Some(answered) = m.answered
             {
-                if let Some((at, secs)) = m.media_check
-                    && secs == s.media_timeout_secs
+                let timeout = std::time::Duration::from_secs(s.media_timeout_secs);
+                let next = match m.media_check {
+                    Some((at, secs)) if secs == s.media_timeout_secs => Some(at),
+                    // Not silent longer than it has been answered: nothing to read before
+                    // `answered + timeout`.
+                    _ => answered.checked_add(timeout),
+                };
+                if let Some(at) = next
                     && now < at
                 {
+                    m.media_check = Some((at, s.media_timeout_secs));
                     continue;
                 }
                 let timeout_ns = s.media_timeout_secs.saturating_mul(1_000_000_000);
@@ -866,19 +875,18 @@ mod tests {
             .expect("offer");
         // An unanswered call is never looked at for media.
         hub.calls.insert(CallRef(2), meta(t0, None));
-        // First tick: the counters are read once (4 flows), nothing is due, and the next look
-        // is put off to when the call could have been silent for 10 s.
+        // Answered at t0: it cannot have been silent for 10 s before t0 + 10 s, so no counter
+        // is read before then.
         assert!(hub.due(t0 + secs(1)).is_empty());
-        assert_eq!(reads(&table), 4);
         assert!(hub.due(t0 + secs(5)).is_empty());
         assert!(hub.due(t0 + secs(9)).is_empty());
-        assert_eq!(reads(&table), 4, "no lookup before the call could time out");
-        // Silent since the answer: due at 10 s.
+        assert_eq!(reads(&table), 0, "no lookup before the call could time out");
+        // Silent since the answer: due at 10 s (one read of its 4 flows).
         assert_eq!(
             hub.due(t0 + secs(10) + std::time::Duration::from_millis(1)),
             vec![(CallRef(1), "media_timeout")]
         );
-        assert_eq!(reads(&table), 8);
+        assert_eq!(reads(&table), 4);
     }
 
     #[test]
@@ -891,7 +899,7 @@ mod tests {
             .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
             .expect("offer");
         assert!(hub.due(t0 + secs(1)).is_empty());
-        assert_eq!(reads(&table), 4);
+        assert_eq!(reads(&table), 0);
         let shorter = CallSettings {
             media_timeout_secs: 3,
             ..(*hub.settings).clone()
@@ -917,10 +925,14 @@ mod tests {
         f.last_seen_ns = crate::sys::monotonic_ns();
         table.put(&key, &f).expect("put");
         let seen = StdInstant::now();
-        // Media flowed just now: the next look is put off to about 10 s after it.
+        // At the answer's timeout the counters are read: media flowed just now, not due, and
+        // the next look is put off to about 10 s after that packet.
         assert!(hub.due(seen + secs(1)).is_empty());
+        assert_eq!(reads(&table), 0);
+        let at_timeout = t0 + secs(10) + std::time::Duration::from_millis(1);
+        assert!(hub.due(at_timeout).is_empty());
         assert_eq!(reads(&table), 4);
-        assert!(hub.due(seen + secs(8)).is_empty());
+        assert!(hub.due(at_timeout + secs(8)).is_empty());
         assert_eq!(reads(&table), 4);
     }
 
