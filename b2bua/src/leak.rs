@@ -53,22 +53,44 @@ pub struct Finding {
     pub offset: usize,
 }
 
-/// Every occurrence of an identifier in `bytes`. Combine with
-/// [`foreign_private_addresses`] for the full check ([`audit`]).
+/// Every occurrence of an identifier in `bytes` (overlapping ones too), ASCII
+/// case-insensitively. Combine with [`foreign_private_addresses`] for the full
+/// check ([`audit`]).
+///
+/// Cost: the message is lowercased once and each identifier is searched with
+/// a SIMD substring finder (`memchr::memmem`) instead of comparing every
+/// window of the message case-insensitively with every identifier.
 pub fn leak_scan(bytes: &[u8], identifiers: &[Identifier]) -> Vec<Finding> {
+    leak_scan_each(bytes, identifiers)
+}
+
+/// [`leak_scan`] over any sequence of borrowed identifiers (the daemon filters
+/// a call's list per recipient without copying it).
+pub fn leak_scan_each<'a>(
+    bytes: &[u8],
+    identifiers: impl IntoIterator<Item = &'a Identifier>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut hay: Option<Vec<u8>> = None;
+    let mut needle = Vec::new();
     for id in identifiers {
         let n = id.value.len();
         if n == 0 || n > bytes.len() {
             continue;
         }
-        for (i, w) in bytes.windows(n).enumerate() {
-            if w.eq_ignore_ascii_case(&id.value) {
-                out.push(Finding {
-                    kind: FindingKind::Identifier(id.label.clone()),
-                    offset: i,
-                });
-            }
+        let hay = hay.get_or_insert_with(|| bytes.to_ascii_lowercase());
+        needle.clear();
+        needle.extend(id.value.iter().map(u8::to_ascii_lowercase));
+        let finder = memchr::memmem::Finder::new(&needle);
+        let mut start = 0;
+        while let Some(found) = hay.get(start..).and_then(|h| finder.find(h)) {
+            let offset = start + found;
+            out.push(Finding {
+                kind: FindingKind::Identifier(id.label.clone()),
+                offset,
+            });
+            // Overlapping occurrences count too (as a window-by-window scan finds them).
+            start = offset + 1;
         }
     }
     out
@@ -92,7 +114,16 @@ pub fn foreign_private_addresses(bytes: &[u8], own: &[IpAddr]) -> Vec<Finding> {
 /// that are not the receiver's own. The daemon's leak metric counts
 /// messages for which this is non-empty.
 pub fn audit(bytes: &[u8], identifiers: &[Identifier], own: &[IpAddr]) -> Vec<Finding> {
-    let mut out = leak_scan(bytes, identifiers);
+    audit_each(bytes, identifiers, own)
+}
+
+/// [`audit`] over any sequence of borrowed identifiers.
+pub fn audit_each<'a>(
+    bytes: &[u8],
+    identifiers: impl IntoIterator<Item = &'a Identifier>,
+    own: &[IpAddr],
+) -> Vec<Finding> {
+    let mut out = leak_scan_each(bytes, identifiers);
     out.extend(foreign_private_addresses(bytes, own));
     out
 }
@@ -136,6 +167,12 @@ pub fn private_addresses(bytes: &[u8]) -> Vec<(usize, IpAddr)> {
                 j += 1;
             }
             let token = &bytes[i..j];
+            // Most tokens are words or numbers: only one with a '.' or ':' can hold an address
+            // (the cheap test first; the parsers below allocate nothing but are not free).
+            if !token.iter().any(|&c| c == b'.' || c == b':') {
+                i = j.max(i + 1);
+                continue;
+            }
             // A dotted quad may end a longer token ("1.2.3.4." or a port after ':').
             if let Some(ip) = parse_token(token) {
                 if is_non_public(ip) {
@@ -450,5 +487,80 @@ mod tests {
             f[0].kind,
             FindingKind::PrivateAddress("10.0.0.8".parse().unwrap())
         );
+    }
+
+    /// The scan before it used memmem: every window compared case-insensitively with every
+    /// identifier. The fast scan must find exactly what this finds.
+    fn window_scan(bytes: &[u8], identifiers: &[Identifier]) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for id in identifiers {
+            let n = id.value.len();
+            if n == 0 || n > bytes.len() {
+                continue;
+            }
+            for (i, w) in bytes.windows(n).enumerate() {
+                if w.eq_ignore_ascii_case(&id.value) {
+                    out.push(Finding {
+                        kind: FindingKind::Identifier(id.label.clone()),
+                        offset: i,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn overlapping_and_repeated_occurrences_are_all_found() {
+        let ids = [
+            Identifier::new("aa", "AAA"),
+            Identifier::new("empty", ""),
+            Identifier::new("long", "aaaaaaaaaaaa"),
+            Identifier::new("tag", "x-Y"),
+        ];
+        let hay = b"aAaAa X-y x-yx-Y";
+        let found = leak_scan(hay, &ids);
+        assert_eq!(found, window_scan(hay, &ids));
+        let offsets: Vec<usize> = found.iter().map(|f| f.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 6, 10, 13]);
+    }
+
+    #[test]
+    fn tokens_without_dot_or_colon_are_never_addresses() {
+        // Hex-looking words and numbers are skipped before parsing; addresses next to them are
+        // still found.
+        let text = b"deadbeef 10 c0ffee 1234;branch=z9hG4bK10.0.0.1 abc:10.0.0.2";
+        let found: Vec<IpAddr> = private_addresses(text)
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        // "z9hG4bK10.0.0.1": the token starts after the non-hex 'K'.
+        let want: Vec<IpAddr> = vec![
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        ];
+        assert_eq!(found, want);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_scan_equals_the_window_scan(
+            hay in proptest::collection::vec(proptest::sample::select(b"aAbB.:-1 \xc3\xa9".to_vec()), 0..200),
+            values in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(b"aAbB.:-1\xc3".to_vec()), 0..6),
+                0..5,
+            ),
+        ) {
+            let ids: Vec<Identifier> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Identifier::new(format!("id{i}"), v))
+                .collect();
+            proptest::prop_assert_eq!(leak_scan(&hay, &ids), window_scan(&hay, &ids));
+            proptest::prop_assert_eq!(
+                leak_scan_each(&hay, ids.iter().rev()),
+                window_scan(&hay, &ids.iter().rev().cloned().collect::<Vec<_>>())
+            );
+        }
     }
 }

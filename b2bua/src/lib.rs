@@ -120,8 +120,9 @@ pub mod policy;
 pub use dialog::{Action, CallSetup, DialogMap, LegRef, MapStats, Outcome};
 pub use ids::{IdSource, SeededIds};
 pub use leak::{
-    Finding, FindingKind, Identifier, MIN_IDENTIFIER_LEN, audit, foreign_private_addresses,
-    identifiers_of, is_non_public, leak_scan, private_addresses,
+    Finding, FindingKind, Identifier, MIN_IDENTIFIER_LEN, audit, audit_each,
+    foreign_private_addresses, identifiers_of, is_non_public, leak_scan, leak_scan_each,
+    private_addresses,
 };
 pub use leg::{
     ANONYMOUS_FROM, CallerIdentity, EdgeAddress, EdgeTransport, FarInvite, FarTarget,

@@ -198,6 +198,11 @@ pub struct ServerResult {
     /// CPU time of the server's processes only (everything in sv-edge: sipveil, or Kamailio and
     /// rtpengine) per completed call, µs. Excludes softirq work (XDP), which runs in no process.
     pub server_cpu_us_per_call: Option<f64>,
+    /// The same per thread name of the server's processes (`/proc/<pid>/task/*/comm`, e.g.
+    /// `sip-worker-0`, `sv-relay-0`; threads that ended inside the window are missing), µs per
+    /// completed call, largest first: where the server's CPU goes.
+    #[serde(default)]
+    pub server_threads_us_per_call: Vec<(String, f64)>,
     /// Where the setup times come from: `capture` (dumpcap at the caller) or `sipp-rtd`.
     pub setup_source: Option<String>,
     /// Busy CPUs during the fixed-rate window.

@@ -160,6 +160,10 @@ pub struct RelayInfo {
 struct Relay {
     spec: RelaySpec,
     generation: u32,
+    /// Idle expiry reads no counter of this relay before this time (monotonic ns, the flows'
+    /// clock): its newest `last_seen_ns` seen so far plus the idle timeout. `last_seen_ns` only
+    /// grows, so the relay cannot be idle earlier. 0: not known yet (check at the next pass).
+    idle_check_ns: u64,
 }
 
 impl Relay {
@@ -271,6 +275,7 @@ impl MediaRelay {
             let relay = Relay {
                 spec,
                 generation: flows::generation_count(f),
+                idle_check_ns: 0,
             };
             let keys = relay.keys();
             if keys.iter().any(|(_, key)| !by_key.contains_key(key)) {
@@ -373,6 +378,10 @@ impl MediaRelay {
         Err(exhausted)
     }
 
+    fn idle_timeout_ns(&self) -> u64 {
+        self.cfg.idle_timeout_secs.saturating_mul(1_000_000_000)
+    }
+
     fn release_port(&mut self, ip: IpAddr, port: u16) {
         if let Some(a) = self.allocator(ip) {
             a.release(port);
@@ -433,9 +442,11 @@ impl MediaRelay {
         for (k, s) in socks_a.into_iter().chain(socks_b) {
             self.host.add(k, s);
         }
+        // The flows were installed with `last_seen_ns = now`.
         let relay = Relay {
             spec,
             generation: 0,
+            idle_check_ns: now.saturating_add(self.idle_timeout_ns()),
         };
         let info = relay.info();
         tracing::debug!(id = %spec.a_edge, %a_peer, %b_peer, "relay opened");
@@ -454,6 +465,20 @@ impl MediaRelay {
         opts: RelayOptions,
         relatch: bool,
     ) -> Result<RelayInfo, MediaError> {
+        self.update_flows(id, a_peer, b_peer, opts, relatch)?;
+        self.info(id, true)
+    }
+
+    /// [`Self::update`] without reading the counters back (the call path needs none: one map
+    /// lookup per flow saved on every answer).
+    pub fn update_flows(
+        &mut self,
+        id: RelayId,
+        a_peer: SocketAddr,
+        b_peer: SocketAddr,
+        opts: RelayOptions,
+        relatch: bool,
+    ) -> Result<(), MediaError> {
         let Some(relay) = self.relays.get(&id) else {
             return Err(MediaError::NotFound(id.to_string()));
         };
@@ -501,7 +526,7 @@ impl MediaRelay {
             r.spec = spec;
             r.generation = generation;
         }
-        self.info(id, true)
+        Ok(())
     }
 
     /// Closes a relay: removes its flows, closes its sockets, releases its ports.
@@ -612,18 +637,28 @@ impl MediaRelay {
 
     /// Closes relays whose flows have all been idle for longer than the configured time (by
     /// `last_seen_ns`, CLOCK_MONOTONIC). Returns the closed ids.
+    ///
+    /// Runs every second over every relay: a relay is looked at (one map lookup per flow) only
+    /// once it could be idle, i.e. after its newest `last_seen_ns` seen so far plus the
+    /// timeout; with calls shorter than the timeout this reads no counter at all.
     pub fn expire_idle(&mut self, now_ns: u64) -> Vec<RelayId> {
-        let timeout = self.cfg.idle_timeout_secs.saturating_mul(1_000_000_000);
+        let timeout = self.idle_timeout_ns();
         let mut idle = Vec::new();
-        for (id, relay) in &self.relays {
+        let table = &self.table;
+        for (id, relay) in &mut self.relays {
+            if now_ns <= relay.idle_check_ns {
+                continue;
+            }
             let mut last = 0u64;
             for (_, key) in relay.keys() {
-                if let Ok(Some(f)) = self.table.get_with_stats(&key) {
+                if let Ok(Some(f)) = table.get_with_stats(&key) {
                     last = last.max(f.last_seen_ns);
                 }
             }
             if now_ns.saturating_sub(last) > timeout {
                 idle.push(*id);
+            } else {
+                relay.idle_check_ns = last.saturating_add(timeout);
             }
         }
         for id in &idle {
@@ -865,5 +900,120 @@ mod tests {
         assert!(r.is_empty());
         assert!(table.entries().expect("entries").is_empty());
         assert_eq!(r.counters().get(UserCounter::Expired), 5);
+    }
+
+    /// A table that counts the counter reads (`get_with_stats`: one BPF map lookup each in XDP
+    /// mode).
+    struct CountingTable {
+        inner: UserFlowTable,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FlowTable for CountingTable {
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+        fn get(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &FlowKey, flow: &Flow) -> Result<(), MediaError> {
+            self.inner.put(key, flow)
+        }
+        fn remove(&self, key: &FlowKey) -> Result<(), MediaError> {
+            self.inner.remove(key)
+        }
+        fn entries(&self) -> Result<Vec<(FlowKey, Flow)>, MediaError> {
+            self.inner.entries()
+        }
+        fn account(&self, key: &FlowKey, bytes: u64, now_ns: u64) {
+            self.inner.account(key, bytes, now_ns)
+        }
+        fn get_with_stats(&self, key: &FlowKey) -> Result<Option<Flow>, MediaError> {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get_with_stats(key)
+        }
+    }
+
+    #[test]
+    fn idle_expiry_reads_counters_only_once_a_relay_could_be_idle() {
+        let table = Arc::new(CountingTable {
+            inner: UserFlowTable::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let reads = |t: &CountingTable| t.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let dyn_table: Arc<dyn FlowTable> = table.clone();
+        let mut r = relay(47400, 47419, dyn_table);
+        let before = crate::sys::monotonic_ns();
+        let info = r
+            .open(
+                sa("127.0.0.1:4000"),
+                sa("127.0.0.1:5000"),
+                RelayOptions::default(),
+            )
+            .expect("open");
+        let timeout = 10_000_000_000u64;
+        // Within the timeout of the install: no counter is read.
+        assert!(r.expire_idle(before + timeout / 2).is_empty());
+        assert!(r.expire_idle(before).is_empty());
+        assert_eq!(reads(&table), 0);
+        // Media at `before + 8 s` (what the program writes).
+        let a_key = key_of(info.a.edge);
+        let mut f = table.get(&a_key).expect("get").expect("flow");
+        f.packets = 1;
+        f.last_seen_ns = before + 8_000_000_000;
+        table.put(&a_key, &f).expect("put");
+        // Past the install's timeout: the counters are read (4 flows), the media seen, no expiry.
+        let after_install = crate::sys::monotonic_ns() + timeout + 1;
+        assert!(r.expire_idle(after_install).is_empty());
+        assert_eq!(reads(&table), 4);
+        // Not read again before the newest packet's timeout...
+        assert!(r.expire_idle(before + 8_000_000_000 + timeout).is_empty());
+        assert_eq!(reads(&table), 4);
+        // ...and expired right after it.
+        assert_eq!(
+            r.expire_idle(before + 8_000_000_000 + timeout + 1),
+            vec![info.id]
+        );
+        assert_eq!(reads(&table), 8);
+        assert!(r.is_empty());
+        assert!(
+            table.entries().expect("entries").is_empty(),
+            "flows removed"
+        );
+    }
+
+    #[test]
+    fn update_flows_moves_the_peers_and_keeps_the_counters() {
+        let table: Arc<dyn FlowTable> = Arc::new(UserFlowTable::new());
+        let mut r = relay(47420, 47439, table.clone());
+        let info = r
+            .open(
+                sa("127.0.0.1:4000"),
+                sa("0.0.0.0:0"),
+                RelayOptions::default(),
+            )
+            .expect("open");
+        let a_key = key_of(info.a.edge);
+        let mut f = table.get(&a_key).expect("get").expect("flow");
+        f.packets = 3;
+        table.put(&a_key, &f).expect("put");
+        r.update_flows(
+            info.id,
+            sa("127.0.0.1:4000"),
+            sa("127.0.0.1:5000"),
+            RelayOptions::default(),
+            false,
+        )
+        .expect("update");
+        let after = r.info(info.id, true).expect("info");
+        assert_eq!(after.b.peer, sa("127.0.0.1:5000"));
+        assert_eq!(
+            after
+                .stats
+                .and_then(|s| s.a_rtp)
+                .map(|s| (s.packets, s.dst)),
+            Some((3, sa("127.0.0.1:5000")))
+        );
     }
 }

@@ -36,7 +36,7 @@ use std::time::Instant as StdInstant;
 use bytes::Bytes;
 use sipveil_b2bua::{
     CallRef, DialogMap, Identifier, MediaAnchor, MediaError as AnchorError, MediaRequest,
-    PrivacyPolicy, SeededIds, Side, audit, identifiers_of, private_addresses,
+    PrivacyPolicy, SeededIds, Side, audit_each, identifiers_of, private_addresses,
 };
 use sipveil_sip::transaction::TransactionId;
 use sipveil_sip::{HeaderName, Message};
@@ -73,6 +73,9 @@ pub struct RelayAnchor {
     relay: Arc<Mutex<MediaRelay>>,
     addr_a: IpAddr,
     streams: BTreeMap<(CallRef, u16, usize), Stream>,
+    /// Bumped whenever a stream is opened, moved or closed (the `sipveil calls` listing shows
+    /// relay ports: [`CallHub::publish`] rebuilds it only when something it shows changed).
+    changes: u64,
 }
 
 impl RelayAnchor {
@@ -83,6 +86,7 @@ impl RelayAnchor {
             relay,
             addr_a,
             streams: BTreeMap::new(),
+            changes: 0,
         }
     }
 
@@ -174,8 +178,10 @@ impl MediaAnchor for RelayAnchor {
                         strict: false,
                         rtcp_mux: s.mux,
                     };
+                    // The flows only: the anchor needs no counters back (saves a map lookup per
+                    // flow on every answer).
                     relay
-                        .update(s.id, a, b, opts, false)
+                        .update_flows(s.id, a, b, opts, false)
                         .map_err(|e| AnchorError::Anchor(e.to_string()))?;
                     s.a_peer = a;
                     s.b_peer = b;
@@ -203,6 +209,7 @@ impl MediaAnchor for RelayAnchor {
             }
         };
         self.streams.insert(key, stream);
+        self.changes = self.changes.wrapping_add(1);
         Ok(match req.from {
             Side::A => stream.b_edge,
             Side::B => stream.a_edge,
@@ -216,6 +223,10 @@ impl MediaAnchor for RelayAnchor {
             .map(|(k, _)| *k)
             .filter(|(_, f, _)| fork.is_none_or(|want| want == *f))
             .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.changes = self.changes.wrapping_add(1);
         let Ok(mut relay) = self.relay.lock() else {
             return;
         };
@@ -246,6 +257,21 @@ pub(crate) struct CallMeta {
     pub a_shown: Option<Bytes>,
     pub b_shown: Bytes,
     pub ending: bool,
+    /// Media timeout bookkeeping: no flow counter is read before this instant, for the
+    /// `media_timeout_secs` it was computed with (the call cannot have been silent long enough
+    /// before then). `None`: check at the next housekeeping tick.
+    pub media_check: Option<(StdInstant, u64)>,
+}
+
+/// What the `sipveil calls` listing was last built from (see [`CallHub::publish`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ViewStamp {
+    anchor_changes: u64,
+    calls: usize,
+    /// Wrapping sums over the calls of their ids and of their states (0 ringing, 1 answered,
+    /// 2 ending) weighted by id: a call replaced by another or changing state changes them.
+    ids: u64,
+    states: u64,
 }
 
 /// One line of `sipveil calls` (no party addresses).
@@ -276,6 +302,9 @@ pub struct CallHub {
     pub(crate) edge_ips: Vec<IpAddr>,
     pub(crate) media_a: IpAddr,
     pub(crate) media_b: IpAddr,
+    /// The listing last published and when (rebuilt when it changed or once a second for the
+    /// ages).
+    published: Option<(ViewStamp, StdInstant)>,
 }
 
 /// The dialog map's policy for `settings`.
@@ -321,6 +350,7 @@ impl CallHub {
             edge_ips,
             media_a,
             media_b,
+            published: None,
         }
     }
 
@@ -407,17 +437,14 @@ impl CallHub {
         };
         // A value the recipient itself sent (its tag, its Contact user...) is echoed back to it
         // legitimately even when it happens to contain one of the other party's values.
-        let other_ids: Vec<Identifier> = other_ids
+        let other_ids = other_ids
             .iter()
-            .filter(|id| !own_ids.iter().any(|o| contains_ci(&o.value, &id.value)))
-            .cloned()
-            .collect();
-        let other_ids = &other_ids;
+            .filter(|id| !own_ids.iter().any(|o| contains_ci(&o.value, &id.value)));
         let mut own: Vec<IpAddr> = own.clone();
         own.push(recipient);
         own.extend(self.edge_ips.iter().copied());
         let bytes = msg.to_bytes();
-        audit(&bytes, other_ids, &own)
+        audit_each(&bytes, other_ids, &own)
             .into_iter()
             .map(|f| {
                 // What kind of value it was (its label, or "address"), never the value itself.
@@ -460,21 +487,65 @@ impl CallHub {
         v
     }
 
-    /// Publishes the listing and the gauge.
-    pub(crate) fn publish(&self, metrics: &Metrics, view: &Mutex<Vec<CallView>>) {
+    /// What the listing shows, in a few integers (no allocation).
+    fn view_stamp(&self) -> ViewStamp {
+        let mut stamp = ViewStamp {
+            anchor_changes: self.anchor.changes,
+            calls: self.calls.len(),
+            ids: 0,
+            states: 0,
+        };
+        for (call, m) in &self.calls {
+            let state = if m.ending {
+                2
+            } else if m.answered.is_some() {
+                1
+            } else {
+                0
+            };
+            stamp.ids = stamp.ids.wrapping_add(call.0);
+            stamp.states = stamp
+                .states
+                .wrapping_add(call.0.wrapping_mul(state).wrapping_add(state));
+        }
+        stamp
+    }
+
+    /// Publishes the gauge, and the listing when what it shows changed (a call came or went,
+    /// changed state, or a relay opened, moved or closed) or its ages are a second old. The
+    /// call worker publishes after every call message: rebuilding every call's line each time
+    /// cost more than the message itself with a few dozen calls up.
+    pub(crate) fn publish(&mut self, metrics: &Metrics, view: &Mutex<Vec<CallView>>) {
         metrics.set_calls_active(self.calls.len());
+        let now = StdInstant::now();
+        let stamp = self.view_stamp();
+        let fresh = self.published.is_some_and(|(last, at)| {
+            last == stamp && now.saturating_duration_since(at) < VIEW_AGE_REFRESH
+        });
+        if fresh {
+            return;
+        }
         if let Ok(mut v) = view.lock() {
             *v = self.views();
+            self.published = Some((stamp, now));
         }
     }
 
     /// Calls to end now: over `max_duration_secs`, or answered without media either way for
     /// `media_timeout_secs`.
-    pub(crate) fn due(&self, now: StdInstant) -> Vec<(CallRef, &'static str)> {
+    ///
+    /// The flows' counters (one BPF map lookup per flow) are read only once a call could have
+    /// been silent for the timeout: after a look at the counters the call is not looked at again
+    /// before `timeout - silence` has passed, so a call shorter than the timeout costs no
+    /// lookup at all, and a silent call still ends at the first tick after its timeout. The
+    /// silence is counted from the answer at the earliest: a call with early media that then
+    /// fell silent ends `media_timeout_secs` after the answer, not after the last early packet.
+    pub(crate) fn due(&mut self, now: StdInstant) -> Vec<(CallRef, &'static str)> {
         let s = &self.settings;
+        let anchor = &self.anchor;
         let now_ns = crate::sys::monotonic_ns();
         let mut out = Vec::new();
-        for (call, m) in &self.calls {
+        for (call, m) in &mut self.calls {
             if m.ending {
                 continue;
             }
@@ -487,8 +558,21 @@ impl CallHub {
             if s.media_timeout_secs > 0
                 && let Some(answered) = m.answered
             {
+                let timeout = std::time::Duration::from_secs(s.media_timeout_secs);
+                let next = match m.media_check {
+                    Some((at, secs)) if secs == s.media_timeout_secs => Some(at),
+                    // Not silent longer than it has been answered: nothing to read before
+                    // `answered + timeout`.
+                    _ => answered.checked_add(timeout),
+                };
+                if let Some(at) = next
+                    && now < at
+                {
+                    m.media_check = Some((at, s.media_timeout_secs));
+                    continue;
+                }
                 let timeout_ns = s.media_timeout_secs.saturating_mul(1_000_000_000);
-                let last = self.anchor.last_media_ns(*call);
+                let last = anchor.last_media_ns(*call);
                 let silent = if last == 0 {
                     u64::try_from(now.saturating_duration_since(answered).as_nanos())
                         .unwrap_or(u64::MAX)
@@ -497,12 +581,18 @@ impl CallHub {
                 };
                 if silent >= timeout_ns {
                     out.push((*call, "media_timeout"));
+                } else {
+                    let wait = std::time::Duration::from_nanos(timeout_ns - silent);
+                    m.media_check = now.checked_add(wait).map(|at| (at, s.media_timeout_secs));
                 }
             }
         }
         out
     }
 }
+
+/// How stale the `sipveil calls` ages may get before the listing is rebuilt anyway.
+const VIEW_AGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether `needle` occurs in `hay`, ASCII case-insensitively.
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -671,5 +761,226 @@ mod tests {
         assert_eq!(header_at(m, off), "X-Home");
         let body = m.windows(3).position(|w| w == b"v=0").unwrap();
         assert_eq!(header_at(m, body), "body");
+    }
+
+    /// A flow table counting counter reads (`get_with_stats`: a BPF map lookup each with XDP).
+    struct CountingTable {
+        inner: UserFlowTable,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FlowTable for CountingTable {
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+        fn get(
+            &self,
+            key: &sipveil_abi::FlowKey,
+        ) -> Result<Option<sipveil_abi::Flow>, crate::media::MediaError> {
+            self.inner.get(key)
+        }
+        fn put(
+            &self,
+            key: &sipveil_abi::FlowKey,
+            flow: &sipveil_abi::Flow,
+        ) -> Result<(), crate::media::MediaError> {
+            self.inner.put(key, flow)
+        }
+        fn remove(&self, key: &sipveil_abi::FlowKey) -> Result<(), crate::media::MediaError> {
+            self.inner.remove(key)
+        }
+        fn entries(
+            &self,
+        ) -> Result<Vec<(sipveil_abi::FlowKey, sipveil_abi::Flow)>, crate::media::MediaError>
+        {
+            self.inner.entries()
+        }
+        fn account(&self, key: &sipveil_abi::FlowKey, bytes: u64, now_ns: u64) {
+            self.inner.account(key, bytes, now_ns)
+        }
+        fn get_with_stats(
+            &self,
+            key: &sipveil_abi::FlowKey,
+        ) -> Result<Option<sipveil_abi::Flow>, crate::media::MediaError> {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get_with_stats(key)
+        }
+    }
+
+    fn hub(min: u16, media_timeout_secs: u64) -> (CallHub, Arc<CountingTable>) {
+        let cfg = MediaConfig {
+            port_min: min,
+            port_max: min + 40,
+            idle_timeout_secs: 10,
+            addr_a: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            addr_b: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            workers: 1,
+        };
+        let table = Arc::new(CountingTable {
+            inner: UserFlowTable::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let dyn_table: Arc<dyn FlowTable> = table.clone();
+        let relay = MediaRelay::new(
+            cfg,
+            dyn_table,
+            Arc::new(HoldSockets::default()),
+            Arc::new(UserCounters::default()),
+        )
+        .expect("relay");
+        let settings = CallSettings {
+            media_timeout_secs,
+            max_duration_secs: 0,
+            ..CallSettings::default()
+        };
+        let hub = CallHub::new(
+            Arc::new(Mutex::new(relay)),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Arc::new(settings),
+            Vec::new(),
+        );
+        (hub, table)
+    }
+
+    fn meta(started: StdInstant, answered: Option<StdInstant>) -> CallMeta {
+        CallMeta {
+            started,
+            answered,
+            a_call_id: Bytes::from_static(b"a-call"),
+            a_ids: Vec::new(),
+            b_ids: Vec::new(),
+            a_own: Vec::new(),
+            b_own: Vec::new(),
+            a_shown: None,
+            b_shown: Bytes::from_static(b"bob@open.lab"),
+            ending: false,
+            media_check: None,
+        }
+    }
+
+    fn reads(t: &CountingTable) -> usize {
+        t.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn media_timeout_reads_counters_only_when_a_call_could_be_silent() {
+        let (mut hub, table) = hub(47_400, 10);
+        let t0 = StdInstant::now();
+        let secs = std::time::Duration::from_secs;
+        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
+        hub.anchor
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+        // An unanswered call is never looked at for media.
+        hub.calls.insert(CallRef(2), meta(t0, None));
+        // Answered at t0: it cannot have been silent for 10 s before t0 + 10 s, so no counter
+        // is read before then.
+        assert!(hub.due(t0 + secs(1)).is_empty());
+        assert!(hub.due(t0 + secs(5)).is_empty());
+        assert!(hub.due(t0 + secs(9)).is_empty());
+        assert_eq!(reads(&table), 0, "no lookup before the call could time out");
+        // Silent since the answer: due at 10 s (one read of its 4 flows).
+        assert_eq!(
+            hub.due(t0 + secs(10) + std::time::Duration::from_millis(1)),
+            vec![(CallRef(1), "media_timeout")]
+        );
+        assert_eq!(reads(&table), 4);
+    }
+
+    #[test]
+    fn a_shorter_media_timeout_after_reload_is_applied_at_once() {
+        let (mut hub, table) = hub(47_450, 60);
+        let t0 = StdInstant::now();
+        let secs = std::time::Duration::from_secs;
+        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
+        hub.anchor
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+        assert!(hub.due(t0 + secs(1)).is_empty());
+        assert_eq!(reads(&table), 0);
+        let shorter = CallSettings {
+            media_timeout_secs: 3,
+            ..(*hub.settings).clone()
+        };
+        hub.reconfigure(Arc::new(shorter));
+        assert_eq!(hub.due(t0 + secs(4)), vec![(CallRef(1), "media_timeout")]);
+    }
+
+    #[test]
+    fn media_seen_pushes_the_next_look_past_its_timeout() {
+        let (mut hub, table) = hub(47_500, 10);
+        let t0 = StdInstant::now();
+        let secs = std::time::Duration::from_secs;
+        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
+        hub.anchor
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+        let (id, _) = hub.anchor.relays_of(CallRef(1))[0];
+        // A packet relayed just now (what the XDP program writes into the flow).
+        let key = crate::media::flows::key_of(id);
+        let mut f = table.get(&key).expect("get").expect("flow");
+        f.packets = 1;
+        f.last_seen_ns = crate::sys::monotonic_ns();
+        table.put(&key, &f).expect("put");
+        let seen = StdInstant::now();
+        // At the answer's timeout the counters are read: media flowed just now, not due, and
+        // the next look is put off to about 10 s after that packet.
+        assert!(hub.due(seen + secs(1)).is_empty());
+        assert_eq!(reads(&table), 0);
+        let at_timeout = t0 + secs(10) + std::time::Duration::from_millis(1);
+        assert!(hub.due(at_timeout).is_empty());
+        assert_eq!(reads(&table), 4);
+        assert!(hub.due(at_timeout + secs(8)).is_empty());
+        assert_eq!(reads(&table), 4);
+    }
+
+    #[test]
+    fn the_calls_listing_is_rebuilt_only_when_it_changed() {
+        let (mut hub, _table) = hub(47_550, 0);
+        let metrics = Metrics::new();
+        let view = Mutex::new(Vec::new());
+        let t0 = StdInstant::now();
+        hub.calls.insert(CallRef(1), meta(t0, None));
+        hub.publish(&metrics, &view);
+        assert_eq!(view.lock().expect("view").len(), 1);
+        // Marker: a rebuild would overwrite it.
+        view.lock().expect("view").clear();
+        hub.publish(&metrics, &view);
+        assert!(view.lock().expect("view").is_empty(), "nothing changed");
+        // A relay opened: rebuilt, with its ports.
+        hub.anchor
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+        hub.publish(&metrics, &view);
+        let ports = view.lock().expect("view")[0].relay_ports.len();
+        assert_eq!(ports, 1);
+        // Answered: rebuilt with the new state.
+        view.lock().expect("view").clear();
+        if let Some(m) = hub.calls.get_mut(&CallRef(1)) {
+            m.answered = Some(t0);
+        }
+        hub.publish(&metrics, &view);
+        assert_eq!(view.lock().expect("view")[0].state, "answered");
+        // One call replaced by another (same count, no relay change): rebuilt.
+        hub.calls.clear();
+        hub.calls.insert(CallRef(2), meta(t0, Some(t0)));
+        view.lock().expect("view").clear();
+        hub.publish(&metrics, &view);
+        assert_eq!(view.lock().expect("view")[0].id, 2);
+        // Ending: rebuilt.
+        if let Some(m) = hub.calls.get_mut(&CallRef(2)) {
+            m.ending = true;
+        }
+        hub.publish(&metrics, &view);
+        assert_eq!(view.lock().expect("view")[0].state, "ending");
+        // Ages: rebuilt once the listing is a second old even when nothing else changed.
+        view.lock().expect("view").clear();
+        if let Some((_, at)) = hub.published.as_mut() {
+            *at -= std::time::Duration::from_secs(2);
+        }
+        hub.publish(&metrics, &view);
+        assert_eq!(view.lock().expect("view").len(), 1);
     }
 }

@@ -172,6 +172,51 @@ fn pids_cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// utime + stime of every thread of `pids`, by (pid, tid) with the thread's name.
+fn threads_cpu_ticks(pids: &[u32]) -> std::collections::BTreeMap<(u32, u32), (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for pid in pids {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let base = entry.path();
+            let (Ok(comm), Ok(stat)) = (
+                fs::read_to_string(base.join("comm")),
+                fs::read_to_string(base.join("stat")),
+            ) else {
+                continue;
+            };
+            if let Ok(ticks) = parse_pid_cpu_ticks(&stat) {
+                out.insert((*pid, tid), (comm.trim().to_owned(), ticks));
+            }
+        }
+    }
+    out
+}
+
+/// Per thread name: ticks used between `before` and `after` (threads present in both).
+fn thread_deltas(
+    before: &std::collections::BTreeMap<(u32, u32), (String, u64)>,
+    after: &std::collections::BTreeMap<(u32, u32), (String, u64)>,
+) -> Vec<(String, u64)> {
+    let mut by_name: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (key, (name, ticks)) in after {
+        let start = before.get(key).map_or(0, |(_, t)| *t);
+        *by_name.entry(name.clone()).or_default() += ticks.saturating_sub(start);
+    }
+    let mut v: Vec<(String, u64)> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
 fn tick_ns() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -525,12 +570,14 @@ impl Bench {
         let (mut dumpcap, pcap) = self.start_capture(&cap_dir)?;
         let server_pids = lab_pids(lab::NS_EDGE);
         let server_before = pids_cpu_ticks(&server_pids);
+        let threads_before = threads_cpu_ticks(&server_pids);
         let before = proc_stat()?;
         let t0 = Instant::now();
         let (totals, mut setup) = self.offer(EDGE_A, self.o.fixed_rate, calls)?;
         let wall = t0.elapsed();
         let after = proc_stat()?;
         let server_after = pids_cpu_ticks(&server_pids);
+        let threads_after = threads_cpu_ticks(&server_pids);
         std::thread::sleep(Duration::from_millis(500));
         dumpcap.stop();
         let busy_ns = after.delta(&before).busy() as f64 * tick_ns();
@@ -539,6 +586,24 @@ impl Bench {
                 server_after.saturating_sub(server_before) as f64 * tick_ns()
                     / 1000.0
                     / totals.successful as f64,
+            );
+        }
+        if totals.successful > 0 {
+            let per_call =
+                |ticks: u64| ticks as f64 * tick_ns() / 1000.0 / totals.successful as f64;
+            result.server_threads_us_per_call = thread_deltas(&threads_before, &threads_after)
+                .into_iter()
+                .map(|(name, ticks)| (name, per_call(ticks)))
+                .collect();
+            let line: Vec<String> = result
+                .server_threads_us_per_call
+                .iter()
+                .map(|(n, us)| format!("{n} {us:.0}"))
+                .collect();
+            eprintln!(
+                "   {}: server µs/call by thread: {}",
+                s.name(),
+                line.join(", ")
             );
         }
         // Setup times from the capture at the caller's interface (SIPp's own tick in 4 ms
