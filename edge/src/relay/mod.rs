@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -41,9 +42,27 @@ pub(crate) struct Shared {
     pub scrubber: RtcpScrubber,
 }
 
+/// A relay worker's wake-up: an eventfd its ring reads, and whether a wake-up is already on its
+/// way (then a command only needs queueing: the worker drains its whole queue per wake-up).
+pub(crate) struct Wake {
+    pub fd: OwnedFd,
+    /// Set by the first sender since the worker's last drain; cleared by the worker before it
+    /// drains (so a command queued after the clear wakes it again).
+    pub pending: AtomicBool,
+}
+
+impl Wake {
+    /// Wakes the worker unless a wake-up is already pending.
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            wake(&self.fd);
+        }
+    }
+}
+
 struct Worker {
     tx: Sender<Command>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -87,7 +106,10 @@ impl RelayWorkers {
         let mut workers = Vec::new();
         for i in 0..n.max(1) {
             let (tx, rx) = channel();
-            let wake_fd = Arc::new(eventfd()?);
+            let wake_fd = Arc::new(Wake {
+                fd: eventfd()?,
+                pending: AtomicBool::new(false),
+            });
             let (ready_tx, ready_rx) = channel();
             let thread = std::thread::Builder::new()
                 .name(format!("sv-relay-{i}"))
@@ -129,7 +151,7 @@ impl RelayWorkers {
         if let Some(w) = self.worker_of(key)
             && w.tx.send(cmd).is_ok()
         {
-            wake(&w.wake);
+            w.wake.wake();
         }
     }
 
@@ -137,7 +159,7 @@ impl RelayWorkers {
     pub fn stop(&mut self) {
         for w in &self.workers {
             if w.tx.send(Command::Stop).is_ok() {
-                wake(&w.wake);
+                w.wake.wake();
             }
         }
         for w in &mut self.workers {
@@ -171,5 +193,40 @@ impl SocketHost for RelayWorkers {
             s.remove(key);
         }
         self.send(key, Command::Remove(*key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eventfd's counter (how many writes since the last read), or 0 when none.
+    fn drain(fd: &OwnedFd) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from an eventfd we own (non-blocking below).
+        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        if n == 8 { v } else { 0 }
+    }
+
+    #[test]
+    fn wake_ups_coalesce_until_the_worker_clears_pending() {
+        // SAFETY: plain syscall; on success we own the returned fd.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
+        let w = Wake {
+            // SAFETY: `raw` is a fresh descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            pending: AtomicBool::new(false),
+        };
+        for _ in 0..4 {
+            w.wake();
+        }
+        assert_eq!(drain(&w.fd), 1, "four commands, one wake-up");
+        w.wake();
+        assert_eq!(drain(&w.fd), 0, "still pending: no new write");
+        // The worker clears the flag before draining its queue: the next command wakes it again.
+        w.pending.store(false, Ordering::SeqCst);
+        w.wake();
+        assert_eq!(drain(&w.fd), 1);
     }
 }

@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
 use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use sipveil_abi::FlowKey;
 
-use super::{Command, Shared};
+use super::{Command, Shared, Wake};
 use crate::media::counters::UserCounter;
 use crate::media::datapath::{Verdict, decide};
 use crate::uring_util::{BufRing, parse_sockaddr, write_sockaddr};
@@ -71,7 +72,7 @@ struct Worker {
     by_key: HashMap<FlowKey, usize>,
     sends: Box<[SendSlot]>,
     free_sends: Vec<usize>,
-    wake_fd: Arc<OwnedFd>,
+    wake_fd: Arc<Wake>,
     wake_buf: Box<u64>,
     held: usize,
     stop: bool,
@@ -81,7 +82,7 @@ pub(crate) fn run(
     id: usize,
     shared: Arc<Shared>,
     rx: Receiver<Command>,
-    wake_fd: Arc<OwnedFd>,
+    wake_fd: Arc<Wake>,
     ready: Sender<io::Result<()>>,
 ) {
     let mut w = match Worker::new(id, shared, wake_fd) {
@@ -101,7 +102,7 @@ pub(crate) fn run(
 }
 
 impl Worker {
-    fn new(id: usize, shared: Arc<Shared>, wake_fd: Arc<OwnedFd>) -> io::Result<Worker> {
+    fn new(id: usize, shared: Arc<Shared>, wake_fd: Arc<Wake>) -> io::Result<Worker> {
         let ring: IoUring = IoUring::builder().build(SQ_ENTRIES)?;
         let bufs = BufRing::new(BUFFERS, BUF_SIZE)?;
         bufs.register(&ring, BGID)?;
@@ -159,7 +160,7 @@ impl Worker {
 
     fn arm_wake(&mut self) -> io::Result<()> {
         let e = opcode::Read::new(
-            Fd(self.wake_fd.as_raw_fd()),
+            Fd(self.wake_fd.fd.as_raw_fd()),
             (&mut *self.wake_buf as *mut u64).cast(),
             8,
         )
@@ -205,6 +206,8 @@ impl Worker {
                 let idx = (user_data & ((1 << KIND_SHIFT) - 1)) as usize;
                 match user_data >> KIND_SHIFT {
                     K_WAKE => {
+                        // Cleared before draining: a command queued from here on wakes again.
+                        self.wake_fd.pending.store(false, Ordering::SeqCst);
                         self.commands(rx)?;
                         if !self.stop {
                             self.arm_wake()?;
