@@ -136,6 +136,10 @@ pub struct CommitStats {
 pub type Record = (Vec<u8>, Vec<u8>);
 
 type DoneFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs once per commit, after the `done` callbacks of every submission in it that named this
+/// flush (the SIP service wakes the worker owning those transactions: one wake-up per worker per
+/// commit instead of one per REGISTER). Submissions share a flush by sharing the `Arc`.
+pub type Flush = Arc<dyn Fn() + Send + Sync>;
 type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
 /// An open store, before its committer starts. Read it with [`Store::load`], then hand it to
@@ -144,6 +148,7 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     observer: Option<CommitObserver>,
+    min_commit_interval: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,6 +181,7 @@ impl Store {
             db,
             path: owned,
             observer: None,
+            min_commit_interval: Duration::ZERO,
         })
     }
 
@@ -211,6 +217,16 @@ impl Store {
         self.observer = Some(Box::new(f));
     }
 
+    /// Spaces commits at least `interval` apart (start to start): a submission arriving less than
+    /// `interval` after the previous commit started waits, with whatever else arrives meanwhile,
+    /// until then. One commit costs about the same CPU and disk work whatever it holds, so this
+    /// bounds the commits per second (and the store's CPU) at any load, while a submission after
+    /// a quiet spell is committed at once. It adds at most `interval` to a 200 OK. Zero (the
+    /// default) commits as soon as the previous commit is done. Set it before [`Store::start`].
+    pub fn set_min_commit_interval(&mut self, interval: Duration) {
+        self.min_commit_interval = interval;
+    }
+
     /// Starts the group-commit thread. `max_batch` bounds the operations gathered into one
     /// transaction (a submission is never split, so a transaction may exceed it by one submission);
     /// `queue` bounds the submissions waiting. Both are raised to at least 1.
@@ -238,6 +254,7 @@ impl Store {
             stats: stats.clone(),
             stop: stop.clone(),
             observer: self.observer,
+            min_commit_interval: self.min_commit_interval,
         };
         let thread = std::thread::Builder::new()
             .name("sipveil-store".into())
@@ -358,6 +375,7 @@ fn run_callback(f: DoneFn, result: Result<(), StoreError>) {
 struct Job {
     ops: Vec<StoreOp>,
     done: Done,
+    flush: Option<Flush>,
 }
 
 enum Msg {
@@ -373,6 +391,7 @@ struct Worker {
     stats: Arc<Mutex<CommitStats>>,
     stop: Arc<AtomicBool>,
     observer: Option<CommitObserver>,
+    min_commit_interval: Duration,
 }
 
 impl Worker {
@@ -380,6 +399,7 @@ impl Worker {
         let mut batch: Vec<Job> = Vec::new();
         // Once stopping, never block again: commit what is queued, then leave.
         let mut stopping = false;
+        let mut last_commit: Option<Instant> = None;
         loop {
             stopping |= self.stop.load(Ordering::Acquire);
             let mut ops = 0;
@@ -392,6 +412,18 @@ impl Worker {
                     Ok(Msg::Stop) => stopping = true,
                     // Every Committer is gone and the queue is empty.
                     Err(_) => break,
+                }
+            }
+            // Coalesce: hold the batch open until the minimum interval since the previous commit
+            // has passed. Sleeping (not waiting on the channel) keeps senders from waking us per
+            // submission; they find nobody parked and just queue.
+            if !stopping
+                && ops < self.max_batch
+                && let Some(due) = last_commit.map(|t| t + self.min_commit_interval)
+            {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
                 }
             }
             while ops < self.max_batch {
@@ -410,6 +442,7 @@ impl Worker {
                 }
                 continue;
             }
+            last_commit = Some(Instant::now());
             self.commit(&mut batch, ops);
         }
         // Dropping `self.rx` here hands any submission that raced with the stop to `Done::drop`.
@@ -438,15 +471,11 @@ impl Worker {
                 {
                     tracing::error!("the store commit observer panicked");
                 }
-                for job in batch.drain(..) {
-                    job.done.call(Ok(()));
-                }
+                finish(batch, |_| Ok(()));
             }
             Err(err) => {
                 tracing::error!("{err}");
-                for job in batch.drain(..) {
-                    job.done.call(Err(err.clone()));
-                }
+                finish(batch, |_| Err(err.clone()));
             }
         }
     }
@@ -480,6 +509,26 @@ impl Worker {
             }
         }
         txn.commit().map_err(|e| StoreError::db(path, "commit", e))
+    }
+}
+
+/// Runs every job's `done` with `result`, then each distinct flush once.
+fn finish(batch: &mut Vec<Job>, result: impl Fn(&Job) -> Result<(), StoreError>) {
+    let mut flushes: Vec<Flush> = Vec::new();
+    for job in batch.drain(..) {
+        let r = result(&job);
+        let Job { done, flush, .. } = job;
+        done.call(r);
+        if let Some(f) = flush
+            && !flushes.iter().any(|g| Arc::ptr_eq(g, &f))
+        {
+            flushes.push(f);
+        }
+    }
+    for f in flushes {
+        if catch_unwind(AssertUnwindSafe(|| f())).is_err() {
+            tracing::error!("a store flush callback panicked");
+        }
     }
 }
 
@@ -550,12 +599,25 @@ impl Committer {
         ops: Vec<StoreOp>,
         done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
     ) -> Result<(), Busy> {
+        self.submit_with_flush(ops, done, None)
+    }
+
+    /// [`Committer::submit`], and after the commit holding `ops` has run the `done` callbacks of
+    /// all its submissions, `flush` runs once for all of those that passed the same `Arc`.
+    /// A submission dropped unprocessed (the committer stopped) gets its `done` but no flush.
+    pub fn submit_with_flush(
+        &self,
+        ops: Vec<StoreOp>,
+        done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+        flush: Option<Flush>,
+    ) -> Result<(), Busy> {
         let job = Job {
             ops,
             done: Done {
                 f: Some(done),
                 path: self.inner.path.clone(),
             },
+            flush,
         };
         match self.inner.tx.try_send(Msg::Job(job)) {
             Ok(()) => Ok(()),

@@ -21,7 +21,7 @@ pub(crate) fn report_labels(
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -37,6 +37,26 @@ use transport::{Pool, Proto, TransportConfig};
 const COMMIT_BATCH: usize = 4096;
 /// Commits waiting for the store at most; beyond it REGISTERs get 503 (backpressure).
 const COMMIT_QUEUE: usize = 16384;
+/// Commits start at most this often (group commit with a bounded coalescing window; see
+/// `Store::set_min_commit_interval`).
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Stops glibc from shrinking and regrowing each thread's heap.
+///
+/// Every REGISTER allocates and frees a few KiB on the worker and store threads; with glibc's
+/// default trim threshold each thread arena gave the top of its heap back after a burst and
+/// grew it again on the next one: an `mprotect` and fresh zeroed pages about every second
+/// REGISTER (profile at 2 000 REGISTER/s: ~5 400 `mprotect`s in 5 s; with these settings 15).
+/// Keeping up to 64 MiB per arena costs resident memory only up to what the threads used.
+fn keep_heaps() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; it is called before the worker and
+    // store threads start, and glibc serialises it against allocation.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
 
 /// Wall-clock milliseconds since the UNIX epoch (binding expiry survives restarts).
 pub fn unix_ms() -> u64 {
@@ -108,6 +128,7 @@ impl SipEdge {
     ) -> anyhow::Result<Arc<SipEdge>> {
         let sip = &cfg.sip;
         let workers = sip.workers.max(1);
+        keep_heaps();
         let metrics = Metrics::with_workers(workers);
         publish_domains(&metrics, cfg);
         let mut store = Store::open(&cfg.registrar.database).with_context(|| {
@@ -130,6 +151,7 @@ impl SipEdge {
         }
         let observer = metrics.clone();
         store.on_commit(move |ops, took| observer.store_commit(ops, took));
+        store.set_min_commit_interval(MIN_COMMIT_INTERVAL);
         let committer = store
             .try_start(COMMIT_BATCH, COMMIT_QUEUE)
             .context("starting the registrar store's commit thread")?;
