@@ -38,8 +38,14 @@ const COMMIT_BATCH: usize = 4096;
 /// Commits waiting for the store at most; beyond it REGISTERs get 503 (backpressure).
 const COMMIT_QUEUE: usize = 16384;
 /// Commits start at most this often (group commit with a bounded coalescing window; see
-/// `Store::set_min_commit_interval`).
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+/// `Store::set_min_commit_interval`). A commit costs about the same whatever it holds (redb page
+/// copies, the `fdatasync`, one wake-up per worker), so this sets the CPU per REGISTER at a given
+/// load. Measured on loopback at 2 000 REGISTER/s (BENCHMARKS.md "Registrar", 2026-11-21 21:31):
+/// 0 / 2 / 5 / 10 ms gave 4.5–5.3 / 5.6 / 11 / 20 REGISTERs per commit and 128–146 / 118–127 /
+/// 85–98 / 84–88 µs CPU per REGISTER, mean answer time 1.8–4.1 / 2.6 / 4.2–5.6 / 7.3 ms.
+/// 5 ms takes most of the saving for at most 5 ms more on a 200 OK; after a quiet spell a
+/// REGISTER is committed at once.
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Stops glibc from shrinking and regrowing each thread's heap.
 ///
