@@ -149,6 +149,7 @@ pub struct Store {
     path: PathBuf,
     observer: Option<CommitObserver>,
     min_commit_interval: Duration,
+    enough: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,6 +183,7 @@ impl Store {
             path: owned,
             observer: None,
             min_commit_interval: Duration::ZERO,
+            enough: usize::MAX,
         })
     }
 
@@ -217,14 +219,17 @@ impl Store {
         self.observer = Some(Box::new(f));
     }
 
-    /// Spaces commits at least `interval` apart (start to start): a submission arriving less than
-    /// `interval` after the previous commit started waits, with whatever else arrives meanwhile,
-    /// until then. One commit costs about the same CPU and disk work whatever it holds, so this
-    /// bounds the commits per second (and the store's CPU) at any load, while a submission after
-    /// a quiet spell is committed at once. It adds at most `interval` to a 200 OK. Zero (the
-    /// default) commits as soon as the previous commit is done. Set it before [`Store::start`].
-    pub fn set_min_commit_interval(&mut self, interval: Duration) {
+    /// Coalesces commits: a submission arriving less than `interval` after the previous commit
+    /// started waits, with whatever else arrives meanwhile, until `interval` has passed or
+    /// `enough` submissions are waiting, whichever comes first. One commit costs about the same
+    /// CPU and disk work whatever it holds, so at moderate load this makes groups larger (and the
+    /// CPU per submission smaller) for at most `interval` more on an acknowledgement, while at
+    /// high load groups reach `enough` quickly and nothing waits long; a submission after a quiet
+    /// spell is committed at once. A zero interval (the default) commits as soon as the previous
+    /// commit is done. Set it before [`Store::start`]; `enough` is raised to at least 1.
+    pub fn set_min_commit_interval(&mut self, interval: Duration, enough: usize) {
         self.min_commit_interval = interval;
+        self.enough = enough.max(1);
     }
 
     /// Starts the group-commit thread. `max_batch` bounds the operations gathered into one
@@ -255,6 +260,7 @@ impl Store {
             stop: stop.clone(),
             observer: self.observer,
             min_commit_interval: self.min_commit_interval,
+            enough: self.enough,
         };
         let thread = std::thread::Builder::new()
             .name("sipveil-store".into())
@@ -269,6 +275,8 @@ impl Store {
                 stats,
                 stop,
                 path,
+                committer_thread: thread.thread().clone(),
+                enough: self.enough,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -392,6 +400,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     observer: Option<CommitObserver>,
     min_commit_interval: Duration,
+    enough: usize,
 }
 
 impl Worker {
@@ -415,15 +424,22 @@ impl Worker {
                 }
             }
             // Coalesce: hold the batch open until the minimum interval since the previous commit
-            // has passed. Sleeping (not waiting on the channel) keeps senders from waking us per
-            // submission; they find nobody parked and just queue.
+            // has passed or enough submissions wait (the submitter that makes it enough unparks
+            // us). Parking (not waiting on the channel) keeps senders from waking us per
+            // submission; they find nobody waiting on the channel and just queue.
             if !stopping
                 && ops < self.max_batch
                 && let Some(due) = last_commit.map(|t| t + self.min_commit_interval)
             {
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
+                loop {
+                    let now = Instant::now();
+                    if now >= due
+                        || batch.len() + self.rx.len() >= self.enough
+                        || self.stop.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                    std::thread::park_timeout(due - now);
                 }
             }
             while ops < self.max_batch {
@@ -538,6 +554,9 @@ struct Inner {
     stop: Arc<AtomicBool>,
     path: Arc<Path>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The committer thread, unparked when enough submissions wait (see `Worker::run`).
+    committer_thread: std::thread::Thread,
+    enough: usize,
 }
 
 impl Inner {
@@ -545,6 +564,7 @@ impl Inner {
     /// called on the committer thread itself (from a `done` callback), where it only asks.
     fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        self.committer_thread.unpark();
         let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         let on_committer = slot
             .as_ref()
@@ -620,7 +640,14 @@ impl Committer {
             flush,
         };
         match self.inner.tx.try_send(Msg::Job(job)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The committer holds one submission while it coalesces: with this one queued
+                // there may be enough. A spurious unpark only makes it look again.
+                if self.inner.tx.len() + 1 >= self.inner.enough {
+                    self.inner.committer_thread.unpark();
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(msg)) => {
                 defuse(msg);
                 Err(Busy::QueueFull)

@@ -488,7 +488,7 @@ fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() 
     let mut store = open(&path);
     // Far longer than queueing 50 submissions takes on any machine: they all arrive while the
     // committer waits out the interval after the first commit.
-    store.set_min_commit_interval(Duration::from_secs(3));
+    store.set_min_commit_interval(Duration::from_secs(3), 1000);
     let committer = store.start(1000, 1000);
     let (tx, rx) = channel::unbounded();
     // The first submission has no previous commit to keep its distance from.
@@ -511,6 +511,35 @@ fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() 
     drop(committer);
     let got = load_map(&path);
     assert_eq!(got.len(), 51);
+}
+
+#[test]
+fn enough_waiting_submissions_end_the_coalescing_wait() {
+    let dir = TempDir::new("enough");
+    let mut store = open(&dir.path().join("r.redb"));
+    // An interval far beyond HANG: if reaching `enough` did not end the wait, the completions
+    // below would never come within HANG and the test fails.
+    store.set_min_commit_interval(Duration::from_secs(3600), 10);
+    let committer = store.start(1000, 1000);
+    let (tx, rx) = channel::unbounded();
+    committer
+        .submit(vec![put("first", "v")], report(&tx, 0))
+        .expect("submit");
+    expect_ok(&rx, 1);
+    for round in 0..3 {
+        for i in 0..10 {
+            let tag = 1 + round * 10 + i;
+            committer
+                .submit(vec![put(&format!("k{tag}"), "v")], report(&tx, tag))
+                .expect("submit");
+        }
+        // Ten waiting: committed without waiting out the interval.
+        expect_ok(&rx, 10);
+    }
+    let s = committer.stats();
+    assert_eq!(s.ops, 31);
+    assert!(s.batches >= 4, "{s:?}");
+    committer.shutdown();
 }
 
 fn open_err(path: &Path) -> StoreError {
