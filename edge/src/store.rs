@@ -220,7 +220,8 @@ impl Store {
     }
 
     /// Coalesces commits: a submission arriving less than `interval` after the previous commit
-    /// started waits, with whatever else arrives meanwhile, until `interval` has passed or
+    /// started, when that commit held more than one submission (at lower load nothing would
+    /// join it), waits, with whatever else arrives meanwhile, until `interval` has passed or
     /// `enough` submissions are waiting, whichever comes first. One commit costs about the same
     /// CPU and disk work whatever it holds, so at moderate load this makes groups larger (and the
     /// CPU per submission smaller) for at most `interval` more on an acknowledgement, while at
@@ -408,6 +409,8 @@ impl Worker {
         let mut batch: Vec<Job> = Vec::new();
         // Once stopping, never block again: commit what is queued, then leave.
         let mut stopping = false;
+        // When the previous commit started, if it held more than one submission: one alone means
+        // REGISTERs arrive further apart than a commit takes, and waiting would only add latency.
         let mut last_commit: Option<Instant> = None;
         loop {
             stopping |= self.stop.load(Ordering::Acquire);
@@ -458,7 +461,7 @@ impl Worker {
                 }
                 continue;
             }
-            last_commit = Some(Instant::now());
+            last_commit = (batch.len() > 1).then(Instant::now);
             self.commit(&mut batch, ops);
         }
         // Dropping `self.rx` here hands any submission that raced with the stop to `Done::drop`.

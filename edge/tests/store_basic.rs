@@ -482,6 +482,25 @@ fn flush_runs_once_per_commit_after_that_commits_callbacks() {
 }
 
 #[test]
+fn a_single_submission_after_a_commit_of_one_is_not_held_back() {
+    let dir = TempDir::new("single");
+    let mut store = open(&dir.path().join("r.redb"));
+    // If a commit of one made the next submission wait out this interval, the second completion
+    // would not come within HANG and the test fails.
+    store.set_min_commit_interval(Duration::from_secs(3600), 1000);
+    let committer = store.start(1000, 1000);
+    let (tx, rx) = channel::unbounded();
+    for i in 0..3 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+        expect_ok(&rx, 1);
+    }
+    assert_eq!(committer.stats().batches, 3);
+    committer.shutdown();
+}
+
+#[test]
 fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() {
     let dir = TempDir::new("interval");
     let path = dir.path().join("r.redb");
@@ -491,11 +510,16 @@ fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() 
     store.set_min_commit_interval(Duration::from_secs(3), 1000);
     let committer = store.start(1000, 1000);
     let (tx, rx) = channel::unbounded();
-    // The first submission has no previous commit to keep its distance from.
-    committer
-        .submit(vec![put("first", "v")], report(&tx, 0))
-        .expect("submit");
-    expect_ok(&rx, 1);
+    // The gate's commit holds one submission, so the next is committed at once: two queued
+    // behind the gate make a commit of two, which is what makes the committer coalesce.
+    let release = hold(&committer);
+    for i in 51..=52 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+    }
+    drop(release);
+    expect_ok(&rx, 2);
     for i in 1..=50 {
         committer
             .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
@@ -507,10 +531,14 @@ fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() 
     tags.sort_unstable();
     assert_eq!(tags, (1..=50).collect::<Vec<_>>());
     let s = committer.stats();
-    assert_eq!((s.batches, s.ops), (2, 51), "{s:?}");
+    assert_eq!(
+        (s.batches, s.ops),
+        (3, 53),
+        "the gate, the pair, the fifty: {s:?}"
+    );
     drop(committer);
     let got = load_map(&path);
-    assert_eq!(got.len(), 51);
+    assert_eq!(got.len(), 53);
 }
 
 #[test]
@@ -522,10 +550,15 @@ fn enough_waiting_submissions_end_the_coalescing_wait() {
     store.set_min_commit_interval(Duration::from_secs(3600), 10);
     let committer = store.start(1000, 1000);
     let (tx, rx) = channel::unbounded();
-    committer
-        .submit(vec![put("first", "v")], report(&tx, 0))
-        .expect("submit");
-    expect_ok(&rx, 1);
+    // A commit of two (behind the gate) makes the committer coalesce from then on.
+    let release = hold(&committer);
+    for i in 100..102 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+    }
+    drop(release);
+    expect_ok(&rx, 2);
     for round in 0..3 {
         for i in 0..10 {
             let tag = 1 + round * 10 + i;
@@ -537,8 +570,8 @@ fn enough_waiting_submissions_end_the_coalescing_wait() {
         expect_ok(&rx, 10);
     }
     let s = committer.stats();
-    assert_eq!(s.ops, 31);
-    assert!(s.batches >= 4, "{s:?}");
+    assert_eq!(s.ops, 33);
+    assert!(s.batches >= 5, "{s:?}");
     committer.shutdown();
 }
 
