@@ -9,8 +9,11 @@
 //! The registrar hands us [`StoreOp`]s; the SIP service must answer 200 OK only after the
 //! transaction holding them is durable. [`Committer::submit`] queues the ops; the committer thread
 //! gathers whatever is queued (up to `max_batch` ops), writes it in one transaction committed with
-//! [`Durability::Immediate`] (fsync), and only then runs each submission's `done` callback. Many
-//! registrations thus share one fsync without any of them being acknowledged early.
+//! [`Durability::Immediate`] (fsync), and only then runs each submission's `done` callback, then
+//! each distinct `flush` once ([`Committer::submit_with_flush`]: one worker wake-up per commit).
+//! Many registrations thus share one fsync without any of them being acknowledged early. With
+//! [`Store::set_min_commit_interval`] the thread also waits, boundedly, for a group to grow:
+//! a commit costs about the same CPU whatever it holds.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
