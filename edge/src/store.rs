@@ -9,8 +9,11 @@
 //! The registrar hands us [`StoreOp`]s; the SIP service must answer 200 OK only after the
 //! transaction holding them is durable. [`Committer::submit`] queues the ops; the committer thread
 //! gathers whatever is queued (up to `max_batch` ops), writes it in one transaction committed with
-//! [`Durability::Immediate`] (fsync), and only then runs each submission's `done` callback. Many
-//! registrations thus share one fsync without any of them being acknowledged early.
+//! [`Durability::Immediate`] (fsync), and only then runs each submission's `done` callback, then
+//! each distinct `flush` once ([`Committer::submit_with_flush`]: one worker wake-up per commit).
+//! Many registrations thus share one fsync without any of them being acknowledged early. With
+//! [`Store::set_min_commit_interval`] the thread also waits, boundedly, for a group to grow:
+//! a commit costs about the same CPU whatever it holds.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -136,6 +139,10 @@ pub struct CommitStats {
 pub type Record = (Vec<u8>, Vec<u8>);
 
 type DoneFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs once per commit, after the `done` callbacks of every submission in it that named this
+/// flush (the SIP service wakes the worker owning those transactions: one wake-up per worker per
+/// commit instead of one per REGISTER). Submissions share a flush by sharing the `Arc`.
+pub type Flush = Arc<dyn Fn() + Send + Sync>;
 type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
 /// An open store, before its committer starts. Read it with [`Store::load`], then hand it to
@@ -144,6 +151,8 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     observer: Option<CommitObserver>,
+    min_commit_interval: Duration,
+    enough: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,6 +185,8 @@ impl Store {
             db,
             path: owned,
             observer: None,
+            min_commit_interval: Duration::ZERO,
+            enough: usize::MAX,
         })
     }
 
@@ -211,6 +222,20 @@ impl Store {
         self.observer = Some(Box::new(f));
     }
 
+    /// Coalesces commits: a submission arriving less than `interval` after the previous commit
+    /// started, when that commit held more than one submission (at lower load nothing would
+    /// join it), waits, with whatever else arrives meanwhile, until `interval` has passed or
+    /// `enough` submissions are waiting, whichever comes first. One commit costs about the same
+    /// CPU and disk work whatever it holds, so at moderate load this makes groups larger (and the
+    /// CPU per submission smaller) for at most `interval` more on an acknowledgement, while at
+    /// high load groups reach `enough` quickly and nothing waits long; a submission after a quiet
+    /// spell is committed at once. A zero interval (the default) commits as soon as the previous
+    /// commit is done. Set it before [`Store::start`]; `enough` is raised to at least 1.
+    pub fn set_min_commit_interval(&mut self, interval: Duration, enough: usize) {
+        self.min_commit_interval = interval;
+        self.enough = enough.max(1);
+    }
+
     /// Starts the group-commit thread. `max_batch` bounds the operations gathered into one
     /// transaction (a submission is never split, so a transaction may exceed it by one submission);
     /// `queue` bounds the submissions waiting. Both are raised to at least 1.
@@ -238,6 +263,8 @@ impl Store {
             stats: stats.clone(),
             stop: stop.clone(),
             observer: self.observer,
+            min_commit_interval: self.min_commit_interval,
+            enough: self.enough,
         };
         let thread = std::thread::Builder::new()
             .name("sipveil-store".into())
@@ -252,6 +279,8 @@ impl Store {
                 stats,
                 stop,
                 path,
+                committer_thread: thread.thread().clone(),
+                enough: self.enough,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -358,6 +387,7 @@ fn run_callback(f: DoneFn, result: Result<(), StoreError>) {
 struct Job {
     ops: Vec<StoreOp>,
     done: Done,
+    flush: Option<Flush>,
 }
 
 enum Msg {
@@ -373,6 +403,8 @@ struct Worker {
     stats: Arc<Mutex<CommitStats>>,
     stop: Arc<AtomicBool>,
     observer: Option<CommitObserver>,
+    min_commit_interval: Duration,
+    enough: usize,
 }
 
 impl Worker {
@@ -380,6 +412,9 @@ impl Worker {
         let mut batch: Vec<Job> = Vec::new();
         // Once stopping, never block again: commit what is queued, then leave.
         let mut stopping = false;
+        // When the previous commit started, if it held more than one submission: one alone means
+        // REGISTERs arrive further apart than a commit takes, and waiting would only add latency.
+        let mut last_commit: Option<Instant> = None;
         loop {
             stopping |= self.stop.load(Ordering::Acquire);
             let mut ops = 0;
@@ -392,6 +427,25 @@ impl Worker {
                     Ok(Msg::Stop) => stopping = true,
                     // Every Committer is gone and the queue is empty.
                     Err(_) => break,
+                }
+            }
+            // Coalesce: hold the batch open until the minimum interval since the previous commit
+            // has passed or enough submissions wait (the submitter that makes it enough unparks
+            // us). Parking (not waiting on the channel) keeps senders from waking us per
+            // submission; they find nobody waiting on the channel and just queue.
+            if !stopping
+                && ops < self.max_batch
+                && let Some(due) = last_commit.map(|t| t + self.min_commit_interval)
+            {
+                loop {
+                    let now = Instant::now();
+                    if now >= due
+                        || batch.len() + self.rx.len() >= self.enough
+                        || self.stop.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                    std::thread::park_timeout(due - now);
                 }
             }
             while ops < self.max_batch {
@@ -410,6 +464,7 @@ impl Worker {
                 }
                 continue;
             }
+            last_commit = (batch.len() > 1).then(Instant::now);
             self.commit(&mut batch, ops);
         }
         // Dropping `self.rx` here hands any submission that raced with the stop to `Done::drop`.
@@ -438,15 +493,11 @@ impl Worker {
                 {
                     tracing::error!("the store commit observer panicked");
                 }
-                for job in batch.drain(..) {
-                    job.done.call(Ok(()));
-                }
+                finish(batch, |_| Ok(()));
             }
             Err(err) => {
                 tracing::error!("{err}");
-                for job in batch.drain(..) {
-                    job.done.call(Err(err.clone()));
-                }
+                finish(batch, |_| Err(err.clone()));
             }
         }
     }
@@ -483,12 +534,35 @@ impl Worker {
     }
 }
 
+/// Runs every job's `done` with `result`, then each distinct flush once.
+fn finish(batch: &mut Vec<Job>, result: impl Fn(&Job) -> Result<(), StoreError>) {
+    let mut flushes: Vec<Flush> = Vec::new();
+    for job in batch.drain(..) {
+        let r = result(&job);
+        let Job { done, flush, .. } = job;
+        done.call(r);
+        if let Some(f) = flush
+            && !flushes.iter().any(|g| Arc::ptr_eq(g, &f))
+        {
+            flushes.push(f);
+        }
+    }
+    for f in flushes {
+        if catch_unwind(AssertUnwindSafe(|| f())).is_err() {
+            tracing::error!("a store flush callback panicked");
+        }
+    }
+}
+
 struct Inner {
     tx: Sender<Msg>,
     stats: Arc<Mutex<CommitStats>>,
     stop: Arc<AtomicBool>,
     path: Arc<Path>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The committer thread, unparked when enough submissions wait (see `Worker::run`).
+    committer_thread: std::thread::Thread,
+    enough: usize,
 }
 
 impl Inner {
@@ -496,6 +570,7 @@ impl Inner {
     /// called on the committer thread itself (from a `done` callback), where it only asks.
     fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        self.committer_thread.unpark();
         let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         let on_committer = slot
             .as_ref()
@@ -550,15 +625,35 @@ impl Committer {
         ops: Vec<StoreOp>,
         done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
     ) -> Result<(), Busy> {
+        self.submit_with_flush(ops, done, None)
+    }
+
+    /// [`Committer::submit`], and after the commit holding `ops` has run the `done` callbacks of
+    /// all its submissions, `flush` runs once for all of those that passed the same `Arc`.
+    /// A submission dropped unprocessed (the committer stopped) gets its `done` but no flush.
+    pub fn submit_with_flush(
+        &self,
+        ops: Vec<StoreOp>,
+        done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+        flush: Option<Flush>,
+    ) -> Result<(), Busy> {
         let job = Job {
             ops,
             done: Done {
                 f: Some(done),
                 path: self.inner.path.clone(),
             },
+            flush,
         };
         match self.inner.tx.try_send(Msg::Job(job)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The committer holds one submission while it coalesces: with this one queued
+                // there may be enough. A spurious unpark only makes it look again.
+                if self.inner.tx.len() + 1 >= self.inner.enough {
+                    self.inner.committer_thread.unpark();
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(msg)) => {
                 defuse(msg);
                 Err(Busy::QueueFull)

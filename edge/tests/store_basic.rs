@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender};
-use sipveil_edge::store::{Busy, Committer, FORMAT_VERSION, Store, StoreError, StoreOp};
+use sipveil_edge::store::{Busy, Committer, FORMAT_VERSION, Flush, Store, StoreError, StoreOp};
 use store_support::{TempDir, delete, put};
 
 /// Generous bound so a broken committer fails the test instead of hanging it; never a timing
@@ -410,6 +410,169 @@ fn commit_observer_sees_every_commit() {
         seen.iter().map(|(_, d)| *d).sum::<Duration>(),
         s.commit_time_total
     );
+}
+
+#[test]
+fn flush_runs_once_per_commit_after_that_commits_callbacks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = TempDir::new("flush");
+    let committer = open(&dir.path().join("r.redb")).start(1000, 1000);
+    let release = hold(&committer);
+    // Each flush reports how many `done`s of its group had run when it was called.
+    let (ftx, frx) = channel::unbounded::<(&'static str, usize)>();
+    let done_a = Arc::new(AtomicUsize::new(0));
+    let done_b = Arc::new(AtomicUsize::new(0));
+    let flush = |name: &'static str, count: &Arc<AtomicUsize>| -> Flush {
+        let (ftx, count) = (ftx.clone(), count.clone());
+        Arc::new(move || {
+            let _ = ftx.send((name, count.load(Ordering::SeqCst)));
+        })
+    };
+    let (flush_a, flush_b) = (flush("a", &done_a), flush("b", &done_b));
+    let (tx, rx) = channel::unbounded();
+    let counted = |count: &Arc<AtomicUsize>, tag: usize| -> Done {
+        let (count, tx) = (count.clone(), tx.clone());
+        Box::new(move |r| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send((tag, r));
+        })
+    };
+    for i in 0..10 {
+        committer
+            .submit_with_flush(
+                vec![put(&format!("a{i}"), "v")],
+                counted(&done_a, i),
+                Some(flush_a.clone()),
+            )
+            .expect("submit");
+    }
+    for i in 0..5 {
+        committer
+            .submit_with_flush(
+                vec![put(&format!("b{i}"), "v")],
+                counted(&done_b, 100 + i),
+                Some(flush_b.clone()),
+            )
+            .expect("submit");
+    }
+    for i in 0..3 {
+        committer
+            .submit_with_flush(vec![put(&format!("c{i}"), "v")], report(&tx, 200 + i), None)
+            .expect("submit");
+    }
+    drop(release);
+    expect_ok(&rx, 18);
+    let mut flushes = vec![
+        frx.recv_timeout(HANG).expect("first flush"),
+        frx.recv_timeout(HANG).expect("second flush"),
+    ];
+    flushes.sort_unstable();
+    // One commit held all 18: each flush ran once, after all ten (five) of its callbacks.
+    assert_eq!(flushes, vec![("a", 10), ("b", 5)]);
+    assert_eq!(committer.stats().batches, 2, "the gate, then one commit");
+
+    // A later commit flushes again, and only the flush its submissions named.
+    committer
+        .submit_with_flush(vec![put("a10", "v")], counted(&done_a, 10), Some(flush_a))
+        .expect("submit");
+    expect_ok(&rx, 1);
+    assert_eq!(frx.recv_timeout(HANG).expect("third flush"), ("a", 11));
+    committer.shutdown();
+    assert!(frx.try_recv().is_err(), "no flush without a commit");
+}
+
+#[test]
+fn a_single_submission_after_a_commit_of_one_is_not_held_back() {
+    let dir = TempDir::new("single");
+    let mut store = open(&dir.path().join("r.redb"));
+    // If a commit of one made the next submission wait out this interval, the second completion
+    // would not come within HANG and the test fails.
+    store.set_min_commit_interval(Duration::from_secs(3600), 1000);
+    let committer = store.start(1000, 1000);
+    let (tx, rx) = channel::unbounded();
+    for i in 0..3 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+        expect_ok(&rx, 1);
+    }
+    assert_eq!(committer.stats().batches, 3);
+    committer.shutdown();
+}
+
+#[test]
+fn min_commit_interval_gathers_what_arrives_meanwhile_and_shutdown_commits_it() {
+    let dir = TempDir::new("interval");
+    let path = dir.path().join("r.redb");
+    let mut store = open(&path);
+    // Far longer than queueing 50 submissions takes on any machine: they all arrive while the
+    // committer waits out the interval after the first commit.
+    store.set_min_commit_interval(Duration::from_secs(3), 1000);
+    let committer = store.start(1000, 1000);
+    let (tx, rx) = channel::unbounded();
+    // The gate's commit holds one submission, so the next is committed at once: two queued
+    // behind the gate make a commit of two, which is what makes the committer coalesce.
+    let release = hold(&committer);
+    for i in 51..=52 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+    }
+    drop(release);
+    expect_ok(&rx, 2);
+    for i in 1..=50 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+    }
+    // Shutdown during the wait still commits everything queued (and waits for it).
+    committer.shutdown();
+    let mut tags = expect_ok(&rx, 50);
+    tags.sort_unstable();
+    assert_eq!(tags, (1..=50).collect::<Vec<_>>());
+    let s = committer.stats();
+    assert_eq!(
+        (s.batches, s.ops),
+        (3, 53),
+        "the gate, the pair, the fifty: {s:?}"
+    );
+    drop(committer);
+    let got = load_map(&path);
+    assert_eq!(got.len(), 53);
+}
+
+#[test]
+fn enough_waiting_submissions_end_the_coalescing_wait() {
+    let dir = TempDir::new("enough");
+    let mut store = open(&dir.path().join("r.redb"));
+    // An interval far beyond HANG: if reaching `enough` did not end the wait, the completions
+    // below would never come within HANG and the test fails.
+    store.set_min_commit_interval(Duration::from_secs(3600), 10);
+    let committer = store.start(1000, 1000);
+    let (tx, rx) = channel::unbounded();
+    // A commit of two (behind the gate) makes the committer coalesce from then on.
+    let release = hold(&committer);
+    for i in 100..102 {
+        committer
+            .submit(vec![put(&format!("k{i}"), "v")], report(&tx, i))
+            .expect("submit");
+    }
+    drop(release);
+    expect_ok(&rx, 2);
+    for round in 0..3 {
+        for i in 0..10 {
+            let tag = 1 + round * 10 + i;
+            committer
+                .submit(vec![put(&format!("k{tag}"), "v")], report(&tx, tag))
+                .expect("submit");
+        }
+        // Ten waiting: committed without waiting out the interval.
+        expect_ok(&rx, 10);
+    }
+    let s = committer.stats();
+    assert_eq!(s.ops, 33);
+    assert!(s.batches >= 5, "{s:?}");
+    committer.shutdown();
 }
 
 fn open_err(path: &Path) -> StoreError {

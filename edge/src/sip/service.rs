@@ -248,6 +248,8 @@ pub struct Worker {
     call_ids: u64,
     /// The B2BUA (the call worker only).
     hub: Option<CallHub>,
+    /// Wakes this worker once per store commit that finished some of its REGISTERs.
+    store_flush: crate::store::Flush,
 }
 
 struct Probe {
@@ -282,8 +284,11 @@ impl Worker {
                 ))
             })
             .flatten();
+        let waker = handle.clone();
+        let store_flush: crate::store::Flush = Arc::new(move || waker.wake(index));
         Worker {
             hub,
+            store_flush,
             index,
             shared,
             handle,
@@ -542,9 +547,10 @@ impl Worker {
                 self.report(&report);
                 let response = self.finish(response);
                 let shared = self.shared.clone();
-                let handle = self.handle.clone();
                 let worker = self.index;
-                // The 200 OK leaves only from `on_wake`, after the commit that holds these ops.
+                // The 200 OK leaves only from `on_wake`, after the commit that holds these ops;
+                // the store wakes this worker once per commit (`store_flush`), after queueing
+                // every completion of the commit.
                 let done = Box::new(move |result: Result<(), crate::store::StoreError>| {
                     if let Err(e) = &result {
                         tracing::error!("registrar store commit failed: {e}");
@@ -556,9 +562,14 @@ impl Worker {
                             durable: result.is_ok(),
                         });
                     }
-                    handle.wake(worker);
                 });
-                if self.shared.committer.submit(ops, done).is_err() {
+                let flush = Some(self.store_flush.clone());
+                if self
+                    .shared
+                    .committer
+                    .submit_with_flush(ops, done, flush)
+                    .is_err()
+                {
                     tracing::warn!("registrar store queue full: 503");
                     if let Some(a) = self.local_answer(
                         &req,
