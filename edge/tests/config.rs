@@ -151,6 +151,8 @@ fn base_config_loads_with_resolved_paths_and_users() {
     let r = &cfg.registrar.config;
     assert_eq!(r.max_bindings, 100_000);
     assert_eq!(r.nonce_ttl_secs, 300);
+    assert_eq!(cfg.registrar.commit_interval.as_millis(), 5);
+    assert_eq!(cfg.registrar.commit_group, 20);
     let names: Vec<&str> = r.domains.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["open.lab", "auth.lab", "closed.lab"]);
     let auth = &r.domains[1];
@@ -466,6 +468,20 @@ fn numeric_ranges_are_checked() {
         "default_expires = 600\nmax_bindings = 0",
     );
     refused(&t, line_of(&t, "max_bindings"), "registrar.max_bindings");
+    let t = replace(
+        "default_expires = 600",
+        "default_expires = 600\ncommit_interval_ms = 101",
+    );
+    refused(
+        &t,
+        line_of(&t, "commit_interval_ms"),
+        "registrar.commit_interval_ms",
+    );
+    let t = replace(
+        "default_expires = 600",
+        "default_expires = 600\ncommit_group = 0",
+    );
+    refused(&t, line_of(&t, "commit_group"), "registrar.commit_group");
     let t = replace(
         "default_expires = 600",
         "default_expires = 600\nmax_contacts = 0",

@@ -21,7 +21,7 @@ pub(crate) fn report_labels(
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -37,18 +37,6 @@ use transport::{Pool, Proto, TransportConfig};
 const COMMIT_BATCH: usize = 4096;
 /// Commits waiting for the store at most; beyond it REGISTERs get 503 (backpressure).
 const COMMIT_QUEUE: usize = 16384;
-/// Commits start at most this often (group commit with a bounded coalescing window; see
-/// `Store::set_min_commit_interval`). A commit costs about the same whatever it holds (redb page
-/// copies, the `fdatasync`, one wake-up per worker), so this sets the CPU per REGISTER at a given
-/// load. Measured on loopback at 2 000 REGISTER/s (BENCHMARKS.md "Registrar", 2026-11-21):
-/// 0 / 2 / 5 / 10 ms gave 4.5–5.3 / 5.6 / 11 / 20 REGISTERs per commit and 128–146 / 118–127 /
-/// 85–98 / 84–88 µs CPU per REGISTER, mean answer time 1.8–4.1 / 2.6 / 4.2–5.6 / 7.3 ms.
-/// After a quiet spell a REGISTER is committed at once.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
-/// ... unless this many REGISTERs are already waiting: at high load a group fills in a fraction
-/// of the interval and is committed then (in the lab at 7 000/s: p50 1.5 ms with 20, 4.3 ms
-/// without this early commit).
-const ENOUGH_TO_COMMIT: usize = 20;
 
 /// Stops glibc from shrinking and regrowing each thread's heap.
 ///
@@ -160,7 +148,7 @@ impl SipEdge {
         }
         let observer = metrics.clone();
         store.on_commit(move |ops, took| observer.store_commit(ops, took));
-        store.set_min_commit_interval(MIN_COMMIT_INTERVAL, ENOUGH_TO_COMMIT);
+        store.set_min_commit_interval(cfg.registrar.commit_interval, cfg.registrar.commit_group);
         let committer = store
             .try_start(COMMIT_BATCH, COMMIT_QUEUE)
             .context("starting the registrar store's commit thread")?;
@@ -259,10 +247,23 @@ impl SipEdge {
         if listeners_changed {
             tracing::warn!("listener or worker changes take effect at the next restart");
         }
+        let commit_changed = old.registrar.commit_interval != new.registrar.commit_interval
+            || old.registrar.commit_group != new.registrar.commit_group
+            || old.registrar.database != new.registrar.database;
+        if commit_changed {
+            tracing::warn!("[registrar] database/commit changes take effect at the next restart");
+        }
+        let mut restart_needed_for = Vec::new();
+        if listeners_changed {
+            restart_needed_for.push("listeners/workers");
+        }
+        if commit_changed {
+            restart_needed_for.push("registrar database/commit");
+        }
         json!({
             "ok": true,
             "domains": labels.iter().map(|(n, p)| json!({"name": n, "policy": p})).collect::<Vec<_>>(),
-            "restart_needed_for": if listeners_changed { vec!["listeners/workers"] } else { vec![] },
+            "restart_needed_for": restart_needed_for,
         })
     }
 
