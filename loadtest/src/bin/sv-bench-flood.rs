@@ -669,25 +669,7 @@ impl Bench {
                     // accepts only with an XDP program or NAPI; GRO on gives ex0 NAPI without
                     // putting an XDP program in front of Kamailio. (sipveil's run has its own
                     // program there.)
-                    let out = Command::new("ip")
-                        .args([
-                            "netns",
-                            "exec",
-                            lab::NS_EDGE,
-                            "ethtool",
-                            "-K",
-                            EDGE_X_IFACE,
-                            "gro",
-                            "on",
-                        ])
-                        .output()
-                        .context("running ethtool")?;
-                    if !out.status.success() {
-                        bail!(
-                            "ethtool -K {EDGE_X_IFACE} gro on: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
+                    edge_ethtool(&["-K", EDGE_X_IFACE, "gro", "on"])?;
                 }
                 let run = KamailioRun {
                     binary: self.o.kamailio.clone(),
@@ -895,6 +877,23 @@ impl Bench {
     }
 }
 
+/// `ethtool ARGS` in the edge namespace; an error with ethtool's own message when it fails.
+fn edge_ethtool(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab::NS_EDGE, "ethtool"])
+        .args(args)
+        .output()
+        .context("running ethtool")?;
+    if !out.status.success() {
+        bail!(
+            "ethtool {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// The lowest flood rate achieved at which goodput is below `baseline * (1 - loss)`.
 fn loss_rate(steps: &[Step], loss: f64) -> Option<f64> {
     let baseline = steps.first().map(|s| s.goodput)?;
@@ -1071,25 +1070,7 @@ fn main() -> Result<()> {
         .edge_x_queues
         .unwrap_or(u32::try_from(o.live_threads.min(cpus)).unwrap_or(1));
     if edge_x_queues != 1 {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                lab::NS_EDGE,
-                "ethtool",
-                "-L",
-                EDGE_X_IFACE,
-                "rx",
-            ])
-            .arg(edge_x_queues.to_string())
-            .output()
-            .context("running ethtool -L")?;
-        if !out.status.success() {
-            bail!(
-                "ethtool -L {EDGE_X_IFACE} rx {edge_x_queues}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        edge_ethtool(&["-L", EDGE_X_IFACE, "rx", &edge_x_queues.to_string()])?;
     }
     if o.one_generator == "live" && o.shapes.iter().any(|s| s == "one") {
         prepare_live(&sipveil, LIVE_IFACE, "svgen1", None)?;
