@@ -860,6 +860,14 @@ mod tests {
         }
     }
 
+    /// Call 1, answered at `t0`, with its media offered (side A at 127.0.0.1:4000).
+    fn answered_call(hub: &mut CallHub, t0: StdInstant) {
+        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
+        hub.anchor
+            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
+            .expect("offer");
+    }
+
     fn reads(t: &CountingTable) -> usize {
         t.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -869,10 +877,7 @@ mod tests {
         let (mut hub, table) = hub(47_400, 10);
         let t0 = StdInstant::now();
         let secs = std::time::Duration::from_secs;
-        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
-        hub.anchor
-            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
-            .expect("offer");
+        answered_call(&mut hub, t0);
         // An unanswered call is never looked at for media.
         hub.calls.insert(CallRef(2), meta(t0, None));
         // Answered at t0: it cannot have been silent for 10 s before t0 + 10 s, so no counter
@@ -894,10 +899,7 @@ mod tests {
         let (mut hub, table) = hub(47_450, 60);
         let t0 = StdInstant::now();
         let secs = std::time::Duration::from_secs;
-        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
-        hub.anchor
-            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
-            .expect("offer");
+        answered_call(&mut hub, t0);
         assert!(hub.due(t0 + secs(1)).is_empty());
         assert_eq!(reads(&table), 0);
         let shorter = CallSettings {
@@ -913,10 +915,7 @@ mod tests {
         let (mut hub, table) = hub(47_500, 10);
         let t0 = StdInstant::now();
         let secs = std::time::Duration::from_secs;
-        hub.calls.insert(CallRef(1), meta(t0, Some(t0)));
-        hub.anchor
-            .allocate(&req(1, 0, Side::A, Some("127.0.0.1:4000"), false))
-            .expect("offer");
+        answered_call(&mut hub, t0);
         let (id, _) = hub.anchor.relays_of(CallRef(1))[0];
         // A packet relayed just now (what the XDP program writes into the flow).
         let key = crate::media::flows::key_of(id);
