@@ -369,12 +369,24 @@ const _: () = {
 /// What the program does with them (ebpf/src/shield.rs): a UDP packet to one of
 /// [`ShieldConfig::udp_ports`], or a TCP SYN (without ACK) to one of [`ShieldConfig::tcp_ports`],
 /// is checked against, in this order:
-/// 1. the blocklist (an unexpired entry for its source drops it, [`crate::Counter::DropBlocked`]);
-/// 2. the allowlist (a matching unexpired entry multiplies its limits; [`ALLOW_F_UNLIMITED`]
-///    passes it without any limit);
-/// 3. its source's token bucket for its [`ShieldClass`] (over the rate: dropped, counted per class,
+/// 1. the allowlist (a matching unexpired entry multiplies its limits, and exempts it from the
+///    ceiling);
+/// 2. for a source not allowlisted, the global ceiling: when this CPU's share has no token left
+///    the packet is dropped here ([`crate::Counter::DropGlobal`]), before the blocklist and the
+///    source's buckets are looked at (under a flood from many sources those are cold cache
+///    lines, an LRU insert for a new source: the drop stays cheap);
+/// 3. the blocklist (an unexpired entry for its source drops it, [`crate::Counter::DropBlocked`]);
+/// 4. [`ALLOW_F_UNLIMITED`]: passes without any limit;
+/// 5. its source's token bucket for its [`ShieldClass`] (over the rate: dropped, counted per class,
 ///    and at most one [`ShieldEvent`] per source per [`ShieldConfig::event_interval_ms`]);
-/// 4. the global ceiling (not for allowlisted sources).
+/// 6. the ceiling's token is taken (a packet dropped by its source's rate costs the ceiling
+///    nothing).
+///
+/// The verdicts are those of "blocklist, allowlist, source, ceiling" (a blocked source is
+/// dropped whatever its allowlisting); the counters differ in one case — a blocked source's
+/// packets count as `DropGlobal` while the ceiling is exhausted — and while it is, a source's
+/// packets are not charged to its own buckets: a source whose packets are all dropped by the
+/// ceiling is neither counted nor reported per source (no event).
 ///
 /// Sources are grouped as IPv4 /32 and IPv6 /64 ([`SourceKey`]). Time is
 /// `bpf_ktime_get_coarse_ns()`: `CLOCK_MONOTONIC` at tick resolution (4 ms on this project's

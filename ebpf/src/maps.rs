@@ -63,6 +63,13 @@ pub static SV_SHIELD_CFG: Array<ShieldConfig> = Array::pinned(1, 0);
 #[map]
 pub static SV_SHIELD_EVT: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// Internal, not pinned, not part of the ABI: one `SourceBuckets` per CPU where the shield
+/// builds a new source's buckets and charges its first packet before inserting them into
+/// [`SV_SRC_BUCKETS`] (the value is 144 bytes: on the stack it would take the shield's frame
+/// past the 512 bytes the verifier allows for the entry program's call chain).
+#[map]
+pub static SV_SHIELD_NEW: PerCpuArray<SourceBuckets> = PerCpuArray::with_max_entries(1, 0);
+
 /// Slots of [`SV_FIB_CACHE`] (a power of two).
 pub const FIB_CACHE_SLOTS: u32 = 256;
 

@@ -13,7 +13,7 @@
 //! - later fragments (no ports to look at): `FragmentPass`;
 //! - the source's bucket cannot be created (LRU insert failed): `ShieldMapFailPass`;
 //!   (a source whose buckets are created gets a full burst when allowlisted, otherwise only
-//!   `ShieldConfig::new_source_burst` with `SHIELD_F_NEW_SOURCE`: see `source_buckets`)
+//!   `ShieldConfig::new_source_burst` with `SHIELD_F_NEW_SOURCE`: see `source_bucket`)
 //! - a class whose rate is 0: not limited per source.
 //!
 //! The only drops are the shield's own: blocked source, per-source rate (per class), global
@@ -21,6 +21,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
+    cty::c_long,
     helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::XdpContext,
@@ -44,9 +45,12 @@ use sipveil_ebpf::{
 };
 
 use crate::maps::{
-    self, SV_ALLOW, SV_BLOCK, SV_GLOBAL_BKT, SV_SHIELD_CFG, SV_SHIELD_EVT, SV_SRC_BUCKETS,
+    self, SV_ALLOW, SV_BLOCK, SV_GLOBAL_BKT, SV_SHIELD_CFG, SV_SHIELD_EVT, SV_SHIELD_NEW,
+    SV_SRC_BUCKETS,
 };
 
+/// `EEXIST`: the insert's answer when another CPU created the entry first.
+const EEXIST: c_long = 17;
 /// IPv6 extension headers walked before giving up (`MalformedPass`).
 const MAX_IPV6_EXT: usize = 4;
 /// Transport headers further into the frame than this are not looked for (`MalformedPass`);
@@ -254,9 +258,22 @@ fn syn_class(
     Ok((ShieldClass::Syn, dport))
 }
 
-/// Blocklist, allowlist, the source's bucket for its class, the global ceiling: the verdict, with
-/// its counter counted. A BPF-to-BPF call (not inlined): the shield's body exists once for the
-/// IPv4/IPv6 and UDP/TCP callers, and the relay's code is not enlarged by it.
+/// Allowlist, the global ceiling's refill, blocklist, the source's bucket for its class, the
+/// global ceiling's token: the verdict, with its counter counted. A BPF-to-BPF call (not
+/// inlined): the shield's body exists once for the IPv4/IPv6 and UDP/TCP callers, and the relay's
+/// code is not enlarged by it.
+///
+/// Ordered for the cost of a drop under a flood from many sources, where every source's entries
+/// are cold cache lines (a blocklist hash bucket, an `SV_SRC_BUCKETS` entry — or an LRU insert
+/// to create it): when this CPU's share of the ceiling has no token left, a source that is not
+/// allowlisted is dropped (`DropGlobal`) before either is looked at. The verdicts are those of
+/// the order blocklist → allowlist → source → ceiling: a blocked source is dropped whatever its
+/// allowlisting (only the counter differs: `DropGlobal` while the ceiling is exhausted), and
+/// the ceiling's token is taken only once the source's own bucket let the packet through, so a
+/// packet over its source's rate costs the ceiling nothing. What the order gives up: while the
+/// ceiling is exhausted, a source's packets are not charged to its own buckets, so a source
+/// whose packets are all dropped by the ceiling is not counted or reported per source (no
+/// `ShieldEvent`); its packets that the ceiling lets through are.
 #[inline(never)]
 fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     // CLOCK_MONOTONIC at tick resolution: ~25 ns cheaper than the precise clock, and exact
@@ -264,17 +281,8 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    if let Some(b) = SV_BLOCK.get_ptr(&src.key) {
-        // SAFETY: a live map value for this run (RCU); the daemon may rewrite it concurrently,
-        // which at worst mixes an old and a new field for one packet.
-        let expires = unsafe { (*b).expires_ns };
-        if expires == 0 || now < expires {
-            maps::count(Counter::DropBlocked);
-            return xdp_action::XDP_DROP;
-        }
-    }
-
     let mut allowed = false;
+    let mut unlimited = false;
     let mut mult: u64 = 1;
     let allow_key = Key::new(
         ALLOW_FAMILY_BITS
@@ -291,11 +299,8 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     if let Some(a) = SV_ALLOW.get(&allow_key)
         && (a.expires_ns == 0 || now < a.expires_ns)
     {
-        if a.flags & ALLOW_F_UNLIMITED != 0 {
-            maps::count(Counter::ShieldAllowPass);
-            return xdp_action::XDP_PASS;
-        }
         allowed = true;
+        unlimited = a.flags & ALLOW_F_UNLIMITED != 0;
         let m = if a.multiplier != 0 {
             a.multiplier
         } else {
@@ -304,29 +309,15 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         mult = m.clamp(1, MAX_MULTIPLIER) as u64;
     }
 
-    let idx = src.class as usize & (CLASSES - 1);
-    let lim = cfg.limits[idx];
-    if lim.rate != 0 {
-        let rate = (lim.rate.min(MAX_RATE) as u64 * mult).min(MAX_RATE as u64);
-        let burst = (lim.burst.min(MAX_BURST) as u64 * mult).min(MAX_BURST as u64);
-        let Some(buckets) = source_buckets(cfg, &src.key, allowed, now) else {
-            maps::count(Counter::ShieldMapFailPass);
-            return xdp_action::XDP_PASS;
-        };
-        // SAFETY: `buckets` is a live map value; `idx` < CLASSES.
-        let bucket = unsafe { &raw mut (*buckets).classes[idx] };
-        if !take(bucket, rate, burst, now) {
-            limited(cfg, src, buckets, now);
-            maps::count(drop_counter(idx));
-            return xdp_action::XDP_DROP;
-        }
-    }
-
+    // This CPU's share of the ceiling, refilled; `None` when it does not apply.
     let global = cfg.global_per_cpu;
-    if !allowed
-        && global.rate != 0
-        && let Some(g) = SV_GLOBAL_BKT.get_ptr_mut(0)
-        && !take(
+    let ceiling = if allowed || global.rate == 0 {
+        None
+    } else {
+        SV_GLOBAL_BKT.get_ptr_mut(0)
+    };
+    if let Some(g) = ceiling
+        && !refill(
             g,
             global.rate.min(MAX_RATE) as u64,
             global.burst.min(MAX_BURST) as u64,
@@ -337,6 +328,46 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         return xdp_action::XDP_DROP;
     }
 
+    if let Some(b) = SV_BLOCK.get_ptr(&src.key) {
+        // SAFETY: a live map value for this run (RCU); the daemon may rewrite it concurrently,
+        // which at worst mixes an old and a new field for one packet.
+        let expires = unsafe { (*b).expires_ns };
+        if expires == 0 || now < expires {
+            maps::count(Counter::DropBlocked);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    if unlimited {
+        maps::count(Counter::ShieldAllowPass);
+        return xdp_action::XDP_PASS;
+    }
+
+    let idx = src.class as usize & (CLASSES - 1);
+    let lim = cfg.limits[idx];
+    if lim.rate != 0 {
+        let rate = (lim.rate.min(MAX_RATE) as u64 * mult).min(MAX_RATE as u64);
+        let burst = (lim.burst.min(MAX_BURST) as u64 * mult).min(MAX_BURST as u64);
+        match source_bucket(cfg, src, idx, allowed, rate, burst, now) {
+            Bucket::Passed => {}
+            Bucket::Limited => {
+                maps::count(drop_counter(idx));
+                return xdp_action::XDP_DROP;
+            }
+            Bucket::MapFailed => {
+                maps::count(Counter::ShieldMapFailPass);
+                return xdp_action::XDP_PASS;
+            }
+        }
+    }
+
+    if let Some(g) = ceiling {
+        // The refill above found a token, and nothing else ran on this CPU's bucket since (XDP
+        // does not nest on a CPU); saturating all the same, so that a BPF_PROG_TEST_RUN
+        // interrupted by a real packet cannot wrap the count.
+        // SAFETY: this CPU's slot of a per-CPU array value, live for the run.
+        unsafe { (*g).tokens = (*g).tokens.saturating_sub(TOKEN) };
+    }
+
     maps::count(if allowed {
         Counter::ShieldAllowPass
     } else {
@@ -345,55 +376,121 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The source's buckets, created on its first packet: full when the source is allowlisted or
-/// the new-source burst is off, otherwise holding `new_source_burst` tokens per class as of
-/// `now` (so a fresh source gets only that many packets at once, then its class rates). `None`
-/// only when the LRU map refuses the insert (then the packet passes: fail-open).
+/// What the source's bucket for the packet's class said.
+enum Bucket {
+    /// A token was taken.
+    Passed,
+    /// Over the rate: counted on the source (and sampled as an event).
+    Limited,
+    /// The source had no buckets and the LRU map refused them (fail-open).
+    MapFailed,
+}
+
+/// Takes a token from the source's bucket of class `idx`, creating the source's buckets on its
+/// first packet: full when the source is allowlisted or the new-source burst is off, otherwise
+/// holding `new_source_burst` tokens per class as of `now` (so a fresh source gets only that many
+/// packets at once, then its class rates).
 ///
-/// A known source costs the one lookup it always did; the new-source rule is applied only on
-/// the insert path, by what the fresh value holds.
+/// A known source costs one lookup. A new one costs a lookup (the miss) and an insert: the fresh
+/// value is built in this CPU's `SV_SHIELD_NEW` slot, charged there (token taken, or the drop
+/// counted and its event written) and inserted as it ends up, so the entry is not looked up
+/// again. Only when another CPU inserted the same source
+/// in between (EEXIST) is it looked up again, and the packet charged to that entry.
 #[inline(always)]
-fn source_buckets(
+fn source_bucket(
     cfg: &ShieldConfig,
-    key: &SourceKey,
+    src: &Source,
+    idx: usize,
     allowed: bool,
+    rate: u64,
+    burst: u64,
     now: u64,
-) -> Option<*mut SourceBuckets> {
-    if let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(key) {
-        return Some(b);
+) -> Bucket {
+    if let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(&src.key) {
+        return charge(cfg, src, b, idx, rate, burst, now);
     }
-    // `last_refill_ns == 0` reads as a full bucket.
-    let mut fresh = SourceBuckets {
-        classes: [TokenBucket {
-            tokens: 0,
-            last_refill_ns: 0,
-        }; CLASSES],
-        last_event_ns: 0,
-        dropped: 0,
+    let Some(fresh) = SV_SHIELD_NEW.get_ptr_mut(0) else {
+        return Bucket::MapFailed;
     };
-    if !allowed && cfg.flags & SHIELD_F_NEW_SOURCE != 0 {
-        // `now` is never 0 on a running system; 1 in its place keeps "0 = full" unambiguous
-        // anyway. Tokens above a class's burst are clamped by `take`.
-        let at = if now == 0 { 1 } else { now };
+    // `last_refill_ns == 0` reads as a full bucket: so for an allowlisted source, or without
+    // the new-source rule. `now` is never 0 on a running system; 1 in its place keeps "0 = full"
+    // unambiguous anyway. Tokens above a class's burst are clamped by `take`.
+    let (tokens_of, at) = if !allowed && cfg.flags & SHIELD_F_NEW_SOURCE != 0 {
+        (true, if now == 0 { 1 } else { now })
+    } else {
+        (false, 0)
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, live for the run; XDP does not nest on a CPU,
+    // so nothing else uses it until the insert below copied it.
+    unsafe {
         for i in 0..CLASSES {
-            fresh.classes[i] = TokenBucket {
-                tokens: cfg.new_source_burst[i] as u64 * TOKEN,
+            (*fresh).classes[i] = TokenBucket {
+                tokens: if tokens_of {
+                    cfg.new_source_burst[i] as u64 * TOKEN
+                } else {
+                    0
+                },
                 last_refill_ns: at,
             };
         }
+        (*fresh).last_event_ns = 0;
+        (*fresh).dropped = 0;
     }
-    // Another CPU may have inserted it meanwhile (EEXIST): the lookup below finds theirs.
-    let _ = SV_SRC_BUCKETS.insert(key, &fresh, BPF_NOEXIST as u64);
-    SV_SRC_BUCKETS.get_ptr_mut(key)
+    let verdict = charge(cfg, src, fresh, idx, rate, burst, now);
+    // SAFETY: as above.
+    match SV_SRC_BUCKETS.insert(&src.key, unsafe { &*fresh }, BPF_NOEXIST as u64) {
+        Ok(()) => verdict,
+        // Another CPU created it meanwhile: the packet counts against theirs. (An event this
+        // packet may have written above stands; at most one extra event per race.)
+        Err(e) if e == -EEXIST => match SV_SRC_BUCKETS.get_ptr_mut(&src.key) {
+            Some(b) => charge(cfg, src, b, idx, rate, burst, now),
+            None => Bucket::MapFailed,
+        },
+        Err(_) => Bucket::MapFailed,
+    }
 }
 
-/// Refills `b` for the time since its last refill and takes one packet's token if there is one.
+/// One packet against the buckets at `b` (a map value or the fresh value on the stack).
+#[inline(always)]
+fn charge(
+    cfg: &ShieldConfig,
+    src: &Source,
+    b: *mut SourceBuckets,
+    idx: usize,
+    rate: u64,
+    burst: u64,
+    now: u64,
+) -> Bucket {
+    // SAFETY: `b` is live for the run (a map value, or the caller's stack); `idx` < CLASSES.
+    let bucket = unsafe { &raw mut (*b).classes[idx] };
+    if take(bucket, rate, burst, now) {
+        Bucket::Passed
+    } else {
+        limited(cfg, src, b, now);
+        Bucket::Limited
+    }
+}
+
+/// Takes one packet's token from `b` if there is one, after [`refill`].
+#[inline(always)]
+fn take(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+    if !refill(b, rate, burst, now) {
+        return false;
+    }
+    // SAFETY: as in `refill`.
+    unsafe { (*b).tokens -= TOKEN };
+    true
+}
+
+/// Refills `b` for the time since its last refill (up to `burst`) and says whether it holds a
+/// packet's token; takes nothing.
 ///
 /// `rate` <= MAX_RATE and `burst` <= MAX_BURST, elapsed < MAX_ELAPSED_NS: no product overflows.
 #[inline(always)]
-fn take(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+fn refill(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
     let cap = burst * TOKEN;
-    // SAFETY: `b` points into a live map value (this CPU's slot for per-CPU maps).
+    // SAFETY: `b` points into a live map value (this CPU's slot for per-CPU maps) or a value on
+    // the caller's stack.
     unsafe {
         let last = (*b).last_refill_ns;
         let mut tokens = (*b).tokens;
@@ -414,13 +511,8 @@ fn take(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
             };
             (*b).last_refill_ns = now;
         }
-        if tokens >= TOKEN {
-            (*b).tokens = tokens - TOKEN;
-            true
-        } else {
-            (*b).tokens = tokens;
-            false
-        }
+        (*b).tokens = tokens;
+        tokens >= TOKEN
     }
 }
 

@@ -700,6 +700,182 @@ fn global_ceiling_applies_to_everyone_but_allowlisted_sources() {
     fx.drop_as(&sip4([198, 18, 1, 47], REGISTER), Counter::DropGlobal);
 }
 
+/// The ceiling of the fixtures below: 1/s with a burst of 2, on CPU 0 (it is per CPU).
+fn exhaust_ceiling(fx: &mut Fixture) {
+    let mut cfg = new_source_config();
+    cfg.global_per_cpu = RateLimit { rate: 1, burst: 2 };
+    fx.entry.set_shield_config(cfg);
+    fx.entry.set_global_buckets(TokenBucket::default());
+    fx.pass(&sip4([198, 18, 1, 40], REGISTER));
+    fx.pass(&sip4([198, 18, 1, 41], REGISTER));
+    let g = fx.entry.global_buckets()[0];
+    assert!(
+        g.tokens < TOKEN,
+        "the ceiling is exhausted: {} nano-tokens",
+        g.tokens
+    );
+}
+
+#[test]
+fn an_exhausted_ceiling_drops_a_new_source_without_creating_its_buckets() {
+    let _pin = pin_to_cpu(0);
+    let mut fx = Fixture::new();
+    exhaust_ceiling(&mut fx);
+    let buckets = fx.entry.bucket_count();
+    for host in 50..60u8 {
+        fx.drop_as(&sip4([198, 18, 1, host], REGISTER), Counter::DropGlobal);
+        assert!(
+            fx.entry
+                .buckets(SourceKey::v4([198, 18, 1, host]))
+                .is_none(),
+            "a source only the ceiling dropped has no per-source state"
+        );
+    }
+    assert_eq!(fx.entry.bucket_count(), buckets);
+    assert!(fx.entry.drain_events().is_empty(), "no per-source event");
+    // A known source's buckets are not touched either: its REGISTER token stays.
+    let key = SourceKey::v4([198, 18, 1, 40]);
+    let before = fx.entry.buckets(key).expect("40 has buckets");
+    fx.drop_as(&sip4([198, 18, 1, 40], REGISTER), Counter::DropGlobal);
+    assert_eq!(fx.entry.buckets(key), Some(before));
+    // The ceiling refills (two seconds, simulated): the next new source gets its buckets again.
+    let mut g = fx.entry.global_buckets()[0];
+    g.last_refill_ns -= 2_000_000_000;
+    fx.entry.set_global_buckets(g);
+    fx.pass(&sip4([198, 18, 1, 50], REGISTER));
+    let b = fx
+        .entry
+        .buckets(SourceKey::v4([198, 18, 1, 50]))
+        .expect("created once the ceiling let it through");
+    // Its new-source REGISTER burst (2) less this packet.
+    assert_eq!(b.classes[ShieldClass::Register as usize].tokens, TOKEN);
+}
+
+#[test]
+fn an_allowlisted_source_passes_with_the_ceiling_exhausted() {
+    let _pin = pin_to_cpu(0);
+    let mut fx = Fixture::new();
+    exhaust_ceiling(&mut fx);
+    fx.entry.allow(
+        AllowData::v4(A),
+        32,
+        AllowEntry {
+            expires_ns: 0,
+            multiplier: 1,
+            flags: 0,
+            reason: ALLOW_REASON_CONFIGURED,
+        },
+    );
+    // A new allowlisted source: full buckets (5), its own limit still applies.
+    for _ in 0..5 {
+        fx.pass_as(&sip4(A, REGISTER), Counter::ShieldAllowPass);
+    }
+    fx.drop_with_event(&sip4(A, REGISTER), Counter::DropRateRegister);
+    assert_eq!(
+        fx.entry.buckets(SourceKey::v4(A)).map(|b| b.dropped),
+        Some(1)
+    );
+    // Everyone else is still held back by the ceiling.
+    fx.drop_as(&sip4(C, REGISTER), Counter::DropGlobal);
+}
+
+#[test]
+fn a_blocked_source_is_dropped_whatever_the_ceiling_says() {
+    let _pin = pin_to_cpu(0);
+    let mut fx = Fixture::new();
+    let blocked = BlockEntry {
+        expires_ns: 0,
+        reason: BLOCK_REASON_MANUAL,
+        _pad: 0,
+    };
+    fx.entry.block(SourceKey::v4(C), blocked);
+    fx.entry.block(SourceKey::v4(A), blocked);
+    fx.entry.allow(
+        AllowData::v4(A),
+        32,
+        AllowEntry {
+            expires_ns: 0,
+            multiplier: 0,
+            flags: ALLOW_F_UNLIMITED,
+            reason: ALLOW_REASON_CONFIGURED,
+        },
+    );
+    // With tokens in the ceiling: the blocklist's drop (and the ceiling keeps its tokens).
+    let mut cfg = new_source_config();
+    cfg.global_per_cpu = RateLimit { rate: 1, burst: 2 };
+    fx.entry.set_shield_config(cfg);
+    fx.entry.set_global_buckets(TokenBucket::default());
+    fx.drop_as(&sip4(C, REGISTER), Counter::DropBlocked);
+    fx.drop_as(&sip4(A, REGISTER), Counter::DropBlocked);
+    // Exhausted: still dropped, counted as the ceiling's (it is looked at first, to keep cold
+    // blocklist lookups out of a flood's drops); an allowlisted blocked source still by the
+    // blocklist (the ceiling does not apply to it).
+    fx.pass(&sip4([198, 18, 1, 40], REGISTER));
+    fx.pass(&sip4([198, 18, 1, 41], REGISTER));
+    fx.drop_as(&sip4(C, REGISTER), Counter::DropGlobal);
+    fx.drop_as(&sip4(A, REGISTER), Counter::DropBlocked);
+    assert!(fx.entry.buckets(SourceKey::v4(C)).is_none());
+    assert!(fx.entry.buckets(SourceKey::v4(A)).is_none());
+}
+
+#[test]
+fn a_source_over_its_own_rate_costs_the_ceiling_nothing_until_it_is_exhausted() {
+    let _pin = pin_to_cpu(0);
+    let mut fx = Fixture::new();
+    let mut cfg = new_source_config();
+    cfg.global_per_cpu = RateLimit { rate: 1, burst: 4 };
+    fx.entry.set_shield_config(cfg);
+    fx.entry.set_global_buckets(TokenBucket::default());
+    // A's new-source REGISTER burst (2) passes and takes two of the ceiling's four tokens; its
+    // rate drops that follow take none.
+    fx.pass(&sip4(A, REGISTER));
+    fx.pass(&sip4(A, REGISTER));
+    fx.drop_with_event(&sip4(A, REGISTER), Counter::DropRateRegister);
+    for _ in 0..20 {
+        fx.drop_as(&sip4(A, REGISTER), Counter::DropRateRegister);
+    }
+    fx.pass(&sip4(C, REGISTER));
+    fx.pass(&sip4(C, REGISTER));
+    // Now the ceiling is empty: A's next packets are the ceiling's (no per-source count, no
+    // event), whatever its own bucket says.
+    let key = SourceKey::v4(A);
+    let dropped = fx.entry.buckets(key).map(|b| b.dropped);
+    assert_eq!(dropped, Some(21));
+    fx.drop_as(&sip4(A, REGISTER), Counter::DropGlobal);
+    assert_eq!(fx.entry.buckets(key).map(|b| b.dropped), dropped);
+}
+
+#[test]
+fn a_new_source_dropped_on_its_first_packet_keeps_the_drop_and_the_event() {
+    let mut fx = Fixture::new();
+    fx.entry.set_shield_config(new_source_config());
+    // OPTIONS' new-source burst is 0: the first packet is a rate drop, decided on the fresh
+    // value before it is inserted.
+    fx.drop_with_event(&sip4(C, OPTIONS), Counter::DropRateOptions);
+    let b = fx
+        .entry
+        .buckets(SourceKey::v4(C))
+        .expect("C's buckets inserted");
+    assert_eq!(b.dropped, 1);
+    assert_ne!(b.last_event_ns, 0);
+    assert_eq!(b.classes[ShieldClass::Options as usize].tokens, 0);
+    assert_eq!(b.classes[ShieldClass::Register as usize].tokens, 2 * TOKEN);
+    let events = fx.entry.drain_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].dropped, 1);
+    assert_eq!(events[0].class, ShieldClass::Options as u8);
+    // Within the interval, no second event; the count goes on in the map.
+    fx.drop_as(&sip4(C, OPTIONS), Counter::DropRateOptions);
+    assert_eq!(
+        fx.entry.buckets(SourceKey::v4(C)).map(|b| b.dropped),
+        Some(2)
+    );
+    // Its REGISTERs use the tokens the fresh value was inserted with.
+    fx.pass(&sip4(C, REGISTER));
+    fx.pass(&sip4(C, REGISTER));
+    fx.drop_as(&sip4(C, REGISTER), Counter::DropRateRegister);
+}
+
 #[test]
 fn events_are_sampled_once_per_source_per_interval() {
     let mut fx = Fixture::new();

@@ -194,8 +194,9 @@ pub struct UserShield {
     drops: Drops,
 }
 
-/// Refill, then take one token: the XDP program's `take`.
-fn take(b: &mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+/// Refill up to the burst and say whether a token is there, taking none: the XDP program's
+/// `refill`.
+fn refill(b: &mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
     let cap = burst * TOKEN;
     let mut tokens = b.tokens.min(cap);
     if b.last_refill_ns == 0 {
@@ -210,11 +211,16 @@ fn take(b: &mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
         };
         b.last_refill_ns = now;
     }
-    if tokens >= TOKEN {
-        b.tokens = tokens - TOKEN;
+    b.tokens = tokens;
+    tokens >= TOKEN
+}
+
+/// Refill, then take one token: the XDP program's `take`.
+fn take(b: &mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
+    if refill(b, rate, burst, now) {
+        b.tokens -= TOKEN;
         true
     } else {
-        b.tokens = tokens;
         false
     }
 }
@@ -290,16 +296,14 @@ impl UserShield {
         v
     }
 
+    /// The XDP program's order (see `limit` in ebpf/src/shield.rs): allowlist, the ceiling's
+    /// refill (a source that is not allowlisted is dropped there while it is exhausted, before
+    /// its own buckets are charged), blocklist, the source's bucket, the ceiling's token.
     fn verdict(&mut self, ip: std::net::IpAddr, class: ShieldClass, now: u64) -> Verdict {
         if !self.limits.enabled {
             return Verdict::Pass;
         }
         let key = Source::of(ip).key();
-        if let Some((until, _)) = self.blocks.get(&key)
-            && now < *until
-        {
-            return Verdict::DropBlocked;
-        }
         let mut rule = self.allows.get(&key).filter(|a| now < a.until_ns).copied();
         if let Some(p) = self.peers.iter().find(|p| p.contains(ip)) {
             rule = Some(AllowRule {
@@ -307,6 +311,23 @@ impl UserShield {
                 multiplier: p.multiplier,
                 unlimited: p.unlimited,
             });
+        }
+        let g = self.limits.global;
+        let ceiling = rule.is_none() && g.rate != 0;
+        if ceiling
+            && !refill(
+                &mut self.global,
+                u64::from(g.rate.min(MAX_RATE)),
+                u64::from(g.burst.min(MAX_BURST)),
+                now,
+            )
+        {
+            return Verdict::DropGlobal;
+        }
+        if let Some((until, _)) = self.blocks.get(&key)
+            && now < *until
+        {
+            return Verdict::DropBlocked;
         }
         let mut mult = 1u64;
         if let Some(a) = rule {
@@ -352,17 +373,9 @@ impl UserShield {
                 return Verdict::DropRate { class, event };
             }
         }
-        let g = self.limits.global;
-        if rule.is_none()
-            && g.rate != 0
-            && !take(
-                &mut self.global,
-                u64::from(g.rate.min(MAX_RATE)),
-                u64::from(g.burst.min(MAX_BURST)),
-                now,
-            )
-        {
-            return Verdict::DropGlobal;
+        if ceiling {
+            // The refill above found a token.
+            self.global.tokens = self.global.tokens.saturating_sub(TOKEN);
         }
         if rule.is_some() {
             Verdict::PassAllowlisted
@@ -507,6 +520,53 @@ mod tests {
             s.check(ip("198.18.0.3"), ShieldClass::Invite, S),
             Verdict::DropGlobal
         );
+    }
+
+    #[test]
+    fn an_exhausted_ceiling_drops_before_the_source_is_charged() {
+        let mut l = limits();
+        l.global = RateLimit { rate: 1, burst: 2 };
+        let mut s = UserShield::new(l, Vec::new(), 16);
+        let (a, b, c) = (ip("198.18.2.1"), ip("198.18.2.2"), ip("198.18.2.3"));
+        assert_eq!(s.check(a, ShieldClass::Register, S), Verdict::Pass);
+        assert_eq!(s.check(b, ShieldClass::Register, S), Verdict::Pass);
+        // Exhausted: new sources get no buckets, known ones keep theirs untouched.
+        let tracked = s.buckets.len();
+        let a_before = s.buckets.get(&Source::of(a).key()).copied();
+        for who in [c, a, c] {
+            assert_eq!(s.check(who, ShieldClass::Register, S), Verdict::DropGlobal);
+        }
+        assert_eq!(s.buckets.len(), tracked);
+        assert_eq!(s.buckets.get(&Source::of(a).key()).copied(), a_before);
+        // A blocked source under the exhausted ceiling: dropped, counted as the ceiling's.
+        s.block(Source::of(c), S + 3600 * S, BlockReason::Manual);
+        assert_eq!(s.check(c, ShieldClass::Register, S), Verdict::DropGlobal);
+        // A second later one token: c is blocked (the ceiling keeps the token), a passes.
+        assert_eq!(
+            s.check(c, ShieldClass::Register, 2 * S),
+            Verdict::DropBlocked
+        );
+        assert_eq!(s.check(a, ShieldClass::Register, 2 * S), Verdict::Pass);
+        assert_eq!(
+            s.check(b, ShieldClass::Register, 2 * S),
+            Verdict::DropGlobal
+        );
+        // A source over its own rate does not use up the ceiling.
+        let mut l = limits();
+        l.global = RateLimit { rate: 1, burst: 7 };
+        let mut s = UserShield::new(l, Vec::new(), 16);
+        for _ in 0..5 {
+            assert_eq!(s.check(a, ShieldClass::Register, S), Verdict::Pass);
+        }
+        for _ in 0..10 {
+            assert!(matches!(
+                s.check(a, ShieldClass::Register, S),
+                Verdict::DropRate { .. }
+            ));
+        }
+        assert_eq!(s.check(b, ShieldClass::Register, S), Verdict::Pass);
+        assert_eq!(s.check(c, ShieldClass::Register, S), Verdict::Pass);
+        assert_eq!(s.check(c, ShieldClass::Register, S), Verdict::DropGlobal);
     }
 
     fn new_source_limits() -> Limits {
