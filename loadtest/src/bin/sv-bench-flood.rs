@@ -249,16 +249,14 @@ struct Step {
     loadavg: f64,
     /// Frames the edge's sv-x interface dropped before its receive path (ring full).
     edge_x_rx_dropped: u64,
-    /// Receive-side CPU per dropped packet: (the server processes' CPU + the machine's softirq
-    /// time) ÷ dropped — everything the flood costs on the receiving side, wherever the
-    /// scheduler ran it, without the generator's process-context work.
-    rx_ns_per_drop: Option<f64>,
+    /// Receive-side CPU per flood packet: (the server processes' CPU + the machine's softirq
+    /// time) ÷ packets that arrived on sv-x (all flood; each dropped or absorbed) — everything
+    /// the flood costs on the receiving side, wherever the scheduler ran it, without the
+    /// generator's process-context work.
+    rx_ns_per_flood_packet: Option<f64>,
     /// Softirq ns per packet that arrived on the edge's sv-x interface (the baseline's figure:
     /// the receive path no server avoids).
     softirq_ns_per_rx: Option<f64>,
-    /// `rx_ns_per_drop` minus the baseline's unavoidable path (the baseline series' softirq ns
-    /// per packet at the same offered rate × this step's packets on sv-x), ÷ dropped.
-    rx_ns_per_drop_net: Option<f64>,
     /// Repeat number of this rate (0 = first).
     repeat: u32,
     wall_s: f64,
@@ -1185,10 +1183,9 @@ impl Bench {
             busy_frac: system_cpu_s / (wall_s * cpus as f64).max(1e-9),
             loadavg: loadavg(),
             edge_x_rx_dropped: rx1.1.saturating_sub(rx0.1),
-            rx_ns_per_drop: (dropped > 0)
-                .then(|| (server_proc_cpu_s + softirq_s) * 1e9 / dropped as f64),
+            rx_ns_per_flood_packet: (edge_x_rx > 0)
+                .then(|| (server_proc_cpu_s + softirq_s) * 1e9 / edge_x_rx as f64),
             softirq_ns_per_rx: (edge_x_rx > 0).then(|| softirq_s * 1e9 / edge_x_rx as f64),
-            rx_ns_per_drop_net: None,
             repeat,
             wall_s,
         })
@@ -1218,8 +1215,9 @@ fn print_step(s: Server, sh: &str, st: &Step) {
         "{:10} {:4} offered {:>8} pps #{}: flood {:>9.0} pps in {} bursts, goodput {:.4} ({}/{}), \
          system CPU {:.2} s (busy {:.0} %, softirq {:.2} s, generator {:.2} s, server \
          processes {:.2} s, load {:.2}), sv-x rx {} (ring drops {}), dropped {}, udp in {} \
-         rcvbuf-err {}; ns per drop: receive side {} (server processes + softirq), \
-         server {} (XDP {} ns/run), system-generator {}; softirq {} ns per sv-x packet",
+         rcvbuf-err {}; receive side {} ns per flood packet (server processes + softirq); \
+         ns per drop: server {} (XDP {} ns/run), system-generator {}; softirq {} ns per sv-x \
+         packet",
         s.name(),
         sh,
         st.offered_pps,
@@ -1240,7 +1238,7 @@ fn print_step(s: Server, sh: &str, st: &Step) {
         st.dropped,
         st.udp_in_datagrams,
         st.udp_rcvbuf_errors,
-        opt(st.rx_ns_per_drop),
+        opt(st.rx_ns_per_flood_packet),
         opt(st.server_ns_per_drop),
         st.xdp_run_ns.checked_div(st.xdp_runs).unwrap_or(0),
         opt(st.cpu_ns_per_drop),
@@ -1424,14 +1422,17 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
         let (Some(bb), Some(a), Some(c)) = (rx_cpu(b, r), rx_cpu(sv, r), rx_cpu(k, r)) else {
             continue;
         };
-        if bb.edge_x_rx == 0 || a.dropped == 0 || c.dropped == 0 {
+        if bb.edge_x_rx == 0 || a.edge_x_rx == 0 || c.edge_x_rx == 0 {
             continue;
         }
         let base_ns = (bb.cpu_ns - bb.background_ns).max(0.0) / bb.edge_x_rx as f64;
         let side = |x: &RxCpu| {
-            let raw = x.cpu_ns / x.dropped as f64;
+            // Per flood packet that reached the server (sv-x carries nothing else), dropped or
+            // absorbed: Kamailio's "dropped" is all of them already; sipveil's shield drops
+            // leave out what its global ceiling admits, whose processing is in the numerator.
+            let raw = x.cpu_ns / x.edge_x_rx as f64;
             let net =
-                (x.cpu_ns - x.background_ns - base_ns * x.edge_x_rx as f64) / x.dropped as f64;
+                (x.cpu_ns - x.background_ns - base_ns * x.edge_x_rx as f64) / x.edge_x_rx as f64;
             let ok = x.flood_pps >= 0.95 * r as f64 && x.busy_frac < saturated;
             (raw, net, ok)
         };
@@ -1449,6 +1450,10 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
             "sipveil_ns": ar,
             "sipveil_ns_baseline_subtracted": an,
             "sipveil_busy_frac": a.busy_frac,
+            "sipveil_flood_packets": a.edge_x_rx,
+            "sipveil_dropped": a.dropped,
+            "kamailio_flood_packets": c.edge_x_rx,
+            "kamailio_dropped": c.dropped,
             "sipveil_flood_pps": a.flood_pps,
             "kamailio_ns": cr,
             "kamailio_ns_baseline_subtracted": cn,
@@ -2156,11 +2161,12 @@ mod tests {
             cpu_step(0, 0.0, 0.1, 0, 0),
             cpu_step(1_000_000, 0.0, 0.3, 1_000_000, 1_000_000),
         ]);
-        // sipveil: 1 M packets, all dropped, 0.4 s softirq + 0.1 s processes:
+        // sipveil: 1 M flood packets, 800 k dropped in XDP and 200 k admitted by the ceiling
+        // (their processing is in the 0.1 s of the processes), 0.4 s softirq: per flood packet
         // raw 500 ns, net (0.5 - 0.1 - 0.2) / 1 M = 200 ns.
         let sv = series(vec![
             cpu_step(0, 0.0, 0.1, 0, 0),
-            cpu_step(1_000_000, 0.1, 0.4, 1_000_000, 1_000_000),
+            cpu_step(1_000_000, 0.1, 0.4, 800_000, 1_000_000),
         ]);
         // Kamailio: raw (1.0 + 1.1) / 1 M = 2 100 ns, net (2.1 - 0.1 - 0.2) / 1 M = 1 800 ns.
         let k = series(vec![
