@@ -1994,16 +1994,35 @@ fn main() -> Result<()> {
         "quick": quick,
         "wall_s": t_start.elapsed().as_secs_f64(),
         "series": all,
-        "method": "goodput = legitimate REGISTERs answered 200 within 500 ms / offered; \
-                   dropped: sipveil = shield_drop_* XDP counters + userspace drops; \
-                   kamailio = packets received on the edge's sv-x interface (all flood, \
-                   absorbed by pike/htable ban or answered); cpu_ns_per_drop = (system busy \
-                   CPU from /proc/stat - the generator's rusage) / dropped, compared at the highest \
-                   offered rate both runs achieved within 5 %; server_proc_ns_per_drop = \
-                   CPU of the processes in sv-edge / dropped; server_drop_cpu_ratio: \
-                   (CPU of the processes in sv-edge + sipveil's XDP entry program run time \
-                   from kernel.bpf_stats) / dropped, sipveil ÷ Kamailio at every rate both \
-                   achieved, and the worst",
+        "method": "goodput = legitimate REGISTERs answered 200 within 500 ms / offered (one \
+                   send each, no retransmission); each flood step of kamailio and sipveil is \
+                   measured `repeat` times and pooled per rate (sum ok / sum offered); \
+                   kamailio's halving = the first pooled point below half the no-flood goodput \
+                   and the point before it, the crossing interpolated linearly in goodput on a \
+                   log scale of the achieved flood rate (refined by one extra rate, the \
+                   bracket's geometric middle); goodput_flood_rate_ratio.*.\
+                   issue_target_5x_halving.ratio = sipveil's highest achieved rate below its \
+                   first step (any repeat) under 99.9 % / that crossing. dropped: sipveil = \
+                   shield_drop_* XDP counters + userspace drops; kamailio = packets received on \
+                   the edge's sv-x interface (all flood, absorbed by pike/htable ban, answered, \
+                   or lost in its full socket buffer). drop_cpu_ratio (the headline): \
+                   receive-side CPU per flood packet = (CPU of the processes in sv-edge + the \
+                   whole machine's softirq time from /proc/stat over the step; with tick-based \
+                   accounting the veth NAPI receive, XDP and the kernel's IP/UDP delivery are \
+                   softirq, the generator's own BPF_PROG_TEST_RUN work is its system time) / \
+                   packets that reached sv-x, sipveil / kamailio per offered rate; raw, and net \
+                   = minus each series' background softirq (its no-flood step's rate x wall) \
+                   and minus the baseline series (the same flood into a trivial XDP drop, \
+                   sv_sink, no listener: its background-subtracted softirq per packet x the \
+                   server's packets on sv-x); `ratio` is the net one at the highest rate where \
+                   both generators achieved >= 95 % and neither machine was busier than \
+                   saturated_busy_frac (else the lowest common rate, unsaturated: false). \
+                   drop_cpu_ratio_system_minus_generator (the old headline) = (system busy CPU \
+                   - the generator's rusage) / dropped at the highest offered rate both \
+                   achieved within 5 %; server_drop_cpu_ratio = (CPU of the processes in \
+                   sv-edge + sipveil's XDP entry program run time from kernel.bpf_stats) / \
+                   dropped at every rate both achieved, and the worst (leaves out Kamailio's \
+                   kernel receive path)",
     });
     let sum_path = bench.o.out.join("summary.json");
     fs::write(&sum_path, serde_json::to_string_pretty(&summary)?)
