@@ -1568,7 +1568,17 @@ fn plot(path: &Path, series: &[Series]) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = s.steps.iter().map(|p| (p.flood_pps, p.goodput)).collect();
+        // Pooled per rate and sorted (repeats and the refinement step would zigzag); the
+        // reference series without a legitimate load have no goodput to draw.
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|p| p.goodput.is_finite())
+            .map(|p| (p.flood_pps, p.goodput))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
