@@ -243,7 +243,8 @@ struct Step {
     /// not as the interrupted task's). Holds the veth NAPI receive of the flood, the XDP
     /// programs on it and, for Kamailio, the IP/UDP delivery and socket-buffer drops.
     softirq_s: f64,
-    /// Whole-machine busy fraction over the step (busy ÷ (wall × CPUs)).
+    /// Whole-machine busy fraction (busy ÷ (time × CPUs)) while the live flood ran (over the
+    /// whole step with the sockets generator or without a flood).
     busy_frac: f64,
     /// 1-minute load average when the step ended.
     loadavg: f64,
@@ -1050,9 +1051,13 @@ impl Bench {
         let tick = Duration::from_micros(self.o.live_tick_us);
         let live_thread = (rate > 0 && live).then(|| {
             std::thread::spawn(move || {
-                live_flood(rate, secs, many, threads, payloads, chunk, seed, tick)
+                let r = live_flood(rate, secs, many, threads, payloads, chunk, seed, tick);
+                // The machine's CPU when the flood ended: the busy fraction is judged over the
+                // flood, not over the client's wait for late answers after it.
+                (r, proc_stat().ok(), Instant::now())
             })
         });
+        let mut flood_end: Option<(CpuTimes, Instant)> = None;
         let flood = if rate > 0 && !live {
             let mut cmd = self.flood_command(many, rate);
             Some(cmd.spawn().context("starting sv-flood")?)
@@ -1118,7 +1123,11 @@ impl Bench {
                 )
             }
             None => match live_thread {
-                Some(h) => h.join().map_err(|_| anyhow!("live generator panicked"))??,
+                Some(h) => {
+                    let (r, cpu, at) = h.join().map_err(|_| anyhow!("live generator panicked"))?;
+                    flood_end = cpu.map(|c| (c, at));
+                    r?
+                }
                 None => (0, 0.0, 0.0, 0),
             },
         };
@@ -1180,7 +1189,14 @@ impl Bench {
             server_ns_per_drop: (dropped > 0)
                 .then(|| (server_proc_cpu_s * 1e9 + xdp_run_ns as f64) / dropped as f64),
             softirq_s,
-            busy_frac: system_cpu_s / (wall_s * cpus as f64).max(1e-9),
+            busy_frac: match &flood_end {
+                Some((c, at)) => {
+                    c.delta(&cpu0).busy() as f64 * tick_ns()
+                        / 1e9
+                        / (at.duration_since(t0).as_secs_f64() * cpus as f64).max(1e-9)
+                }
+                None => system_cpu_s / (wall_s * cpus as f64).max(1e-9),
+            },
             loadavg: loadavg(),
             edge_x_rx_dropped: rx1.1.saturating_sub(rx0.1),
             rx_ns_per_flood_packet: (edge_x_rx > 0)
