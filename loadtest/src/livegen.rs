@@ -246,6 +246,50 @@ pub fn send_paced_frames<F: AsRef<[u8]>>(
     limit: Duration,
     chunk: u64,
 ) -> io::Result<u64> {
+    send_paced_frames_ticked(
+        prog,
+        frames,
+        ifindex,
+        total,
+        rate,
+        limit,
+        chunk,
+        DEFAULT_PACING_TICK,
+    )
+    .map(|s| s.sent)
+}
+
+/// How long [`send_paced_frames`] sleeps when it is ahead of its rate.
+pub const DEFAULT_PACING_TICK: Duration = Duration::from_micros(200);
+
+/// What [`send_paced_frames_ticked`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PacedSent {
+    /// Frames sent.
+    pub sent: u64,
+    /// BPF_PROG_TEST_RUN calls that sent them: each call's frames reach the receiver as one
+    /// back-to-back burst (the receiver's softirq runs when the call re-enables bottom halves),
+    /// so `calls` per second is the flood's burst rate.
+    pub calls: u64,
+}
+
+/// [`send_paced_frames`] sleeping `tick` (instead of 200 µs) whenever it is ahead of its rate —
+/// the pacing granularity: at a given rate a longer tick sends fewer, larger bursts — and
+/// counting its calls.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the paced sender's parameters plus the tick; a struct would only rename them"
+)]
+pub fn send_paced_frames_ticked<F: AsRef<[u8]>>(
+    prog: &OwnedFd,
+    frames: &[F],
+    ifindex: u32,
+    total: u64,
+    rate: Option<f64>,
+    limit: Duration,
+    chunk: u64,
+    tick: Duration,
+) -> io::Result<PacedSent> {
     if frames.is_empty() {
         return Err(io::Error::other("no frame to send"));
     }
@@ -256,13 +300,14 @@ pub fn send_paced_frames<F: AsRef<[u8]>>(
     let max_chunk = chunk.max(1);
     let start = Instant::now();
     let mut sent: u64 = 0;
+    let mut calls: u64 = 0;
     while sent < total && start.elapsed() < limit {
         let due = match rate {
             Some(r) => ((start.elapsed().as_secs_f64() * r) as u64 + 1).min(total),
             None => total,
         };
         if due <= sent {
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(tick);
             continue;
         }
         // One kernel batch per call: the kernel gives every call its own page pool and, when a
@@ -277,6 +322,7 @@ pub fn send_paced_frames<F: AsRef<[u8]>>(
         match run_live(prog, frame.as_ref(), ifindex, n, LIVE_CHUNK as u32) {
             Ok(()) => {
                 sent += u64::from(n);
+                calls += 1;
                 refused = 0;
             }
             // Every call registers a page pool (an id from a 16-bit space, released only when
@@ -297,7 +343,7 @@ pub fn send_paced_frames<F: AsRef<[u8]>>(
             }
         }
     }
-    Ok(sent)
+    Ok(PacedSent { sent, calls })
 }
 
 #[cfg(test)]
