@@ -102,6 +102,37 @@ use crate::{Message, Request, Response};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TransactionId(u64);
 
+/// Hashes [`TransactionId`]s for maps keyed by them (the layer's own table, and a TU's
+/// bookkeeping per transaction): the ids are a counter this layer assigns, never data a peer
+/// chooses, so a keyed SipHash buys nothing there. One multiply (Fibonacci hashing) spreads the
+/// counter over the high bits hashbrown uses for its control bytes; the low bits stay distinct
+/// for consecutive ids.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `TransactionId` (it hashes as one u64); a correct fallback for other keys.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// [`std::hash::BuildHasher`] of [`IdHasher`]: `HashMap<TransactionId, V, IdHash>`.
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by [`TransactionId`] with the cheap [`IdHasher`].
+pub type IdMap<V> = HashMap<TransactionId, V, IdHash>;
+
 impl TransactionId {
     /// The number behind the id (for logs).
     pub fn as_u64(self) -> u64 {
@@ -331,7 +362,9 @@ pub struct TransactionLayer<P> {
     config: Config,
     branches: BranchGenerator,
     next_id: u64,
-    txs: HashMap<TransactionId, Tx<P>>,
+    /// Boxed: a `Tx` holds the request and is several hundred bytes; growing the table then
+    /// moves pointers, not transactions (a REGISTER load of new clients grows it for 32 s).
+    txs: IdMap<Box<Tx<P>>>,
     clients: HashMap<ClientKey, TransactionId>,
     servers: HashMap<ServerKey, TransactionId>,
     timers: BTreeSet<(Instant, TransactionId, Timer)>,
@@ -350,7 +383,7 @@ impl<P: Clone> TransactionLayer<P> {
             config,
             branches: BranchGenerator::new(branch_seed),
             next_id: 0,
-            txs: HashMap::new(),
+            txs: IdMap::default(),
             clients: HashMap::new(),
             servers: HashMap::new(),
             timers: BTreeSet::new(),
@@ -425,7 +458,7 @@ impl<P: Clone> TransactionLayer<P> {
         self.clients.insert(ckey.clone(), id);
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
                 request,
@@ -435,7 +468,7 @@ impl<P: Clone> TransactionLayer<P> {
                 client_key: Some(ckey),
                 server_keys: Vec::new(),
                 armed: Vec::new(),
-            },
+            }),
         );
         self.step(now, id, Input::Start, None);
         Ok(id)
@@ -637,7 +670,7 @@ impl<P: Clone> TransactionLayer<P> {
         self.servers.insert(lookup.key.clone(), id);
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
                 request: request.clone(),
@@ -647,7 +680,7 @@ impl<P: Clone> TransactionLayer<P> {
                 client_key: None,
                 server_keys: vec![lookup.key],
                 armed: Vec::new(),
-            },
+            }),
         );
         self.step(now, id, Input::Start, None);
         Incoming::Request {
@@ -834,5 +867,36 @@ impl<P> fmt::Debug for TransactionLayer<P> {
             .field("queued_transmits", &self.transmits.len())
             .field("queued_events", &self.events.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod id_hash_tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn consecutive_ids_hash_apart_and_spread_the_control_bits() {
+        let build = IdHash::default();
+        let hashes: Vec<u64> = (0..4096u64)
+            .map(|n| build.hash_one(TransactionId(n)))
+            .collect();
+        let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+        assert_eq!(distinct.len(), hashes.len());
+        // hashbrown takes its 7-bit control byte from the top bits: all 128 values occur.
+        let top7: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(top7.len(), 128);
+    }
+
+    #[test]
+    fn id_map_finds_what_it_holds() {
+        let mut m: IdMap<u64> = IdMap::default();
+        for n in 0..10_000u64 {
+            m.insert(TransactionId(n * 7), n);
+        }
+        assert_eq!(m.len(), 10_000);
+        assert_eq!(m.get(&TransactionId(7 * 1234)), Some(&1234));
+        assert_eq!(m.get(&TransactionId(5)), None);
     }
 }
