@@ -117,6 +117,8 @@ pub struct Registrar {
     stale_keys: Vec<Vec<u8>>,
     dummy_sha: [u8; 32],
     dummy_md5: [u8; 16],
+    /// `Server` header value written into every answer (see [`Registrar::set_server`]).
+    server: Option<String>,
 }
 
 /// A decided answer before it is built.
@@ -165,6 +167,7 @@ impl Registrar {
             stale_keys: Vec::new(),
             dummy_sha,
             dummy_md5,
+            server: None,
         };
         r.reconfigure(cfg);
         r
@@ -189,6 +192,22 @@ impl Registrar {
             })
             .collect();
         self.cfg = cfg;
+    }
+
+    /// A `Server` header with `value` on every answer the registrar builds (`None`: none).
+    /// Written into the answer as it is built, so the answer leaves as built — no header added
+    /// afterwards, no second serialisation. A value with CR, LF or NUL is refused (header
+    /// injection) and leaves the previous setting in force.
+    pub fn set_server(&mut self, value: Option<&str>) -> Result<(), sipveil_sip::BuildError> {
+        if let Some(v) = value
+            && v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0)
+        {
+            return Err(sipveil_sip::BuildError::InvalidHeaderValue(
+                HeaderName::Server,
+            ));
+        }
+        self.server = value.map(str::to_owned);
+        Ok(())
     }
 
     /// The configuration in force.
@@ -424,6 +443,11 @@ impl Registrar {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if let Some(server) = &self.server {
+            out.extend_from_slice(b"Server: ");
+            out.extend_from_slice(server.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         match parse_datagram(Bytes::from(out), &Limits::UNLIMITED) {
             Ok(Message::Response(r)) => Some(r),
@@ -438,6 +462,9 @@ impl Registrar {
             .to_tag(tag);
         for (n, v) in &a.headers {
             b = b.header(n.clone(), v.clone());
+        }
+        if let Some(server) = &self.server {
+            b = b.header(HeaderName::Server, server.clone());
         }
         b.build().ok()
     }

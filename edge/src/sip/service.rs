@@ -533,9 +533,10 @@ impl Worker {
                 self.pending.remove(&key);
                 self.layer.terminate(key);
             }
+            // The registrar writes the `Server` header itself (`Registrar::set_server`): its
+            // answers leave as built, without a second serialisation.
             RegisterOutcome::Respond { response, report } => {
                 self.report(&report);
-                let response = self.finish(response);
                 self.respond(io, key, response);
             }
             RegisterOutcome::Commit {
@@ -544,7 +545,6 @@ impl Worker {
                 report,
             } => {
                 self.report(&report);
-                let response = self.finish(response);
                 let shared = self.shared.clone();
                 let worker = self.index;
                 // The 200 OK leaves only from `on_wake`, after the commit that holds these ops;
