@@ -337,8 +337,11 @@ impl std::error::Error for SendError {}
 struct Tx<P> {
     fsm: Fsm,
     peer: P,
-    /// Client: the request we sent. Server: the request that created it.
-    request: Request,
+    /// Client: the request we sent. Server: the request that created it — dropped once a
+    /// non-INVITE server transaction has sent its final response (nothing needs it any more:
+    /// request copies are matched by key and answered with `last_response`), so the 32 s of
+    /// Timer J do not keep the parsed request alive.
+    request: Option<Request>,
     /// Client: the encoded request, retransmitted as is.
     request_bytes: Bytes,
     /// Client INVITE: the ACK for the non-2xx final, resent for copies of it.
@@ -421,7 +424,7 @@ impl<P: Clone> TransactionLayer<P> {
 
     /// The request of a live transaction (client: as sent; server: as received).
     pub fn request(&self, key: TransactionId) -> Option<&Request> {
-        self.txs.get(&key).map(|t| &t.request)
+        self.txs.get(&key).and_then(|t| t.request.as_ref())
     }
 
     /// Starts a client transaction for `request` (any method but ACK) towards
@@ -461,7 +464,7 @@ impl<P: Clone> TransactionLayer<P> {
             Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request,
+                request: Some(request),
                 request_bytes,
                 ack: None,
                 last_response: None,
@@ -491,7 +494,11 @@ impl<P: Clone> TransactionLayer<P> {
         }
         let status = wire::status_code(&response);
         let class = Class::of(status).ok_or(SendError::InvalidStatus(status))?;
-        if !wire::response_answers(&tx.request, &response) {
+        // Without the request (a non-INVITE transaction that already answered finally) the
+        // state machine refuses any further response below.
+        if let Some(request) = &tx.request
+            && !wire::response_answers(request, &response)
+        {
             return Err(SendError::ResponseMismatch);
         }
         let mut actions = std::mem::take(&mut self.scratch);
@@ -507,6 +514,9 @@ impl<P: Clone> TransactionLayer<P> {
             });
         }
         tx.last_response = Some(wire::encode_response(&response));
+        if class != Class::Provisional && tx.fsm.kind() == Kind::ServerNonInvite {
+            tx.request = None;
+        }
         if class != Class::Provisional {
             let to_tag = wire::to_tag(&response);
             // RFC 2543 peers ACK with the To tag of our final response.
@@ -518,7 +528,8 @@ impl<P: Clone> TransactionLayer<P> {
             // The ACK for a 2xx has a new branch: match it on dialog fields.
             if class == Class::Success
                 && tx.fsm.kind() == Kind::ServerInvite
-                && let Ok(facts) = wire::request_facts(&tx.request, wire::Depth::Dialog)
+                && let Some(request) = &tx.request
+                && let Ok(facts) = wire::request_facts(request, wire::Depth::Dialog)
             {
                 new_keys.push(ServerKey::dialog_ack(&facts, to_tag));
             }
@@ -555,7 +566,12 @@ impl<P: Clone> TransactionLayer<P> {
         if tx.fsm.kind() != Kind::ClientInvite {
             return Err(SendError::NotAClientInvite(key));
         }
-        build_cancel(&tx.request).map_err(SendError::Facts)
+        // A client transaction keeps its request for its whole life.
+        let request = tx
+            .request
+            .as_ref()
+            .ok_or(SendError::UnknownTransaction(key))?;
+        build_cancel(request).map_err(SendError::Facts)
     }
 
     /// Ends transaction `key` now without further transmissions (e.g. the TU
@@ -667,18 +683,19 @@ impl<P: Clone> TransactionLayer<P> {
             Kind::ServerNonInvite
         };
         let id = self.allocate_id();
-        self.servers.insert(lookup.key.clone(), id);
+        let server_key = lookup.key.detached();
+        self.servers.insert(server_key.clone(), id);
         self.txs.insert(
             id,
             Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request: request.clone(),
+                request: Some(request.clone()),
                 request_bytes: Bytes::new(),
                 ack: None,
                 last_response: None,
                 client_key: None,
-                server_keys: vec![lookup.key],
+                server_keys: vec![server_key],
                 armed: Vec::new(),
             }),
         );
@@ -778,7 +795,8 @@ impl<P: Clone> TransactionLayer<P> {
                 Action::SendAck => {
                     if tx.ack.is_none() {
                         tx.ack = response
-                            .and_then(|r| build_ack(&tx.request, r).ok())
+                            .zip(tx.request.as_ref())
+                            .and_then(|(r, request)| build_ack(request, r).ok())
                             .map(|m| wire::encode_request(&m));
                     }
                     if let Some(ack) = &tx.ack {
@@ -790,7 +808,9 @@ impl<P: Clone> TransactionLayer<P> {
                     }
                 }
                 Action::SendTrying => {
-                    if let Ok(trying) = build_trying(&tx.request) {
+                    if let Some(request) = &tx.request
+                        && let Ok(trying) = build_trying(request)
+                    {
                         tx.last_response = Some(wire::encode_response(&trying));
                     }
                     if let Some(resp) = &tx.last_response {
