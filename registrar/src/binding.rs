@@ -10,9 +10,34 @@ impl Binding {
     /// The binding's identity inside its AOR: `(+sip.instance, reg-id)`
     /// when both are present (RFC 5626), else the Contact URI as written.
     pub fn id(&self) -> Vec<u8> {
+        let mut id = Vec::with_capacity(self.id_len());
+        self.push_id(&mut id);
+        id
+    }
+
+    /// Length of [`Binding::id`] (so the key can be written with one allocation).
+    fn id_len(&self) -> usize {
         match (&self.instance, self.reg_id) {
-            (Some(i), Some(r)) => format!("o:{i};{r}").into_bytes(),
-            _ => format!("c:{}", self.contact).into_bytes(),
+            // "o:" instance ";" reg-id (at most 10 digits for a u32).
+            (Some(i), Some(_)) => 2 + i.len() + 1 + 10,
+            _ => 2 + self.contact.len(),
+        }
+    }
+
+    /// Appends [`Binding::id`] to `out`.
+    fn push_id(&self, out: &mut Vec<u8>) {
+        match (&self.instance, self.reg_id) {
+            (Some(i), Some(r)) => {
+                out.extend_from_slice(b"o:");
+                out.extend_from_slice(i.as_bytes());
+                out.push(b';');
+                // Writing to a Vec cannot fail.
+                let _ = std::io::Write::write_fmt(out, format_args!("{r}"));
+            }
+            _ => {
+                out.extend_from_slice(b"c:");
+                out.extend_from_slice(self.contact.as_bytes());
+            }
         }
     }
 
@@ -27,11 +52,10 @@ impl Binding {
 
     /// Store key: AOR bytes ++ 0x00 ++ binding id.
     pub fn key(&self) -> Vec<u8> {
-        let id = self.id();
-        let mut k = Vec::with_capacity(self.aor.len() + 1 + id.len());
+        let mut k = Vec::with_capacity(self.aor.len() + 1 + self.id_len());
         k.extend_from_slice(self.aor.as_bytes());
         k.push(0);
-        k.extend_from_slice(&id);
+        self.push_id(&mut k);
         k
     }
 
@@ -219,6 +243,28 @@ mod tests {
             },
             registered_at_ms: 1_700_000_000_000,
         }
+    }
+
+    /// Store keys are on disk: the allocation-free writer must produce exactly the layout
+    /// of earlier releases (`aor \0 o:instance;reg-id` or `aor \0 c:contact`).
+    #[test]
+    fn keys_keep_their_stored_layout() {
+        let b = sample();
+        let (Some(i), Some(r)) = (&b.instance, b.reg_id) else {
+            panic!("the sample has an instance and a reg-id");
+        };
+        assert_eq!(b.key(), format!("{}\0o:{i};{r}", b.aor).into_bytes());
+        assert_eq!(b.id(), format!("o:{i};{r}").into_bytes());
+        let mut big = b.clone();
+        big.reg_id = Some(u32::MAX);
+        assert_eq!(
+            big.key(),
+            format!("{}\0o:{i};{}", b.aor, u32::MAX).into_bytes()
+        );
+        let mut c = b.clone();
+        c.reg_id = None;
+        assert_eq!(c.key(), format!("{}\0c:{}", c.aor, c.contact).into_bytes());
+        assert_eq!(c.id(), format!("c:{}", c.contact).into_bytes());
     }
 
     #[test]

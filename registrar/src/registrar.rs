@@ -117,6 +117,8 @@ pub struct Registrar {
     stale_keys: Vec<Vec<u8>>,
     dummy_sha: [u8; 32],
     dummy_md5: [u8; 16],
+    /// `Server` header value written into every answer (see [`Registrar::set_server`]).
+    server: Option<String>,
 }
 
 /// A decided answer before it is built.
@@ -165,6 +167,7 @@ impl Registrar {
             stale_keys: Vec::new(),
             dummy_sha,
             dummy_md5,
+            server: None,
         };
         r.reconfigure(cfg);
         r
@@ -189,6 +192,22 @@ impl Registrar {
             })
             .collect();
         self.cfg = cfg;
+    }
+
+    /// A `Server` header with `value` on every answer the registrar builds (`None`: none).
+    /// Written into the answer as it is built, so the answer leaves as built — no header added
+    /// afterwards, no second serialisation. A value with CR, LF or NUL is refused (header
+    /// injection) and leaves the previous setting in force.
+    pub fn set_server(&mut self, value: Option<&str>) -> Result<(), sipveil_sip::BuildError> {
+        if let Some(v) = value
+            && v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0)
+        {
+            return Err(sipveil_sip::BuildError::InvalidHeaderValue(
+                HeaderName::Server,
+            ));
+        }
+        self.server = value.map(str::to_owned);
+        Ok(())
     }
 
     /// The configuration in force.
@@ -320,6 +339,8 @@ impl Registrar {
             *old = b;
         } else {
             self.by_expiry.insert((b.expires_at_ms, k));
+            // Exact room (see `apply`): most AORs hold one contact for as long as they live.
+            list.reserve_exact(1);
             list.push(b);
             self.total += 1;
         }
@@ -424,6 +445,11 @@ impl Registrar {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if let Some(server) = &self.server {
+            out.extend_from_slice(b"Server: ");
+            out.extend_from_slice(server.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         match parse_datagram(Bytes::from(out), &Limits::UNLIMITED) {
             Ok(Message::Response(r)) => Some(r),
@@ -438,6 +464,9 @@ impl Registrar {
             .to_tag(tag);
         for (n, v) in &a.headers {
             b = b.header(n.clone(), v.clone());
+        }
+        if let Some(server) = &self.server {
+            b = b.header(HeaderName::Server, server.clone());
         }
         b.build().ok()
     }
@@ -561,7 +590,11 @@ impl Registrar {
         }
         self.total += ch.new.len();
         if !ch.new.is_empty() {
-            self.aors.insert(ch.aor, ch.new);
+            // The list was grown by pushes (room for 4 after the first): kept for the life of
+            // the bindings, that spare room was ~600 bytes per single-contact AOR.
+            let mut list = ch.new;
+            list.shrink_to_fit();
+            self.aors.insert(ch.aor, list);
         }
     }
 
@@ -1155,6 +1188,68 @@ mod build_tests {
         // a value that would split the header section falls back
         a.headers.push((HeaderName::Contact, "x\r\nEvil: 1".into()));
         assert!(r.build_fast(&req, &a, "t").is_none());
+    }
+
+    /// An AOR's binding list is kept at its size, not at the growth capacity of its pushes,
+    /// both when a REGISTER creates it and when bindings are restored at start.
+    #[test]
+    fn binding_lists_hold_no_spare_room() {
+        let text = "REGISTER sip:open.lab SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bK1\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:neo@open.lab>;tag=x1\r\n\
+            To: <sip:neo@open.lab>\r\n\
+            Call-ID: cid-1\r\n\
+            CSeq: 1 REGISTER\r\n\
+            Contact: <sip:neo@198.18.1.2>\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Ok(Message::Request(req)) =
+            parse_datagram(Bytes::from_static(text.as_bytes()), &Limits::default())
+        else {
+            panic!("fixture parses");
+        };
+        let cfg = RegistrarConfig {
+            domains: vec![crate::DomainConfig {
+                name: "open.lab".into(),
+                policy: crate::Policy::Open,
+                realm: "open.lab".into(),
+                users: Vec::new(),
+                anonymous_callers: true,
+                refuse_anonymous: false,
+                expires: crate::ExpiresLimits {
+                    min: 60,
+                    max: 3600,
+                    default: 600,
+                },
+                max_contacts: 4,
+                digest_algorithms: Vec::new(),
+            }],
+            nonce_ttl_secs: 300,
+            max_bindings: 10,
+        };
+        let flow = FlowInfo {
+            proto: crate::Proto::Udp,
+            local: "198.18.1.1:5060".parse().expect("address"),
+            peer: "198.18.1.2:5060".parse().expect("address"),
+            worker: 0,
+            conn: 0,
+        };
+        let now = 1_700_000_000_000;
+        let mut r = Registrar::new(cfg.clone(), [1; 32]);
+        let RegisterOutcome::Commit { ops, .. } = r.register(now, &req, &flow) else {
+            panic!("a first REGISTER commits");
+        };
+        let list = r.aors.get("neo@open.lab").expect("the AOR is held");
+        assert_eq!((list.len(), list.capacity()), (1, 1));
+
+        let mut restored = Registrar::new(cfg, [1; 32]);
+        for op in ops {
+            if let StoreOp::Put { key, value } = op {
+                restored.restore(&key, &value, now).expect("restores");
+            }
+        }
+        let list = restored.aors.get("neo@open.lab").expect("restored");
+        assert_eq!((list.len(), list.capacity()), (1, 1));
     }
 }
 

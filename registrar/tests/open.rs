@@ -299,3 +299,46 @@ fn refuses_anonymous_user_overrides_domain() {
     );
     assert!(r.domain("nowhere.lab").is_none());
 }
+
+/// `set_server`: the registrar writes the `Server` header into its answers (200 and refusals
+/// alike), so the edge sends them as built; a value that would inject headers is refused.
+#[test]
+fn server_header_is_written_into_every_answer() {
+    let mut r = reg();
+    let o = r.register(T0, &Reg::new("neo", "open.lab", "c-1", 1).build(), &flow());
+    assert!(header_values(response(&o), HeaderName::Server).is_empty());
+
+    r.set_server(Some("sipveil-test"))
+        .expect("a plain value is accepted");
+    let o = r.register(T0, &Reg::new("trin", "open.lab", "c-2", 1).build(), &flow());
+    assert_eq!(status(&o), 200);
+    assert_eq!(
+        header_values(response(&o), HeaderName::Server),
+        vec!["sipveil-test".to_string()]
+    );
+    let refused = r.register(T0, &Reg::new("trin", "open.lab", "c-3", 1).build(), &flow());
+    assert_eq!(status(&refused), 403);
+    assert_eq!(
+        header_values(response(&refused), HeaderName::Server),
+        vec!["sipveil-test".to_string()]
+    );
+    // The wire form is the built text: one Server line, before Content-Length.
+    let wire = String::from_utf8(response(&o).to_bytes().to_vec()).expect("ASCII answer");
+    assert_eq!(wire.matches("Server: ").count(), 1);
+    assert!(wire.ends_with("Server: sipveil-test\r\nContent-Length: 0\r\n\r\n"));
+
+    assert!(r.set_server(Some("x\r\nEvil: 1")).is_err());
+    let o = r.register(
+        T0,
+        &Reg::new("morpheus", "open.lab", "c-4", 1).build(),
+        &flow(),
+    );
+    assert_eq!(
+        header_values(response(&o), HeaderName::Server),
+        vec!["sipveil-test".to_string()],
+        "a refused value leaves the previous one in force"
+    );
+    r.set_server(None).expect("clearing is always accepted");
+    let o = r.register(T0, &Reg::new("tank", "open.lab", "c-5", 1).build(), &flow());
+    assert!(header_values(response(&o), HeaderName::Server).is_empty());
+}

@@ -956,7 +956,11 @@ fn retransmitted_request_absorbed_by_server() {
         "nothing to resend before the TU answered"
     );
 
+    assert!(sim.node(Side::B).layer.request(key).is_some());
     sim.send_response(Side::B, key, respond(&request, 202));
+    // A non-INVITE server transaction drops its request once it answered finally; copies
+    // are still matched and answered with the same response.
+    assert!(sim.node(Side::B).layer.request(key).is_none());
     assert!(
         matches!(sim.deliver(Side::B, bytes.clone()), Incoming::Absorbed { key: k } if k == key)
     );
@@ -979,6 +983,10 @@ fn retransmitted_request_absorbed_by_server() {
         panic!("INVITE starts a transaction")
     };
     sim.send_response(Side::B, ikey, respond(&ireq, 183));
+    assert!(
+        sim.node(Side::B).layer.request(ikey).is_some(),
+        "INVITE keeps it"
+    );
     assert!(
         matches!(sim.deliver(Side::B, inv.clone()), Incoming::Absorbed { key: k } if k == ikey)
     );

@@ -102,6 +102,16 @@ fn settings_of(cfg: &Config) -> ServiceSettings {
     }
 }
 
+/// The registrar writes `[sip] server` into its answers itself (see [`Registrar::set_server`]).
+fn set_registrar_server(registrar: &mut Registrar, cfg: &Config) {
+    let server = cfg.sip.server.as_deref().filter(|s| !s.is_empty());
+    if let Err(e) = registrar.set_server(server) {
+        // The config check refuses such values; should one get here, answers go without it.
+        tracing::warn!("[sip] server is not usable as a header value: {e}");
+        let _ = registrar.set_server(None);
+    }
+}
+
 /// Gives the metrics the configured domains (their labels) and returns them, name and policy.
 fn publish_domains(metrics: &Metrics, cfg: &Config) -> Vec<(String, &'static str)> {
     let labels: Vec<(String, &'static str)> = cfg
@@ -138,6 +148,7 @@ impl SipEdge {
         getrandom::getrandom(&mut secret)
             .map_err(|e| anyhow::anyhow!("drawing the registrar's secret: {e}"))?;
         let mut registrar = Registrar::new(cfg.registrar.config.clone(), secret);
+        set_registrar_server(&mut registrar, cfg);
         let now = unix_ms();
         let mut restored = 0;
         for (key, value) in store.load().context("loading the registrar database")? {
@@ -234,6 +245,7 @@ impl SipEdge {
     pub fn reload(&self, old: &Config, new: &Config) -> Value {
         if let Ok(mut r) = self.shared.registrar.lock() {
             r.reconfigure(new.registrar.config.clone());
+            set_registrar_server(&mut r, new);
         }
         self.shared.set_settings(settings_of(new));
         if let Ok(mut c) = self.shared.calls.settings.write() {

@@ -10,7 +10,6 @@
 //! behind one mutex (a REGISTER holds it for a few microseconds); the store's group-commit thread
 //! hands finished commits back to the worker that owns the transaction through a per-worker queue
 //! and [`PoolHandle::wake`].
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +20,7 @@ use crossbeam::queue::SegQueue;
 use sipveil_b2bua::CallRef;
 use sipveil_registrar::{FlowInfo, RegisterOutcome, Registrar, Report, StoreOp};
 use sipveil_sip::transaction::{
-    Config as TxConfig, Event, Incoming, Instant, Remote, TransactionId, TransactionLayer,
+    Config as TxConfig, Event, IdMap, Incoming, Instant, Remote, TransactionId, TransactionLayer,
 };
 use sipveil_sip::validate::check_extensions;
 use sipveil_sip::{
@@ -238,13 +237,13 @@ pub struct Worker {
     layer: TransactionLayer<FlowId>,
     epoch: StdInstant,
     /// Server transactions the TU is answering: method and when the request arrived (latency).
-    pending: HashMap<TransactionId, (Method, StdInstant)>,
+    pending: IdMap<(Method, StdInstant)>,
     /// Client transactions of qualify probes.
-    probes: HashMap<TransactionId, Probe>,
+    probes: IdMap<Probe>,
     next_expiry: StdInstant,
     next_call_check: StdInstant,
     /// Where each call server transaction's request came from (the leak detector's recipient).
-    call_tx_peer: HashMap<TransactionId, IpAddr>,
+    call_tx_peer: IdMap<IpAddr>,
     call_ids: u64,
     /// The B2BUA (the call worker only).
     hub: Option<CallHub>,
@@ -294,11 +293,11 @@ impl Worker {
             handle,
             layer,
             epoch: now,
-            pending: HashMap::new(),
-            probes: HashMap::new(),
+            pending: IdMap::default(),
+            probes: IdMap::default(),
             next_expiry: now + EXPIRY_PERIOD,
             next_call_check: now + EXPIRY_PERIOD,
-            call_tx_peer: HashMap::new(),
+            call_tx_peer: IdMap::default(),
             call_ids: 0,
         }
     }
@@ -534,9 +533,10 @@ impl Worker {
                 self.pending.remove(&key);
                 self.layer.terminate(key);
             }
+            // The registrar writes the `Server` header itself (`Registrar::set_server`): its
+            // answers leave as built, without a second serialisation.
             RegisterOutcome::Respond { response, report } => {
                 self.report(&report);
-                let response = self.finish(response);
                 self.respond(io, key, response);
             }
             RegisterOutcome::Commit {
@@ -545,7 +545,6 @@ impl Worker {
                 report,
             } => {
                 self.report(&report);
-                let response = self.finish(response);
                 let shared = self.shared.clone();
                 let worker = self.index;
                 // The 200 OK leaves only from `on_wake`, after the commit that holds these ops;

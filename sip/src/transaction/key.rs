@@ -132,7 +132,45 @@ pub struct ServerLookup {
     pub cancels: Option<ServerKey>,
 }
 
+/// Methods whose names a stored key can point to without a copy.
+const STATIC_METHODS: [&[u8]; 8] = [
+    b"REGISTER",
+    b"INVITE",
+    b"OPTIONS",
+    b"BYE",
+    b"CANCEL",
+    b"ACK",
+    b"SUBSCRIBE",
+    b"NOTIFY",
+];
+
+fn detached(b: &Bytes) -> Bytes {
+    match STATIC_METHODS.iter().find(|m| **m == &b[..]) {
+        Some(m) => Bytes::from_static(m),
+        None => Bytes::copy_from_slice(b),
+    }
+}
+
 impl ServerKey {
+    /// The same key holding its own copies of the branch and method instead of slices of the
+    /// received datagram, so a transaction's table entry does not keep the whole datagram
+    /// alive for the 32 s of Timer J. (Only the RFC 3261 form, by far the common one; the
+    /// others are returned as they are.)
+    pub fn detached(&self) -> ServerKey {
+        match self {
+            ServerKey::Rfc3261 {
+                branch,
+                sent_by,
+                method,
+            } => ServerKey::Rfc3261 {
+                branch: Bytes::copy_from_slice(branch),
+                sent_by: sent_by.clone(),
+                method: detached(method),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The key `req` matches with. ACK maps to the INVITE transaction; in
     /// RFC 2543 mode its To tag must equal the tag of our response.
     pub fn lookup(req: &RequestFacts) -> ServerLookup {
@@ -261,6 +299,28 @@ mod tests {
             call_id: Bytes::from_static(b"a84b4c76e66710"),
             from_tag: Some(Bytes::from_static(b"1928301774")),
             to_tag: None,
+        }
+    }
+
+    /// A stored key owns its bytes: equal to the lookup key, but not a view into the datagram.
+    #[test]
+    fn detached_keys_match_and_own_their_bytes() {
+        let datagram = Bytes::from(b"REGISTER z9hG4bKabc PUBLISH".to_vec());
+        for method in [datagram.slice(0..8), datagram.slice(20..27)] {
+            let mut f = facts("REGISTER", None);
+            f.branch = Some(datagram.slice(9..19));
+            f.method = method;
+            let key = ServerKey::lookup(&f).key;
+            let stored = key.detached();
+            assert_eq!(stored, key);
+            let ServerKey::Rfc3261 { branch, method, .. } = &stored else {
+                panic!("an RFC 3261 key: {stored:?}");
+            };
+            let inside = |b: &Bytes| {
+                let range = datagram.as_ptr_range();
+                range.contains(&b.as_ptr())
+            };
+            assert!(!inside(branch) && !inside(method), "{stored:?}");
         }
     }
 

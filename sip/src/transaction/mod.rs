@@ -102,6 +102,37 @@ use crate::{Message, Request, Response};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TransactionId(u64);
 
+/// Hashes [`TransactionId`]s for maps keyed by them (the layer's own table, and a TU's
+/// bookkeeping per transaction): the ids are a counter this layer assigns, never data a peer
+/// chooses, so a keyed SipHash buys nothing there. One multiply (Fibonacci hashing) spreads the
+/// counter over the high bits hashbrown uses for its control bytes; the low bits stay distinct
+/// for consecutive ids.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `TransactionId` (it hashes as one u64); a correct fallback for other keys.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// [`std::hash::BuildHasher`] of [`IdHasher`]: `HashMap<TransactionId, V, IdHash>`.
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by [`TransactionId`] with the cheap [`IdHasher`].
+pub type IdMap<V> = HashMap<TransactionId, V, IdHash>;
+
 impl TransactionId {
     /// The number behind the id (for logs).
     pub fn as_u64(self) -> u64 {
@@ -306,8 +337,11 @@ impl std::error::Error for SendError {}
 struct Tx<P> {
     fsm: Fsm,
     peer: P,
-    /// Client: the request we sent. Server: the request that created it.
-    request: Request,
+    /// Client: the request we sent. Server: the request that created it — dropped once a
+    /// non-INVITE server transaction has sent its final response (nothing needs it any more:
+    /// request copies are matched by key and answered with `last_response`), so the 32 s of
+    /// Timer J do not keep the parsed request alive.
+    request: Option<Request>,
     /// Client: the encoded request, retransmitted as is.
     request_bytes: Bytes,
     /// Client INVITE: the ACK for the non-2xx final, resent for copies of it.
@@ -331,7 +365,9 @@ pub struct TransactionLayer<P> {
     config: Config,
     branches: BranchGenerator,
     next_id: u64,
-    txs: HashMap<TransactionId, Tx<P>>,
+    /// Boxed: a `Tx` holds the request and is several hundred bytes; growing the table then
+    /// moves pointers, not transactions (a REGISTER load of new clients grows it for 32 s).
+    txs: IdMap<Box<Tx<P>>>,
     clients: HashMap<ClientKey, TransactionId>,
     servers: HashMap<ServerKey, TransactionId>,
     timers: BTreeSet<(Instant, TransactionId, Timer)>,
@@ -350,7 +386,7 @@ impl<P: Clone> TransactionLayer<P> {
             config,
             branches: BranchGenerator::new(branch_seed),
             next_id: 0,
-            txs: HashMap::new(),
+            txs: IdMap::default(),
             clients: HashMap::new(),
             servers: HashMap::new(),
             timers: BTreeSet::new(),
@@ -388,7 +424,7 @@ impl<P: Clone> TransactionLayer<P> {
 
     /// The request of a live transaction (client: as sent; server: as received).
     pub fn request(&self, key: TransactionId) -> Option<&Request> {
-        self.txs.get(&key).map(|t| &t.request)
+        self.txs.get(&key).and_then(|t| t.request.as_ref())
     }
 
     /// Starts a client transaction for `request` (any method but ACK) towards
@@ -425,17 +461,17 @@ impl<P: Clone> TransactionLayer<P> {
         self.clients.insert(ckey.clone(), id);
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request,
+                request: Some(request),
                 request_bytes,
                 ack: None,
                 last_response: None,
                 client_key: Some(ckey),
                 server_keys: Vec::new(),
                 armed: Vec::new(),
-            },
+            }),
         );
         self.step(now, id, Input::Start, None);
         Ok(id)
@@ -458,7 +494,11 @@ impl<P: Clone> TransactionLayer<P> {
         }
         let status = wire::status_code(&response);
         let class = Class::of(status).ok_or(SendError::InvalidStatus(status))?;
-        if !wire::response_answers(&tx.request, &response) {
+        // Without the request (a non-INVITE transaction that already answered finally) the
+        // state machine refuses any further response below.
+        if let Some(request) = &tx.request
+            && !wire::response_answers(request, &response)
+        {
             return Err(SendError::ResponseMismatch);
         }
         let mut actions = std::mem::take(&mut self.scratch);
@@ -474,6 +514,9 @@ impl<P: Clone> TransactionLayer<P> {
             });
         }
         tx.last_response = Some(wire::encode_response(&response));
+        if class != Class::Provisional && tx.fsm.kind() == Kind::ServerNonInvite {
+            tx.request = None;
+        }
         if class != Class::Provisional {
             let to_tag = wire::to_tag(&response);
             // RFC 2543 peers ACK with the To tag of our final response.
@@ -485,7 +528,8 @@ impl<P: Clone> TransactionLayer<P> {
             // The ACK for a 2xx has a new branch: match it on dialog fields.
             if class == Class::Success
                 && tx.fsm.kind() == Kind::ServerInvite
-                && let Ok(facts) = wire::request_facts(&tx.request, wire::Depth::Dialog)
+                && let Some(request) = &tx.request
+                && let Ok(facts) = wire::request_facts(request, wire::Depth::Dialog)
             {
                 new_keys.push(ServerKey::dialog_ack(&facts, to_tag));
             }
@@ -522,7 +566,12 @@ impl<P: Clone> TransactionLayer<P> {
         if tx.fsm.kind() != Kind::ClientInvite {
             return Err(SendError::NotAClientInvite(key));
         }
-        build_cancel(&tx.request).map_err(SendError::Facts)
+        // A client transaction keeps its request for its whole life.
+        let request = tx
+            .request
+            .as_ref()
+            .ok_or(SendError::UnknownTransaction(key))?;
+        build_cancel(request).map_err(SendError::Facts)
     }
 
     /// Ends transaction `key` now without further transmissions (e.g. the TU
@@ -634,20 +683,21 @@ impl<P: Clone> TransactionLayer<P> {
             Kind::ServerNonInvite
         };
         let id = self.allocate_id();
-        self.servers.insert(lookup.key.clone(), id);
+        let server_key = lookup.key.detached();
+        self.servers.insert(server_key.clone(), id);
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request: request.clone(),
+                request: Some(request.clone()),
                 request_bytes: Bytes::new(),
                 ack: None,
                 last_response: None,
                 client_key: None,
-                server_keys: vec![lookup.key],
+                server_keys: vec![server_key],
                 armed: Vec::new(),
-            },
+            }),
         );
         self.step(now, id, Input::Start, None);
         Incoming::Request {
@@ -745,7 +795,8 @@ impl<P: Clone> TransactionLayer<P> {
                 Action::SendAck => {
                     if tx.ack.is_none() {
                         tx.ack = response
-                            .and_then(|r| build_ack(&tx.request, r).ok())
+                            .zip(tx.request.as_ref())
+                            .and_then(|(r, request)| build_ack(request, r).ok())
                             .map(|m| wire::encode_request(&m));
                     }
                     if let Some(ack) = &tx.ack {
@@ -757,7 +808,9 @@ impl<P: Clone> TransactionLayer<P> {
                     }
                 }
                 Action::SendTrying => {
-                    if let Ok(trying) = build_trying(&tx.request) {
+                    if let Some(request) = &tx.request
+                        && let Ok(trying) = build_trying(request)
+                    {
                         tx.last_response = Some(wire::encode_response(&trying));
                     }
                     if let Some(resp) = &tx.last_response {
@@ -834,5 +887,36 @@ impl<P> fmt::Debug for TransactionLayer<P> {
             .field("queued_transmits", &self.transmits.len())
             .field("queued_events", &self.events.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod id_hash_tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn consecutive_ids_hash_apart_and_spread_the_control_bits() {
+        let build = IdHash::default();
+        let hashes: Vec<u64> = (0..4096u64)
+            .map(|n| build.hash_one(TransactionId(n)))
+            .collect();
+        let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+        assert_eq!(distinct.len(), hashes.len());
+        // hashbrown takes its 7-bit control byte from the top bits: all 128 values occur.
+        let top7: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(top7.len(), 128);
+    }
+
+    #[test]
+    fn id_map_finds_what_it_holds() {
+        let mut m: IdMap<u64> = IdMap::default();
+        for n in 0..10_000u64 {
+            m.insert(TransactionId(n * 7), n);
+        }
+        assert_eq!(m.len(), 10_000);
+        assert_eq!(m.get(&TransactionId(7 * 1234)), Some(&1234));
+        assert_eq!(m.get(&TransactionId(5)), None);
     }
 }
