@@ -27,8 +27,9 @@ use sipveil_loadtest::kamailio::{
 use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
 use sipveil_loadtest::procs::ChildGuard;
 use sipveil_loadtest::register::{
-    AUTH_DOMAIN, BenchUser, OPEN_DOMAIN, Percentiles, SipveilConfig, Trial, cpu_us_per_register,
-    judge, make_users, plot_response_svg, sipveil_users_file,
+    AUTH_DOMAIN, BenchUser, OPEN_DOMAIN, Percentiles, SipveilConfig, SyncFloor, Trial,
+    cpu_us_per_register, judge, make_users, plot_response_svg, sipveil_users_file,
+    store_group_rate,
 };
 use sipveil_loadtest::register_client::{ClientTotals, ClientUser, run_load};
 use sipveil_loadtest::register_pcap::register_latency;
@@ -173,6 +174,72 @@ struct Opts {
     wait_quiet_secs: u64,
     #[arg(long, default_value_t = 0.3)]
     quiet_cpus: f64,
+    /// Seconds of the sync-floor probe per domain (durable 4 KiB `O_DSYNC` writes on the
+    /// database's file system at the store's group rate for the latency run); 0 skips it.
+    #[arg(long, default_value_t = 5.0)]
+    sync_floor_secs: f64,
+}
+
+/// sipveil's `[registrar] commit_interval_ms` and `commit_group` defaults (the bench's generated
+/// config does not set them), which set the group rate the sync floor is probed at.
+const COMMIT_INTERVAL_MS: f64 = 5.0;
+const COMMIT_GROUP: f64 = 20.0;
+/// Bounds of the sync-floor probe whatever the options say.
+const SYNC_FLOOR_MAX_WRITES: u64 = 20_000;
+const SYNC_FLOOR_MAX_SECS: f64 = 30.0;
+
+/// Durable writes the way sipveil's store writes a group: one 4 KiB record `pwrite` into a
+/// preallocated, zero-filled 4 MiB file opened `O_DSYNC`, sequentially (wrapping), paced open-loop
+/// at `per_sec`, for at most `secs` (and [`SYNC_FLOOR_MAX_WRITES`]). Latency of each write in ns.
+/// The file lives in `dir` and is removed afterwards.
+fn probe_sync_floor(dir: &Path, per_sec: f64, secs: f64) -> Result<Histogram<u64>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const RECORD: usize = 4096;
+    const FILE: u64 = 4 << 20;
+    let path = dir.join("sync-floor.probe");
+    let result = (|| -> Result<Histogram<u64>> {
+        {
+            let f =
+                fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < FILE {
+                f.write_all_at(&zeros, at)?;
+                at += zeros.len() as u64;
+            }
+            f.sync_all()?;
+        }
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(&path)
+            .with_context(|| format!("opening {} O_DSYNC", path.display()))?;
+        let mut h = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?;
+        let mut record = vec![0x5au8; RECORD];
+        let secs = secs.clamp(0.0, SYNC_FLOOR_MAX_SECS);
+        let period = Duration::from_secs_f64(1.0 / per_sec.max(1.0));
+        let started = Instant::now();
+        let mut next = started;
+        let mut offset = 0u64;
+        let mut n = 0u64;
+        while n < SYNC_FLOOR_MAX_WRITES && started.elapsed().as_secs_f64() < secs {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next += period;
+            record[..8].copy_from_slice(&n.to_le_bytes());
+            let t = Instant::now();
+            f.write_all_at(&record, offset)?;
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            h.saturating_record(ns.max(1_000));
+            offset = (offset + RECORD as u64) % FILE;
+            n += 1;
+        }
+        Ok(h)
+    })();
+    let _ = fs::remove_file(&path);
+    result
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -1044,6 +1111,7 @@ fn run() -> Result<bool> {
             results.insert((d, s), res);
         }
     }
+    let mut lat_rates: BTreeMap<Domain, f64> = BTreeMap::new();
     for &d in &domains {
         let kam_max = results.get(&(d, Server::Kamailio)).and_then(|r| r.max_rate);
         let rate = bench
@@ -1051,6 +1119,7 @@ fn run() -> Result<bool> {
             .latency_rate
             .or(kam_max.map(|m| (m / 2.0).round()))
             .unwrap_or(1000.0);
+        lat_rates.insert(d, rate);
         for &s in &servers {
             eprintln!("== {} {}: response time at {rate:.0}/s", s.name(), d.name());
             match bench.latency(s, d, rate) {
@@ -1066,6 +1135,46 @@ fn run() -> Result<bool> {
                     }
                 }
             }
+        }
+    }
+    // The sync floor, per domain, right after its latency runs (no server running).
+    let mut sync_floors: Vec<SyncFloor> = Vec::new();
+    for (&d, &rate) in &lat_rates {
+        if bench.o.sync_floor_secs <= 0.0 {
+            break;
+        }
+        let group_rate = store_group_rate(rate, COMMIT_INTERVAL_MS, COMMIT_GROUP);
+        let dir = bench
+            .sipveil_db
+            .parent()
+            .map_or_else(|| bench.tmp.clone(), Path::to_path_buf);
+        eprintln!(
+            "== sync floor {}: durable 4 KiB O_DSYNC writes at {group_rate:.0}/s (the store's group rate at {rate:.0} REGISTER/s) for {:.0} s in {}",
+            d.name(),
+            bench.o.sync_floor_secs,
+            dir.display()
+        );
+        let kam_p99 = results
+            .get(&(d, Server::Kamailio))
+            .and_then(|r| r.latency.as_ref())
+            .and_then(|l| l.wire.or(l.client))
+            .map(|p| p.p99_us);
+        match probe_sync_floor(&dir, group_rate, bench.o.sync_floor_secs) {
+            Ok(h) => {
+                let latency = Percentiles::of_ns(&h);
+                let target = kam_p99.map(|p| p / 2.0);
+                sync_floors.push(SyncFloor {
+                    domain: d.name().to_owned(),
+                    register_rate: rate,
+                    group_rate,
+                    writes: h.len(),
+                    latency,
+                    p99_target_us: target,
+                    floor_p99_within_target: latency.zip(target).map(|(l, t)| l.p99_us <= t),
+                    dir: dir.display().to_string(),
+                });
+            }
+            Err(e) => eprintln!("  sync floor FAILED: {e:#}"),
         }
     }
     for &d in &domains {
@@ -1201,6 +1310,8 @@ fn run() -> Result<bool> {
             "users": bench.users.len(),
         },
         "results": results.values().collect::<Vec<_>>(),
+        "sync_floor": sync_floors,
+        "sync_floor_method": "one 4 KiB pwrite into a preallocated file opened O_DSYNC (how sipveil's store writes a group), paced open-loop at the store's group rate for the domain's latency run (commit_interval 5 ms / commit_group 20), in the directory of sipveil's database, after that domain's latency runs with no server running; p99_target_us = 0.5 x Kamailio's p99 at that rate (capture, else client timing)",
     });
     let path = bench.o.out.join("summary.json");
     fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
@@ -1303,6 +1414,23 @@ fn run() -> Result<bool> {
         "  auth_cpu_per_register_ratio  {}",
         show(cpu_ratio(Domain::Auth))
     );
+    for f in &sync_floors {
+        println!(
+            "  sync floor {:<5} {:>6.0} writes/s ({:.0} REGISTER/s): p50/p99/p99.9 {} us; p99 target (0.5 x Kamailio p99) {} us: {}",
+            f.domain,
+            f.group_rate,
+            f.register_rate,
+            pct(f.latency),
+            f.p99_target_us
+                .map_or("n/a".to_owned(), |t| format!("{t:.0}")),
+            match f.floor_p99_within_target {
+                Some(true) => "one sync's p99 fits within the target",
+                Some(false) =>
+                    "one sync's p99 alone exceeds the target (durable acks cannot meet it here)",
+                None => "n/a",
+            }
+        );
+    }
     drop(tmp);
     Ok(results.values().all(|r| r.errors.is_empty()))
 }
