@@ -364,6 +364,7 @@ impl Store {
             offset: 0,
             next_seq: self.next_seq,
             buf: Vec::new(),
+            aligned: log::Aligned::default(),
             pending: Vec::new(),
             pending_since: None,
             other_busy: false,
@@ -786,6 +787,8 @@ struct LogWriter {
     offset: u64,
     next_seq: u64,
     buf: Vec<u8>,
+    /// `buf` at an aligned address for direct I/O.
+    aligned: log::Aligned,
     /// Ops of the records in the current file that no checkpoint has been handed yet.
     pending: Vec<StoreOp>,
     /// When the first of them was written.
@@ -828,7 +831,7 @@ impl LogWriter {
         }
         let log = &self.logs[self.current];
         log.file
-            .write_all_at(&self.buf, self.offset)
+            .write_all_at(self.aligned.copy_of(&self.buf), self.offset)
             .map_err(|e| StoreError::log(&self.path, &log.path, "write", e))?;
         self.offset += len;
         self.next_seq += 1;
