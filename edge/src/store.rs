@@ -760,6 +760,7 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn run(self, rx: &Receiver<CheckpointJob>, done: &Sender<Result<(), StoreError>>) {
+        lower_priority();
         for job in rx {
             let started = Instant::now();
             let result = commit_ops(&self.db, &self.path, job.ops.iter(), job.seq);
@@ -775,6 +776,24 @@ impl Checkpointer {
             }
         }
         // Dropping the database here closes the file before the committer thread ends.
+    }
+}
+
+/// Nice 10 for the calling thread: a checkpoint is a burst of redb work (milliseconds) that no
+/// acknowledgement waits for, so on a busy machine it should yield to the SIP workers and the
+/// group writer; at nice 10 it still gets about a tenth of a contended CPU, enough to keep up.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only changes the nice value of the thread
+    // with that id (ours) and reports failure through its return value, which we only log.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(tid).unwrap_or(0), 10)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "store checkpoint thread: setpriority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
