@@ -243,6 +243,9 @@ pub struct Trial {
     /// schedstat run time in the window by thread name (`comm`, summed over threads of that
     /// name), ns: where the server spends it.
     pub server_threads_ns: std::collections::BTreeMap<String, f64>,
+    /// schedstat run-queue wait in the window by thread name, ns: time the server's threads were
+    /// ready to run but waited for a CPU (the machine's contention, as the server felt it).
+    pub server_threads_wait_ns: std::collections::BTreeMap<String, f64>,
     pub passed: bool,
     pub note: String,
 }

@@ -294,6 +294,16 @@ fn netns_pids(ns: &str) -> Vec<u32> {
 
 /// schedstat run time (ns) by thread name over `pids`' threads.
 fn cpu_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
+    sched_by_thread(pids, 0)
+}
+
+/// schedstat run-queue wait (ns: runnable but not running) by thread name over `pids`' threads.
+fn wait_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
+    sched_by_thread(pids, 1)
+}
+
+/// Field `field` of /proc/PID/task/TID/schedstat (0 run time, 1 run-queue wait, ns) by thread name.
+fn sched_by_thread(pids: &[u32], field: usize) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for pid in pids {
         if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
@@ -303,7 +313,7 @@ fn cpu_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
                     .ok()
                     .and_then(|t| {
                         t.split_whitespace()
-                            .next()
+                            .nth(field)
                             .and_then(|v| v.parse::<f64>().ok())
                     })
                 {
@@ -654,6 +664,7 @@ impl Bench {
         let pcap = dump.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let pids = netns_pids(lab::NS_EDGE);
         let threads0 = cpu_by_thread(&pids);
+        let waits0 = wait_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let t0 = Instant::now();
         let mut guards = Vec::new();
@@ -679,6 +690,7 @@ impl Bench {
         }
         let (ticks1, sched1) = cpu_of(&pids);
         let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
+        let waits = thread_delta(&waits0, &wait_by_thread(&pids));
         if let Some((mut g, _)) = dump {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -731,6 +743,7 @@ impl Bench {
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
             server_threads_ns: threads,
+            server_threads_wait_ns: waits,
             passed,
             note,
             totals,
@@ -804,6 +817,7 @@ impl Bench {
             .collect();
         let pids = netns_pids(lab::NS_EDGE);
         let threads0 = cpu_by_thread(&pids);
+        let waits0 = wait_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let host = d.host();
         let sockets = self.o.client_ports;
@@ -837,6 +851,7 @@ impl Bench {
         let out = run.join().map_err(|_| anyhow!("client thread panicked"));
         let (ticks1, sched1) = cpu_of(&pids);
         let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
+        let waits = thread_delta(&waits0, &wait_by_thread(&pids));
         let pcap = dump.map(|(mut g, p)| {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -883,6 +898,7 @@ impl Bench {
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
             server_threads_ns: threads,
+            server_threads_wait_ns: waits,
             passed,
             note,
             totals,
@@ -1414,6 +1430,27 @@ fn run() -> Result<bool> {
         "  auth_cpu_per_register_ratio  {}",
         show(cpu_ratio(Domain::Auth))
     );
+    for r in results.values() {
+        if let Some(l) = &r.latency
+            && l.trial.totals.successful > 0
+        {
+            let n = l.trial.totals.successful as f64;
+            let list: Vec<String> = l
+                .trial
+                .server_threads_wait_ns
+                .iter()
+                .filter(|(_, ns)| **ns > 0.0)
+                .map(|(name, ns)| format!("{name} {:.1}", ns / n / 1e3))
+                .collect();
+            println!(
+                "  {:<9} {:<5} run-queue wait at {:.0}/s (us/REGISTER, schedstat): {}",
+                r.server,
+                r.domain,
+                l.rate,
+                list.join(", ")
+            );
+        }
+    }
     for f in &sync_floors {
         println!(
             "  sync floor {:<5} {:>6.0} writes/s ({:.0} REGISTER/s): p50/p99/p99.9 {} us; p99 target (0.5 x Kamailio p99) {} us: {}",
