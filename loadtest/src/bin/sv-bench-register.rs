@@ -174,7 +174,7 @@ struct Opts {
     wait_quiet_secs: u64,
     #[arg(long, default_value_t = 0.3)]
     quiet_cpus: f64,
-    /// Seconds of the sync-floor probe per domain (durable 4 KiB `O_DSYNC` writes on the
+    /// Seconds of the sync-floor probe per domain (durable 4 KiB `O_DIRECT|O_DSYNC` writes on the
     /// database's file system at the store's group rate for the latency run); 0 skips it.
     #[arg(long, default_value_t = 5.0)]
     sync_floor_secs: f64,
@@ -189,7 +189,8 @@ const SYNC_FLOOR_MAX_WRITES: u64 = 20_000;
 const SYNC_FLOOR_MAX_SECS: f64 = 30.0;
 
 /// Durable writes the way sipveil's store writes a group: one 4 KiB record `pwrite` into a
-/// preallocated, zero-filled 4 MiB file opened `O_DSYNC`, sequentially (wrapping), paced open-loop
+/// preallocated, zero-filled 4 MiB file opened `O_DIRECT | O_DSYNC` (plain `O_DSYNC` where the
+/// file system refuses direct I/O), sequentially (wrapping), paced open-loop
 /// at `per_sec`, for at most `secs` (and [`SYNC_FLOOR_MAX_WRITES`]). Latency of each write in ns.
 /// The file lives in `dir` and is removed afterwards.
 fn probe_sync_floor(dir: &Path, per_sec: f64, secs: f64) -> Result<Histogram<u64>> {
@@ -209,13 +210,22 @@ fn probe_sync_floor(dir: &Path, per_sec: f64, secs: f64) -> Result<Histogram<u64
             }
             f.sync_all()?;
         }
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DSYNC)
-            .open(&path)
-            .with_context(|| format!("opening {} O_DSYNC", path.display()))?;
+        let open = |flags| {
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let f = match open(libc::O_DSYNC | libc::O_DIRECT) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(libc::O_DSYNC),
+            other => other,
+        }
+        .with_context(|| format!("opening {} O_DSYNC", path.display()))?;
         let mut h = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?;
-        let mut record = vec![0x5au8; RECORD];
+        // Direct I/O needs an aligned buffer: the aligned 4 KiB inside 8 KiB.
+        let mut raw = vec![0x5au8; 2 * RECORD];
+        let start = raw.as_ptr().align_offset(RECORD).min(RECORD);
+        let record = &mut raw[start..start + RECORD];
         let secs = secs.clamp(0.0, SYNC_FLOOR_MAX_SECS);
         let period = Duration::from_secs_f64(1.0 / per_sec.max(1.0));
         let started = Instant::now();
@@ -230,7 +240,7 @@ fn probe_sync_floor(dir: &Path, per_sec: f64, secs: f64) -> Result<Histogram<u64
             next += period;
             record[..8].copy_from_slice(&n.to_le_bytes());
             let t = Instant::now();
-            f.write_all_at(&record, offset)?;
+            f.write_all_at(record, offset)?;
             let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
             h.saturating_record(ns.max(1_000));
             offset = (offset + RECORD as u64) % FILE;
@@ -1165,7 +1175,7 @@ fn run() -> Result<bool> {
             .parent()
             .map_or_else(|| bench.tmp.clone(), Path::to_path_buf);
         eprintln!(
-            "== sync floor {}: durable 4 KiB O_DSYNC writes at {group_rate:.0}/s (the store's group rate at {rate:.0} REGISTER/s) for {:.0} s in {}",
+            "== sync floor {}: durable 4 KiB O_DIRECT|O_DSYNC writes at {group_rate:.0}/s (the store's group rate at {rate:.0} REGISTER/s) for {:.0} s in {}",
             d.name(),
             bench.o.sync_floor_secs,
             dir.display()
@@ -1327,7 +1337,7 @@ fn run() -> Result<bool> {
         },
         "results": results.values().collect::<Vec<_>>(),
         "sync_floor": sync_floors,
-        "sync_floor_method": "one 4 KiB pwrite into a preallocated file opened O_DSYNC (how sipveil's store writes a group), paced open-loop at the store's group rate for the domain's latency run (commit_interval 5 ms / commit_group 20), in the directory of sipveil's database, after that domain's latency runs with no server running; p99_target_us = 0.5 x Kamailio's p99 at that rate (capture, else client timing)",
+        "sync_floor_method": "one 4 KiB pwrite into a preallocated file opened O_DIRECT|O_DSYNC (how sipveil's store writes a group), paced open-loop at the store's group rate for the domain's latency run (commit_interval 5 ms / commit_group 20), in the directory of sipveil's database, after that domain's latency runs with no server running; p99_target_us = 0.5 x Kamailio's p99 at that rate (capture, else client timing)",
     });
     let path = bench.o.out.join("summary.json");
     fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
