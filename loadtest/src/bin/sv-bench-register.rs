@@ -478,6 +478,9 @@ struct Latency {
     /// The native client's own timing (first send to the 200, µs precision).
     client: Option<Percentiles>,
     wire_unanswered: u64,
+    /// From the capture, the server's share of each exchange (request → next final response,
+    /// summed; for auth without the client's 401 → REGISTER turn-around).
+    wire_server: Option<Percentiles>,
     #[serde(skip)]
     wire_histogram: Option<Histogram<u64>>,
     #[serde(skip)]
@@ -969,6 +972,7 @@ impl Bench {
                 Ok(c) => {
                     lat.wire = Percentiles::of_ns(&c.histogram);
                     lat.wire_unanswered = c.unanswered;
+                    lat.wire_server = Percentiles::of_ns(&c.server_histogram);
                     lat.wire_histogram = Some(c.histogram);
                 }
                 Err(e) => eprintln!("  capture {}: {e:#}", p.display()),
@@ -1458,6 +1462,13 @@ fn run() -> Result<bool> {
                 r.domain,
                 l.rate,
                 list.join(", ")
+            );
+            println!(
+                "  {:<9} {:<5} server's share of the exchange at {:.0}/s (capture, p50/p99/p99.9 us): {}",
+                r.server,
+                r.domain,
+                l.rate,
+                pct(l.wire_server)
             );
         }
     }
