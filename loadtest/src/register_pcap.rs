@@ -31,6 +31,13 @@ pub struct CaptureLatency {
     /// a request's first transmission to the next response on that Call-ID. For the
     /// authenticated domain that leaves out the client's 401 → second REGISTER turn-around.
     pub server_histogram: Histogram<u64>,
+    /// Per answered exchange, the first request's leg (first transmission → first final
+    /// response: for the authenticated domain the REGISTER → 401 leg, which never waits for the
+    /// store), ns.
+    pub first_leg_histogram: Histogram<u64>,
+    /// Per answered exchange, the last request's leg (→ its 200; the leg that waits for the
+    /// store), ns.
+    pub last_leg_histogram: Histogram<u64>,
     /// Call-IDs with a REGISTER but no 200 OK in the capture.
     pub unanswered: u64,
     /// SIP datagrams seen.
@@ -125,6 +132,8 @@ pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, Pcap
     let mut started: HashMap<String, Exchange> = HashMap::new();
     let mut histogram = new_total_histogram();
     let mut server_histogram = new_total_histogram();
+    let mut first_leg_histogram = new_total_histogram();
+    let mut last_leg_histogram = new_total_histogram();
     let mut datagrams = 0u64;
     let mut truncated = false;
     let mut at = 24usize;
@@ -163,7 +172,12 @@ pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, Pcap
             method,
             t_ns,
             &mut started,
-            (&mut histogram, &mut server_histogram),
+            &mut Histograms {
+                total: &mut histogram,
+                server: &mut server_histogram,
+                first_leg: &mut first_leg_histogram,
+                last_leg: &mut last_leg_histogram,
+            },
             &mut datagrams,
         );
     }
@@ -171,6 +185,8 @@ pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, Pcap
     Ok(CaptureLatency {
         histogram,
         server_histogram,
+        first_leg_histogram,
+        last_leg_histogram,
         unanswered,
         datagrams,
         truncated,
@@ -185,7 +201,16 @@ struct Exchange {
     waiting: Option<u64>,
     /// Server time so far: request → next response, summed.
     server_ns: u64,
+    /// The first request's leg, once answered.
+    first_leg: Option<u64>,
     answered: bool,
+}
+
+struct Histograms<'a> {
+    total: &'a mut Histogram<u64>,
+    server: &'a mut Histogram<u64>,
+    first_leg: &'a mut Histogram<u64>,
+    last_leg: &'a mut Histogram<u64>,
 }
 
 fn handle(
@@ -193,7 +218,7 @@ fn handle(
     method: &str,
     t_ns: u64,
     started: &mut HashMap<String, Exchange>,
-    (histogram, server_histogram): (&mut Histogram<u64>, &mut Histogram<u64>),
+    h: &mut Histograms<'_>,
     datagrams: &mut u64,
 ) {
     let Some(call_id) = header(text, "Call-ID", Some("i")) else {
@@ -209,6 +234,7 @@ fn handle(
             first: t_ns,
             waiting: None,
             server_ns: 0,
+            first_leg: None,
             answered: false,
         });
         // A retransmission keeps the first transmission's time.
@@ -220,12 +246,19 @@ fn handle(
         && let Some(x) = started.get_mut(call_id)
         && !x.answered
     {
+        let mut leg = 0;
         if let Some(t) = x.waiting.take() {
-            x.server_ns += t_ns.saturating_sub(t);
+            leg = t_ns.saturating_sub(t);
+            x.server_ns += leg;
         }
+        x.first_leg.get_or_insert(leg);
         if text.starts_with("SIP/2.0 200") {
-            histogram.saturating_record(t_ns.saturating_sub(x.first).max(1));
-            server_histogram.saturating_record(x.server_ns.max(1));
+            h.total
+                .saturating_record(t_ns.saturating_sub(x.first).max(1));
+            h.server.saturating_record(x.server_ns.max(1));
+            h.first_leg
+                .saturating_record(x.first_leg.unwrap_or(leg).max(1));
+            h.last_leg.saturating_record(leg.max(1));
             // Answered: later retransmitted 200s are not counted again.
             x.answered = true;
         }
@@ -311,6 +344,18 @@ mod tests {
         // 100 µs turn-around between the 401 and the second REGISTER is left out.
         assert_eq!(l.server_histogram.len(), 1);
         assert!(l.server_histogram.value_at_quantile(0.5).abs_diff(700_000) < 1000);
+        assert!(
+            l.first_leg_histogram
+                .value_at_quantile(0.5)
+                .abs_diff(200_000)
+                < 1000
+        );
+        assert!(
+            l.last_leg_histogram
+                .value_at_quantile(0.5)
+                .abs_diff(500_000)
+                < 1000
+        );
         assert_eq!(l.unanswered, 1);
         assert_eq!(l.datagrams, 6);
         assert!(!l.truncated);

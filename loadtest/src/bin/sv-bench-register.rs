@@ -481,6 +481,10 @@ struct Latency {
     /// From the capture, the server's share of each exchange (request → next final response,
     /// summed; for auth without the client's 401 → REGISTER turn-around).
     wire_server: Option<Percentiles>,
+    /// From the capture: the first request's leg (auth: REGISTER → 401) and the last one's
+    /// (→ 200, the leg that waits for the store).
+    wire_first_leg: Option<Percentiles>,
+    wire_last_leg: Option<Percentiles>,
     #[serde(skip)]
     wire_histogram: Option<Histogram<u64>>,
     #[serde(skip)]
@@ -973,6 +977,8 @@ impl Bench {
                     lat.wire = Percentiles::of_ns(&c.histogram);
                     lat.wire_unanswered = c.unanswered;
                     lat.wire_server = Percentiles::of_ns(&c.server_histogram);
+                    lat.wire_first_leg = Percentiles::of_ns(&c.first_leg_histogram);
+                    lat.wire_last_leg = Percentiles::of_ns(&c.last_leg_histogram);
                     lat.wire_histogram = Some(c.histogram);
                 }
                 Err(e) => eprintln!("  capture {}: {e:#}", p.display()),
@@ -1464,11 +1470,13 @@ fn run() -> Result<bool> {
                 list.join(", ")
             );
             println!(
-                "  {:<9} {:<5} server's share of the exchange at {:.0}/s (capture, p50/p99/p99.9 us): {}",
+                "  {:<9} {:<5} server's share of the exchange at {:.0}/s (capture, p50/p99/p99.9 us): {}; first leg {}; last leg (-> 200) {}",
                 r.server,
                 r.domain,
                 l.rate,
-                pct(l.wire_server)
+                pct(l.wire_server),
+                pct(l.wire_first_leg),
+                pct(l.wire_last_leg)
             );
         }
     }
