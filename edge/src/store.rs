@@ -645,11 +645,26 @@ impl Worker {
             if !stopping {
                 // With groups in the log that redb does not hold yet, wake up in time to hand them
                 // to a checkpoint even if nothing else arrives.
-                let msg = match self.log.checkpoint_due() {
-                    None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                    Some(due) => self
-                        .rx
-                        .recv_timeout(due.saturating_duration_since(Instant::now())),
+                let msg = if self.log.due_but_busy() {
+                    // A timer would fire at once, again and again: wait for the running
+                    // checkpoint to finish or for a submission instead.
+                    let done = self.log.cp_done.clone();
+                    channel::select! {
+                        recv(self.rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
+                        recv(done) -> r => {
+                            self.log
+                                .checkpoint_result(r.map_err(|_| TryRecvError::Disconnected));
+                            self.log.maybe_checkpoint();
+                            continue;
+                        }
+                    }
+                } else {
+                    match self.log.checkpoint_due() {
+                        None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(due) => self
+                            .rx
+                            .recv_timeout(due.saturating_duration_since(Instant::now())),
+                    }
                 };
                 match msg {
                     Ok(Msg::Job(job)) => {
@@ -863,7 +878,19 @@ impl LogWriter {
 
     /// When the pending groups should be handed to a checkpoint, if there are any.
     fn checkpoint_due(&self) -> Option<Instant> {
+        if self.broken.is_some() {
+            return None;
+        }
         self.pending_since.map(|t| t + self.interval)
+    }
+
+    /// Pending groups are due for a checkpoint, but the other file's checkpoint still runs: the
+    /// committer waits for that or for a submission, not on a timer.
+    fn due_but_busy(&self) -> bool {
+        self.other_busy
+            && self
+                .checkpoint_due()
+                .is_some_and(|due| Instant::now() >= due)
     }
 
     /// Hands the pending groups to a checkpoint if they have waited long enough and the other
@@ -892,6 +919,11 @@ impl LogWriter {
         } else {
             self.cp_done.try_recv()
         };
+        self.checkpoint_result(got);
+    }
+
+    /// Takes in what the checkpointer reported.
+    fn checkpoint_result(&mut self, got: Result<Result<(), StoreError>, TryRecvError>) {
         match got {
             Ok(Ok(())) => self.other_busy = false,
             Ok(Err(e)) => {

@@ -272,3 +272,31 @@ fn a_small_log_wraps_through_checkpoints_without_loss() {
         );
     }
 }
+
+#[test]
+fn an_idle_committer_still_checkpoints_what_the_log_holds() {
+    let dir = TempDir::new("idle");
+    let path = dir.path().join("r.redb");
+    let mut store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    store.set_checkpoint_interval(Duration::from_millis(20));
+    let committer = store.start(64, 64);
+    // Two groups, the second after the first's checkpoint could have started: the committer
+    // must notice both become due without further submissions.
+    commit(&committer, vec![put("a", "1")]);
+    std::thread::sleep(Duration::from_millis(30));
+    commit(&committer, vec![put("b", "2")]);
+    let waited = std::time::Instant::now();
+    while committer.stats().checkpoint_ops < 2 {
+        assert!(
+            waited.elapsed() < HANG,
+            "no checkpoint while idle: {:?}",
+            committer.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = committer.stats();
+    assert_eq!(s.checkpoint_ops, 2, "{s:?}");
+    assert!(s.checkpoints >= 1, "{s:?}");
+    committer.shutdown();
+    assert_eq!(keys(&load_map(&path)), ["a", "b"]);
+}
