@@ -1,20 +1,37 @@
-//! Durable registrar storage: one redb file, written by one group-commit thread.
+//! Durable registrar storage: an append-only binding log in front of a redb checkpoint, written
+//! by one group-commit thread.
 //!
-//! Why redb: it is pure Rust (no C/C++ to build or link), ACID with copy-on-write B-trees and
-//! checksummed commits, so a crash leaves either the old or the new commit and there is no
-//! write-ahead log whose replay we would have to manage; it needs no server and is actively
-//! maintained with a stable file format. sled is an unmaintained beta; RocksDB drags in a heavy C++
-//! build and tuning surface for a few thousand small keys; SQLite would do, but through C and FFI.
+//! The registrar hands us [`StoreOp`]s; the SIP service must answer 200 OK only after they are
+//! durable. [`Committer::submit`] queues the ops; the committer thread gathers whatever is queued
+//! (up to `max_batch` ops; with [`Store::set_min_commit_interval`] it also waits, boundedly, for
+//! the group to grow), writes the group as **one checksummed record with one `pwrite`** to a
+//! preallocated, zero-filled log file opened `O_DSYNC`, and only once that write returned runs
+//! each submission's `done` callback, then each distinct `flush` once
+//! ([`Committer::submit_with_flush`]: one worker wake-up per group). Groups are written and
+//! acknowledged strictly in order by the one thread, so what survives a crash is always a prefix
+//! of what was submitted, covering everything acknowledged.
 //!
-//! The registrar hands us [`StoreOp`]s; the SIP service must answer 200 OK only after the
-//! transaction holding them is durable. [`Committer::submit`] queues the ops; the committer thread
-//! gathers whatever is queued (up to `max_batch` ops), writes it in one transaction committed with
-//! [`Durability::Immediate`] (fsync), and only then runs each submission's `done` callback, then
-//! each distinct `flush` once ([`Committer::submit_with_flush`]: one worker wake-up per commit).
-//! Many registrations thus share one fsync without any of them being acknowledged early. With
-//! [`Store::set_min_commit_interval`] the thread also waits, boundedly, for a group to grow:
-//! a commit costs about the same CPU whatever it holds.
+//! Why redb, and why a log in front of it. redb is the database of record: pure Rust (no C/C++
+//! to build or link), ACID with copy-on-write B-trees and checksummed commits, no server, actively
+//! maintained with a stable file format. sled is an unmaintained beta; RocksDB drags in a heavy
+//! C++ build and tuning surface for a few thousand small keys; SQLite would do, but through C and
+//! FFI. But a durable redb commit costs ~250–500 µs of CPU whatever it holds (page copies,
+//! checksums, ~6 `pwrite`s and an `fdatasync` that journals metadata), which at 10 bindings per
+//! commit was the largest single share of a REGISTER's CPU. The log record costs one write.
+//!
+//! Checkpoints: a second thread (`sipveil-ckpt`) applies the acknowledged groups to redb in large
+//! batches — one durable transaction per checkpoint (every [`CHECKPOINT_INTERVAL`] by default, or
+//! when a log file fills), which also records the highest log sequence number it covers
+//! (`log_applied_seq` in the meta table). The log is two files, `<db>.wal0` and `<db>.wal1`; the
+//! writer fills one while the other's records are being checkpointed, and reuses a file only once
+//! the checkpoint covering it is durable. [`Store::open`] replays every whole log record above the
+//! checkpoint into redb (stopping at the first torn record or gap in the sequence), so
+//! [`Store::load`] sees everything that was acknowledged. Log format: `store/log.rs`.
 
+mod log;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,20 +39,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 
+pub use log::DEFAULT_LOG_BYTES;
 pub use sipveil_registrar::StoreOp;
 
-/// The layout version this build writes and reads. A file with a higher version was written by a
-/// newer sipveil and is refused rather than misread.
-pub const FORMAT_VERSION: u64 = 1;
+/// The layout version this build writes and reads. Version 2 added the binding log and
+/// [`APPLIED_SEQ_KEY`]; a version-1 file (no log) is upgraded in place. A file with a higher
+/// version was written by a newer sipveil and is refused rather than misread.
+pub const FORMAT_VERSION: u64 = 2;
 /// Table holding `format_version` (and, later, other layout facts).
 pub const META_TABLE: &str = "meta";
 /// Key of the layout version in [`META_TABLE`].
 pub const FORMAT_KEY: &str = "format_version";
+/// Key in [`META_TABLE`] of the highest log sequence number the checkpoint covers.
+pub const APPLIED_SEQ_KEY: &str = "log_applied_seq";
 /// Table of registrar records: key and value bytes are the registrar's business.
 pub const BINDINGS_TABLE: &str = "bindings";
+/// Default time between checkpoints while groups arrive (see [`Store::set_checkpoint_interval`]).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 const META: TableDefinition<&str, u64> = TableDefinition::new(META_TABLE);
 const BINDINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(BINDINGS_TABLE);
@@ -92,9 +115,25 @@ pub enum StoreError {
     },
     #[error("store {}: the committer stopped before these operations were committed", path.display())]
     Stopped { path: PathBuf },
+    #[error("store {}: log {}: {what}: {source}", path.display(), log.display())]
+    Log {
+        path: PathBuf,
+        log: PathBuf,
+        what: &'static str,
+        source: Arc<std::io::Error>,
+    },
 }
 
 impl StoreError {
+    fn log(path: &Path, log: &Path, what: &'static str, e: std::io::Error) -> StoreError {
+        StoreError::Log {
+            path: path.to_path_buf(),
+            log: log.to_path_buf(),
+            what,
+            source: Arc::new(e),
+        }
+    }
+
     fn db(path: &Path, what: &'static str, e: impl Into<redb::Error>) -> StoreError {
         StoreError::Db {
             path: path.to_path_buf(),
@@ -119,7 +158,7 @@ pub enum Busy {
 /// Counters of the committer thread, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Committed write transactions (each one fsync).
+    /// Committed groups (each one log record, one synchronous write).
     pub batches: u64,
     /// Operations in committed transactions.
     pub ops: u64,
@@ -127,10 +166,16 @@ pub struct CommitStats {
     pub submissions: u64,
     /// Transactions that failed; their submissions got `Err`.
     pub failed_batches: u64,
-    /// Time spent applying and committing (including fsync), summed over committed transactions.
+    /// Time spent encoding and writing groups (including the sync), summed over committed groups.
     pub commit_time_total: Duration,
-    /// The longest single commit.
+    /// The longest single group write.
     pub commit_time_max: Duration,
+    /// Durable redb checkpoints (each one fsynced transaction holding many groups).
+    pub checkpoints: u64,
+    /// Operations applied to redb by checkpoints.
+    pub checkpoint_ops: u64,
+    /// Time spent in checkpoints, summed.
+    pub checkpoint_time_total: Duration,
     /// Submissions waiting in the queue when the stats were read.
     pub queued: usize,
 }
@@ -153,6 +198,16 @@ pub struct Store {
     observer: Option<CommitObserver>,
     min_commit_interval: Duration,
     enough: usize,
+    logs: [LogFile; 2],
+    next_seq: u64,
+    checkpoint_interval: Duration,
+}
+
+/// One of the two log files, opened `O_DSYNC`.
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    size: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,9 +217,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`, creating missing parent directories, and checks
-    /// its format version.
+    /// Opens (or creates) the database at `path` and its log files `<path>.wal0` and
+    /// `<path>.wal1` ([`DEFAULT_LOG_BYTES`] each), creating missing parent directories, checks the
+    /// format version and replays the log into the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_log_size(path, DEFAULT_LOG_BYTES)
+    }
+
+    /// [`Store::open`] with log files of `log_bytes` each (rounded up to 4 KiB, at least 64 KiB).
+    /// A log file of another size is replayed, then recreated at this size.
+    pub fn open_with_log_size(path: &Path, log_bytes: u64) -> Result<Store, StoreError> {
         let owned = path.to_path_buf();
         if path.is_dir() {
             return Err(StoreError::IsDirectory { path: owned });
@@ -181,13 +243,37 @@ impl Store {
             source: Arc::new(e),
         })?;
         check_format(&db, path)?;
+        let next_seq = replay(&db, path)?;
+        let size = log::align_up(log_bytes.max(64 << 10));
+        let [p0, p1] = log::paths(path);
+        let prepare = |p: PathBuf| {
+            log::prepare(&p, size)
+                .map(|file| LogFile {
+                    file,
+                    path: p.clone(),
+                    size,
+                })
+                .map_err(|e| StoreError::log(path, &p, "prepare", e))
+        };
+        let logs = [prepare(p0)?, prepare(p1)?];
         Ok(Store {
             db,
             path: owned,
             observer: None,
             min_commit_interval: Duration::ZERO,
             enough: usize::MAX,
+            logs,
+            next_seq,
+            checkpoint_interval: CHECKPOINT_INTERVAL,
         })
+    }
+
+    /// How long acknowledged groups may stay in the log only before a checkpoint applies them to
+    /// redb (default [`CHECKPOINT_INTERVAL`]); a full log file starts one sooner. Longer means fewer,
+    /// larger redb transactions (less CPU per binding) and a longer replay after a crash. Set it
+    /// before [`Store::start`]; raised to at least 1 ms.
+    pub fn set_checkpoint_interval(&mut self, interval: Duration) {
+        self.checkpoint_interval = interval.max(Duration::from_millis(1));
     }
 
     /// The path the store was opened with.
@@ -218,6 +304,7 @@ impl Store {
 
     /// Calls `f(ops, commit_time)` on the committer thread after each successful commit (for
     /// `Metrics::store_commit`). Set it before [`Store::start`].
+    /// The duration is that of the group's log write (encoding and the synchronous `pwrite`).
     pub fn on_commit(&mut self, f: impl Fn(usize, Duration) + Send + 'static) {
         self.observer = Some(Box::new(f));
     }
@@ -255,9 +342,42 @@ impl Store {
         let stats = Arc::new(Mutex::new(CommitStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let path: Arc<Path> = Arc::from(self.path.as_path());
-        let worker = Worker {
+        // At most one checkpoint runs and at most one more waits (the writer blocks before
+        // handing over a second): both channels stay tiny.
+        let (cp_tx, cp_rx) = channel::unbounded::<CheckpointJob>();
+        let (cp_done_tx, cp_done_rx) = channel::unbounded();
+        let checkpointer = Checkpointer {
             db: self.db,
             path: path.clone(),
+            stats: stats.clone(),
+        };
+        let cp_thread = std::thread::Builder::new()
+            .name("sipveil-ckpt".into())
+            .spawn(move || checkpointer.run(&cp_rx, &cp_done_tx))
+            .map_err(|e| StoreError::Thread {
+                path: self.path.clone(),
+                source: Arc::new(e),
+            })?;
+        let log = LogWriter {
+            logs: self.logs,
+            current: 0,
+            offset: 0,
+            next_seq: self.next_seq,
+            buf: Vec::new(),
+            aligned: log::Aligned::default(),
+            pending: Vec::new(),
+            pending_since: None,
+            other_busy: false,
+            cp_tx: Some(cp_tx),
+            cp_done: cp_done_rx,
+            cp_thread: Some(cp_thread),
+            broken: None,
+            interval: self.checkpoint_interval,
+            path: path.clone(),
+            stats: stats.clone(),
+        };
+        let worker = Worker {
+            log,
             rx,
             max_batch: max_batch.max(1),
             stats: stats.clone(),
@@ -314,6 +434,8 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
     };
     match found {
         Some(v) if v == FORMAT_VERSION => Ok(()),
+        // Version 1 had no log: nothing to replay, and the only change is the version key.
+        Some(1) => set_format_version(db, path),
         Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
             path: owned(),
             found: v,
@@ -324,24 +446,127 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             found: v,
             supported: FORMAT_VERSION,
         }),
-        None => {
-            let mut txn = db
-                .begin_write()
-                .map_err(|e| StoreError::db(path, "begin write", e))?;
-            txn.set_durability(Durability::Immediate);
-            {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| StoreError::db(path, "create meta table", e))?;
-                meta.insert(FORMAT_KEY, FORMAT_VERSION)
-                    .map_err(|e| StoreError::db(path, "write format version", e))?;
-                txn.open_table(BINDINGS)
-                    .map_err(|e| StoreError::db(path, "create bindings table", e))?;
-            }
-            txn.commit()
-                .map_err(|e| StoreError::db(path, "commit new store", e))
-        }
+        None => set_format_version(db, path),
     }
+}
+
+/// Writes [`FORMAT_VERSION`] and makes sure both tables exist, durably.
+fn set_format_version(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StoreError::db(path, "begin write", e))?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| StoreError::db(path, "create meta table", e))?;
+        meta.insert(FORMAT_KEY, FORMAT_VERSION)
+            .map_err(|e| StoreError::db(path, "write format version", e))?;
+        txn.open_table(BINDINGS)
+            .map_err(|e| StoreError::db(path, "create bindings table", e))?;
+    }
+    txn.commit()
+        .map_err(|e| StoreError::db(path, "commit new store", e))
+}
+
+/// Replays the log records above the checkpoint into `db` (stopping at the first gap), then
+/// records in the meta table that everything up to the highest sequence number of any whole
+/// record in either file (chained or stale) is covered, so that stale records after a torn one can
+/// never be mistaken for new ones. Returns the next sequence number to write.
+fn replay(db: &Database, path: &Path) -> Result<u64, StoreError> {
+    let applied = {
+        let txn = db
+            .begin_read()
+            .map_err(|e| StoreError::db(path, "begin read", e))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| StoreError::db(path, "open meta table", e))?;
+        meta.get(APPLIED_SEQ_KEY)
+            .map_err(|e| StoreError::db(path, "read log position", e))?
+            .map_or(0, |v| v.value())
+    };
+    let mut records = Vec::new();
+    let mut highest = applied;
+    for p in log::paths(path) {
+        let file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::log(path, &p, "open for replay", e)),
+        };
+        records.extend(log::scan(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+        highest = highest
+            .max(log::highest_seq(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+    }
+    records.retain(|(s, _)| *s > applied);
+    records.sort_unstable_by_key(|(s, _)| *s);
+    let mut expect = applied.saturating_add(1);
+    let mut replayed = 0usize;
+    for (s, _) in &records {
+        if *s != expect {
+            break;
+        }
+        expect = expect.saturating_add(1);
+        replayed += 1;
+    }
+    if replayed > 0 || highest > applied {
+        if replayed < records.len() {
+            tracing::warn!(
+                "store {}: the log has {} record(s) after a gap at sequence {expect}; they were \
+                 never acknowledged and are dropped",
+                path.display(),
+                records.len() - replayed
+            );
+        }
+        let ops = records
+            .iter()
+            .take(replayed)
+            .flat_map(|(_, ops)| ops.iter());
+        commit_ops(db, path, ops, highest)?;
+        tracing::info!(
+            "store {}: replayed {replayed} log record(s) up to sequence {}",
+            path.display(),
+            expect.saturating_sub(1)
+        );
+    }
+    Ok(highest.saturating_add(1))
+}
+
+/// Applies `ops` in order and sets the checkpoint's log position, in one durable transaction.
+fn commit_ops<'a>(
+    db: &Database,
+    path: &Path,
+    ops: impl Iterator<Item = &'a StoreOp>,
+    applied_seq: u64,
+) -> Result<(), StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StoreError::db(path, "begin write", e))?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut table = txn
+            .open_table(BINDINGS)
+            .map_err(|e| StoreError::db(path, "open bindings table", e))?;
+        for op in ops {
+            match op {
+                StoreOp::Put { key, value } => {
+                    table
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(|e| StoreError::db(path, "write", e))?;
+                }
+                StoreOp::Delete { key } => {
+                    table
+                        .remove(key.as_slice())
+                        .map_err(|e| StoreError::db(path, "delete", e))?;
+                }
+            }
+        }
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| StoreError::db(path, "open meta table", e))?;
+        meta.insert(APPLIED_SEQ_KEY, applied_seq)
+            .map_err(|e| StoreError::db(path, "write log position", e))?;
+    }
+    txn.commit().map_err(|e| StoreError::db(path, "commit", e))
 }
 
 /// A submission's callback. Runs exactly once: with the commit's result, or — if the submission is
@@ -396,8 +621,7 @@ enum Msg {
 }
 
 struct Worker {
-    db: Database,
-    path: Arc<Path>,
+    log: LogWriter,
     rx: Receiver<Msg>,
     max_batch: usize,
     stats: Arc<Mutex<CommitStats>>,
@@ -408,7 +632,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
         let mut batch: Vec<Job> = Vec::new();
         // Once stopping, never block again: commit what is queued, then leave.
         let mut stopping = false;
@@ -419,14 +643,41 @@ impl Worker {
             stopping |= self.stop.load(Ordering::Acquire);
             let mut ops = 0;
             if !stopping {
-                match self.rx.recv() {
+                // With groups in the log that redb does not hold yet, wake up in time to hand them
+                // to a checkpoint even if nothing else arrives.
+                let msg = if self.log.due_but_busy() {
+                    // A timer would fire at once, again and again: wait for the running
+                    // checkpoint to finish or for a submission instead.
+                    let done = self.log.cp_done.clone();
+                    channel::select! {
+                        recv(self.rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
+                        recv(done) -> r => {
+                            self.log
+                                .checkpoint_result(r.map_err(|_| TryRecvError::Disconnected));
+                            self.log.maybe_checkpoint();
+                            continue;
+                        }
+                    }
+                } else {
+                    match self.log.checkpoint_due() {
+                        None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(due) => self
+                            .rx
+                            .recv_timeout(due.saturating_duration_since(Instant::now())),
+                    }
+                };
+                match msg {
                     Ok(Msg::Job(job)) => {
                         ops += job.ops.len();
                         batch.push(job);
                     }
                     Ok(Msg::Stop) => stopping = true,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.log.maybe_checkpoint();
+                        continue;
+                    }
                     // Every Committer is gone and the queue is empty.
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             // Coalesce: hold the batch open until the minimum interval since the previous commit
@@ -466,13 +717,17 @@ impl Worker {
             }
             last_commit = (batch.len() > 1).then(Instant::now);
             self.commit(&mut batch, ops);
+            self.log.maybe_checkpoint();
         }
+        // Everything acknowledged goes into redb before the thread ends, so a clean shutdown
+        // leaves a database that needs no replay.
+        self.log.finish();
         // Dropping `self.rx` here hands any submission that raced with the stop to `Done::drop`.
     }
 
-    fn commit(&self, batch: &mut Vec<Job>, ops: usize) {
+    fn commit(&mut self, batch: &mut Vec<Job>, ops: usize) {
         let started = Instant::now();
-        let result = self.apply(batch);
+        let result = self.log.write_group(batch);
         let took = started.elapsed();
         {
             let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -501,36 +756,247 @@ impl Worker {
             }
         }
     }
+}
 
-    /// All operations of the batch, in submission order, in one fsynced transaction. A failure
-    /// anywhere aborts the whole transaction (dropping it rolls back).
-    fn apply(&self, batch: &[Job]) -> Result<(), StoreError> {
-        let path = &*self.path;
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| StoreError::db(path, "begin write", e))?;
-        txn.set_durability(Durability::Immediate);
-        {
-            let mut table = txn
-                .open_table(BINDINGS)
-                .map_err(|e| StoreError::db(path, "open bindings table", e))?;
-            for op in batch.iter().flat_map(|job| job.ops.iter()) {
-                match op {
-                    StoreOp::Put { key, value } => {
-                        table
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(|e| StoreError::db(path, "write", e))?;
-                    }
-                    StoreOp::Delete { key } => {
-                        table
-                            .remove(key.as_slice())
-                            .map_err(|e| StoreError::db(path, "delete", e))?;
-                    }
-                }
+/// Acknowledged groups on their way into redb: the ops of one log file, and the highest sequence
+/// number they cover.
+struct CheckpointJob {
+    ops: Vec<StoreOp>,
+    seq: u64,
+}
+
+/// Owns the database while the committer runs; applies each [`CheckpointJob`] in one durable
+/// transaction and reports the result.
+struct Checkpointer {
+    db: Database,
+    path: Arc<Path>,
+    stats: Arc<Mutex<CommitStats>>,
+}
+
+impl Checkpointer {
+    fn run(self, rx: &Receiver<CheckpointJob>, done: &Sender<Result<(), StoreError>>) {
+        lower_priority();
+        for job in rx {
+            let started = Instant::now();
+            let result = commit_ops(&self.db, &self.path, job.ops.iter(), job.seq);
+            let took = started.elapsed();
+            if result.is_ok() {
+                let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                s.checkpoints += 1;
+                s.checkpoint_ops += job.ops.len() as u64;
+                s.checkpoint_time_total += took;
+            }
+            if done.send(result).is_err() {
+                break;
             }
         }
-        txn.commit().map_err(|e| StoreError::db(path, "commit", e))
+        // Dropping the database here closes the file before the committer thread ends.
+    }
+}
+
+/// Nice 10 for the calling thread: a checkpoint is a burst of redb work (milliseconds) that no
+/// acknowledgement waits for, so on a busy machine it should yield to the SIP workers and the
+/// group writer; at nice 10 it still gets about a tenth of a contended CPU, enough to keep up.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only changes the nice value of the thread
+    // with that id (ours) and reports failure through its return value, which we only log.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(tid).unwrap_or(0), 10)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "store checkpoint thread: setpriority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The writing side of the log, on the committer thread.
+struct LogWriter {
+    logs: [LogFile; 2],
+    /// The file being written.
+    current: usize,
+    /// Where the next record goes in it.
+    offset: u64,
+    next_seq: u64,
+    buf: Vec<u8>,
+    /// `buf` at an aligned address for direct I/O.
+    aligned: log::Aligned,
+    /// Ops of the records in the current file that no checkpoint has been handed yet.
+    pending: Vec<StoreOp>,
+    /// When the first of them was written.
+    pending_since: Option<Instant>,
+    /// A checkpoint of the other file's records is running: that file may not be reused yet.
+    other_busy: bool,
+    cp_tx: Option<Sender<CheckpointJob>>,
+    cp_done: Receiver<Result<(), StoreError>>,
+    cp_thread: Option<JoinHandle<()>>,
+    /// A checkpoint failed: the log files can no longer be reused, so once the current one is full
+    /// every later group fails with this (what was acknowledged stays in the log for the replay).
+    broken: Option<StoreError>,
+    interval: Duration,
+    path: Arc<Path>,
+    stats: Arc<Mutex<CommitStats>>,
+}
+
+impl LogWriter {
+    /// Writes the batch's ops as one record, synchronously. On success the ops move to `pending`.
+    fn write_group(&mut self, batch: &mut [Job]) -> Result<(), StoreError> {
+        log::encode(
+            self.next_seq,
+            batch.iter().flat_map(|j| j.ops.iter()),
+            &mut self.buf,
+        );
+        let len = self.buf.len() as u64;
+        let size = self.logs[self.current].size;
+        if len > size {
+            return Err(StoreError::log(
+                &self.path,
+                &self.logs[self.current].path,
+                "write",
+                std::io::Error::other(format!(
+                    "a group of {len} bytes does not fit in a log file of {size} bytes"
+                )),
+            ));
+        }
+        if self.offset + len > size {
+            self.rotate(true)?;
+        }
+        let log = &self.logs[self.current];
+        log.file
+            .write_all_at(self.aligned.copy_of(&self.buf), self.offset)
+            .map_err(|e| StoreError::log(&self.path, &log.path, "write", e))?;
+        self.offset += len;
+        self.next_seq += 1;
+        for job in batch.iter_mut() {
+            self.pending.append(&mut job.ops);
+        }
+        self.pending_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// When the pending groups should be handed to a checkpoint, if there are any.
+    fn checkpoint_due(&self) -> Option<Instant> {
+        if self.broken.is_some() {
+            return None;
+        }
+        self.pending_since.map(|t| t + self.interval)
+    }
+
+    /// Pending groups are due for a checkpoint, but the other file's checkpoint still runs: the
+    /// committer waits for that or for a submission, not on a timer.
+    fn due_but_busy(&self) -> bool {
+        self.other_busy
+            && self
+                .checkpoint_due()
+                .is_some_and(|due| Instant::now() >= due)
+    }
+
+    /// Hands the pending groups to a checkpoint if they have waited long enough and the other
+    /// file is free (never blocks).
+    fn maybe_checkpoint(&mut self) {
+        self.poll(false);
+        if !self.other_busy
+            && self.broken.is_none()
+            && self
+                .checkpoint_due()
+                .is_some_and(|due| Instant::now() >= due)
+        {
+            // Cannot fail: the other file is free and nothing is broken.
+            let _ = self.rotate(false);
+        }
+    }
+
+    /// Collects a finished checkpoint, waiting for it if `block`.
+    fn poll(&mut self, block: bool) {
+        // After a failed checkpoint nothing more will come: never wait for it.
+        if !self.other_busy || self.broken.is_some() {
+            return;
+        }
+        let got = if block {
+            self.cp_done.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            self.cp_done.try_recv()
+        };
+        self.checkpoint_result(got);
+    }
+
+    /// Takes in what the checkpointer reported.
+    fn checkpoint_result(&mut self, got: Result<Result<(), StoreError>, TryRecvError>) {
+        match got {
+            Ok(Ok(())) => self.other_busy = false,
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                self.broken = Some(e);
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                self.broken.get_or_insert_with(|| StoreError::Stopped {
+                    path: self.path.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    /// Hands the current file's pending groups to a checkpoint and switches to the other file,
+    /// first waiting (if `wait`) for the checkpoint that still covers it.
+    fn rotate(&mut self, wait: bool) -> Result<(), StoreError> {
+        if wait {
+            self.poll(true);
+        }
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        if self.other_busy {
+            return Err(StoreError::Stopped {
+                path: self.path.to_path_buf(),
+            });
+        }
+        if !self.pending.is_empty() {
+            let job = CheckpointJob {
+                ops: std::mem::take(&mut self.pending),
+                seq: self.next_seq - 1,
+            };
+            let sent = self.cp_tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+            if !sent {
+                let e = StoreError::Stopped {
+                    path: self.path.to_path_buf(),
+                };
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+            self.other_busy = true;
+        }
+        self.pending_since = None;
+        self.current ^= 1;
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Checkpoints whatever is pending, waits for every checkpoint and stops the checkpointer.
+    fn finish(&mut self) {
+        self.poll(true);
+        if self.broken.is_none() && !self.pending.is_empty() {
+            let _ = self.rotate(false);
+            self.poll(true);
+        }
+        self.cp_tx = None;
+        if let Some(t) = self.cp_thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!(
+                "store {}: the checkpoint thread panicked",
+                self.path.display()
+            );
+        }
+        let s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::debug!(
+            "store {}: {} groups, {} checkpoints",
+            self.path.display(),
+            s.batches,
+            s.checkpoints
+        );
     }
 }
 

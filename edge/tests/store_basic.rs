@@ -699,6 +699,29 @@ fn open_refuses_a_newer_format_and_foreign_files() {
     assert!(e.to_string().contains("newer"), "{e}");
     set_version(FORMAT_VERSION);
     drop(open(&path));
+    // A version-1 file (before the binding log) is upgraded in place, its records kept.
+    {
+        let committer = open(&path).start(1, 1);
+        let (tx, rx) = channel::unbounded();
+        committer
+            .submit(vec![put("kept", "1")], report(&tx, 0))
+            .expect("submit");
+        expect_ok(&rx, 1);
+        committer.shutdown();
+    }
+    set_version(1);
+    assert_eq!(load_map(&path).get("kept").map(String::as_str), Some("1"));
+    {
+        let db = redb::Database::create(&path).expect("redb open");
+        let txn = db.begin_read().expect("begin");
+        let v = txn
+            .open_table(meta)
+            .expect("meta table")
+            .get(sipveil_edge::store::FORMAT_KEY)
+            .expect("read")
+            .map(|v| v.value());
+        assert_eq!(v, Some(FORMAT_VERSION), "upgraded to the current version");
+    }
 
     // A redb file of something else.
     let other = dir.path().join("other.redb");

@@ -243,6 +243,9 @@ pub struct Trial {
     /// schedstat run time in the window by thread name (`comm`, summed over threads of that
     /// name), ns: where the server spends it.
     pub server_threads_ns: std::collections::BTreeMap<String, f64>,
+    /// schedstat run-queue wait in the window by thread name, ns: time the server's threads were
+    /// ready to run but waited for a CPU (the machine's contention, as the server felt it).
+    pub server_threads_wait_ns: std::collections::BTreeMap<String, f64>,
     pub passed: bool,
     pub note: String,
 }
@@ -304,6 +307,48 @@ pub fn plot_response_svg(
         },
         series,
     )
+}
+
+/// Groups per second the daemon's store would commit at `rate` REGISTERs/s with its bounded
+/// coalescing (`[registrar] commit_interval_ms` = `interval_ms`, `commit_group` = `group`): a
+/// group closes when `group` REGISTERs wait or `interval_ms` has passed since the previous one,
+/// so groups come every `min(group / rate, interval)` seconds — but never more groups than
+/// REGISTERs. The rate the sync floor is probed at.
+#[must_use]
+pub fn store_group_rate(rate: f64, interval_ms: f64, group: f64) -> f64 {
+    if rate <= 0.0 {
+        return 0.0;
+    }
+    let by_group = rate / group.max(1.0);
+    let by_interval = if interval_ms > 0.0 {
+        1000.0 / interval_ms
+    } else {
+        rate
+    };
+    by_group.max(by_interval).min(rate)
+}
+
+/// The sync floor: latencies of a durable write done the way the store does it (one 4 KiB record
+/// `pwrite` to a preallocated file opened `O_DSYNC`), on the database's file system, in the same
+/// run, paced at the store's group rate.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncFloor {
+    /// Domain whose half-load rate set the pace.
+    pub domain: String,
+    /// REGISTERs/s of that latency run.
+    pub register_rate: f64,
+    /// Paced durable writes per second (see [`store_group_rate`]).
+    pub group_rate: f64,
+    /// Durable writes measured.
+    pub writes: u64,
+    /// Their latency.
+    pub latency: Option<Percentiles>,
+    /// Half of Kamailio's p99 at the same rate (issue 4's target for sipveil's p99), µs.
+    pub p99_target_us: Option<f64>,
+    /// Whether one sync's p99 alone stays within the target (a 200 OK waits for at least one).
+    pub floor_p99_within_target: Option<bool>,
+    /// The directory probed (the one holding sipveil's database).
+    pub dir: String,
 }
 
 #[cfg(test)]
@@ -408,5 +453,18 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(svg.contains("<svg") && svg.contains("kamailio open"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn store_group_rate_follows_the_coalescing_rule() {
+        // 2 000/s with 5 ms / 20: the interval closes groups (10 each).
+        assert!((store_group_rate(2000.0, 5.0, 20.0) - 200.0).abs() < 1e-9);
+        // 9 000/s: 20 wait before 5 ms pass.
+        assert!((store_group_rate(9000.0, 5.0, 20.0) - 450.0).abs() < 1e-9);
+        // 100/s: never more groups than REGISTERs.
+        assert!((store_group_rate(100.0, 5.0, 20.0) - 100.0).abs() < 1e-9);
+        // No coalescing: one group per REGISTER.
+        assert!((store_group_rate(500.0, 0.0, 20.0) - 500.0).abs() < 1e-9);
+        assert!(store_group_rate(0.0, 5.0, 20.0).abs() < 1e-9);
     }
 }

@@ -27,6 +27,17 @@ pub enum PcapError {
 pub struct CaptureLatency {
     /// Response times in ns.
     pub histogram: Histogram<u64>,
+    /// The server's share of each answered exchange, ns: summed over its requests, the time from
+    /// a request's first transmission to the next response on that Call-ID. For the
+    /// authenticated domain that leaves out the client's 401 → second REGISTER turn-around.
+    pub server_histogram: Histogram<u64>,
+    /// Per answered exchange, the first request's leg (first transmission → first final
+    /// response: for the authenticated domain the REGISTER → 401 leg, which never waits for the
+    /// store), ns.
+    pub first_leg_histogram: Histogram<u64>,
+    /// Per answered exchange, the last request's leg (→ its 200; the leg that waits for the
+    /// store), ns.
+    pub last_leg_histogram: Histogram<u64>,
     /// Call-IDs with a REGISTER but no 200 OK in the capture.
     pub unanswered: u64,
     /// SIP datagrams seen.
@@ -118,8 +129,11 @@ pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, Pcap
     if link != 1 && link != 113 {
         return Err(PcapError::LinkType(link));
     }
-    let mut started: HashMap<String, u64> = HashMap::new();
+    let mut started: HashMap<String, Exchange> = HashMap::new();
     let mut histogram = new_total_histogram();
+    let mut server_histogram = new_total_histogram();
+    let mut first_leg_histogram = new_total_histogram();
+    let mut last_leg_histogram = new_total_histogram();
     let mut datagrams = 0u64;
     let mut truncated = false;
     let mut at = 24usize;
@@ -158,44 +172,96 @@ pub fn request_latency(pcap: &[u8], method: &str) -> Result<CaptureLatency, Pcap
             method,
             t_ns,
             &mut started,
-            &mut histogram,
+            &mut Histograms {
+                total: &mut histogram,
+                server: &mut server_histogram,
+                first_leg: &mut first_leg_histogram,
+                last_leg: &mut last_leg_histogram,
+            },
             &mut datagrams,
         );
     }
-    let unanswered = started.values().filter(|&&t| t != u64::MAX).count() as u64;
+    let unanswered = started.values().filter(|x| !x.answered).count() as u64;
     Ok(CaptureLatency {
         histogram,
+        server_histogram,
+        first_leg_histogram,
+        last_leg_histogram,
         unanswered,
         datagrams,
         truncated,
     })
 }
 
+/// One Call-ID's exchange so far.
+struct Exchange {
+    /// First transmission of its first request.
+    first: u64,
+    /// First transmission of the request now waiting for a response, if one waits.
+    waiting: Option<u64>,
+    /// Server time so far: request → next response, summed.
+    server_ns: u64,
+    /// The first request's leg, once answered.
+    first_leg: Option<u64>,
+    answered: bool,
+}
+
+struct Histograms<'a> {
+    total: &'a mut Histogram<u64>,
+    server: &'a mut Histogram<u64>,
+    first_leg: &'a mut Histogram<u64>,
+    last_leg: &'a mut Histogram<u64>,
+}
+
 fn handle(
     text: &str,
     method: &str,
     t_ns: u64,
-    started: &mut HashMap<String, u64>,
-    histogram: &mut Histogram<u64>,
+    started: &mut HashMap<String, Exchange>,
+    h: &mut Histograms<'_>,
     datagrams: &mut u64,
 ) {
     let Some(call_id) = header(text, "Call-ID", Some("i")) else {
         return;
     };
     *datagrams += 1;
+    let cseq_is_method = || header(text, "CSeq", None).is_some_and(|c| c.ends_with(method));
     if text
         .strip_prefix(method)
         .is_some_and(|rest| rest.starts_with(' '))
     {
-        started.entry(call_id.to_owned()).or_insert(t_ns);
-    } else if text.starts_with("SIP/2.0 200")
-        && header(text, "CSeq", None).is_some_and(|c| c.ends_with(method))
-        && let Some(t0) = started.get_mut(call_id)
-        && *t0 != u64::MAX
+        let x = started.entry(call_id.to_owned()).or_insert(Exchange {
+            first: t_ns,
+            waiting: None,
+            server_ns: 0,
+            first_leg: None,
+            answered: false,
+        });
+        // A retransmission keeps the first transmission's time.
+        x.waiting.get_or_insert(t_ns);
+    } else if text.starts_with("SIP/2.0 ")
+        // Final responses only: a provisional one does not end the server's turn.
+        && !text.starts_with("SIP/2.0 1")
+        && cseq_is_method()
+        && let Some(x) = started.get_mut(call_id)
+        && !x.answered
     {
-        histogram.saturating_record(t_ns.saturating_sub(*t0).max(1));
-        // Answered: later retransmitted 200s are not counted again.
-        *t0 = u64::MAX;
+        let mut leg = 0;
+        if let Some(t) = x.waiting.take() {
+            leg = t_ns.saturating_sub(t);
+            x.server_ns += leg;
+        }
+        x.first_leg.get_or_insert(leg);
+        if text.starts_with("SIP/2.0 200") {
+            h.total
+                .saturating_record(t_ns.saturating_sub(x.first).max(1));
+            h.server.saturating_record(x.server_ns.max(1));
+            h.first_leg
+                .saturating_record(x.first_leg.unwrap_or(leg).max(1));
+            h.last_leg.saturating_record(leg.max(1));
+            // Answered: later retransmitted 200s are not counted again.
+            x.answered = true;
+        }
     }
 }
 
@@ -274,6 +340,22 @@ mod tests {
         let l = register_latency(&cap).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.histogram.len(), 1);
         assert!(l.histogram.value_at_quantile(0.5).abs_diff(800_000) < 1000);
+        // The server's share: REGISTER → 401 (200 µs) + REGISTER → 200 (500 µs); the client's
+        // 100 µs turn-around between the 401 and the second REGISTER is left out.
+        assert_eq!(l.server_histogram.len(), 1);
+        assert!(l.server_histogram.value_at_quantile(0.5).abs_diff(700_000) < 1000);
+        assert!(
+            l.first_leg_histogram
+                .value_at_quantile(0.5)
+                .abs_diff(200_000)
+                < 1000
+        );
+        assert!(
+            l.last_leg_histogram
+                .value_at_quantile(0.5)
+                .abs_diff(500_000)
+                < 1000
+        );
         assert_eq!(l.unanswered, 1);
         assert_eq!(l.datagrams, 6);
         assert!(!l.truncated);

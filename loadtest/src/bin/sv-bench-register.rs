@@ -27,8 +27,9 @@ use sipveil_loadtest::kamailio::{
 use sipveil_loadtest::lab::{self, Daemon, Lab, Shape};
 use sipveil_loadtest::procs::ChildGuard;
 use sipveil_loadtest::register::{
-    AUTH_DOMAIN, BenchUser, OPEN_DOMAIN, Percentiles, SipveilConfig, Trial, cpu_us_per_register,
-    judge, make_users, plot_response_svg, sipveil_users_file,
+    AUTH_DOMAIN, BenchUser, OPEN_DOMAIN, Percentiles, SipveilConfig, SyncFloor, Trial,
+    cpu_us_per_register, judge, make_users, plot_response_svg, sipveil_users_file,
+    store_group_rate,
 };
 use sipveil_loadtest::register_client::{ClientTotals, ClientUser, run_load};
 use sipveil_loadtest::register_pcap::register_latency;
@@ -173,6 +174,82 @@ struct Opts {
     wait_quiet_secs: u64,
     #[arg(long, default_value_t = 0.3)]
     quiet_cpus: f64,
+    /// Seconds of the sync-floor probe per domain (durable 4 KiB `O_DIRECT|O_DSYNC` writes on the
+    /// database's file system at the store's group rate for the latency run); 0 skips it.
+    #[arg(long, default_value_t = 5.0)]
+    sync_floor_secs: f64,
+}
+
+/// sipveil's `[registrar] commit_interval_ms` and `commit_group` defaults (the bench's generated
+/// config does not set them), which set the group rate the sync floor is probed at.
+const COMMIT_INTERVAL_MS: f64 = 5.0;
+const COMMIT_GROUP: f64 = 20.0;
+/// Bounds of the sync-floor probe whatever the options say.
+const SYNC_FLOOR_MAX_WRITES: u64 = 20_000;
+const SYNC_FLOOR_MAX_SECS: f64 = 30.0;
+
+/// Durable writes the way sipveil's store writes a group: one 4 KiB record `pwrite` into a
+/// preallocated, zero-filled 4 MiB file opened `O_DIRECT | O_DSYNC` (plain `O_DSYNC` where the
+/// file system refuses direct I/O), sequentially (wrapping), paced open-loop
+/// at `per_sec`, for at most `secs` (and [`SYNC_FLOOR_MAX_WRITES`]). Latency of each write in ns.
+/// The file lives in `dir` and is removed afterwards.
+fn probe_sync_floor(dir: &Path, per_sec: f64, secs: f64) -> Result<Histogram<u64>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const RECORD: usize = 4096;
+    const FILE: u64 = 4 << 20;
+    let path = dir.join("sync-floor.probe");
+    let result = (|| -> Result<Histogram<u64>> {
+        {
+            let f =
+                fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < FILE {
+                f.write_all_at(&zeros, at)?;
+                at += zeros.len() as u64;
+            }
+            f.sync_all()?;
+        }
+        let open = |flags| {
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let f = match open(libc::O_DSYNC | libc::O_DIRECT) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(libc::O_DSYNC),
+            other => other,
+        }
+        .with_context(|| format!("opening {} O_DSYNC", path.display()))?;
+        let mut h = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?;
+        // Direct I/O needs an aligned buffer: the aligned 4 KiB inside 8 KiB.
+        let mut raw = vec![0x5au8; 2 * RECORD];
+        let start = raw.as_ptr().align_offset(RECORD).min(RECORD);
+        let record = &mut raw[start..start + RECORD];
+        let secs = secs.clamp(0.0, SYNC_FLOOR_MAX_SECS);
+        let period = Duration::from_secs_f64(1.0 / per_sec.max(1.0));
+        let started = Instant::now();
+        let mut next = started;
+        let mut offset = 0u64;
+        let mut n = 0u64;
+        while n < SYNC_FLOOR_MAX_WRITES && started.elapsed().as_secs_f64() < secs {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next += period;
+            record[..8].copy_from_slice(&n.to_le_bytes());
+            let t = Instant::now();
+            f.write_all_at(record, offset)?;
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            h.saturating_record(ns.max(1_000));
+            offset = (offset + RECORD as u64) % FILE;
+            n += 1;
+        }
+        Ok(h)
+    })();
+    let _ = fs::remove_file(&path);
+    result
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -227,6 +304,16 @@ fn netns_pids(ns: &str) -> Vec<u32> {
 
 /// schedstat run time (ns) by thread name over `pids`' threads.
 fn cpu_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
+    sched_by_thread(pids, 0)
+}
+
+/// schedstat run-queue wait (ns: runnable but not running) by thread name over `pids`' threads.
+fn wait_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
+    sched_by_thread(pids, 1)
+}
+
+/// Field `field` of /proc/PID/task/TID/schedstat (0 run time, 1 run-queue wait, ns) by thread name.
+fn sched_by_thread(pids: &[u32], field: usize) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for pid in pids {
         if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
@@ -236,7 +323,7 @@ fn cpu_by_thread(pids: &[u32]) -> BTreeMap<String, f64> {
                     .ok()
                     .and_then(|t| {
                         t.split_whitespace()
-                            .next()
+                            .nth(field)
                             .and_then(|v| v.parse::<f64>().ok())
                     })
                 {
@@ -391,6 +478,13 @@ struct Latency {
     /// The native client's own timing (first send to the 200, µs precision).
     client: Option<Percentiles>,
     wire_unanswered: u64,
+    /// From the capture, the server's share of each exchange (request → next final response,
+    /// summed; for auth without the client's 401 → REGISTER turn-around).
+    wire_server: Option<Percentiles>,
+    /// From the capture: the first request's leg (auth: REGISTER → 401) and the last one's
+    /// (→ 200, the leg that waits for the store).
+    wire_first_leg: Option<Percentiles>,
+    wire_last_leg: Option<Percentiles>,
     #[serde(skip)]
     wire_histogram: Option<Histogram<u64>>,
     #[serde(skip)]
@@ -587,6 +681,7 @@ impl Bench {
         let pcap = dump.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let pids = netns_pids(lab::NS_EDGE);
         let threads0 = cpu_by_thread(&pids);
+        let waits0 = wait_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let t0 = Instant::now();
         let mut guards = Vec::new();
@@ -612,6 +707,7 @@ impl Bench {
         }
         let (ticks1, sched1) = cpu_of(&pids);
         let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
+        let waits = thread_delta(&waits0, &wait_by_thread(&pids));
         if let Some((mut g, _)) = dump {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -664,6 +760,7 @@ impl Bench {
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
             server_threads_ns: threads,
+            server_threads_wait_ns: waits,
             passed,
             note,
             totals,
@@ -737,6 +834,7 @@ impl Bench {
             .collect();
         let pids = netns_pids(lab::NS_EDGE);
         let threads0 = cpu_by_thread(&pids);
+        let waits0 = wait_by_thread(&pids);
         let (ticks0, sched0) = cpu_of(&pids);
         let host = d.host();
         let sockets = self.o.client_ports;
@@ -770,6 +868,7 @@ impl Bench {
         let out = run.join().map_err(|_| anyhow!("client thread panicked"));
         let (ticks1, sched1) = cpu_of(&pids);
         let threads = thread_delta(&threads0, &cpu_by_thread(&pids));
+        let waits = thread_delta(&waits0, &wait_by_thread(&pids));
         let pcap = dump.map(|(mut g, p)| {
             std::thread::sleep(Duration::from_millis(300));
             g.stop();
@@ -816,6 +915,7 @@ impl Bench {
             server_cpu_ticks_ns: ticks1 - ticks0,
             server_cpu_sched_ns: sched1 - sched0,
             server_threads_ns: threads,
+            server_threads_wait_ns: waits,
             passed,
             note,
             totals,
@@ -876,6 +976,9 @@ impl Bench {
                 Ok(c) => {
                     lat.wire = Percentiles::of_ns(&c.histogram);
                     lat.wire_unanswered = c.unanswered;
+                    lat.wire_server = Percentiles::of_ns(&c.server_histogram);
+                    lat.wire_first_leg = Percentiles::of_ns(&c.first_leg_histogram);
+                    lat.wire_last_leg = Percentiles::of_ns(&c.last_leg_histogram);
                     lat.wire_histogram = Some(c.histogram);
                 }
                 Err(e) => eprintln!("  capture {}: {e:#}", p.display()),
@@ -1044,6 +1147,7 @@ fn run() -> Result<bool> {
             results.insert((d, s), res);
         }
     }
+    let mut lat_rates: BTreeMap<Domain, f64> = BTreeMap::new();
     for &d in &domains {
         let kam_max = results.get(&(d, Server::Kamailio)).and_then(|r| r.max_rate);
         let rate = bench
@@ -1051,6 +1155,7 @@ fn run() -> Result<bool> {
             .latency_rate
             .or(kam_max.map(|m| (m / 2.0).round()))
             .unwrap_or(1000.0);
+        lat_rates.insert(d, rate);
         for &s in &servers {
             eprintln!("== {} {}: response time at {rate:.0}/s", s.name(), d.name());
             match bench.latency(s, d, rate) {
@@ -1066,6 +1171,46 @@ fn run() -> Result<bool> {
                     }
                 }
             }
+        }
+    }
+    // The sync floor, per domain, right after its latency runs (no server running).
+    let mut sync_floors: Vec<SyncFloor> = Vec::new();
+    for (&d, &rate) in &lat_rates {
+        if bench.o.sync_floor_secs <= 0.0 {
+            break;
+        }
+        let group_rate = store_group_rate(rate, COMMIT_INTERVAL_MS, COMMIT_GROUP);
+        let dir = bench
+            .sipveil_db
+            .parent()
+            .map_or_else(|| bench.tmp.clone(), Path::to_path_buf);
+        eprintln!(
+            "== sync floor {}: durable 4 KiB O_DIRECT|O_DSYNC writes at {group_rate:.0}/s (the store's group rate at {rate:.0} REGISTER/s) for {:.0} s in {}",
+            d.name(),
+            bench.o.sync_floor_secs,
+            dir.display()
+        );
+        let kam_p99 = results
+            .get(&(d, Server::Kamailio))
+            .and_then(|r| r.latency.as_ref())
+            .and_then(|l| l.wire.or(l.client))
+            .map(|p| p.p99_us);
+        match probe_sync_floor(&dir, group_rate, bench.o.sync_floor_secs) {
+            Ok(h) => {
+                let latency = Percentiles::of_ns(&h);
+                let target = kam_p99.map(|p| p / 2.0);
+                sync_floors.push(SyncFloor {
+                    domain: d.name().to_owned(),
+                    register_rate: rate,
+                    group_rate,
+                    writes: h.len(),
+                    latency,
+                    p99_target_us: target,
+                    floor_p99_within_target: latency.zip(target).map(|(l, t)| l.p99_us <= t),
+                    dir: dir.display().to_string(),
+                });
+            }
+            Err(e) => eprintln!("  sync floor FAILED: {e:#}"),
         }
     }
     for &d in &domains {
@@ -1201,6 +1346,8 @@ fn run() -> Result<bool> {
             "users": bench.users.len(),
         },
         "results": results.values().collect::<Vec<_>>(),
+        "sync_floor": sync_floors,
+        "sync_floor_method": "one 4 KiB pwrite into a preallocated file opened O_DIRECT|O_DSYNC (how sipveil's store writes a group), paced open-loop at the store's group rate for the domain's latency run (commit_interval 5 ms / commit_group 20), in the directory of sipveil's database, after that domain's latency runs with no server running; p99_target_us = 0.5 x Kamailio's p99 at that rate (capture, else client timing)",
     });
     let path = bench.o.out.join("summary.json");
     fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
@@ -1303,6 +1450,53 @@ fn run() -> Result<bool> {
         "  auth_cpu_per_register_ratio  {}",
         show(cpu_ratio(Domain::Auth))
     );
+    for r in results.values() {
+        if let Some(l) = &r.latency
+            && l.trial.totals.successful > 0
+        {
+            let n = l.trial.totals.successful as f64;
+            let list: Vec<String> = l
+                .trial
+                .server_threads_wait_ns
+                .iter()
+                .filter(|(_, ns)| **ns > 0.0)
+                .map(|(name, ns)| format!("{name} {:.1}", ns / n / 1e3))
+                .collect();
+            println!(
+                "  {:<9} {:<5} run-queue wait at {:.0}/s (us/REGISTER, schedstat): {}",
+                r.server,
+                r.domain,
+                l.rate,
+                list.join(", ")
+            );
+            println!(
+                "  {:<9} {:<5} server's share of the exchange at {:.0}/s (capture, p50/p99/p99.9 us): {}; first leg {}; last leg (-> 200) {}",
+                r.server,
+                r.domain,
+                l.rate,
+                pct(l.wire_server),
+                pct(l.wire_first_leg),
+                pct(l.wire_last_leg)
+            );
+        }
+    }
+    for f in &sync_floors {
+        println!(
+            "  sync floor {:<5} {:>6.0} writes/s ({:.0} REGISTER/s): p50/p99/p99.9 {} us; p99 target (0.5 x Kamailio p99) {} us: {}",
+            f.domain,
+            f.group_rate,
+            f.register_rate,
+            pct(f.latency),
+            f.p99_target_us
+                .map_or("n/a".to_owned(), |t| format!("{t:.0}")),
+            match f.floor_p99_within_target {
+                Some(true) => "one sync's p99 fits within the target",
+                Some(false) =>
+                    "one sync's p99 alone exceeds the target (durable acks cannot meet it here)",
+                None => "n/a",
+            }
+        );
+    }
     drop(tmp);
     Ok(results.values().all(|r| r.errors.is_empty()))
 }
