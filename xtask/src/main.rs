@@ -110,7 +110,10 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure(setup::Needs::BuildAndFuzz),
         Task::Build => {
             setup::ensure(setup::Needs::Build)?;
-            cmd::run(workspace::cargo().args(["build", "--release", "--workspace"]))
+            // The default members: the eBPF crate builds only for bpfel-unknown-none, through
+            // edge/build.rs (its object is embedded in `sipveil`); `--workspace` would build its
+            // binaries for the host too, which cannot link (their own panic handler).
+            cmd::run(workspace::cargo().args(["build", "--release"]))
         }
         Task::Lab { action } => lab_command(action),
         Task::Run { iface, config } => metal::run(&iface, config),
