@@ -450,7 +450,7 @@ fn source_bucket(
     }
 }
 
-/// One packet against the buckets at `b` (a map value or the fresh value on the stack).
+/// One packet against the buckets at `b` (a map value, or this CPU's `SV_SHIELD_NEW` slot).
 #[inline(always)]
 fn charge(
     cfg: &ShieldConfig,
@@ -461,7 +461,8 @@ fn charge(
     burst: u64,
     now: u64,
 ) -> Bucket {
-    // SAFETY: `b` is live for the run (a map value, or the caller's stack); `idx` < CLASSES.
+    // SAFETY: `b` is live for the run (a map value, or this CPU's `SV_SHIELD_NEW` slot); `idx` <
+    // CLASSES.
     let bucket = unsafe { &raw mut (*b).classes[idx] };
     if take(bucket, rate, burst, now) {
         Bucket::Passed
@@ -489,8 +490,8 @@ fn take(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
 #[inline(always)]
 fn refill(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
     let cap = burst * TOKEN;
-    // SAFETY: `b` points into a live map value (this CPU's slot for per-CPU maps) or a value on
-    // the caller's stack.
+    // SAFETY: `b` points into a live map value (this CPU's slot for per-CPU maps, such as the
+    // `SV_SHIELD_NEW` slot a new source's buckets are built in).
     unsafe {
         let last = (*b).last_refill_ns;
         let mut tokens = (*b).tokens;

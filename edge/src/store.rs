@@ -5,7 +5,8 @@
 //! durable. [`Committer::submit`] queues the ops; the committer thread gathers whatever is queued
 //! (up to `max_batch` ops; with [`Store::set_min_commit_interval`] it also waits, boundedly, for
 //! the group to grow), writes the group as **one checksummed record with one `pwrite`** to a
-//! preallocated, zero-filled log file opened `O_DSYNC`, and only once that write returned runs
+//! preallocated, zero-filled log file opened `O_DIRECT|O_DSYNC` (buffered `O_DSYNC` on a file
+//! system without direct I/O), and only once that write returned runs
 //! each submission's `done` callback, then each distinct `flush` once
 //! ([`Committer::submit_with_flush`]: one worker wake-up per group). Groups are written and
 //! acknowledged strictly in order by the one thread, so what survives a crash is always a prefix
@@ -203,7 +204,7 @@ pub struct Store {
     checkpoint_interval: Duration,
 }
 
-/// One of the two log files, opened `O_DSYNC`.
+/// One of the two log files, opened `O_DIRECT|O_DSYNC` (or buffered `O_DSYNC`, see `log::prepare`).
 struct LogFile {
     file: File,
     path: PathBuf,

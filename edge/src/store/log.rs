@@ -1,4 +1,5 @@
-//! The binding log: two preallocated files written with `O_DSYNC`, one record per commit group.
+//! The binding log: two preallocated files written with `O_DIRECT|O_DSYNC` (buffered `O_DSYNC`
+//! where the file system has no direct I/O), one record per commit group.
 //!
 //! Record layout (little endian), starting at a multiple of [`ALIGN`]:
 //! `magic u32 | payload length u32 | seq u64 | crc32 u32 | payload`, where the CRC covers the
