@@ -397,9 +397,9 @@ const _: () = {
 ///
 /// Besides the global ceiling, each class may have a ceiling of its own over all sources that
 /// are not allowlisted ([`ShieldConfig::class_global_per_cpu`], `SV_GLOBAL_BKT` entry 1 + class):
-/// checked and charged together with the global one (step 2: [`crate::Counter::DropGlobalClass`]
-/// when the global ceiling has a token and the class ceiling has none; step 6 takes one token
-/// from each). So REGISTER and INVITE from unknown sources, the requests that cost the daemon
+/// checked and charged together with the global one (step 2, just before it: no token →
+/// [`crate::Counter::DropGlobalClass`], whatever the global ceiling holds; step 6 takes one
+/// token from each). So REGISTER and INVITE from unknown sources, the requests that cost the daemon
 /// most, can be held far below the total while keep-alives keep their own share.
 ///
 /// Before all of this, the program looks at a per-CPU cache of the last source it dropped (not

@@ -348,15 +348,28 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     let idx = src.class as usize & (CLASSES - 1);
     let global = cfg.global_per_cpu;
     let class_global = cfg.class_global_per_cpu[idx];
-    let ceiling = if allowed || global.rate == 0 {
-        None
-    } else {
-        SV_GLOBAL_BKT.get_ptr_mut(0)
-    };
+    // The class's ceiling first: it is the lower one under a flood of one kind (REGISTERs), so
+    // such a flood's drops refill one bucket, not two.
     let class_ceiling = if allowed || class_global.rate == 0 {
         None
     } else {
         SV_GLOBAL_BKT.get_ptr_mut(1 + idx as u32)
+    };
+    if let Some(g) = class_ceiling
+        && !refill(
+            g,
+            class_global.rate.min(MAX_RATE) as u64,
+            class_global.burst.min(MAX_BURST) as u64,
+            now,
+        )
+    {
+        maps::count(Counter::DropGlobalClass);
+        return xdp_action::XDP_DROP;
+    }
+    let ceiling = if allowed || global.rate == 0 {
+        None
+    } else {
+        SV_GLOBAL_BKT.get_ptr_mut(0)
     };
     if let Some(g) = ceiling
         && !refill(
@@ -367,17 +380,6 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         )
     {
         maps::count(Counter::DropGlobal);
-        return xdp_action::XDP_DROP;
-    }
-    if let Some(g) = class_ceiling
-        && !refill(
-            g,
-            class_global.rate.min(MAX_RATE) as u64,
-            class_global.burst.min(MAX_BURST) as u64,
-            now,
-        )
-    {
-        maps::count(Counter::DropGlobalClass);
         return xdp_action::XDP_DROP;
     }
 

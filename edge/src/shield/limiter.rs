@@ -316,7 +316,7 @@ impl UserShield {
     }
 
     /// The XDP program's order (see `limit` in ebpf/src/shield.rs): allowlist, the ceilings'
-    /// refill (global, then the class's: a source that is not allowlisted is dropped there while
+    /// refill (the class's, then the global one: a source that is not allowlisted is dropped there while
     /// one is exhausted, before its own buckets are charged), blocklist, the source's bucket, the
     /// ceilings' tokens. (The XDP program's per-CPU cache of its last dropped source only saves
     /// work: its verdicts are these, give or take the cache's lifetime after a change.)
@@ -333,18 +333,7 @@ impl UserShield {
                 unlimited: p.unlimited,
             });
         }
-        let g = self.limits.global;
-        let ceiling = rule.is_none() && g.rate != 0;
-        if ceiling
-            && !refill(
-                &mut self.global,
-                u64::from(g.rate.min(MAX_RATE)),
-                u64::from(g.burst.min(MAX_BURST)),
-                now,
-            )
-        {
-            return Verdict::DropGlobal;
-        }
+        // The class's ceiling, then the global one (the XDP program's order).
         let idx = class as usize;
         let cg = self.limits.class_global[idx];
         let class_ceiling = rule.is_none() && cg.rate != 0;
@@ -357,6 +346,18 @@ impl UserShield {
             )
         {
             return Verdict::DropGlobalClass { class };
+        }
+        let g = self.limits.global;
+        let ceiling = rule.is_none() && g.rate != 0;
+        if ceiling
+            && !refill(
+                &mut self.global,
+                u64::from(g.rate.min(MAX_RATE)),
+                u64::from(g.burst.min(MAX_BURST)),
+                now,
+            )
+        {
+            return Verdict::DropGlobal;
         }
         if let Some((until, _)) = self.blocks.get(&key)
             && now < *until
