@@ -661,6 +661,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_shows_the_default_limits() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sipveil.example.toml");
+        let ex = Config::load(&path).expect("the example config");
+        let d = parse("[shield]\nenabled = true\n").expect("defaults");
+        let (e, d) = (ex.shield.limits, d.shield.limits);
+        assert_eq!(e.per_class, d.per_class);
+        assert_eq!(e.new_source_burst, d.new_source_burst);
+        assert_eq!(e.global, d.global);
+        assert_eq!(e.class_global, d.class_global);
+        assert_eq!(e.allow_multiplier, d.allow_multiplier);
+    }
+
+    #[test]
     fn class_ceilings_default_and_are_read() {
         let c = parse("").expect("config");
         let g = c.shield.limits.class_global;
