@@ -16,7 +16,10 @@
 /// `SV_SHIELD_CFG`, `SV_SHIELD_EVT`) and counters 16.. (see [`shield`]).
 /// 3: RTCP is passed up for scrubbing ([`Counter::RtcpPass`], `SV_COUNTERS` has 31 entries);
 /// [`Counter::RelayedRtcp`] is no longer counted by the program.
-pub const ABI_VERSION: u32 = 3;
+/// 4: per-class global ceilings ([`shield::ShieldConfig::class_global_per_cpu`], 208 bytes;
+/// `SV_GLOBAL_BKT` has [`shield::GLOBAL_BUCKETS`] entries) and counters
+/// [`Counter::DropGlobalClass`], [`Counter::ShieldCacheHits`] (`SV_COUNTERS` has 33 entries).
+pub const ABI_VERSION: u32 = 4;
 
 /// Names of the maps of the entry program, as they appear in the object and under the pin directory.
 pub mod maps {
@@ -277,11 +280,17 @@ pub enum Counter {
     /// source: passed to the userspace relay, which removes what identifies the sender (SDES
     /// items, BYE reasons, APP) before sending it on. Strict-source drops happen first.
     RtcpPass = 30,
+    /// Within its source's limits but over the global ceiling of its class
+    /// ([`shield::ShieldConfig::class_global_per_cpu`]): dropped.
+    DropGlobalClass = 31,
+    /// Not an outcome: drops decided by the per-CPU cache of the last dropped source (counted
+    /// under their reason as well; see `ebpf/src/shield.rs`).
+    ShieldCacheHits = 32,
 }
 
 impl Counter {
     /// Number of counters (size of the per-CPU array).
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 33;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Rx,
@@ -315,6 +324,8 @@ impl Counter {
         Counter::ShieldEvents,
         Counter::ShieldEventsLost,
         Counter::RtcpPass,
+        Counter::DropGlobalClass,
+        Counter::ShieldCacheHits,
     ];
 
     /// A stable snake_case name (metrics and CLI).
@@ -351,6 +362,8 @@ impl Counter {
             Counter::ShieldEvents => "shield_events",
             Counter::ShieldEventsLost => "shield_events_lost",
             Counter::RtcpPass => "rtcp_pass",
+            Counter::DropGlobalClass => "shield_drop_global_class",
+            Counter::ShieldCacheHits => "shield_cache_hits",
         }
     }
 }
@@ -381,6 +394,19 @@ const _: () = {
 ///    and at most one [`ShieldEvent`] per source per [`ShieldConfig::event_interval_ms`]);
 /// 6. the ceiling's token is taken (a packet dropped by its source's rate costs the ceiling
 ///    nothing).
+///
+/// Besides the global ceiling, each class may have a ceiling of its own over all sources that
+/// are not allowlisted ([`ShieldConfig::class_global_per_cpu`], `SV_GLOBAL_BKT` entry 1 + class):
+/// checked and charged together with the global one (step 2, just before it: no token →
+/// [`crate::Counter::DropGlobalClass`], whatever the global ceiling holds; step 6 takes one
+/// token from each). So REGISTER and INVITE from unknown sources, the requests that cost the daemon
+/// most, can be held far below the total while keep-alives keep their own share.
+///
+/// Before all of this, the program looks at a per-CPU cache of the last source it dropped (not
+/// part of the ABI): a packet of the same source and class within the cached verdict's lifetime
+/// is dropped with the same counter at once. A rate drop is cached until its bucket would hold a
+/// token again (at most 1/rate s), a block for at most 20 ms; so a changed limit, a new allow
+/// or block or an unblock takes effect for a source within that time.
 ///
 /// The verdicts are those of "blocklist, allowlist, source, ceiling" (a blocked source is
 /// dropped whatever its allowlisting); the counters differ in one case — a blocked source's
@@ -422,6 +448,9 @@ pub mod shield {
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     /// Number of SIP UDP ports and of SIP TCP/TLS ports in [`ShieldConfig`].
     pub const MAX_PORTS: usize = 4;
+    /// Entries of `SV_GLOBAL_BKT` (per CPU): 0 is the global ceiling, 1 + a class index that
+    /// class's ceiling.
+    pub const GLOBAL_BUCKETS: u32 = 1 + CLASSES as u32;
 
     /// What a packet is, for its limit: the first bytes of the UDP payload, or a TCP SYN.
     #[repr(u8)]
@@ -726,8 +755,12 @@ pub mod shield {
         pub new_source_burst: [u16; CLASSES],
         /// Room for later settings without an ABI bump of the layout.
         pub reserved: [u32; 6],
+        /// Ceilings per class (indexed by [`ShieldClass`]) over all sources that are not
+        /// allowlisted, **per receiving CPU** like [`ShieldConfig::global_per_cpu`] (ABI 4).
+        /// `rate == 0`: that class has no ceiling of its own.
+        pub class_global_per_cpu: [RateLimit; CLASSES],
     }
-    const _: () = assert!(core::mem::size_of::<ShieldConfig>() == 144);
+    const _: () = assert!(core::mem::size_of::<ShieldConfig>() == 208);
 
     /// [`ShieldEvent::reason`]: the source went over its rate for `class`.
     pub const EVENT_RATE_LIMITED: u16 = 1;

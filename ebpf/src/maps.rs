@@ -9,8 +9,8 @@ use aya_ebpf::{
 use sipveil_abi::{
     Config, Counter, Flow, FlowKey, MAX_FLOWS, MAX_TX_PORTS,
     shield::{
-        AllowData, AllowEntry, BlockEntry, EVENTS_BYTES, MAX_ALLOWED, MAX_BLOCKED, MAX_SOURCES,
-        ShieldConfig, SourceBuckets, SourceKey, TokenBucket,
+        AllowData, AllowEntry, BlockEntry, EVENTS_BYTES, GLOBAL_BUCKETS, MAX_ALLOWED, MAX_BLOCKED,
+        MAX_SOURCES, ShieldConfig, SourceBuckets, SourceKey, TokenBucket,
     },
 };
 
@@ -39,12 +39,13 @@ pub static SV_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 pub static SV_SRC_BUCKETS: LruHashMap<SourceKey, SourceBuckets> =
     LruHashMap::pinned(MAX_SOURCES, 0);
 
-/// The global ceiling, one bucket per CPU (entry 0). Per CPU rather than one shared entry: under
+/// The global ceiling, one bucket per CPU (entry 0), and the ceilings per class (entry 1 + the
+/// class index, `ShieldConfig::class_global_per_cpu`). Per CPU rather than one shared entry: under
 /// a flood every CPU would write the same cache line for every packet, exactly when the shield
 /// must be cheapest, and unlocked updates from several CPUs would lose tokens anyway. The daemon
 /// sets each CPU's share (`ShieldConfig::global_per_cpu`).
 #[map]
-pub static SV_GLOBAL_BKT: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
+pub static SV_GLOBAL_BKT: PerCpuArray<TokenBucket> = PerCpuArray::pinned(GLOBAL_BUCKETS, 0);
 
 /// Allowlisted prefixes (configured peers, recently authenticated sources), written by the daemon.
 /// An LPM trie so a carrier's whole range is one entry; single sources are /32 or /128 entries.
@@ -69,6 +70,31 @@ pub static SV_SHIELD_EVT: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 /// past the 512 bytes the verifier allows for the entry program's call chain).
 #[map]
 pub static SV_SHIELD_NEW: PerCpuArray<SourceBuckets> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last source this CPU's shield dropped, and until when that verdict holds (see
+/// `shield::limit`). `until_ns == 0`: empty.
+#[repr(C)]
+pub struct LastDrop {
+    pub key: SourceKey,
+    /// `ShieldClass` index of the dropped packet: the verdict holds for this class only.
+    pub class: u8,
+    pub _pad: [u8; 3],
+    /// The `Counter` index the drop was counted under.
+    pub counter: u32,
+    pub _pad1: u32,
+    /// `bpf_ktime_get_coarse_ns` time from which the verdict no longer holds.
+    pub until_ns: u64,
+    /// Rate drops decided by this entry, added to the source's `SourceBuckets::dropped` when
+    /// its buckets are next charged with a drop or when the entry is replaced.
+    pub hits: u64,
+}
+
+/// Internal, not pinned, not part of the ABI: one [`LastDrop`] per CPU. A flood from one source
+/// (or a few, each landing on its own receive queue) then costs one per-CPU array lookup per
+/// packet instead of the allowlist trie, the ceiling, the blocklist and the LRU. Each program
+/// load starts empty.
+#[map]
+pub static SV_SHIELD_LAST: PerCpuArray<LastDrop> = PerCpuArray::with_max_entries(1, 0);
 
 /// Slots of [`SV_FIB_CACHE`] (a power of two).
 pub const FIB_CACHE_SLOTS: u32 = 256;
@@ -101,6 +127,15 @@ pub static SV_FIB_CACHE: PerCpuArray<FibCacheEntry> =
 #[inline(always)]
 pub fn count(counter: Counter) {
     add(counter, 1);
+}
+
+/// Adds one to the counter with index `index` of this CPU (nothing when out of range).
+#[inline(always)]
+pub fn count_index(index: u32) {
+    if let Some(slot) = SV_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: as in `add`.
+        unsafe { *slot += 1 };
+    }
 }
 
 /// Adds `n` to a counter of this CPU (per-CPU: no atomics needed).

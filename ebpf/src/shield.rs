@@ -44,9 +44,11 @@ use sipveil_ebpf::{
     sipclass::{CLASSIFY_BYTES, classify},
 };
 
+use core::num::NonZeroU64;
+
 use crate::maps::{
-    self, SV_ALLOW, SV_BLOCK, SV_GLOBAL_BKT, SV_SHIELD_CFG, SV_SHIELD_EVT, SV_SHIELD_NEW,
-    SV_SRC_BUCKETS,
+    self, LastDrop, SV_ALLOW, SV_BLOCK, SV_GLOBAL_BKT, SV_SHIELD_CFG, SV_SHIELD_EVT,
+    SV_SHIELD_LAST, SV_SHIELD_NEW, SV_SRC_BUCKETS,
 };
 
 /// `EEXIST`: the insert's answer when another CPU created the entry first.
@@ -58,6 +60,9 @@ const MAX_IPV6_EXT: usize = 4;
 const MAX_L4_OFF: usize = 512;
 /// IPv6 fragment header: the offset bits of its third and fourth bytes (host order).
 const IPV6_FRAG_OFFSET: u16 = 0xfff8;
+/// How long a blocked source's drop is remembered in this CPU's [`LastDrop`]: an unblock (or
+/// a block's expiry) takes effect within this time.
+const BLOCK_CACHE_NS: u64 = 20_000_000;
 
 /// What the limiter needs to know about one packet.
 #[repr(C)]
@@ -258,28 +263,57 @@ fn syn_class(
     Ok((ShieldClass::Syn, dport))
 }
 
-/// Allowlist, the global ceiling's refill, blocklist, the source's bucket for its class, the
-/// global ceiling's token: the verdict, with its counter counted. A BPF-to-BPF call (not
-/// inlined): the shield's body exists once for the IPv4/IPv6 and UDP/TCP callers, and the relay's
-/// code is not enlarged by it.
+/// The per-CPU cache of the last dropped source, allowlist, the ceilings' refill, blocklist, the
+/// source's bucket for its class, the ceilings' tokens: the verdict, with its counter counted.
+/// A BPF-to-BPF call (not inlined): the shield's body exists once for the IPv4/IPv6 and UDP/TCP
+/// callers, and the relay's code is not enlarged by it.
+///
+/// First, this CPU's [`LastDrop`]: a packet of the source and class this CPU dropped last, while
+/// that verdict holds, is dropped under the same counter after one per-CPU array lookup (a
+/// single-source flood then touches neither the allowlist trie nor the hash maps). The verdict
+/// holds exactly as long as the full path would give it — a rate drop until the source's bucket
+/// holds a token again — unless the daemon changes something meanwhile: a new limit, allow or
+/// block applies to that source up to 1/rate s later, an unblock up to [`BLOCK_CACHE_NS`]
+/// later. Ceiling drops are not cached (the ceilings are not the source's).
 ///
 /// Ordered for the cost of a drop under a flood from many sources, where every source's entries
 /// are cold cache lines (a blocklist hash bucket, an `SV_SRC_BUCKETS` entry — or an LRU insert
-/// to create it): when this CPU's share of the ceiling has no token left, a source that is not
-/// allowlisted is dropped (`DropGlobal`) before either is looked at. The verdicts are those of
-/// the order blocklist → allowlist → source → ceiling: a blocked source is dropped whatever its
-/// allowlisting (only the counter differs: `DropGlobal` while the ceiling is exhausted), and
-/// the ceiling's token is taken only once the source's own bucket let the packet through, so a
-/// packet over its source's rate costs the ceiling nothing. What the order gives up: while the
-/// ceiling is exhausted, a source's packets are not charged to its own buckets, so a source
-/// whose packets are all dropped by the ceiling is not counted or reported per source (no
-/// `ShieldEvent`); its packets that the ceiling lets through are.
+/// to create it): when this CPU's share of the global ceiling, or of its class's ceiling, has no
+/// token left, a source that is not allowlisted is dropped (`DropGlobal`, `DropGlobalClass`)
+/// before either is looked at. The verdicts are those of the order blocklist → allowlist →
+/// source → ceilings: a blocked source is dropped whatever its allowlisting (only the counter
+/// differs while a ceiling is exhausted), and the ceilings' tokens are taken only once the
+/// source's own bucket let the packet through, so a packet over its source's rate costs the
+/// ceilings nothing. What the order gives up: while a ceiling is exhausted, a source's packets
+/// are not charged to its own buckets, so a source whose packets are all dropped by a ceiling is
+/// not counted or reported per source (no `ShieldEvent`); its packets that pass are.
 #[inline(never)]
 fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     // CLOCK_MONOTONIC at tick resolution: ~25 ns cheaper than the precise clock, and exact
     // token arithmetic over ticks (see `RateLimit` for the burst this asks for).
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    let last = SV_SHIELD_LAST.get_ptr_mut(0);
+    // Drops of this source the cache decided since its buckets last counted one.
+    let mut carried = 0;
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot of a per-CPU array, live for the run; XDP does not nest on a
+        // CPU.
+        unsafe {
+            if same_source(&(*l).key, &src.key) {
+                if (*l).class == src.class && now < (*l).until_ns {
+                    if (*l).counter != Counter::DropBlocked as u32 {
+                        (*l).hits += 1;
+                    }
+                    maps::count_index((*l).counter);
+                    maps::count(Counter::ShieldCacheHits);
+                    return xdp_action::XDP_DROP;
+                }
+                carried = (*l).hits;
+            }
+        }
+    }
 
     let mut allowed = false;
     let mut unlimited = false;
@@ -309,8 +343,29 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         mult = m.clamp(1, MAX_MULTIPLIER) as u64;
     }
 
-    // This CPU's share of the ceiling, refilled; `None` when it does not apply.
+    // This CPU's share of the global ceiling and of the class's ceiling, refilled; `None` when
+    // they do not apply.
+    let idx = src.class as usize & (CLASSES - 1);
     let global = cfg.global_per_cpu;
+    let class_global = cfg.class_global_per_cpu[idx];
+    // The class's ceiling first: it is the lower one under a flood of one kind (REGISTERs), so
+    // such a flood's drops refill one bucket, not two.
+    let class_ceiling = if allowed || class_global.rate == 0 {
+        None
+    } else {
+        SV_GLOBAL_BKT.get_ptr_mut(1 + idx as u32)
+    };
+    if let Some(g) = class_ceiling
+        && !refill(
+            g,
+            class_global.rate.min(MAX_RATE) as u64,
+            class_global.burst.min(MAX_BURST) as u64,
+            now,
+        )
+    {
+        maps::count(Counter::DropGlobalClass);
+        return xdp_action::XDP_DROP;
+    }
     let ceiling = if allowed || global.rate == 0 {
         None
     } else {
@@ -334,6 +389,13 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         let expires = unsafe { (*b).expires_ns };
         if expires == 0 || now < expires {
             maps::count(Counter::DropBlocked);
+            let soon = now + BLOCK_CACHE_NS;
+            let until = if expires != 0 && expires < soon {
+                expires
+            } else {
+                soon
+            };
+            remember(last, src, Counter::DropBlocked, until, false);
             return xdp_action::XDP_DROP;
         }
     }
@@ -342,15 +404,16 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         return xdp_action::XDP_PASS;
     }
 
-    let idx = src.class as usize & (CLASSES - 1);
     let lim = cfg.limits[idx];
     if lim.rate != 0 {
         let rate = (lim.rate.min(MAX_RATE) as u64 * mult).min(MAX_RATE as u64);
         let burst = (lim.burst.min(MAX_BURST) as u64 * mult).min(MAX_BURST as u64);
-        match source_bucket(cfg, src, idx, allowed, rate, burst, now) {
+        match source_bucket(cfg, src, idx, allowed, rate, burst, now, carried) {
             Bucket::Passed => {}
-            Bucket::Limited => {
-                maps::count(drop_counter(idx));
+            Bucket::Limited { until_ns } => {
+                let counter = drop_counter(idx);
+                maps::count(counter);
+                remember(last, src, counter, until_ns, true);
                 return xdp_action::XDP_DROP;
             }
             Bucket::MapFailed => {
@@ -360,11 +423,15 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
         }
     }
 
+    // The refills above found a token in each, and nothing else ran on this CPU's buckets since
+    // (XDP does not nest on a CPU); saturating all the same, so that a BPF_PROG_TEST_RUN
+    // interrupted by a real packet cannot wrap the count.
     if let Some(g) = ceiling {
-        // The refill above found a token, and nothing else ran on this CPU's bucket since (XDP
-        // does not nest on a CPU); saturating all the same, so that a BPF_PROG_TEST_RUN
-        // interrupted by a real packet cannot wrap the count.
         // SAFETY: this CPU's slot of a per-CPU array value, live for the run.
+        unsafe { (*g).tokens = (*g).tokens.saturating_sub(TOKEN) };
+    }
+    if let Some(g) = class_ceiling {
+        // SAFETY: as above.
         unsafe { (*g).tokens = (*g).tokens.saturating_sub(TOKEN) };
     }
 
@@ -376,12 +443,53 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Whether two source keys are the same source.
+#[inline(always)]
+fn same_source(a: &SourceKey, b: &SourceKey) -> bool {
+    a.prefix[0] == b.prefix[0] && a.prefix[1] == b.prefix[1] && a.family == b.family
+}
+
+/// Makes `src` (its class, under `counter`) this CPU's last dropped source until `until_ns`.
+///
+/// The rate drops the entry decided so far are added to its source's `SourceBuckets::dropped`
+/// — by the caller when `consumed` and the source is the same (`carried`), else here (one
+/// lookup, only when there are any: under a flood from many sources an entry is replaced before
+/// it is hit, so this costs nothing there).
+#[inline(always)]
+fn remember(
+    last: Option<*mut LastDrop>,
+    src: &Source,
+    counter: Counter,
+    until_ns: u64,
+    consumed: bool,
+) {
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot of a per-CPU array, live for the run; a map value from the
+        // lookup is live for the run too (plain adds: `dropped` is approximate anyway).
+        unsafe {
+            let hits = (*l).hits;
+            if hits != 0
+                && !(consumed && same_source(&(*l).key, &src.key))
+                && let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(&(*l).key)
+            {
+                (*b).dropped += hits;
+            }
+            (*l).key = src.key;
+            (*l).class = src.class;
+            (*l).counter = counter as u32;
+            (*l).until_ns = until_ns;
+            (*l).hits = 0;
+        }
+    }
+}
+
 /// What the source's bucket for the packet's class said.
 enum Bucket {
     /// A token was taken.
     Passed,
-    /// Over the rate: counted on the source (and sampled as an event).
-    Limited,
+    /// Over the rate: counted on the source (and sampled as an event). The bucket holds a token
+    /// again from `until_ns` on.
+    Limited { until_ns: u64 },
     /// The source had no buckets and the LRU map refused them (fail-open).
     MapFailed,
 }
@@ -396,6 +504,13 @@ enum Bucket {
 /// counted and its event written) and inserted as it ends up, so the entry is not looked up
 /// again. Only when another CPU inserted the same source
 /// in between (EEXIST) is it looked up again, and the packet charged to that entry.
+///
+/// `carried`: drops of this source decided by the [`LastDrop`] cache, added to its count if this
+/// packet is dropped too.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; the verifier sees no calls"
+)]
 #[inline(always)]
 fn source_bucket(
     cfg: &ShieldConfig,
@@ -405,9 +520,11 @@ fn source_bucket(
     rate: u64,
     burst: u64,
     now: u64,
+    carried: u64,
 ) -> Bucket {
+    let charge = |b| charge(cfg, src, b, idx, rate, burst, now, carried);
     if let Some(b) = SV_SRC_BUCKETS.get_ptr_mut(&src.key) {
-        return charge(cfg, src, b, idx, rate, burst, now);
+        return charge(b);
     }
     let Some(fresh) = SV_SHIELD_NEW.get_ptr_mut(0) else {
         return Bucket::MapFailed;
@@ -436,14 +553,14 @@ fn source_bucket(
         (*fresh).last_event_ns = 0;
         (*fresh).dropped = 0;
     }
-    let verdict = charge(cfg, src, fresh, idx, rate, burst, now);
+    let verdict = charge(fresh);
     // SAFETY: as above.
     match SV_SRC_BUCKETS.insert(&src.key, unsafe { &*fresh }, BPF_NOEXIST as u64) {
         Ok(()) => verdict,
         // Another CPU created it meanwhile: the packet counts against theirs. (An event this
         // packet may have written above stands; at most one extra event per race.)
         Err(e) if e == -EEXIST => match SV_SRC_BUCKETS.get_ptr_mut(&src.key) {
-            Some(b) => charge(cfg, src, b, idx, rate, burst, now),
+            Some(b) => charge(b),
             None => Bucket::MapFailed,
         },
         Err(_) => Bucket::MapFailed,
@@ -451,6 +568,10 @@ fn source_bucket(
 }
 
 /// One packet against the buckets at `b` (a map value, or this CPU's `SV_SHIELD_NEW` slot).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; the verifier sees no calls"
+)]
 #[inline(always)]
 fn charge(
     cfg: &ShieldConfig,
@@ -460,15 +581,23 @@ fn charge(
     rate: u64,
     burst: u64,
     now: u64,
+    carried: u64,
 ) -> Bucket {
     // SAFETY: `b` is live for the run (a map value, or this CPU's `SV_SHIELD_NEW` slot); `idx` <
     // CLASSES.
     let bucket = unsafe { &raw mut (*b).classes[idx] };
     if take(bucket, rate, burst, now) {
-        Bucket::Passed
-    } else {
-        limited(cfg, src, b, now);
-        Bucket::Limited
+        return Bucket::Passed;
+    }
+    limited(cfg, src, b, now, carried);
+    // The bucket holds less than a token as of its last refill (`now`, or later when another
+    // CPU refilled it meanwhile); at `rate` tokens/s it holds one again this many ns later.
+    // SAFETY: as above.
+    let (tokens, at) = unsafe { ((*bucket).tokens, (*bucket).last_refill_ns) };
+    let missing = TOKEN.saturating_sub(tokens);
+    let per_ns = NonZeroU64::new(rate).unwrap_or(NonZeroU64::MIN);
+    Bucket::Limited {
+        until_ns: at.saturating_add(((missing + per_ns.get() - 1) / per_ns).max(1)),
     }
 }
 
@@ -520,7 +649,7 @@ fn refill(b: *mut TokenBucket, rate: u64, burst: u64, now: u64) -> bool {
 /// A rate-limit drop: counts it on the source and, at most once per event interval per source,
 /// writes a `ShieldEvent` to the ring buffer.
 #[inline(always)]
-fn limited(cfg: &ShieldConfig, src: &Source, buckets: *mut SourceBuckets, now: u64) {
+fn limited(cfg: &ShieldConfig, src: &Source, buckets: *mut SourceBuckets, now: u64, carried: u64) {
     let interval_ms = if cfg.event_interval_ms == 0 {
         DEFAULT_EVENT_INTERVAL_MS
     } else {
@@ -529,7 +658,7 @@ fn limited(cfg: &ShieldConfig, src: &Source, buckets: *mut SourceBuckets, now: u
     // SAFETY: a live map value; plain (racy) updates are fine for a drop count and a sampling
     // time: a race costs at most one extra event.
     let dropped = unsafe {
-        let d = (*buckets).dropped + 1;
+        let d = (*buckets).dropped + carried + 1;
         (*buckets).dropped = d;
         let last = (*buckets).last_event_ns;
         if last != 0 && now.wrapping_sub(last) < interval_ms as u64 * 1_000_000 {

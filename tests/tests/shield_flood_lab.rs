@@ -34,9 +34,11 @@ const X_ADDR: &str = "198.18.3.2";
 const EDGE_SIP: &str = "198.18.1.1:5060";
 
 /// The shield for these tests: no peers (sv-a is limited like anyone), per-source limits well
-/// above the legitimate load (≈ 125 REGISTERs/s from one address), fast blocking on repeated
-/// rate events, and a global ceiling the legitimate load and a not-yet-blocked attacker cannot
-/// reach together.
+/// above the legitimate load (≈ 125 REGISTERs/s from one address, fresh users that never
+/// authenticate, so sv-a is never allowlisted), fast blocking on repeated rate events, and a
+/// global ceiling the legitimate load and a not-yet-blocked attacker cannot reach together. The
+/// per-class ceilings for unknown sources (default REGISTER 200/s) are lifted to the same
+/// level: this test's legitimate client is such a source and alone sends most of that.
 const SHIELD: &str = "\n[shield]\n\
     enabled = true\n\
     register = { rate = 400, burst = 800 }\n\
@@ -44,6 +46,10 @@ const SHIELD: &str = "\n[shield]\n\
     options = { rate = 400, burst = 800 }\n\
     not_sip = { rate = 50, burst = 100 }\n\
     global = { rate = 50000, burst = 100000 }\n\
+    register_ceiling = { rate = 50000, burst = 100000 }\n\
+    invite_ceiling = { rate = 50000, burst = 100000 }\n\
+    options_ceiling = { rate = 50000, burst = 100000 }\n\
+    not_sip_ceiling = { rate = 50000, burst = 100000 }\n\
     rate_events = { count = 3, window_secs = 60 }\n\
     event_interval_ms = 100\n\
     block_secs = 300\n";

@@ -24,6 +24,15 @@ pub struct LimitSection {
     pub new_source_burst: Option<u32>,
 }
 
+/// A ceiling over all sources that are not allowlisted (`register_ceiling = { rate = 200,
+/// burst = 100 }`); `rate = 0`: none.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeilingSection {
+    pub rate: u32,
+    pub burst: u32,
+}
+
 /// `count` events within `window_secs`.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +65,13 @@ pub struct ShieldSection {
     pub not_sip: Option<Spanned<LimitSection>>,
     pub syn: Option<Spanned<LimitSection>>,
     pub global: Option<Spanned<LimitSection>>,
+    pub register_ceiling: Option<Spanned<CeilingSection>>,
+    pub invite_ceiling: Option<Spanned<CeilingSection>>,
+    pub options_ceiling: Option<Spanned<CeilingSection>>,
+    pub other_ceiling: Option<Spanned<CeilingSection>>,
+    pub response_ceiling: Option<Spanned<CeilingSection>>,
+    pub not_sip_ceiling: Option<Spanned<CeilingSection>>,
+    pub syn_ceiling: Option<Spanned<CeilingSection>>,
     pub allow_multiplier: Option<Spanned<u32>>,
     pub allow_secs: Option<Spanned<u64>>,
     #[serde(default)]
@@ -107,14 +123,18 @@ impl ShieldSettings {
             .new_source_burst
             .map_or(r.burst, |n| u32::from(n[ShieldClass::Register as usize]));
         let p = &self.policy;
+        let rc = self.limits.class_global[ShieldClass::Register as usize];
+        let ic = self.limits.class_global[ShieldClass::Invite as usize];
         format!(
-            "shield        on; register {}/s burst {} ({} for a new source); global {}/s; {} \
-             peer(s); block after {} auth failures / {} unknown users / {} rate events, {}s \
-             doubling to {}s",
+            "shield        on; register {}/s burst {} ({} for a new source); global {}/s \
+             (register {}/s, invite {}/s); {} peer(s); block after {} auth failures / {} \
+             unknown users / {} rate events, {}s doubling to {}s",
             r.rate,
             r.burst,
             new,
             self.limits.global.rate,
+            rc.rate,
+            ic.rate,
             self.peers.len(),
             p.auth_failures.count,
             p.unknown_users.count,
@@ -150,6 +170,59 @@ const DEFAULTS: [(ShieldClass, u32, u32, u16); 7] = [
     (ShieldClass::NotSip, 20, 40, 2),
     (ShieldClass::Syn, 10, 20, 2),
 ];
+
+/// Default ceilings per class over all sources that are not allowlisted (packets/s, burst), for
+/// an open service whose registered clients are allowlisted (a verified REGISTER allowlists its
+/// source for `allow_secs`, longer than a refresh interval): these ceilings then meet only
+/// unknown sources — new clients, clients whose address changed, and floods. REGISTER and
+/// INVITE, the requests that cost the daemon most (a registration, a challenge and failure
+/// accounting, a call attempt), get far less than the global ceiling; keep-alives (OPTIONS,
+/// CRLF/STUN as `not_sip`) get more, so clients that lost their allowlisting (a restart of the
+/// machine, a new address) keep their NAT bindings answered while they re-register. Sized for
+/// 50 000 clients refreshing every 600 s and pinging every 30 s: a cold start (nobody
+/// allowlisted) asks for ~170 REGISTER/s (challenge + credentials, spread over the refresh
+/// interval) and ~1 700 pings/s, falling as clients re-register. Responses have no ceiling of
+/// their own (they answer the edge's requests; the global ceiling still applies).
+const CEILING_DEFAULTS: [(ShieldClass, u32, u32); 7] = [
+    (ShieldClass::Register, 200, 100),
+    (ShieldClass::Invite, 100, 50),
+    (ShieldClass::Options, 1_000, 200),
+    (ShieldClass::Other, 1_000, 200),
+    (ShieldClass::Response, 0, 0),
+    (ShieldClass::NotSip, 2_000, 400),
+    (ShieldClass::Syn, 200, 100),
+];
+
+/// A class's ceiling; `default` when the section does not say.
+fn ceiling(
+    ctx: &Ctx<'_>,
+    key: &str,
+    s: Option<&Spanned<CeilingSection>>,
+    default: RateLimit,
+) -> Result<RateLimit, ConfigError> {
+    let Some(s) = s else { return Ok(default) };
+    let v = s.get_ref();
+    if v.rate > MAX_RATE || v.burst > MAX_BURST {
+        return Err(ctx.at(
+            s.span(),
+            key,
+            format!("rate must be at most {MAX_RATE} and burst at most {MAX_BURST}"),
+        ));
+    }
+    if v.rate != 0 && v.burst == 0 {
+        return Err(ctx.at(
+            s.span(),
+            key,
+            "burst 0 with a rate drops every packet of the class: give a burst, or rate = 0 for \
+             no ceiling"
+                .to_owned(),
+        ));
+    }
+    Ok(RateLimit {
+        rate: v.rate,
+        burst: v.burst,
+    })
+}
 
 /// A class's limit and its new-source burst; `default_new` (capped at the burst) when the
 /// section does not say.
@@ -271,6 +344,9 @@ pub(crate) fn build(
         rate: 5_000,
         burst: 1_000,
     };
+    for (class, rate, burst) in CEILING_DEFAULTS {
+        out.limits.class_global[class as usize] = RateLimit { rate, burst };
+    }
     out.limits.allow_multiplier = 10;
     let Some(s) = s else {
         return Ok(out);
@@ -316,6 +392,47 @@ pub(crate) fn build(
         out.limits.global,
         0,
     )?;
+    let ceilings: [(ShieldClass, &str, Option<&Spanned<CeilingSection>>); 7] = [
+        (
+            ShieldClass::Register,
+            "shield.register_ceiling",
+            s.register_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::Invite,
+            "shield.invite_ceiling",
+            s.invite_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::Options,
+            "shield.options_ceiling",
+            s.options_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::Other,
+            "shield.other_ceiling",
+            s.other_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::Response,
+            "shield.response_ceiling",
+            s.response_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::NotSip,
+            "shield.not_sip_ceiling",
+            s.not_sip_ceiling.as_ref(),
+        ),
+        (
+            ShieldClass::Syn,
+            "shield.syn_ceiling",
+            s.syn_ceiling.as_ref(),
+        ),
+    ];
+    for (class, key, sec) in ceilings {
+        let i = class as usize;
+        out.limits.class_global[i] = ceiling(ctx, key, sec, out.limits.class_global[i])?;
+    }
     if let Some(m) = &s.allow_multiplier {
         if *m.get_ref() == 0 || *m.get_ref() > MAX_MULTIPLIER {
             return Err(ctx.at(
@@ -521,5 +638,87 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(e.contains("enable"), "{e}");
+        let e =
+            parse("[shield]\nenabled = true\n\ninvite_ceiling = { rate = 2000001, burst = 5 }\n")
+                .expect_err("ceiling rate too high")
+                .to_string();
+        assert!(
+            e.contains("shield.invite_ceiling") && e.contains("line 9"),
+            "{e}"
+        );
+        let e = parse("[shield]\nregister_ceiling = { rate = 20, burst = 0 }\n")
+            .expect_err("a ceiling that drops everything")
+            .to_string();
+        assert!(
+            e.contains("shield.register_ceiling") && e.contains("line 7"),
+            "{e}"
+        );
+        let e =
+            parse("[shield]\nregister_ceiling = { rate = 20, burst = 5, new_source_burst = 1 }\n")
+                .expect_err("a ceiling has no new-source burst")
+                .to_string();
+        assert!(e.contains("new_source_burst"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_shows_the_default_limits() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sipveil.example.toml");
+        let ex = Config::load(&path).expect("the example config");
+        let d = parse("[shield]\nenabled = true\n").expect("defaults");
+        let (e, d) = (ex.shield.limits, d.shield.limits);
+        assert_eq!(e.per_class, d.per_class);
+        assert_eq!(e.new_source_burst, d.new_source_burst);
+        assert_eq!(e.global, d.global);
+        assert_eq!(e.class_global, d.class_global);
+        assert_eq!(e.allow_multiplier, d.allow_multiplier);
+    }
+
+    #[test]
+    fn class_ceilings_default_and_are_read() {
+        let c = parse("").expect("config");
+        let g = c.shield.limits.class_global;
+        assert_eq!(
+            g[ShieldClass::Register as usize],
+            RateLimit {
+                rate: 200,
+                burst: 100
+            }
+        );
+        assert_eq!(g[ShieldClass::Invite as usize].rate, 100);
+        assert_eq!(g[ShieldClass::NotSip as usize].rate, 2_000);
+        assert_eq!(
+            g[ShieldClass::Response as usize].rate,
+            0,
+            "no response ceiling"
+        );
+        let c = parse(
+            "[shield]\nenabled = true\nregister_ceiling = { rate = 50, burst = 25 }\n\
+             invite_ceiling = { rate = 0, burst = 0 }\noptions_ceiling = { rate = 7, burst = 8 }\n\
+             other_ceiling = { rate = 9, burst = 10 }\nresponse_ceiling = { rate = 11, burst = 12 }\n\
+             not_sip_ceiling = { rate = 13, burst = 14 }\nsyn_ceiling = { rate = 15, burst = 16 }\n",
+        )
+        .expect("config");
+        let g = c.shield.limits.class_global;
+        let got: Vec<(u32, u32)> = ShieldClass::ALL
+            .iter()
+            .map(|c| (g[*c as usize].rate, g[*c as usize].burst))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (50, 25),
+                (0, 0),
+                (7, 8),
+                (9, 10),
+                (11, 12),
+                (13, 14),
+                (15, 16)
+            ]
+        );
+        assert!(
+            c.shield.summary().contains("(register 50/s, invite 0/s)"),
+            "{}",
+            c.shield.summary()
+        );
     }
 }

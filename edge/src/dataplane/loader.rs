@@ -197,7 +197,7 @@ const SPECS: [MapSpec; 10] = [
         types: &[MapType::PerCpuArray],
         key_size: 4,
         value_sizes: &[size_of::<shield::TokenBucket>() as u32],
-        max_entries: 1,
+        max_entries: shield::GLOBAL_BUCKETS,
     },
     MapSpec {
         name: maps::SHIELD_ALLOW,

@@ -1,5 +1,6 @@
 //! The userspace enforcement when XDP is off: the XDP shield's semantics (blocklist, allowlist
-//! with multiplier or unlimited, a token bucket per source and class, the global ceiling), applied
+//! with multiplier or unlimited, a token bucket per source and class, the global ceiling and the
+//! ceilings per class), applied
 //! by the io_uring transport before parsing. Same integer token arithmetic as
 //! `ebpf/src/shield.rs` (`sipveil_abi::shield::TOKEN`). Pure: time is passed in.
 //!
@@ -64,6 +65,10 @@ pub struct Limits {
     pub per_class: [RateLimit; CLASSES],
     /// `rate == 0`: no ceiling.
     pub global: RateLimit,
+    /// Ceilings per class (indexed by [`ShieldClass`]) over all sources that are not
+    /// allowlisted, as totals (XDP: `ShieldConfig::class_global_per_cpu`, divided over the
+    /// CPUs); `rate == 0`: that class has no ceiling of its own.
+    pub class_global: [RateLimit; CLASSES],
     /// Default multiplier of allowlisted sources (0 means 1).
     pub allow_multiplier: u32,
     /// A rate drop reports its source at most once per this many ms (0: the XDP default,
@@ -104,6 +109,10 @@ pub enum Verdict {
         event: bool,
     },
     DropGlobal,
+    /// Over the ceiling of its class (all sources that are not allowlisted together).
+    DropGlobalClass {
+        class: ShieldClass,
+    },
 }
 
 /// Userspace drop counters, by the names of the XDP counters.
@@ -111,6 +120,8 @@ pub enum Verdict {
 pub struct Drops {
     pub blocked: u64,
     pub global: u64,
+    /// Over the ceiling of their class (`global_class`).
+    pub global_class: u64,
     pub rate: [u64; CLASSES],
     pub passed: u64,
     pub passed_allowlisted: u64,
@@ -120,7 +131,11 @@ impl Drops {
     /// `(reason, count)` with the XDP counter names' reasons (`blocked`, `global`,
     /// `rate_register`, ..., `not_sip`, `syn_rate`).
     pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
-        let mut v = vec![("blocked", self.blocked), ("global", self.global)];
+        let mut v = vec![
+            ("blocked", self.blocked),
+            ("global", self.global),
+            ("global_class", self.global_class),
+        ];
         for c in ShieldClass::ALL {
             let name = match c {
                 ShieldClass::Register => "rate_register",
@@ -188,6 +203,8 @@ pub struct UserShield {
     capacity: usize,
     buckets: HashMap<SourceKey, SourceBuckets>,
     global: TokenBucket,
+    /// The class ceilings' buckets, indexed by [`ShieldClass`].
+    class_global: [TokenBucket; CLASSES],
     blocks: HashMap<SourceKey, (u64, BlockReason)>,
     allows: HashMap<SourceKey, AllowRule>,
     peers: Vec<Peer>,
@@ -234,6 +251,7 @@ impl UserShield {
             capacity,
             buckets: HashMap::with_capacity(capacity),
             global: TokenBucket::default(),
+            class_global: [TokenBucket::default(); CLASSES],
             blocks: HashMap::with_capacity(1024),
             allows: HashMap::with_capacity(1024),
             peers,
@@ -291,14 +309,17 @@ impl UserShield {
             Verdict::PassAllowlisted => self.drops.passed_allowlisted += 1,
             Verdict::DropBlocked => self.drops.blocked += 1,
             Verdict::DropGlobal => self.drops.global += 1,
+            Verdict::DropGlobalClass { .. } => self.drops.global_class += 1,
             Verdict::DropRate { class, .. } => self.drops.rate[class as usize] += 1,
         }
         v
     }
 
-    /// The XDP program's order (see `limit` in ebpf/src/shield.rs): allowlist, the ceiling's
-    /// refill (a source that is not allowlisted is dropped there while it is exhausted, before
-    /// its own buckets are charged), blocklist, the source's bucket, the ceiling's token.
+    /// The XDP program's order (see `limit` in ebpf/src/shield.rs): allowlist, the ceilings'
+    /// refill (the class's, then the global one: a source that is not allowlisted is dropped there while
+    /// one is exhausted, before its own buckets are charged), blocklist, the source's bucket, the
+    /// ceilings' tokens. (The XDP program's per-CPU cache of its last dropped source only saves
+    /// work: its verdicts are these, give or take the cache's lifetime after a change.)
     fn verdict(&mut self, ip: std::net::IpAddr, class: ShieldClass, now: u64) -> Verdict {
         if !self.limits.enabled {
             return Verdict::Pass;
@@ -311,6 +332,20 @@ impl UserShield {
                 multiplier: p.multiplier,
                 unlimited: p.unlimited,
             });
+        }
+        // The class's ceiling, then the global one (the XDP program's order).
+        let idx = class as usize;
+        let cg = self.limits.class_global[idx];
+        let class_ceiling = rule.is_none() && cg.rate != 0;
+        if class_ceiling
+            && !refill(
+                &mut self.class_global[idx],
+                u64::from(cg.rate.min(MAX_RATE)),
+                u64::from(cg.burst.min(MAX_BURST)),
+                now,
+            )
+        {
+            return Verdict::DropGlobalClass { class };
         }
         let g = self.limits.global;
         let ceiling = rule.is_none() && g.rate != 0;
@@ -341,7 +376,6 @@ impl UserShield {
             };
             mult = u64::from(m.clamp(1, MAX_MULTIPLIER));
         }
-        let idx = class as usize;
         let lim = self.limits.per_class[idx];
         if lim.rate != 0 {
             let rate = (u64::from(lim.rate.min(MAX_RATE)) * mult).min(u64::from(MAX_RATE));
@@ -376,6 +410,10 @@ impl UserShield {
         if ceiling {
             // The refill above found a token.
             self.global.tokens = self.global.tokens.saturating_sub(TOKEN);
+        }
+        if class_ceiling {
+            // As above.
+            self.class_global[idx].tokens = self.class_global[idx].tokens.saturating_sub(TOKEN);
         }
         if rule.is_some() {
             Verdict::PassAllowlisted
@@ -424,6 +462,72 @@ mod tests {
         assert_eq!(classify(b"AB sip:a SIP/2.0"), ShieldClass::NotSip);
         assert_eq!(classify(b"\r\n\r\n"), ShieldClass::NotSip);
         assert_eq!(classify(b"register sip:a"), ShieldClass::NotSip);
+    }
+
+    #[test]
+    fn class_ceiling_caps_unknown_sources_together_but_not_allowlisted_ones() {
+        let mut l = limits();
+        // Per source: plenty. Per class over all unknown sources: 10/s, burst 3.
+        l.per_class[ShieldClass::Register as usize] = RateLimit {
+            rate: 100,
+            burst: 100,
+        };
+        l.class_global[ShieldClass::Register as usize] = RateLimit { rate: 10, burst: 3 };
+        l.global = RateLimit {
+            rate: 1000,
+            burst: 1000,
+        };
+        let mut s = UserShield::new(l, Vec::new(), 64);
+        let t0 = 10 * S;
+        for i in 0..3 {
+            let a = ip(&format!("198.19.0.{}", i + 1));
+            assert_eq!(s.check(a, ShieldClass::Register, t0), Verdict::Pass);
+        }
+        let fresh = ip("198.19.0.99");
+        assert_eq!(
+            s.check(fresh, ShieldClass::Register, t0),
+            Verdict::DropGlobalClass {
+                class: ShieldClass::Register
+            }
+        );
+        // Other classes are not held by the REGISTER ceiling.
+        assert_eq!(s.check(fresh, ShieldClass::Options, t0), Verdict::Pass);
+        // An allowlisted source does not count against it, nor is it held by it.
+        let known = ip("198.18.1.5");
+        s.allow(Source::of(known), 100 * S, 0);
+        assert_eq!(
+            s.check(known, ShieldClass::Register, t0),
+            Verdict::PassAllowlisted
+        );
+        // 10/s: one more unknown REGISTER 100 ms later.
+        assert_eq!(
+            s.check(fresh, ShieldClass::Register, t0 + 100 * MS),
+            Verdict::Pass
+        );
+        assert_eq!(
+            s.check(fresh, ShieldClass::Register, t0 + 100 * MS),
+            Verdict::DropGlobalClass {
+                class: ShieldClass::Register
+            }
+        );
+        assert_eq!(s.drops().global_class, 2);
+        assert!(s.drops().by_reason().contains(&("global_class", 2)));
+        // A packet over its source's own rate costs the class ceiling nothing.
+        let mut l2 = limits();
+        l2.class_global[ShieldClass::Register as usize] = RateLimit { rate: 1, burst: 6 };
+        let mut s2 = UserShield::new(l2, Vec::new(), 64);
+        let a = ip("198.19.1.1");
+        for _ in 0..5 {
+            assert_eq!(s2.check(a, ShieldClass::Register, t0), Verdict::Pass);
+        }
+        assert!(matches!(
+            s2.check(a, ShieldClass::Register, t0),
+            Verdict::DropRate { .. }
+        ));
+        assert_eq!(
+            s2.check(ip("198.19.1.2"), ShieldClass::Register, t0),
+            Verdict::Pass
+        );
     }
 
     #[test]

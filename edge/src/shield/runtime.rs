@@ -73,6 +73,16 @@ pub fn xdp_config(s: &ShieldSettings, ports: &ShieldPorts, cpus: u32) -> ShieldC
         rate: s.limits.global.rate.div_ceil(cpus),
         burst: s.limits.global.burst.div_ceil(cpus),
     };
+    for (slot, l) in c
+        .class_global_per_cpu
+        .iter_mut()
+        .zip(s.limits.class_global.iter())
+    {
+        *slot = sipveil_abi::shield::RateLimit {
+            rate: l.rate.div_ceil(cpus),
+            burst: l.burst.div_ceil(cpus),
+        };
+    }
     c.allow_multiplier = s.limits.allow_multiplier;
     c
 }
@@ -297,7 +307,7 @@ impl Shield {
                 }
                 false
             }
-            Verdict::DropBlocked | Verdict::DropGlobal => false,
+            Verdict::DropBlocked | Verdict::DropGlobal | Verdict::DropGlobalClass { .. } => false,
         }
     }
 
@@ -494,6 +504,13 @@ mod tests {
                 rate: 501,
                 burst: 5
             }
+        );
+        let reg = ShieldClass::Register as usize;
+        assert_eq!(c.class_global_per_cpu[reg], RateLimit::default());
+        s.limits.class_global[reg] = RateLimit { rate: 7, burst: 3 };
+        assert_eq!(
+            xdp_config(&s, &ports, 2).class_global_per_cpu[reg],
+            RateLimit { rate: 4, burst: 2 }
         );
         s.limits.enabled = false;
         assert_eq!(xdp_config(&s, &ports, 2).flags, 0);

@@ -512,8 +512,9 @@ fn sipveil_config(o: &Opts, tmp: &Path) -> Result<PathBuf> {
         bail!("the register bench's configuration no longer has `xdp = \"off\"` to replace");
     }
     // XDP on (the shield in the driver) with the example configuration's default limits (all
-    // classes, new-source bursts, global ceiling); sv-a is a configured peer with a multiplier
-    // (its limits ×50, exempt from the global ceiling), not an unlimited one.
+    // classes, new-source bursts, the global ceiling and the per-class ceilings for sources
+    // that are not allowlisted: REGISTER 200/s); sv-a is a configured peer with a multiplier
+    // (its limits ×50, exempt from the ceilings), not an unlimited one.
     let text = base.replace("xdp = \"off\"", "xdp = \"auto\"")
         + "\n[shield]\n\
            enabled = true\n\
@@ -1445,7 +1446,7 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
         let side = |x: &RxCpu| {
             // Per flood packet that reached the server (sv-x carries nothing else), dropped or
             // absorbed: Kamailio's "dropped" is all of them already; sipveil's shield drops
-            // leave out what its global ceiling admits, whose processing is in the numerator.
+            // leave out what its ceilings admit, whose processing is in the numerator.
             let raw = x.cpu_ns / x.edge_x_rx as f64;
             let net =
                 (x.cpu_ns - x.background_ns - base_ns * x.edge_x_rx as f64) / x.edge_x_rx as f64;

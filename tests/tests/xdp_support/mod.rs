@@ -314,8 +314,64 @@ impl Entry {
         out
     }
 
+    /// Expires, on every CPU, the program's cache of the last source it dropped
+    /// (`SV_SHIELD_LAST`, internal to ebpf/src/shield.rs: a `LastDrop` of 40 bytes whose fourth
+    /// word is `until_ns`), keeping its key and hit count.
+    ///
+    /// The helpers below that change what the daemon changes (settings, blocks, allows) or move
+    /// a bucket's time call it: the cache holds a verdict for at most 1/rate s (a block 20 ms),
+    /// which is how long such a change takes to reach a source the CPU is dropping, and that is
+    /// the time these fixtures skip.
+    pub fn expire_last_drop(&mut self) {
+        let mut a: PerCpuArray<_, [u64; 5]> = self
+            .ebpf
+            .map_mut("SV_SHIELD_LAST")
+            .expect("SV_SHIELD_LAST in the object")
+            .try_into()
+            .expect("SV_SHIELD_LAST is a per-CPU array");
+        let mut values: Vec<[u64; 5]> = a
+            .get(&0, 0)
+            .expect("read SV_SHIELD_LAST")
+            .iter()
+            .copied()
+            .collect();
+        for v in &mut values {
+            v[3] = 0;
+        }
+        let values = PerCpuValues::try_from(values).expect("per-CPU values");
+        a.set(0, values, 0).expect("write SV_SHIELD_LAST");
+    }
+
+    /// The rate drops the program's per-CPU cache decided for `key` and has not yet added to
+    /// its buckets' count, summed over the CPUs (`LastDrop`: key in the first 12 bytes, `hits`
+    /// in the fifth word).
+    pub fn last_drop_hits(&self, key: SourceKey) -> u64 {
+        let a: PerCpuArray<_, [u64; 5]> = self
+            .ebpf
+            .map("SV_SHIELD_LAST")
+            .expect("SV_SHIELD_LAST in the object")
+            .try_into()
+            .expect("SV_SHIELD_LAST is a per-CPU array");
+        let mut want = [0u8; 12];
+        want[0..4].copy_from_slice(&key.prefix[0].to_ne_bytes());
+        want[4..8].copy_from_slice(&key.prefix[1].to_ne_bytes());
+        want[8] = key.family;
+        a.get(&0, 0)
+            .expect("read SV_SHIELD_LAST")
+            .iter()
+            .filter(|v| {
+                let mut k = [0u8; 12];
+                k[0..8].copy_from_slice(&v[0].to_ne_bytes());
+                k[8..12].copy_from_slice(&v[1].to_ne_bytes()[0..4]);
+                k == want
+            })
+            .map(|v| v[4])
+            .sum()
+    }
+
     /// Writes the shield's settings (`SV_SHIELD_CFG` entry 0).
     pub fn set_shield_config(&mut self, cfg: ShieldConfig) {
+        self.expire_last_drop();
         let mut a: Array<_, ShieldConfig> = self
             .ebpf
             .map_mut(maps::SHIELD_CONFIG)
@@ -326,6 +382,7 @@ impl Entry {
     }
 
     pub fn block(&mut self, key: SourceKey, entry: BlockEntry) {
+        self.expire_last_drop();
         let mut m: HashMap<_, SourceKey, BlockEntry> = self
             .ebpf
             .map_mut(maps::SHIELD_BLOCK)
@@ -337,6 +394,7 @@ impl Entry {
 
     /// Allowlists `data` with an address prefix of `addr_bits`.
     pub fn allow(&mut self, data: AllowData, addr_bits: u32, entry: AllowEntry) {
+        self.expire_last_drop();
         let mut m: LpmTrie<_, AllowData, AllowEntry> = self
             .ebpf
             .map_mut(maps::SHIELD_ALLOW)
@@ -366,6 +424,7 @@ impl Entry {
     }
 
     pub fn put_buckets(&mut self, key: SourceKey, value: SourceBuckets) {
+        self.expire_last_drop();
         let mut m: HashMap<_, SourceKey, SourceBuckets> = self
             .ebpf
             .map_mut(maps::SHIELD_BUCKETS)
@@ -377,13 +436,19 @@ impl Entry {
 
     /// The global ceiling's bucket of every CPU.
     pub fn global_buckets(&self) -> Vec<TokenBucket> {
+        self.ceiling_buckets(0)
+    }
+
+    /// The bucket of every CPU of `SV_GLOBAL_BKT` entry `index` (0: the global ceiling, 1 + a
+    /// class index: that class's ceiling).
+    pub fn ceiling_buckets(&self, index: u32) -> Vec<TokenBucket> {
         let a: PerCpuArray<_, TokenBucket> = self
             .ebpf
             .map(maps::SHIELD_GLOBAL)
             .expect("global bucket map")
             .try_into()
             .expect("global bucket is a per-CPU array");
-        a.get(&0, 0)
+        a.get(&index, 0)
             .expect("read global bucket")
             .iter()
             .copied()
@@ -392,6 +457,11 @@ impl Entry {
 
     /// Sets the global ceiling's bucket of every CPU.
     pub fn set_global_buckets(&mut self, b: TokenBucket) {
+        self.set_ceiling_bucket(0, b);
+    }
+
+    /// Sets `SV_GLOBAL_BKT` entry `index` of every CPU.
+    pub fn set_ceiling_bucket(&mut self, index: u32, b: TokenBucket) {
         let mut a: PerCpuArray<_, TokenBucket> = self
             .ebpf
             .map_mut(maps::SHIELD_GLOBAL)
@@ -400,7 +470,7 @@ impl Entry {
             .expect("global bucket is a per-CPU array");
         let n = aya::util::nr_cpus().expect("number of CPUs");
         let values = PerCpuValues::try_from(vec![b; n]).expect("per-CPU values");
-        a.set(0, values, 0).expect("write global bucket");
+        a.set(index, values, 0).expect("write global bucket");
     }
 
     /// Everything in the event ring buffer now, oldest first (what the daemon will read).
