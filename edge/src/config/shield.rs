@@ -171,18 +171,19 @@ const DEFAULTS: [(ShieldClass, u32, u32, u16); 7] = [
     (ShieldClass::Syn, 10, 20, 2),
 ];
 
-/// Default ceilings per class over all sources that are not allowlisted (packets/s, burst), for
-/// an open service whose registered clients are allowlisted (a verified REGISTER allowlists its
-/// source for `allow_secs`, longer than a refresh interval): these ceilings then meet only
-/// unknown sources — new clients, clients whose address changed, and floods. REGISTER and
-/// INVITE, the requests that cost the daemon most (a registration, a challenge and failure
-/// accounting, a call attempt), get far less than the global ceiling; keep-alives (OPTIONS,
-/// CRLF/STUN as `not_sip`) get more, so clients that lost their allowlisting (a restart of the
-/// machine, a new address) keep their NAT bindings answered while they re-register. Sized for
-/// 50 000 clients refreshing every 600 s and pinging every 30 s: a cold start (nobody
-/// allowlisted) asks for ~170 REGISTER/s (challenge + credentials, spread over the refresh
-/// interval) and ~1 700 pings/s, falling as clients re-register. Responses have no ceiling of
-/// their own (they answer the edge's requests; the global ceiling still applies).
+/// Default ceilings per class over all sources that are not allowlisted (packets/s, burst).
+/// An authenticated domain's clients are normally allowlisted (a verified REGISTER allowlists
+/// its source for `allow_secs`, longer than a refresh interval) and meet these ceilings only
+/// after a restart of the machine or a change of address; an open domain's clients are never
+/// allowlisted (a registration there proves nothing), so their refreshes and keep-alives always
+/// count here, alongside new clients and floods. REGISTER and INVITE, the requests that cost
+/// the daemon most (a registration, a challenge and failure accounting, a call attempt), get
+/// far less than the global ceiling; keep-alives (OPTIONS, CRLF/STUN as `not_sip`) more. Sized
+/// for 50 000 open-domain clients refreshing every 600 s and pinging every 30 s (~83
+/// REGISTER/s, ~1 667 CRLF pings/s; OPTIONS pings fit ~30 000 such clients), and for a cold
+/// start of an authenticated domain of that size (~170 REGISTER/s: challenge + credentials).
+/// Responses have no ceiling of their own (they answer the edge's requests; the global
+/// ceiling still applies).
 const CEILING_DEFAULTS: [(ShieldClass, u32, u32); 7] = [
     (ShieldClass::Register, 200, 100),
     (ShieldClass::Invite, 100, 50),
