@@ -2,9 +2,12 @@
 //! mutex-protected queue and one condition variable, with the writer's wake-ups kept to the ones
 //! that change what it does.
 //!
-//! A submitter wakes the writer only when the writer sleeps waiting for work and this submission
-//! is the first one queued, or when the writer holds a group open (coalescing) and this submission
-//! makes the queue `enough`. Every other submission only queues, under a lock held for a push.
+//! A submitter wakes the writer only when the writer sleeps waiting for work, past any hold, and
+//! this submission is the first one queued, or when the writer holds the next group open
+//! (coalescing until a deadline, whether or not anything is queued yet) and this submission makes
+//! the queue `enough`. Every other submission only queues, under a lock held for a push. At a
+//! steady moderate rate the writer thus sleeps once per group (until the hold's deadline) and no
+//! submitter wakes it.
 //! The writer never spins or yields: it takes the lock, looks, and either drains or sleeps on the
 //! condition variable (a futex wait) until a deadline. The checkpointer reports its results through
 //! the same lock, so the writer waits on one thing only.
@@ -207,18 +210,13 @@ impl<T, R> Handoff<T, R> {
                 return Next::Checkpoint(r);
             }
             let now = Instant::now();
-            if !s.jobs.is_empty() {
-                let hold = plan
-                    .hold_until
-                    .filter(|&t| !s.stop && now < t && s.jobs.len() < self.enough);
-                if let Some(until) = hold {
-                    s.waiting = Waiting::Coalescing;
-                    s = self
-                        .cv
-                        .wait_timeout(s, until - now)
-                        .map_or_else(|p| p.into_inner().0, |(g, _)| g);
-                    continue;
-                }
+            // Within the hold, an empty queue is held too: a submission arriving now would wait
+            // for the deadline anyway, so it need not wake us — only `enough` does.
+            let holding = plan
+                .hold_until
+                .filter(|&t| !s.stop && now < t && s.jobs.len() < self.enough);
+            let empty = s.jobs.is_empty();
+            if holding.is_none() && !empty {
                 let mut weight = 0;
                 while weight < plan.max_weight {
                     let Some(job) = s.jobs.pop_front() else { break };
@@ -227,24 +225,27 @@ impl<T, R> Handoff<T, R> {
                 }
                 return Next::Batch;
             }
-            if s.stop {
+            if empty && s.stop {
                 s.closed = true;
                 return Next::Closed;
             }
-            match plan.timer {
-                Some(t) if now >= t => return Next::Timer,
-                Some(t) => {
-                    s.waiting = Waiting::Idle;
-                    s = self
-                        .cv
-                        .wait_timeout(s, t - now)
-                        .map_or_else(|p| p.into_inner().0, |(g, _)| g);
-                }
-                None => {
-                    s.waiting = Waiting::Idle;
-                    s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
-                }
+            // The timer matters only while nothing is queued (a commit comes first otherwise).
+            let timer = plan.timer.filter(|_| empty);
+            if timer.is_some_and(|t| now >= t) {
+                return Next::Timer;
             }
+            let (waiting, deadline) = match holding {
+                Some(h) => (Waiting::Coalescing, Some(timer.map_or(h, |t| t.min(h)))),
+                None => (Waiting::Idle, timer),
+            };
+            s.waiting = waiting;
+            s = match deadline {
+                Some(d) => self
+                    .cv
+                    .wait_timeout(s, d.saturating_duration_since(now))
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g),
+                None => self.cv.wait(s).unwrap_or_else(PoisonError::into_inner),
+            };
         }
     }
 
@@ -359,6 +360,34 @@ mod tests {
         }
         assert!(h.push(1).is_ok());
         assert_eq!(h.wakeups(), 0, "below `enough`: no wake-up");
+        assert!(h.push(2).is_ok());
+        let (batch, got) = writer.join().expect("writer");
+        assert!(batch);
+        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(h.wakeups(), 1);
+    }
+
+    #[test]
+    fn within_the_hold_an_empty_queue_is_not_woken_by_its_first_submission() {
+        let h = Arc::new(H::new(100, 3));
+        let writer = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut batch = Vec::new();
+                let got = h.next(
+                    plan(Some(Duration::from_secs(600)), None),
+                    &mut batch,
+                    |_| 1,
+                );
+                (matches!(got, Next::Batch), batch)
+            })
+        };
+        while h.lock().waiting != Waiting::Coalescing {
+            std::thread::yield_now();
+        }
+        assert!(h.push(0).is_ok());
+        assert!(h.push(1).is_ok());
+        assert_eq!(h.wakeups(), 0, "held: the first submissions only queue");
         assert!(h.push(2).is_ok());
         let (batch, got) = writer.join().expect("writer");
         assert!(batch);
