@@ -1,20 +1,27 @@
-//! The hand-off between the submitting threads, the group writer and the checkpointer: one
-//! mutex-protected queue and one condition variable, with the writer's wake-ups kept to the ones
-//! that change what it does.
+//! The hand-off between the submitting threads, the group writer and the checkpointer: a
+//! lock-free bounded queue, an atomic word saying what the writer waits for, and park/unpark, with
+//! the writer's wake-ups kept to the ones that change what it does.
 //!
 //! A submitter wakes the writer only when the writer sleeps waiting for work, past any hold, and
 //! this submission is the first one queued, or when the writer holds the next group open
 //! (coalescing until a deadline, whether or not anything is queued yet) and this submission makes
-//! the queue `enough`. Every other submission only queues, under a lock held for a push. At a
-//! steady moderate rate the writer thus sleeps once per group (until the hold's deadline) and no
-//! submitter wakes it.
-//! The writer never spins or yields: it takes the lock, looks, and either drains or sleeps on the
-//! condition variable (a futex wait) until a deadline. The checkpointer reports its results through
-//! the same lock, so the writer waits on one thing only.
+//! the queue `enough`. Every other submission is one push on the lock-free queue and one atomic
+//! load: no lock is shared with the writer, so a preempted writer never stalls a submitter. At a
+//! steady moderate rate the writer sleeps once per group (until the hold's deadline) and no
+//! submitter wakes it. The writer never spins or yields.
+//!
+//! No wake-up is lost: the writer publishes what it waits for (a sequentially consistent store)
+//! and only then looks at the queue a last time before parking; a submitter pushes and only then
+//! (after a sequentially consistent fence) reads what the writer waits for. One of the two sees
+//! the other, and `unpark` before `park` makes the park return at once.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
 use std::time::Instant;
+
+use crossbeam::queue::ArrayQueue;
 
 /// Why [`Handoff::push`] refused; the job comes back so its callback can be defused.
 #[derive(Debug)]
@@ -23,37 +30,30 @@ pub(super) enum Refused<T> {
     Closed(T),
 }
 
-/// What the writer is blocked on, so that a submitter knows whether to wake it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    /// Not waiting: running, or about to look at the queue again.
-    No,
-    /// The queue was empty: the first submission wakes it.
-    Idle,
-    /// A group is held open until a deadline or until `enough` submissions wait.
-    Coalescing,
-    /// Only a checkpoint result (or the stop flag) matters.
-    Checkpoint,
-}
-
-struct State<T, R> {
-    jobs: VecDeque<T>,
-    waiting: Waiting,
-    stop: bool,
-    closed: bool,
-    /// Results of finished checkpoints, oldest first.
-    results: VecDeque<R>,
-    /// The checkpointer thread is gone: no more results will come.
-    checkpointer_gone: bool,
-    /// Times a submitter woke the writer.
-    wakeups: u64,
-}
+/// What the writer is blocked on (the values of [`Handoff::waiting`]).
+/// Not waiting: running, or about to look at the queue again.
+const RUNNING: u8 = 0;
+/// The queue was empty past any hold: the first submission wakes it.
+const IDLE: u8 = 1;
+/// The next group is held open until a deadline or until `enough` submissions wait.
+const COALESCING: u8 = 2;
+/// Only a checkpoint result (or the stop) matters.
+const CHECKPOINT: u8 = 3;
 
 /// The shared queue. `T` is a submission, `R` a checkpoint result.
 pub(super) struct Handoff<T, R> {
-    state: Mutex<State<T, R>>,
-    cv: Condvar,
-    capacity: usize,
+    jobs: ArrayQueue<T>,
+    waiting: AtomicU8,
+    stop: AtomicBool,
+    closed: AtomicBool,
+    /// Results of finished checkpoints, oldest first (about one a second: a lock is fine).
+    results: Mutex<VecDeque<R>>,
+    /// The checkpointer thread is gone: no more results will come.
+    checkpointer_gone: AtomicBool,
+    /// The writer thread, known from its first wait on.
+    writer: OnceLock<Thread>,
+    /// Times a submitter woke the writer.
+    wakeups: AtomicU64,
     enough: usize,
 }
 
@@ -89,172 +89,178 @@ impl<T, R> Handoff<T, R> {
     /// when `enough` (at least 1) wait.
     pub(super) fn new(capacity: usize, enough: usize) -> Handoff<T, R> {
         Handoff {
-            state: Mutex::new(State {
-                jobs: VecDeque::with_capacity(capacity.clamp(1, 4096)),
-                waiting: Waiting::No,
-                stop: false,
-                closed: false,
-                results: VecDeque::new(),
-                checkpointer_gone: false,
-                wakeups: 0,
-            }),
-            cv: Condvar::new(),
-            capacity: capacity.max(1),
+            jobs: ArrayQueue::new(capacity.max(1)),
+            waiting: AtomicU8::new(RUNNING),
+            stop: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            results: Mutex::new(VecDeque::new()),
+            checkpointer_gone: AtomicBool::new(false),
+            writer: OnceLock::new(),
+            wakeups: AtomicU64::new(0),
             enough: enough.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T, R>> {
-        // Nothing panics while holding the lock (no callbacks run under it): a poisoned lock
-        // still holds consistent data.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn results(&self) -> MutexGuard<'_, VecDeque<R>> {
+        // Nothing panics while holding the lock: a poisoned lock still holds consistent data.
+        self.results.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the writer if it is known (before its first wait it is not waiting either).
+    fn unpark_writer(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
     }
 
     /// Queues a submission; wakes the writer only if it waits for exactly this.
     pub(super) fn push(&self, job: T) -> Result<(), Refused<T>> {
-        let mut s = self.lock();
-        if s.closed || s.stop {
+        if self.stop.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
             return Err(Refused::Closed(job));
         }
-        if s.jobs.len() >= self.capacity {
+        if let Err(job) = self.jobs.push(job) {
             return Err(Refused::Full(job));
         }
-        s.jobs.push_back(job);
-        let wake = match s.waiting {
-            Waiting::Idle => true,
-            Waiting::Coalescing => s.jobs.len() >= self.enough,
-            Waiting::No | Waiting::Checkpoint => false,
+        // Pairs with the writer's fence between publishing `waiting` and its last look.
+        fence(Ordering::SeqCst);
+        // Only one wake-up per wait: whoever swaps the state back to RUNNING wakes; later
+        // submitters see RUNNING and just queue.
+        let swap = |from: u8| {
+            self.waiting
+                .compare_exchange(from, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        };
+        let wake = match self.waiting.load(Ordering::SeqCst) {
+            IDLE => swap(IDLE),
+            COALESCING => self.jobs.len() >= self.enough && swap(COALESCING),
+            _ => false,
         };
         if wake {
-            // Only one wake-up per wait: later submitters see `No` and just queue.
-            s.waiting = Waiting::No;
-            s.wakeups += 1;
-        }
-        drop(s);
-        if wake {
-            self.cv.notify_one();
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.unpark_writer();
         }
         Ok(())
     }
 
     /// Submissions queued now.
     pub(super) fn len(&self) -> usize {
-        self.lock().jobs.len()
+        self.jobs.len()
     }
 
     /// Times a submitter woke the writer so far.
     pub(super) fn wakeups(&self) -> u64 {
-        self.lock().wakeups
+        self.wakeups.load(Ordering::Relaxed)
     }
 
     /// Asks the writer to take everything queued and close. Later pushes are refused.
     pub(super) fn request_stop(&self) {
-        let mut s = self.lock();
-        s.stop = true;
-        s.waiting = Waiting::No;
-        drop(s);
-        self.cv.notify_one();
+        self.stop.store(true, Ordering::SeqCst);
+        self.unpark_writer();
     }
 
     /// The checkpointer reports a finished checkpoint.
     pub(super) fn report(&self, result: R) {
-        let mut s = self.lock();
-        s.results.push_back(result);
-        s.waiting = Waiting::No;
-        drop(s);
-        self.cv.notify_one();
+        self.results().push_back(result);
+        self.unpark_writer();
     }
 
     /// The checkpointer thread is ending (also on a panic): no more results.
     pub(super) fn checkpointer_gone(&self) {
-        let mut s = self.lock();
-        s.checkpointer_gone = true;
-        s.waiting = Waiting::No;
-        drop(s);
-        self.cv.notify_one();
+        self.checkpointer_gone.store(true, Ordering::SeqCst);
+        self.unpark_writer();
     }
 
     /// A checkpoint result if one is there; with `block`, waits for one (or for the checkpointer
-    /// to end). `None` only without `block`, when nothing was reported yet.
+    /// to end). `None` only without `block`, when nothing was reported yet. Writer thread only.
     pub(super) fn checkpoint(&self, block: bool) -> Option<Next<R>> {
-        let mut s = self.lock();
+        self.writer.get_or_init(std::thread::current);
         loop {
-            if let Some(r) = s.results.pop_front() {
+            if let Some(r) = self.results().pop_front() {
                 return Some(Next::Checkpoint(r));
             }
-            if s.checkpointer_gone {
+            if self.checkpointer_gone.load(Ordering::SeqCst) {
                 return Some(Next::CheckpointerGone);
             }
             if !block {
                 return None;
             }
-            s.waiting = Waiting::Checkpoint;
-            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
-            s.waiting = Waiting::No;
+            self.waiting.store(CHECKPOINT, Ordering::SeqCst);
+            // `report` pushes before it unparks: a result that came after the look above has
+            // left an unpark token, and this park returns at once.
+            std::thread::park();
+            self.waiting.store(RUNNING, Ordering::SeqCst);
         }
     }
 
     /// The writer's wait: returns the first of a checkpoint result, a batch to commit (moved into
     /// `batch`, weighed by `weigh`), the timer, or the close after a stop. Never spins: between
-    /// looks it sleeps on the condition variable until the nearest deadline.
+    /// looks it parks until the nearest deadline. Writer thread only.
     pub(super) fn next(
         &self,
         plan: Plan,
         batch: &mut Vec<T>,
         weigh: impl Fn(&T) -> usize,
     ) -> Next<R> {
-        let mut s = self.lock();
+        self.writer.get_or_init(std::thread::current);
         loop {
-            s.waiting = Waiting::No;
-            if let Some(r) = s.results.pop_front() {
+            self.waiting.store(RUNNING, Ordering::SeqCst);
+            if let Some(r) = self.results().pop_front() {
                 return Next::Checkpoint(r);
             }
             let now = Instant::now();
+            let stop = self.stop.load(Ordering::SeqCst);
+            let len = self.jobs.len();
             // Within the hold, an empty queue is held too: a submission arriving now would wait
             // for the deadline anyway, so it need not wake us — only `enough` does.
             let holding = plan
                 .hold_until
-                .filter(|&t| !s.stop && now < t && s.jobs.len() < self.enough);
-            let empty = s.jobs.is_empty();
-            if holding.is_none() && !empty {
+                .filter(|&t| !stop && now < t && len < self.enough);
+            if holding.is_none() && len > 0 {
                 let mut weight = 0;
                 while weight < plan.max_weight {
-                    let Some(job) = s.jobs.pop_front() else { break };
+                    let Some(job) = self.jobs.pop() else { break };
                     weight += weigh(&job);
                     batch.push(job);
                 }
                 return Next::Batch;
             }
-            if empty && s.stop {
-                s.closed = true;
+            if len == 0 && stop {
+                self.closed.store(true, Ordering::SeqCst);
                 return Next::Closed;
             }
             // The timer matters only while nothing is queued (a commit comes first otherwise).
-            let timer = plan.timer.filter(|_| empty);
+            let timer = plan.timer.filter(|_| len == 0);
             if timer.is_some_and(|t| now >= t) {
                 return Next::Timer;
             }
             let (waiting, deadline) = match holding {
-                Some(h) => (Waiting::Coalescing, Some(timer.map_or(h, |t| t.min(h)))),
-                None => (Waiting::Idle, timer),
+                Some(h) => (COALESCING, Some(timer.map_or(h, |t| t.min(h)))),
+                None => (IDLE, timer),
             };
-            s.waiting = waiting;
-            s = match deadline {
-                Some(d) => self
-                    .cv
-                    .wait_timeout(s, d.saturating_duration_since(now))
-                    .map_or_else(|p| p.into_inner().0, |(g, _)| g),
-                None => self.cv.wait(s).unwrap_or_else(PoisonError::into_inner),
+            self.waiting.store(waiting, Ordering::SeqCst);
+            // Pairs with the submitters' fence: after publishing what we wait for, one last look
+            // at what a submitter may have queued without seeing it.
+            fence(Ordering::SeqCst);
+            let now_len = self.jobs.len();
+            let woken = match waiting {
+                IDLE => now_len > 0,
+                _ => now_len >= self.enough,
             };
+            if woken || self.stop.load(Ordering::SeqCst) {
+                continue;
+            }
+            match deadline {
+                Some(d) => std::thread::park_timeout(d.saturating_duration_since(now)),
+                None => std::thread::park(),
+            }
         }
     }
 
-    /// After [`Next::Closed`]: takes whatever raced in (nothing, since pushes are refused once
-    /// stopping; kept for robustness) so the caller can fail it.
+    /// After [`Next::Closed`]: takes whatever raced in (a push that passed the stop check just
+    /// before the stop) so the caller can fail it; anything later is dropped with the queue.
     pub(super) fn drain_closed(&self) -> Vec<T> {
-        let mut s = self.lock();
-        s.closed = true;
-        s.jobs.drain(..).collect()
+        self.closed.store(true, Ordering::SeqCst);
+        std::iter::from_fn(|| self.jobs.pop()).collect()
     }
 }
 
@@ -273,6 +279,69 @@ mod tests {
             timer: timer.map(|d| now + d),
             max_weight: usize::MAX,
         }
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_under_racing_submitters() {
+        // The writer parks without a timeout whenever the queue looks empty: a lost wake-up
+        // would hang it, which the watchdog turns into a failure.
+        const PER: u32 = 5000;
+        const THREADS: u32 = 4;
+        let h = Arc::new(H::new(64, 8));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut got = 0u32;
+                let mut batch = Vec::new();
+                let mut hold = None;
+                while got < PER * THREADS {
+                    let p = Plan {
+                        hold_until: hold,
+                        timer: None,
+                        max_weight: 16,
+                    };
+                    if let Next::Batch = h.next(p, &mut batch, |_| 1) {
+                        got += u32::try_from(batch.len()).unwrap_or(0);
+                        // Alternate between held and unheld waits.
+                        hold =
+                            (batch.len() > 1).then(|| Instant::now() + Duration::from_micros(200));
+                        batch.clear();
+                    }
+                }
+                let _ = tx.send(got);
+            })
+        };
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER {
+                        let mut job = i;
+                        loop {
+                            match h.push(job) {
+                                Ok(()) => break,
+                                Err(Refused::Full(j) | Refused::Closed(j)) => {
+                                    job = j;
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                        if i % 64 == 0 {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer hung: a wake-up was lost");
+        assert_eq!(got, PER * THREADS);
+        writer.join().expect("writer");
     }
 
     #[test]
@@ -326,7 +395,7 @@ mod tests {
             })
         };
         // Wait until the writer sleeps idle, then queue several.
-        while h.lock().waiting != Waiting::Idle {
+        while h.waiting.load(Ordering::SeqCst) != IDLE {
             std::thread::yield_now();
         }
         for j in 0..5 {
@@ -355,7 +424,7 @@ mod tests {
                 (matches!(got, Next::Batch), batch)
             })
         };
-        while h.lock().waiting != Waiting::Coalescing {
+        while h.waiting.load(Ordering::SeqCst) != COALESCING {
             std::thread::yield_now();
         }
         assert!(h.push(1).is_ok());
@@ -382,7 +451,7 @@ mod tests {
                 (matches!(got, Next::Batch), batch)
             })
         };
-        while h.lock().waiting != Waiting::Coalescing {
+        while h.waiting.load(Ordering::SeqCst) != COALESCING {
             std::thread::yield_now();
         }
         assert!(h.push(0).is_ok());
