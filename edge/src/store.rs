@@ -349,7 +349,7 @@ impl Store {
         let stats = Arc::new(Mutex::new(CommitStats::default()));
         let path: Arc<Path> = Arc::from(self.path.as_path());
         // At most one checkpoint runs and at most one more waits (the writer blocks before
-        // handing over a second): both channels stay tiny.
+        // handing over a second): the channel stays tiny.
         let (cp_tx, cp_rx) = channel::unbounded::<CheckpointJob>();
         let cp_handoff = handoff.clone();
         let checkpointer = Checkpointer {
@@ -494,9 +494,10 @@ fn replay(db: &Database, path: &Path) -> Result<u64, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StoreError::log(path, &p, "open for replay", e)),
         };
-        records.extend(log::scan(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
-        highest = highest
-            .max(log::highest_seq(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+        // One read of the file serves both the chain and the highest sequence number.
+        let data = log::read_all(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?;
+        records.extend(log::scan(&data).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+        highest = highest.max(log::highest_seq(&data));
     }
     records.retain(|(s, _)| *s > applied);
     records.sort_unstable_by_key(|(s, _)| *s);
