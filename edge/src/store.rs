@@ -29,19 +29,21 @@
 //! checkpoint into redb (stopping at the first torn record or gap in the sequence), so
 //! [`Store::load`] sees everything that was acknowledged. Log format: `store/log.rs`.
 
+mod handoff;
 mod log;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam::channel::{self, Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
+
+use handoff::{Handoff, Next, Plan, Refused};
 
 pub use log::DEFAULT_LOG_BYTES;
 pub use sipveil_registrar::StoreOp;
@@ -179,6 +181,10 @@ pub struct CommitStats {
     pub checkpoint_time_total: Duration,
     /// Submissions waiting in the queue when the stats were read.
     pub queued: usize,
+    /// Times a submitter woke the committer thread (the first submission into an empty queue
+    /// while it slept, or the one that made a held group `enough`); every other submission only
+    /// queues.
+    pub wakeups: u64,
 }
 
 /// One stored record: (key, value), as the registrar encoded them.
@@ -339,14 +345,13 @@ impl Store {
 
     /// [`Store::start`], reporting a failure to spawn the thread.
     pub fn try_start(self, max_batch: usize, queue: usize) -> Result<Committer, StoreError> {
-        let (tx, rx) = channel::bounded(queue.max(1));
+        let handoff: Arc<Queue> = Arc::new(Handoff::new(queue, self.enough));
         let stats = Arc::new(Mutex::new(CommitStats::default()));
-        let stop = Arc::new(AtomicBool::new(false));
         let path: Arc<Path> = Arc::from(self.path.as_path());
         // At most one checkpoint runs and at most one more waits (the writer blocks before
-        // handing over a second): both channels stay tiny.
+        // handing over a second): the channel stays tiny.
         let (cp_tx, cp_rx) = channel::unbounded::<CheckpointJob>();
-        let (cp_done_tx, cp_done_rx) = channel::unbounded();
+        let cp_handoff = handoff.clone();
         let checkpointer = Checkpointer {
             db: self.db,
             path: path.clone(),
@@ -354,7 +359,7 @@ impl Store {
         };
         let cp_thread = std::thread::Builder::new()
             .name("sipveil-ckpt".into())
-            .spawn(move || checkpointer.run(&cp_rx, &cp_done_tx))
+            .spawn(move || checkpointer.run(&cp_rx, &cp_handoff))
             .map_err(|e| StoreError::Thread {
                 path: self.path.clone(),
                 source: Arc::new(e),
@@ -370,7 +375,7 @@ impl Store {
             pending_since: None,
             other_busy: false,
             cp_tx: Some(cp_tx),
-            cp_done: cp_done_rx,
+            handoff: handoff.clone(),
             cp_thread: Some(cp_thread),
             broken: None,
             interval: self.checkpoint_interval,
@@ -379,13 +384,11 @@ impl Store {
         };
         let worker = Worker {
             log,
-            rx,
+            handoff: handoff.clone(),
             max_batch: max_batch.max(1),
             stats: stats.clone(),
-            stop: stop.clone(),
             observer: self.observer,
             min_commit_interval: self.min_commit_interval,
-            enough: self.enough,
         };
         let thread = std::thread::Builder::new()
             .name("sipveil-store".into())
@@ -396,12 +399,9 @@ impl Store {
             })?;
         Ok(Committer {
             inner: Arc::new(Inner {
-                tx,
+                handoff,
                 stats,
-                stop,
                 path,
-                committer_thread: thread.thread().clone(),
-                enough: self.enough,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -494,9 +494,10 @@ fn replay(db: &Database, path: &Path) -> Result<u64, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StoreError::log(path, &p, "open for replay", e)),
         };
-        records.extend(log::scan(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
-        highest = highest
-            .max(log::highest_seq(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+        // One read of the file serves both the chain and the highest sequence number.
+        let data = log::read_all(&file).map_err(|e| StoreError::log(path, &p, "replay", e))?;
+        records.extend(log::scan(&data).map_err(|e| StoreError::log(path, &p, "replay", e))?);
+        highest = highest.max(log::highest_seq(&data));
     }
     records.retain(|(s, _)| *s > applied);
     records.sort_unstable_by_key(|(s, _)| *s);
@@ -616,114 +617,60 @@ struct Job {
     flush: Option<Flush>,
 }
 
-enum Msg {
-    Job(Job),
-    Stop,
-}
+/// The queue between the submitters, the committer thread and the checkpointer.
+type Queue = Handoff<Job, Result<(), StoreError>>;
 
 struct Worker {
     log: LogWriter,
-    rx: Receiver<Msg>,
+    handoff: Arc<Queue>,
     max_batch: usize,
     stats: Arc<Mutex<CommitStats>>,
-    stop: Arc<AtomicBool>,
     observer: Option<CommitObserver>,
     min_commit_interval: Duration,
-    enough: usize,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut batch: Vec<Job> = Vec::new();
-        // Once stopping, never block again: commit what is queued, then leave.
-        let mut stopping = false;
         // When the previous commit started, if it held more than one submission: one alone means
         // REGISTERs arrive further apart than a commit takes, and waiting would only add latency.
         let mut last_commit: Option<Instant> = None;
         loop {
-            stopping |= self.stop.load(Ordering::Acquire);
-            let mut ops = 0;
-            if !stopping {
-                // With groups in the log that redb does not hold yet, wake up in time to hand them
-                // to a checkpoint even if nothing else arrives.
-                let msg = if self.log.due_but_busy() {
-                    // A timer would fire at once, again and again: wait for the running
-                    // checkpoint to finish or for a submission instead.
-                    let done = self.log.cp_done.clone();
-                    channel::select! {
-                        recv(self.rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
-                        recv(done) -> r => {
-                            self.log
-                                .checkpoint_result(r.map_err(|_| TryRecvError::Disconnected));
-                            self.log.maybe_checkpoint();
-                            continue;
-                        }
-                    }
+            // Coalesce: hold what is queued until the minimum interval since the previous commit
+            // has passed or enough submissions wait (the submitter that makes it enough wakes
+            // us; no other does). With groups in the log that redb does not hold yet, wake up in
+            // time to hand them to a checkpoint even if nothing else arrives — unless the other
+            // file's checkpoint still runs: then its result wakes us, not a timer.
+            let plan = Plan {
+                hold_until: last_commit.map(|t| t + self.min_commit_interval),
+                timer: if self.log.other_busy {
+                    None
                 } else {
-                    match self.log.checkpoint_due() {
-                        None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                        Some(due) => self
-                            .rx
-                            .recv_timeout(due.saturating_duration_since(Instant::now())),
-                    }
-                };
-                match msg {
-                    Ok(Msg::Job(job)) => {
-                        ops += job.ops.len();
-                        batch.push(job);
-                    }
-                    Ok(Msg::Stop) => stopping = true,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.log.maybe_checkpoint();
-                        continue;
-                    }
-                    // Every Committer is gone and the queue is empty.
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    self.log.checkpoint_due()
+                },
+                max_weight: self.max_batch,
+            };
+            match self.handoff.next(plan, &mut batch, |j| j.ops.len()) {
+                Next::Batch => {
+                    let ops = batch.iter().map(|j| j.ops.len()).sum();
+                    last_commit = (batch.len() > 1).then(Instant::now);
+                    self.commit(&mut batch, ops);
+                    self.log.maybe_checkpoint();
                 }
-            }
-            // Coalesce: hold the batch open until the minimum interval since the previous commit
-            // has passed or enough submissions wait (the submitter that makes it enough unparks
-            // us). Parking (not waiting on the channel) keeps senders from waking us per
-            // submission; they find nobody waiting on the channel and just queue.
-            if !stopping
-                && ops < self.max_batch
-                && let Some(due) = last_commit.map(|t| t + self.min_commit_interval)
-            {
-                loop {
-                    let now = Instant::now();
-                    if now >= due
-                        || batch.len() + self.rx.len() >= self.enough
-                        || self.stop.load(Ordering::Acquire)
-                    {
-                        break;
-                    }
-                    std::thread::park_timeout(due - now);
+                got @ (Next::Checkpoint(_) | Next::CheckpointerGone) => {
+                    self.log.checkpoint_result(got);
+                    self.log.maybe_checkpoint();
                 }
+                Next::Timer => self.log.maybe_checkpoint(),
+                // Stopping and everything queued is committed.
+                Next::Closed => break,
             }
-            while ops < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(Msg::Job(job)) => {
-                        ops += job.ops.len();
-                        batch.push(job);
-                    }
-                    Ok(Msg::Stop) => stopping = true,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            if batch.is_empty() {
-                if stopping {
-                    break;
-                }
-                continue;
-            }
-            last_commit = (batch.len() > 1).then(Instant::now);
-            self.commit(&mut batch, ops);
-            self.log.maybe_checkpoint();
         }
         // Everything acknowledged goes into redb before the thread ends, so a clean shutdown
         // leaves a database that needs no replay.
         self.log.finish();
-        // Dropping `self.rx` here hands any submission that raced with the stop to `Done::drop`.
+        // Nothing can be queued once closed; anything left gets `Done::drop` (Stopped).
+        drop(self.handoff.drain_closed());
     }
 
     fn commit(&mut self, batch: &mut Vec<Job>, ops: usize) {
@@ -775,7 +722,15 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn run(self, rx: &Receiver<CheckpointJob>, done: &Sender<Result<(), StoreError>>) {
+    fn run(self, rx: &Receiver<CheckpointJob>, handoff: &Queue) {
+        /// Tells the committer when this thread ends, also by a panic.
+        struct Gone<'a>(&'a Queue);
+        impl Drop for Gone<'_> {
+            fn drop(&mut self) {
+                self.0.checkpointer_gone();
+            }
+        }
+        let _gone = Gone(handoff);
         lower_priority();
         for job in rx {
             let started = Instant::now();
@@ -787,9 +742,7 @@ impl Checkpointer {
                 s.checkpoint_ops += job.ops.len() as u64;
                 s.checkpoint_time_total += took;
             }
-            if done.send(result).is_err() {
-                break;
-            }
+            handoff.report(result);
         }
         // Dropping the database here closes the file before the committer thread ends.
     }
@@ -831,7 +784,8 @@ struct LogWriter {
     /// A checkpoint of the other file's records is running: that file may not be reused yet.
     other_busy: bool,
     cp_tx: Option<Sender<CheckpointJob>>,
-    cp_done: Receiver<Result<(), StoreError>>,
+    /// Where the checkpointer's results arrive.
+    handoff: Arc<Queue>,
     cp_thread: Option<JoinHandle<()>>,
     /// A checkpoint failed: the log files can no longer be reused, so once the current one is full
     /// every later group fails with this (what was acknowledged stays in the log for the replay).
@@ -885,15 +839,6 @@ impl LogWriter {
         self.pending_since.map(|t| t + self.interval)
     }
 
-    /// Pending groups are due for a checkpoint, but the other file's checkpoint still runs: the
-    /// committer waits for that or for a submission, not on a timer.
-    fn due_but_busy(&self) -> bool {
-        self.other_busy
-            && self
-                .checkpoint_due()
-                .is_some_and(|due| Instant::now() >= due)
-    }
-
     /// Hands the pending groups to a checkpoint if they have waited long enough and the other
     /// file is free (never blocks).
     fn maybe_checkpoint(&mut self) {
@@ -915,28 +860,25 @@ impl LogWriter {
         if !self.other_busy || self.broken.is_some() {
             return;
         }
-        let got = if block {
-            self.cp_done.recv().map_err(|_| TryRecvError::Disconnected)
-        } else {
-            self.cp_done.try_recv()
-        };
-        self.checkpoint_result(got);
+        if let Some(got) = self.handoff.checkpoint(block) {
+            self.checkpoint_result(got);
+        }
     }
 
-    /// Takes in what the checkpointer reported.
-    fn checkpoint_result(&mut self, got: Result<Result<(), StoreError>, TryRecvError>) {
+    /// Takes in what the checkpointer reported (`Next::Checkpoint` or `Next::CheckpointerGone`).
+    fn checkpoint_result(&mut self, got: Next<Result<(), StoreError>>) {
         match got {
-            Ok(Ok(())) => self.other_busy = false,
-            Ok(Err(e)) => {
+            Next::Checkpoint(Ok(())) => self.other_busy = false,
+            Next::Checkpoint(Err(e)) => {
                 tracing::error!("{e}");
                 self.broken = Some(e);
             }
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => {
+            Next::CheckpointerGone => {
                 self.broken.get_or_insert_with(|| StoreError::Stopped {
                     path: self.path.to_path_buf(),
                 });
             }
+            Next::Batch | Next::Timer | Next::Closed => {}
         }
     }
 
@@ -1022,22 +964,17 @@ fn finish(batch: &mut Vec<Job>, result: impl Fn(&Job) -> Result<(), StoreError>)
 }
 
 struct Inner {
-    tx: Sender<Msg>,
+    handoff: Arc<Queue>,
     stats: Arc<Mutex<CommitStats>>,
-    stop: Arc<AtomicBool>,
     path: Arc<Path>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The committer thread, unparked when enough submissions wait (see `Worker::run`).
-    committer_thread: std::thread::Thread,
-    enough: usize,
 }
 
 impl Inner {
     /// Asks the thread to commit everything queued and exit, then waits for it — except when
     /// called on the committer thread itself (from a `done` callback), where it only asks.
     fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.committer_thread.unpark();
+        self.handoff.request_stop();
         let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         let on_committer = slot
             .as_ref()
@@ -1049,9 +986,6 @@ impl Inner {
         }
         let Some(handle) = slot.take() else { return };
         drop(slot);
-        // Wakes a thread blocked on an empty queue. Blocks while the queue is full, which is fine:
-        // the thread is draining it. Fails only if the thread is already gone.
-        let _ = self.tx.send(Msg::Stop);
         if handle.join().is_err() {
             tracing::error!(
                 "store {}: the committer thread panicked",
@@ -1112,21 +1046,14 @@ impl Committer {
             },
             flush,
         };
-        match self.inner.tx.try_send(Msg::Job(job)) {
-            Ok(()) => {
-                // The committer holds one submission while it coalesces: with this one queued
-                // there may be enough. A spurious unpark only makes it look again.
-                if self.inner.tx.len() + 1 >= self.inner.enough {
-                    self.inner.committer_thread.unpark();
-                }
-                Ok(())
-            }
-            Err(TrySendError::Full(msg)) => {
-                defuse(msg);
+        match self.inner.handoff.push(job) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(job)) => {
+                job.done.defuse();
                 Err(Busy::QueueFull)
             }
-            Err(TrySendError::Disconnected(msg)) => {
-                defuse(msg);
+            Err(Refused::Closed(job)) => {
+                job.done.defuse();
                 Err(Busy::Stopped)
             }
         }
@@ -1139,7 +1066,8 @@ impl Committer {
             .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        s.queued = self.inner.tx.len();
+        s.queued = self.inner.handoff.len();
+        s.wakeups = self.inner.handoff.wakeups();
         s
     }
 
@@ -1149,11 +1077,5 @@ impl Committer {
     /// latest when the last `Committer` is dropped. Idempotent.
     pub fn shutdown(&self) {
         self.inner.shutdown();
-    }
-}
-
-fn defuse(msg: Msg) {
-    if let Msg::Job(job) = msg {
-        job.done.defuse();
     }
 }

@@ -99,36 +99,39 @@ pub(super) struct Undecodable {
     offset: u64,
 }
 
-/// The highest sequence number of any whole record anywhere in `file` (at any [`ALIGN`] offset,
-/// chained or not), 0 if none. Replay moves the log past it, so a stale record left after a torn
-/// one can never carry the number the chain expects next.
-pub(super) fn highest_seq(file: &File) -> io::Result<u64> {
-    let size = file.metadata()?.len();
-    let mut highest = 0;
-    let mut offset = 0u64;
-    while offset < size {
-        if let Some((seq, _)) = read_record(file, offset, size)? {
-            highest = highest.max(seq);
-        }
-        offset += ALIGN;
-    }
-    Ok(highest)
+/// The whole contents of a log file, read once for [`scan`] and [`highest_seq`].
+pub(super) fn read_all(file: &File) -> io::Result<Vec<u8>> {
+    let size = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; size];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
 }
 
-/// The whole record at `offset`: its sequence number and payload length.
-fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
-    let mut header = [0u8; HEADER];
-    if offset + HEADER as u64 > size {
-        return Ok(None);
+/// The highest sequence number of any whole record anywhere in `data` (a log file's contents,
+/// at any [`ALIGN`] offset, chained or not), 0 if none. Replay moves the log past it, so a stale
+/// record left after a torn one can never carry the number the chain expects next.
+pub(super) fn highest_seq(data: &[u8]) -> u64 {
+    (0..data.len())
+        .step_by(ALIGN as usize)
+        .filter_map(|offset| record_at(data, offset))
+        .map(|(seq, _)| seq)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The whole record at `offset` of `data`: its sequence number and payload.
+fn record_at(data: &[u8], offset: usize) -> Option<(u64, &[u8])> {
+    let header: &[u8; HEADER] = data
+        .get(offset..offset.checked_add(HEADER)?)?
+        .try_into()
+        .ok()?;
+    let (magic, len, seq, crc) = parse_header(header);
+    if magic != MAGIC {
+        return None;
     }
-    file.read_exact_at(&mut header, offset)?;
-    let (magic, len, seq, crc) = parse_header(&header);
-    if magic != MAGIC || offset + HEADER as u64 + len > size {
-        return Ok(None);
-    }
-    let mut payload = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
-    file.read_exact_at(&mut payload, offset + HEADER as u64)?;
-    Ok((checksum(&header[4..16], &payload) == crc).then_some((seq, len)))
+    let start = offset + HEADER;
+    let payload = data.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+    (checksum(&header[4..16], payload) == crc).then_some((seq, payload))
 }
 
 fn parse_header(h: &[u8; HEADER]) -> (u32, u64, u64, u32) {
@@ -143,43 +146,26 @@ fn parse_header(h: &[u8; HEADER]) -> (u32, u64, u64, u32) {
     )
 }
 
-/// Reads the chain of whole, consecutive records from the start of `file`.
-pub(super) fn scan(file: &File) -> io::Result<Vec<(u64, Vec<StoreOp>)>> {
-    let size = file.metadata()?.len();
+/// Reads the chain of whole, consecutive records from the start of `data` (a log file's
+/// contents).
+pub(super) fn scan(data: &[u8]) -> io::Result<Vec<(u64, Vec<StoreOp>)>> {
     let mut out: Vec<(u64, Vec<StoreOp>)> = Vec::new();
-    let mut offset = 0u64;
-    let mut header = [0u8; HEADER];
-    let mut payload = Vec::new();
-    while offset + HEADER as u64 <= size {
-        file.read_exact_at(&mut header, offset)?;
-        let word = |r: std::ops::Range<usize>| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&header[r]);
-            u32::from_le_bytes(b)
-        };
-        if word(0..4) != MAGIC {
-            break;
-        }
-        let len = u64::from(word(4..8));
-        let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&header[8..16]);
-        let seq = u64::from_le_bytes(seq_bytes);
-        if offset + HEADER as u64 + len > size {
-            break;
-        }
+    let mut offset = 0usize;
+    while let Some((seq, payload)) = record_at(data, offset) {
         if let Some((prev, _)) = out.last()
             && prev.checked_add(1) != Some(seq)
         {
             break;
         }
-        payload.resize(usize::try_from(len).map_err(io::Error::other)?, 0);
-        file.read_exact_at(&mut payload, offset + HEADER as u64)?;
-        if checksum(&header[4..16], &payload) != word(16..20) {
-            break;
-        }
-        let ops = decode(&payload).ok_or_else(|| io::Error::other(Undecodable { seq, offset }))?;
+        let ops = decode(payload).ok_or_else(|| {
+            io::Error::other(Undecodable {
+                seq,
+                offset: offset as u64,
+            })
+        })?;
         out.push((seq, ops));
-        offset = align_up(offset + HEADER as u64 + len);
+        offset = usize::try_from(align_up((offset + HEADER + payload.len()) as u64))
+            .map_err(io::Error::other)?;
     }
     Ok(out)
 }
@@ -297,6 +283,39 @@ impl Aligned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_follows_the_chain_and_highest_seq_sees_every_whole_record() {
+        let op = |k: &[u8]| StoreOp::Delete { key: k.to_vec() };
+        let mut data = Vec::new();
+        let mut rec = Vec::new();
+        for (seq, key) in [(5u64, b"a"), (6, b"b"), (9, b"c")] {
+            encode(seq, [op(key)].iter(), &mut rec);
+            data.extend_from_slice(&rec);
+        }
+        // A torn tail: half a record, then zeros.
+        encode(7, [op(b"d")].iter(), &mut rec);
+        data.extend_from_slice(&rec[..HEADER + 2]);
+        data.resize(data.len() + 3 * ALIGN as usize, 0);
+        let chain = scan(&data).expect("scans");
+        assert_eq!(
+            chain.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![5, 6],
+            "the gap before 9 ends the chain"
+        );
+        assert_eq!(chain[1].1, vec![op(b"b")]);
+        assert_eq!(
+            highest_seq(&data),
+            9,
+            "the stale record past the gap counts"
+        );
+        // A flipped payload byte breaks the CRC: the chain ends before that record.
+        let mut bad = data.clone();
+        bad[ALIGN as usize + HEADER + 1] ^= 1;
+        assert_eq!(scan(&bad).expect("scans").len(), 1);
+        assert_eq!(highest_seq(&[]), 0);
+        assert!(scan(&data[..HEADER - 1]).expect("scans").is_empty());
+    }
 
     #[test]
     fn encode_decode_round_trip() {
