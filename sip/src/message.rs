@@ -352,8 +352,8 @@ impl Request {
             }
         }
         v.extend_from_slice(b";received=");
-        // Formatted straight into `v` (no intermediate String); writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut v, format_args!("{}", source.ip()));
+        // Written straight into `v` (no intermediate String, no `Display` for IPv4).
+        crate::text::push_ip(&mut v, source.ip());
         if rport {
             v.extend_from_slice(b";rport=");
             crate::text::push_u64(&mut v, u64::from(source.port()));
