@@ -170,12 +170,16 @@ macro_rules! common {
 
             /// From tag.
             pub fn from_tag(&self) -> Option<Bytes> {
-                self.from().ok().and_then(|n| n.tag())
+                self.headers
+                    .get_value(&HeaderName::From)
+                    .and_then(|v| NameAddr::tag_of(&v))
             }
 
             /// To tag.
             pub fn to_tag(&self) -> Option<Bytes> {
-                self.to().ok().and_then(|n| n.tag())
+                self.headers
+                    .get_value(&HeaderName::To)
+                    .and_then(|v| NameAddr::tag_of(&v))
             }
 
             fn name_addr(&self, name: HeaderName) -> Result<NameAddr, HeaderError> {
