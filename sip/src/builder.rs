@@ -391,12 +391,22 @@ impl ResponseWriter {
     /// Appends `name: value`, the value being the concatenation of `parts`.
     pub fn header(&mut self, name: &HeaderName, parts: &[&[u8]]) -> Result<(), BuildError> {
         let n = name.as_bytes();
-        if !all_token(n) {
-            return Err(BuildError::InvalidHeaderName);
-        }
-        // Checked as one value: a CRLF split over two parts must still be refused.
+        // Known names are spelled as tokens; the parser's id of an `Other` name is looked up
+        // (an `Other("Via")` is recorded as a Via, as a parse of the bytes would).
+        let id = match name.id() {
+            crate::header_name::OTHER_ID => {
+                if !all_token(n) {
+                    return Err(BuildError::InvalidHeaderName);
+                }
+                HeaderName::known_id(n)
+            }
+            id => id,
+        };
+        // Parts without CR, LF or NUL concatenate to a safe value; otherwise the concatenation
+        // is checked as one value (a CRLF split over two parts must still be refused).
         let whole_ok = match parts {
             [one] => safe_header_value(one),
+            _ if !parts.iter().any(|p| crate::text::has_ctl_break(p)) => true,
             _ => {
                 let start = self.buf.len();
                 for p in parts {
@@ -427,7 +437,6 @@ impl ResponseWriter {
         ) else {
             return Err(BuildError::InvalidHeaderValue(name.clone()));
         };
-        let id = HeaderName::known_id(n);
         self.fields
             .push(crate::headers::Field::parsed(id, (ls, le), vs));
         Ok(())
@@ -526,6 +535,19 @@ Content-Length: 0\r\n\r\n";
         assert!(w.to_bytes().ends_with(b"Content-Length: 0\r\n\r\n"));
     }
 
+    /// The writer records a known name by its own id: the id a parse of its spelling gives.
+    #[test]
+    fn known_names_spell_their_own_id() {
+        let mut seen = 0;
+        for id in 0..crate::header_name::OTHER_ID {
+            if let Some(name) = HeaderName::from_id(id) {
+                assert_eq!(HeaderName::known_id(name.as_bytes()), id, "{name:?}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 30, "only {seen} known names");
+    }
+
     #[test]
     fn writer_refuses_injection_and_unaddressable_answers() {
         let req = request();
@@ -539,6 +561,12 @@ Content-Length: 0\r\n\r\n";
                 .is_err()
         );
         assert!(ResponseWriter::new(StatusCode::OK, b"O\r\nK", 0).is_err());
+        // CR LF across parts whose pieces are each harmless alone.
+        assert!(w.header(&HeaderName::Server, &[b"a\r\n", b"X: y"]).is_err());
+        assert!(
+            w.header(&HeaderName::Server, &[b"a\r\n", b" folded"])
+                .is_ok()
+        );
         // Nothing refused was written: the writer is still usable.
         assert!(w.header(&HeaderName::Server, &[b"ok"]).is_ok());
         // No Via / CSeq / Call-ID / From / To: not a response anyone could match.

@@ -388,9 +388,20 @@ pub(crate) fn list_elements(src: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
     })
 }
 
+/// Whether `v` holds a CR, LF or NUL (no early exit, so the loop vectorises).
+pub(crate) fn has_ctl_break(v: &[u8]) -> bool {
+    v.iter().fold(false, |acc, &c| {
+        acc | (c == b'\r') | (c == b'\n') | (c == 0)
+    })
+}
+
 /// A header value is safe to emit: no NUL, and CR/LF only as folding
 /// (`CRLF` followed by SP or HT), so it cannot inject a header or end the section.
 pub(crate) fn safe_header_value(v: &[u8]) -> bool {
+    // The common case, no CR, LF or NUL at all, in one branch-free pass (vectorised).
+    if !has_ctl_break(v) {
+        return true;
+    }
     let mut i = 0;
     while i < v.len() {
         match v[i] {
