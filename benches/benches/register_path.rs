@@ -95,11 +95,11 @@ fn round(datagrams: &[(Bytes, SocketAddr)], local: SocketAddr) -> (usize, Durati
     metrics.set_domains(&[("open.lab", "open")]);
     let mut counters = WorkerCounters::default();
     let mut reg = registrar();
-    let mut layer: TransactionLayer<SocketAddr> = match TransactionLayer::new(TxConfig::default(), 1)
-    {
-        Ok(l) => l,
-        Err(e) => panic!("transaction config: {e:?}"),
-    };
+    let mut layer: TransactionLayer<SocketAddr> =
+        match TransactionLayer::new(TxConfig::default(), 1) {
+            Ok(l) => l,
+            Err(e) => panic!("transaction config: {e:?}"),
+        };
     let mut answered = 0usize;
     let start = Wall::now();
     for (i, (d, peer)) in datagrams.iter().enumerate() {
