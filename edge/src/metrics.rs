@@ -360,12 +360,31 @@ pub struct Metrics {
 
     /// Registered domains by name (as given to `set_domains`) → label value.
     domains: RwLock<HashMap<Box<str>, Name>>,
+    /// Bumped by every `set_domains` (after the map changed): [`WorkerCounters`] drop their
+    /// registration handles when it moved.
+    domains_gen: AtomicU64,
     policies: Interner,
     results: Interner,
     reasons: Interner,
 
     latency: Arc<Latency>,
     hlog: Mutex<Option<Hlog>>,
+}
+
+/// Counter handles one worker keeps for its per-request series (responses by method and
+/// code, registrations by domain, policy and result), so that counting is an atomic add on the
+/// series itself. At most [`WorkerCounters::MAX_ENTRIES`] of each; label sets beyond that take
+/// the shared path. Use one with one [`Metrics`] only.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    responses: Vec<(u8, u16, Counter)>,
+    registrations: Vec<(Box<str>, &'static str, &'static str, Counter)>,
+    domains_gen: u64,
+}
+
+impl WorkerCounters {
+    /// Handles kept per kind.
+    pub const MAX_ENTRIES: usize = 64;
 }
 
 impl std::fmt::Debug for Metrics {
@@ -584,6 +603,7 @@ impl Metrics {
             bindings,
             domain_info,
             domains: RwLock::new(HashMap::new()),
+            domains_gen: AtomicU64::new(0),
             latency: Arc::new(Latency {
                 slots: RwLock::new(Vec::new()),
                 total: Mutex::new(new_hdr()),
@@ -669,6 +689,9 @@ impl Metrics {
                 self.bindings.remove(&DomainLabels { domain: name });
             }
         }
+        drop(map);
+        self.domains_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     fn domain(&self, domain: &str) -> Name {
@@ -696,6 +719,68 @@ impl Metrics {
             code: Code::new(code),
         };
         self.responses.get_or_create(&labels).inc();
+    }
+
+    /// [`Metrics::response_out`] through a worker's own handles: after the first answer with a
+    /// given method and code, no lock is taken and no label set hashed. `c` must be used with
+    /// this `Metrics` only.
+    pub fn response_out_cached(&self, c: &mut WorkerCounters, method: &str, code: u16) {
+        let m = method_index(method);
+        let code = Code::new(code).0;
+        if let Some((_, _, counter)) = c
+            .responses
+            .iter()
+            .find(|(cm, cc, _)| usize::from(*cm) == m && *cc == code)
+        {
+            counter.inc();
+            return;
+        }
+        let labels = ResponseLabels {
+            method: METHODS[m],
+            code: Code(code),
+        };
+        let counter = self.responses.get_or_create(&labels).clone();
+        counter.inc();
+        if c.responses.len() < WorkerCounters::MAX_ENTRIES
+            && let Ok(cm) = u8::try_from(m)
+        {
+            c.responses.push((cm, code, counter));
+        }
+    }
+
+    /// [`Metrics::registration`] through a worker's own handles (no lock, no hashing once a
+    /// label set was seen; dropped when [`Metrics::set_domains`] changed the domain labels).
+    pub fn registration_cached(
+        &self,
+        c: &mut WorkerCounters,
+        domain: &str,
+        policy: &'static str,
+        result: &'static str,
+    ) {
+        let generation = self.domains_gen.load(std::sync::atomic::Ordering::Acquire);
+        if c.domains_gen != generation {
+            c.registrations.clear();
+            c.domains_gen = generation;
+        }
+        if let Some((_, _, _, counter)) = c
+            .registrations
+            .iter()
+            .find(|(d, p, r, _)| **d == *domain && *p == policy && *r == result)
+        {
+            counter.inc();
+            return;
+        }
+        let labels = RegistrationLabels {
+            domain: self.domain(domain),
+            policy: self.policies.get(policy),
+            result: self.results.get(result),
+        };
+        let counter = self.registrations.get_or_create(&labels).clone();
+        counter.inc();
+        if c.registrations.len() < WorkerCounters::MAX_ENTRIES {
+            c.registrations
+                .push((domain.into(), policy, result, counter));
+        }
     }
 
     /// A REGISTER was handled for `domain` (`policy`, `result` as the registrar reports them).
@@ -1065,4 +1150,113 @@ fn write_hlog(
     }
     file.flush()?;
     file.sync_data()
+}
+
+#[cfg(test)]
+mod cached_tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(str::to_owned)
+        })
+    }
+
+    #[test]
+    fn cached_counts_land_in_the_same_series_as_the_shared_path() {
+        let m = Metrics::with_workers(2);
+        m.set_domains(&[("open.lab", "open")]);
+        let (mut w0, mut w1) = (WorkerCounters::default(), WorkerCounters::default());
+        m.response_out("REGISTER", 200);
+        m.response_out_cached(&mut w0, "REGISTER", 200);
+        m.response_out_cached(&mut w0, "REGISTER", 200);
+        m.response_out_cached(&mut w1, "REGISTER", 200);
+        m.response_out_cached(&mut w1, "INVITE", 42);
+        m.response_out_cached(&mut w1, "FROBNICATE", 501);
+        m.registration("open.lab", "open", "ok");
+        m.registration_cached(&mut w0, "open.lab", "open", "ok");
+        m.registration_cached(&mut w0, "OPEN.LAB", "open", "ok");
+        m.registration_cached(&mut w1, "open.lab", "open", "ok");
+        m.registration_cached(&mut w1, "new.lab", "open", "ok");
+        let t = m.render();
+        let want = [
+            (
+                r#"sipveil_sip_responses_total{method="REGISTER",code="200"}"#,
+                "4",
+            ),
+            (
+                r#"sipveil_sip_responses_total{method="INVITE",code="other"}"#,
+                "1",
+            ),
+            (
+                r#"sipveil_sip_responses_total{method="other",code="501"}"#,
+                "1",
+            ),
+            (
+                r#"sipveil_registrations_total{domain="open.lab",policy="open",result="ok"}"#,
+                "4",
+            ),
+            (
+                r#"sipveil_registrations_total{domain="other",policy="open",result="ok"}"#,
+                "1",
+            ),
+        ];
+        for (series, value) in want {
+            assert_eq!(
+                sample(&t, series).as_deref(),
+                Some(value),
+                "{series} in\n{t}"
+            );
+        }
+
+        // A reload that configures `new.lab`: the worker's handle for it (counting as `other`)
+        // is dropped, its next REGISTER counts under its own label.
+        m.set_domains(&[("open.lab", "open"), ("new.lab", "open")]);
+        m.registration_cached(&mut w1, "new.lab", "open", "ok");
+        m.registration_cached(&mut w1, "open.lab", "open", "ok");
+        let t = m.render();
+        let want = [
+            (
+                r#"sipveil_registrations_total{domain="new.lab",policy="open",result="ok"}"#,
+                "1",
+            ),
+            (
+                r#"sipveil_registrations_total{domain="other",policy="open",result="ok"}"#,
+                "1",
+            ),
+            (
+                r#"sipveil_registrations_total{domain="open.lab",policy="open",result="ok"}"#,
+                "5",
+            ),
+        ];
+        for (series, value) in want {
+            assert_eq!(
+                sample(&t, series).as_deref(),
+                Some(value),
+                "{series} in\n{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn worker_handles_are_bounded() {
+        let m = Metrics::new();
+        let mut w = WorkerCounters::default();
+        for code in 100..300 {
+            m.response_out_cached(&mut w, "OPTIONS", code);
+        }
+        assert_eq!(w.responses.len(), WorkerCounters::MAX_ENTRIES);
+        m.response_out_cached(&mut w, "OPTIONS", 299);
+        let t = m.render();
+        assert_eq!(
+            sample(
+                &t,
+                r#"sipveil_sip_responses_total{method="OPTIONS",code="299"}"#
+            )
+            .as_deref(),
+            Some("2")
+        );
+    }
 }

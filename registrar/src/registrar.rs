@@ -4,9 +4,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use sipveil_sip::views::parse_token_list;
-use sipveil_sip::{
-    Auth, HeaderName, Limits, Message, NameAddr, Request, Response, StatusCode, Uri, parse_datagram,
-};
+use sipveil_sip::{Auth, HeaderName, NameAddr, Request, Response, ResponseWriter, StatusCode, Uri};
 
 use crate::digest::{self, Alg, Inputs, Keys};
 use crate::users::{NameError, normalize_name};
@@ -388,80 +386,64 @@ impl Registrar {
         self.by_expiry.first().map(|(at, _)| *at)
     }
 
-    fn to_tag(&self, req: &Request) -> String {
+    /// The To-tag of the edge's answers to `req`: 16 hex digits of a keyed hash of Call-ID
+    /// and From-tag (the same for retransmissions), written into a stack buffer.
+    fn to_tag(&self, req: &Request) -> [u8; 16] {
         let call_id = req.call_id().unwrap_or_default();
         let from_tag = req.from_tag().unwrap_or_default();
         let t = self.keys.tag(b"to-tag", &[&call_id, &from_tag]);
-        crate::users::hex(&t[..8])
+        let mut out = [0u8; 16];
+        for (pair, x) in out.chunks_exact_mut(2).zip(t) {
+            pair[0] = crate::users::HEX[usize::from(x >> 4)];
+            pair[1] = crate::users::HEX[usize::from(x & 15)];
+        }
+        out
     }
 
-    /// The response: written directly and parsed once (the fast path), or,
-    /// should that not parse, through `ResponseBuilder` (which checks more).
+    /// The response: written directly (the fast path), or, should that fail,
+    /// through `ResponseBuilder` (which checks more).
     fn build(&self, req: &Request, a: &Answer) -> Option<Response> {
         let tag = self.to_tag(req);
         if let Some(r) = self.build_fast(req, a, &tag) {
             return Some(r);
         }
-        self.build_checked(req, a, tag)
+        self.build_checked(req, a, &tag)
     }
 
     /// RFC 3261 §8.2.6.2: Via (all, in order), From, To (+ tag), Call-ID and
-    /// CSeq copied as written; then our header fields.
-    fn build_fast(&self, req: &Request, a: &Answer, tag: &str) -> Option<Response> {
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(b"SIP/2.0 ");
-        out.extend_from_slice(a.status.as_u16().to_string().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(a.reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    /// CSeq copied as written; then our header fields. The writer records the fields as it
+    /// writes them, so the answer is not parsed again.
+    fn build_fast(&self, req: &Request, a: &Answer, tag: &[u8]) -> Option<Response> {
+        const COPIED: [HeaderName; 5] = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ];
+        let mut w = ResponseWriter::new(a.status, a.reason.as_bytes(), 512).ok()?;
         let has_tag = req.to_tag().is_some();
-        for h in req.headers() {
-            let name = h.name();
-            if !matches!(
-                name,
-                HeaderName::Via
-                    | HeaderName::From
-                    | HeaderName::To
-                    | HeaderName::CallId
-                    | HeaderName::CSeq
-            ) {
-                continue;
-            }
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value());
+        for (name, value) in req.headers().select(&COPIED) {
             if *name == HeaderName::To && !has_tag {
-                out.extend_from_slice(b";tag=");
-                out.extend_from_slice(tag.as_bytes());
+                w.header(name, &[value, b";tag=", tag]).ok()?;
+            } else {
+                w.header(name, &[value]).ok()?;
             }
-            out.extend_from_slice(b"\r\n");
         }
         for (n, v) in &a.headers {
-            if v.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
-                return None;
-            }
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            w.header(n, &[v.as_bytes()]).ok()?;
         }
         if let Some(server) = &self.server {
-            out.extend_from_slice(b"Server: ");
-            out.extend_from_slice(server.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            w.header(&HeaderName::Server, &[server.as_bytes()]).ok()?;
         }
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-        match parse_datagram(Bytes::from(out), &Limits::UNLIMITED) {
-            Ok(Message::Response(r)) => Some(r),
-            _ => None,
-        }
+        w.finish().ok()
     }
 
-    fn build_checked(&self, req: &Request, a: &Answer, tag: String) -> Option<Response> {
+    fn build_checked(&self, req: &Request, a: &Answer, tag: &[u8]) -> Option<Response> {
         let mut b = req
             .response(a.status)
             .reason(Bytes::from_static(a.reason.as_bytes()))
-            .to_tag(tag);
+            .to_tag(Bytes::copy_from_slice(tag));
         for (n, v) in &a.headers {
             b = b.header(n.clone(), v.clone());
         }
@@ -711,7 +693,10 @@ impl Registrar {
         let (Some(d), Some(ds)) = (self.cfg.domains.get(di), self.doms.get(di)) else {
             return forbidden("Domain Not Served", R::DomainNotServed);
         };
-        let aor = format!("{name}@{}", ds.name_lc);
+        let mut aor = String::with_capacity(name.len() + 1 + ds.name_lc.len());
+        aor.push_str(&name);
+        aor.push('@');
+        aor.push_str(&ds.name_lc);
         let old: &[Binding] = self.aors.get(&aor).map_or(&[], Vec::as_slice);
 
         // 5. Ownership of an open nickname.
@@ -1083,17 +1068,50 @@ fn supports_outbound(req: &Request) -> bool {
         .any(|v| parse_token_list(&v).is_ok_and(|l| l.iter().any(|t| eq_ic(t, b"outbound"))))
 }
 
+/// Appends the decimal form of `n` (no formatting machinery).
+fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
+}
+
 fn list_own<'a>(a: &mut Answer, own: impl Iterator<Item = &'a Binding>, now_ms: u64) {
     for b in own {
         let left = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1000);
-        let mut v = format!("<{}>;expires={left}", b.contact);
+        let extra = b.instance.as_ref().map_or(0, |i| i.len() + 40);
+        let mut v = String::with_capacity(b.contact.len() + 40 + extra);
+        v.push('<');
+        v.push_str(&b.contact);
+        v.push_str(">;expires=");
+        push_decimal(&mut v, left);
         if b.q != 1000 {
-            v.push_str(&format!(";q={}.{:03}", b.q / 1000, b.q % 1000));
+            // q in thousandths: "0.5" is written "0.500".
+            v.push_str(";q=");
+            push_decimal(&mut v, u64::from(b.q / 1000));
+            v.push('.');
+            let frac = b.q % 1000;
+            for d in [frac / 100, frac / 10 % 10, frac % 10] {
+                v.push(char::from(b'0' + (d % 10) as u8));
+            }
         }
         if let Some(i) = &b.instance {
-            v.push_str(&format!(";+sip.instance=\"{i}\""));
+            v.push_str(";+sip.instance=\"");
+            v.push_str(i);
+            v.push('"');
             if let Some(r) = b.reg_id {
-                v.push_str(&format!(";reg-id={r}"));
+                v.push_str(";reg-id=");
+                push_decimal(&mut v, u64::from(r));
             }
         }
         a.headers.push((HeaderName::Contact, v));
@@ -1103,6 +1121,61 @@ fn list_own<'a>(a: &mut Answer, own: impl Iterator<Item = &'a Binding>, now_ms: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Contact values of a 200 OK, against what `format!` writes for them.
+    #[test]
+    fn listed_contacts_are_written_as_format_writes_them() {
+        let flow = FlowInfo {
+            proto: crate::Proto::Udp,
+            local: "198.18.0.1:5060".parse().expect("addr"),
+            peer: "198.18.0.7:5060".parse().expect("addr"),
+            worker: 0,
+            conn: 0,
+        };
+        let mk =
+            |q: u16, instance: Option<&str>, reg_id: Option<u32>, expires_at_ms: u64| Binding {
+                aor: "a@open.lab".into(),
+                contact: "sip:a@198.18.0.7:5060;transport=udp".into(),
+                q,
+                expires_at_ms,
+                call_id: "c".into(),
+                cseq: 1,
+                instance: instance.map(str::to_owned),
+                reg_id,
+                flow,
+                registered_at_ms: 0,
+            };
+        let now = 1_000_000;
+        let list = [
+            mk(1000, None, None, now + 3_600_000),
+            mk(500, None, None, now + 1),
+            mk(0, Some("<urn:uuid:1>"), Some(7), now + 59_999),
+            mk(1, Some("<urn:uuid:2>"), None, now),
+            mk(u16::MAX, None, None, now + 120_000_000_000),
+        ];
+        let mut a = Answer::new(StatusCode::OK, "OK", ReportResult::Registered);
+        list_own(&mut a, list.iter(), now);
+        let want: Vec<String> = list
+            .iter()
+            .map(|b| {
+                let left = b.expires_at_ms.saturating_sub(now).div_ceil(1000);
+                let mut v = format!("<{}>;expires={left}", b.contact);
+                if b.q != 1000 {
+                    v.push_str(&format!(";q={}.{:03}", b.q / 1000, b.q % 1000));
+                }
+                if let Some(i) = &b.instance {
+                    v.push_str(&format!(";+sip.instance=\"{i}\""));
+                    if let Some(r) = b.reg_id {
+                        v.push_str(&format!(";reg-id={r}"));
+                    }
+                }
+                v
+            })
+            .collect();
+        let got: Vec<String> = a.headers.iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(got, want);
+        assert!(a.headers.iter().all(|(n, _)| *n == HeaderName::Contact));
+    }
 
     #[test]
     fn nc_table_is_bounded_and_eviction_never_reopens_a_nonce() {
@@ -1148,6 +1221,7 @@ mod tests {
 #[cfg(test)]
 mod build_tests {
     use super::*;
+    use sipveil_sip::{Limits, Message, parse_datagram};
 
     #[test]
     fn fast_path_writes_what_the_builder_writes() {
@@ -1180,14 +1254,21 @@ mod build_tests {
         a.headers.push((HeaderName::Require, "outbound".into()));
         let tag = r.to_tag(&req);
         let fast = r.build_fast(&req, &a, &tag).expect("fast path");
-        let checked = r.build_checked(&req, &a, tag).expect("builder");
+        let checked = r.build_checked(&req, &a, &tag).expect("builder");
         assert_eq!(
             String::from_utf8_lossy(&fast.to_bytes()),
             String::from_utf8_lossy(&checked.to_bytes())
         );
+        // The written answer is the one a parse of its bytes gives (it is not parsed again).
+        let Ok(Message::Response(reparsed)) = parse_datagram(fast.to_bytes(), &Limits::default())
+        else {
+            panic!("the fast path's bytes parse");
+        };
+        assert_eq!(format!("{fast:?}"), format!("{reparsed:?}"));
+        assert_eq!(fast.headers().count(&HeaderName::Via), 2);
         // a value that would split the header section falls back
         a.headers.push((HeaderName::Contact, "x\r\nEvil: 1".into()));
-        assert!(r.build_fast(&req, &a, "t").is_none());
+        assert!(r.build_fast(&req, &a, b"t").is_none());
     }
 
     /// An AOR's binding list is kept at its size, not at the growth capacity of its pushes,

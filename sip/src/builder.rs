@@ -343,3 +343,240 @@ impl Request {
         b.build()
     }
 }
+
+/// Writes a response without a body straight into its wire buffer, recording each header
+/// field's offsets as it goes, so that the finished [`Response`] is ready without parsing its
+/// own text again (what [`ResponseBuilder::build`] does). Meant for answers assembled from the
+/// fields of a parsed request plus the element's own fields (a registrar's 200 OK).
+///
+/// Every value is checked as [`ResponseBuilder`] checks it (no CR/LF except folding, no NUL;
+/// names are tokens); `Content-Length: 0` and the blank line are written by
+/// [`ResponseWriter::finish`], which also makes the checks a datagram parse makes on a
+/// response (a Via, CSeq that parses, one well-formed Call-ID, one From and one To). The
+/// records are the ones the parser would make from the same bytes.
+#[derive(Debug)]
+pub struct ResponseWriter {
+    buf: Vec<u8>,
+    fields: crate::headers::Fields,
+    status: StatusCode,
+    /// End of the start line (before its CRLF).
+    start_line_end: usize,
+    /// Where the reason phrase starts in the start line.
+    reason_start: usize,
+}
+
+impl ResponseWriter {
+    /// Starts `SIP/2.0 <status> <reason>` in a buffer of `capacity` bytes (it grows if needed).
+    pub fn new(status: StatusCode, reason: &[u8], capacity: usize) -> Result<Self, BuildError> {
+        if reason.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+            return Err(BuildError::InvalidReason);
+        }
+        let mut buf = Vec::with_capacity(capacity.max(64));
+        buf.extend_from_slice(b"SIP/2.0 ");
+        push_u64(&mut buf, u64::from(status.as_u16()));
+        buf.push(b' ');
+        let reason_start = buf.len();
+        buf.extend_from_slice(reason);
+        let start_line_end = buf.len();
+        buf.extend_from_slice(b"\r\n");
+        Ok(ResponseWriter {
+            buf,
+            fields: crate::headers::Fields::default(),
+            status,
+            start_line_end,
+            reason_start,
+        })
+    }
+
+    /// Appends `name: value`, the value being the concatenation of `parts`.
+    pub fn header(&mut self, name: &HeaderName, parts: &[&[u8]]) -> Result<(), BuildError> {
+        let n = name.as_bytes();
+        // Known names are spelled as tokens; the parser's id of an `Other` name is looked up
+        // (an `Other("Via")` is recorded as a Via, as a parse of the bytes would).
+        let id = match name.id() {
+            crate::header_name::OTHER_ID => {
+                if !all_token(n) {
+                    return Err(BuildError::InvalidHeaderName);
+                }
+                HeaderName::known_id(n)
+            }
+            id => id,
+        };
+        // Parts without CR, LF or NUL concatenate to a safe value; otherwise the concatenation
+        // is checked as one value (a CRLF split over two parts must still be refused).
+        let whole_ok = match parts {
+            [one] => safe_header_value(one),
+            _ if !parts.iter().any(|p| crate::text::has_ctl_break(p)) => true,
+            _ => {
+                let start = self.buf.len();
+                for p in parts {
+                    self.buf.extend_from_slice(p);
+                }
+                let ok = self.buf.get(start..).is_some_and(safe_header_value);
+                self.buf.truncate(start);
+                ok
+            }
+        };
+        if !whole_ok {
+            return Err(BuildError::InvalidHeaderValue(name.clone()));
+        }
+        let line_start = self.buf.len();
+        self.buf.extend_from_slice(n);
+        self.buf.extend_from_slice(b": ");
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        let line_end = self.buf.len();
+        self.buf.extend_from_slice(b"\r\n");
+        // As the parser records it: the value starts after the colon and leading LWS.
+        let value_start = crate::text::skip_lws(&self.buf[..line_end], line_start + n.len() + 1);
+        let (Ok(ls), Ok(le), Ok(vs)) = (
+            u32::try_from(line_start),
+            u32::try_from(line_end),
+            u32::try_from(value_start),
+        ) else {
+            return Err(BuildError::InvalidHeaderValue(name.clone()));
+        };
+        self.fields
+            .push(crate::headers::Field::parsed(id, (ls, le), vs));
+        Ok(())
+    }
+
+    /// Appends `Content-Length: 0` and the blank line; checks what a datagram parse checks.
+    pub fn finish(mut self) -> Result<Response, BuildError> {
+        self.header(&HeaderName::ContentLength, &[b"0"])?;
+        self.buf.extend_from_slice(b"\r\n");
+        let buf = Bytes::from(self.buf);
+        let headers = crate::headers::Headers::from_parsed(buf.clone(), self.fields);
+        crate::parse::check_addressable(&headers, None).map_err(BuildError::Parse)?;
+        Ok(Response {
+            status: self.status,
+            reason: buf.slice(self.reason_start..self.start_line_end),
+            start_line: buf.slice(..self.start_line_end),
+            headers,
+            body: Bytes::new(),
+            raw: Some(buf),
+        })
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+    use crate::parse::parse_datagram;
+
+    const REQ: &[u8] = b"REGISTER sip:open.lab SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.18.0.7:5060;branch=z9hG4bK-1;rport=5060;received=198.18.0.7\r\n\
+Via: SIP/2.0/UDP 198.18.0.9:5060;branch=z9hG4bK-0\r\n\
+From: <sip:alice@open.lab>;tag=42\r\n\
+To: <sip:alice@open.lab>\r\n\
+Call-ID: c1@198.18.0.7\r\n\
+CSeq: 7 REGISTER\r\n\
+Contact: <sip:alice@198.18.0.7:5060>\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn request() -> Request {
+        match parse_datagram(Bytes::from_static(REQ), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("test request does not parse: {other:?}"),
+        }
+    }
+
+    /// Writes the answer the registrar writes: the request's Via/From/To/Call-ID/CSeq, a tag,
+    /// own fields.
+    fn write(req: &Request, extra: &[(HeaderName, &[u8])]) -> Result<Response, BuildError> {
+        let mut w = ResponseWriter::new(StatusCode::OK, b"OK", 256)?;
+        for h in req.headers() {
+            if *h.name() == HeaderName::To {
+                w.header(h.name(), &[h.value(), b";tag=", b"abc"])?;
+            } else if matches!(
+                h.name(),
+                HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq
+            ) {
+                w.header(h.name(), &[h.value()])?;
+            }
+        }
+        for (n, v) in extra {
+            w.header(n, &[v])?;
+        }
+        w.finish()
+    }
+
+    #[test]
+    fn written_response_is_what_parsing_its_bytes_gives() {
+        let req = request();
+        let extra: &[(HeaderName, &[u8])] = &[
+            (
+                HeaderName::Contact,
+                b"<sip:alice@198.18.0.7:5060>;expires=3600",
+            ),
+            (HeaderName::Server, b"sipveil"),
+            (
+                HeaderName::Other(Bytes::from_static(b"X-Thing")),
+                b"  padded",
+            ),
+            (HeaderName::Other(Bytes::from_static(b"x-empty")), b""),
+        ];
+        let w = write(&req, extra).expect("writes");
+        let parsed = match parse_datagram(w.to_bytes(), &Limits::default()) {
+            Ok(Message::Response(r)) => r,
+            other => panic!("written bytes do not parse: {other:?}"),
+        };
+        // Same records, same offsets, same status line, same everything.
+        assert_eq!(format!("{w:?}"), format!("{parsed:?}"));
+        assert_eq!(w.status(), StatusCode::OK);
+        assert_eq!(&w.reason()[..], b"OK");
+        assert_eq!(
+            w.headers().get_value(&HeaderName::To).as_deref(),
+            Some(&b"<sip:alice@open.lab>;tag=abc"[..])
+        );
+        assert_eq!(w.headers().values(&HeaderName::Via).count(), 2);
+        assert!(w.validate(&Limits::default()).is_ok());
+        assert!(w.to_bytes().ends_with(b"Content-Length: 0\r\n\r\n"));
+    }
+
+    /// The writer records a known name by its own id: the id a parse of its spelling gives.
+    #[test]
+    fn known_names_spell_their_own_id() {
+        let mut seen = 0;
+        for id in 0..crate::header_name::OTHER_ID {
+            if let Some(name) = HeaderName::from_id(id) {
+                assert_eq!(HeaderName::known_id(name.as_bytes()), id, "{name:?}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 30, "only {seen} known names");
+    }
+
+    #[test]
+    fn writer_refuses_injection_and_unaddressable_answers() {
+        let req = request();
+        // CR LF inside one part, or split across two parts.
+        let mut w = ResponseWriter::new(StatusCode::OK, b"OK", 0).expect("new");
+        assert!(w.header(&HeaderName::Server, &[b"a\r\nX: y"]).is_err());
+        assert!(w.header(&HeaderName::Server, &[b"a\r", b"\nX: y"]).is_err());
+        assert!(w.header(&HeaderName::Server, &[b"a\0"]).is_err());
+        assert!(
+            w.header(&HeaderName::Other(Bytes::from_static(b"bad name")), &[b"v"])
+                .is_err()
+        );
+        assert!(ResponseWriter::new(StatusCode::OK, b"O\r\nK", 0).is_err());
+        // CR LF across parts whose pieces are each harmless alone.
+        assert!(w.header(&HeaderName::Server, &[b"a\r\n", b"X: y"]).is_err());
+        assert!(
+            w.header(&HeaderName::Server, &[b"a\r\n", b" folded"])
+                .is_ok()
+        );
+        // Nothing refused was written: the writer is still usable.
+        assert!(w.header(&HeaderName::Server, &[b"ok"]).is_ok());
+        // No Via / CSeq / Call-ID / From / To: not a response anyone could match.
+        assert!(matches!(w.finish(), Err(BuildError::Parse(_))));
+        // A folded value is kept as one field, as the parser keeps it.
+        let folded = write(&req, &[(HeaderName::Subject, b"one\r\n two")]).expect("folded");
+        let parsed = match parse_datagram(folded.to_bytes(), &Limits::default()) {
+            Ok(Message::Response(r)) => r,
+            other => panic!("folded answer does not parse: {other:?}"),
+        };
+        assert_eq!(format!("{folded:?}"), format!("{parsed:?}"));
+    }
+}

@@ -486,6 +486,24 @@ impl Headers {
             .map(|f| self.value_of(f))
     }
 
+    /// The fields named one of `names` (known names only: an `Other` name never matches), in
+    /// message order, with their values borrowed: no `Bytes` slice is taken, unlike
+    /// [`Headers::iter`], which makes an owned [`Header`] of every field.
+    pub fn select<'a>(
+        &'a self,
+        names: &'a [HeaderName],
+    ) -> impl Iterator<Item = (&'a HeaderName, &'a [u8])> + 'a {
+        self.fields.as_slice().iter().filter_map(move |f| {
+            if f.id == OTHER_ID {
+                return None;
+            }
+            names
+                .iter()
+                .find(|n| n.id() == f.id)
+                .map(|n| (n, self.value_of(f)))
+        })
+    }
+
     /// Append a record of the message buffer (the parser).
     #[inline]
     pub(crate) fn push_field(&mut self, f: Field) {

@@ -143,7 +143,7 @@ pub mod validate;
 pub mod views;
 
 pub use answer::error_response;
-pub use builder::{RequestBuilder, ResponseBuilder};
+pub use builder::{RequestBuilder, ResponseBuilder, ResponseWriter};
 pub use error::{BuildError, ErrorAnswer, Origin, ParseError, ParseErrorKind, UriError, ViewError};
 pub use framer::{PONG, StreamEvent, StreamFramer};
 pub use header_name::HeaderName;

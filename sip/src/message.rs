@@ -170,12 +170,16 @@ macro_rules! common {
 
             /// From tag.
             pub fn from_tag(&self) -> Option<Bytes> {
-                self.from().ok().and_then(|n| n.tag())
+                self.headers
+                    .get_value(&HeaderName::From)
+                    .and_then(|v| NameAddr::tag_of(&v))
             }
 
             /// To tag.
             pub fn to_tag(&self) -> Option<Bytes> {
-                self.to().ok().and_then(|n| n.tag())
+                self.headers
+                    .get_value(&HeaderName::To)
+                    .and_then(|v| NameAddr::tag_of(&v))
             }
 
             fn name_addr(&self, name: HeaderName) -> Result<NameAddr, HeaderError> {
@@ -352,8 +356,8 @@ impl Request {
             }
         }
         v.extend_from_slice(b";received=");
-        // Formatted straight into `v` (no intermediate String); writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut v, format_args!("{}", source.ip()));
+        // Written straight into `v` (no intermediate String, no `Display` for IPv4).
+        crate::text::push_ip(&mut v, source.ip());
         if rport {
             v.extend_from_slice(b";rport=");
             crate::text::push_u64(&mut v, u64::from(source.port()));

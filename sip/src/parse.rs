@@ -320,7 +320,7 @@ fn parse_status_line(sl: &Bytes) -> Result<(StatusCode, Bytes), K> {
 /// single, parses and names the request method; Call-ID is single and well
 /// formed; From and To are single. Their values stay unchecked beyond that
 /// until [`validate_fields`] (or a typed view) looks at them.
-fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K> {
+pub(crate) fn check_addressable(headers: &Headers, method: Option<&Method>) -> Result<(), K> {
     // One pass: the first (non-blank) Via and the single-valued fields.
     let (via_id, cseq_id, call_id_id, from_id, to_id) = (
         HeaderName::Via.id(),

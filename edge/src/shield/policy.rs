@@ -558,10 +558,21 @@ impl Policy {
 }
 
 /// Scanner fingerprints: case-insensitive substrings of User-Agent or From.
+///
+/// Matched in one pass over each value: a rolling window of the last four bytes (ASCII
+/// lower-cased) is hashed into a 4 096-bit filter of the patterns' first four bytes; only where
+/// the filter hits are the patterns with that exact prefix compared in full. Patterns shorter
+/// than four bytes (none by default) are searched directly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScannerPatterns {
     /// Lower-case, non-empty.
     patterns: Vec<Vec<u8>>,
+    /// Patterns of four bytes or more: (their first four bytes as a big-endian word, index).
+    long: Vec<(u32, usize)>,
+    /// Indices of the patterns shorter than four bytes.
+    short: Vec<usize>,
+    /// Bit `prefix_hash(w)` set for the first word `w` of every long pattern.
+    filter: [u64; FILTER_WORDS],
 }
 
 /// The default patterns: well-known SIP scanners' User-Agent and From values.
@@ -578,24 +589,90 @@ pub const DEFAULT_SCANNER_PATTERNS: &[&str] = &[
     "sippy",
 ];
 
+/// 64 × 64 = 4 096 filter bits.
+const FILTER_WORDS: usize = 64;
+
+/// A 12-bit hash of a four-byte window (multiplicative; the top bits of the product).
+fn prefix_hash(w: u32) -> usize {
+    (w.wrapping_mul(0x9E37_79B1) >> 20) as usize
+}
+
 impl ScannerPatterns {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> ScannerPatterns {
+        let patterns: Vec<Vec<u8>> = patterns
+            .iter()
+            .map(|p| p.as_ref().trim().to_ascii_lowercase().into_bytes())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut long = Vec::new();
+        let mut short = Vec::new();
+        let mut filter = [0u64; FILTER_WORDS];
+        for (i, p) in patterns.iter().enumerate() {
+            match p.first_chunk::<4>() {
+                Some(head) => {
+                    let w = u32::from_be_bytes(*head);
+                    let h = prefix_hash(w);
+                    if let Some(word) = filter.get_mut(h / 64) {
+                        *word |= 1 << (h % 64);
+                    }
+                    long.push((w, i));
+                }
+                None => short.push(i),
+            }
+        }
         ScannerPatterns {
-            patterns: patterns
-                .iter()
-                .map(|p| p.as_ref().trim().to_ascii_lowercase().into_bytes())
-                .filter(|p| !p.is_empty())
-                .collect(),
+            patterns,
+            long,
+            short,
+            filter,
         }
     }
 
     /// True when any pattern occurs (ASCII case-insensitively) in any of `values`. No allocation.
     pub fn matches(&self, values: &[&[u8]]) -> bool {
-        values.iter().any(|v| {
-            self.patterns.iter().any(|p| {
-                v.len() >= p.len() && v.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
-            })
-        })
+        values.iter().any(|v| self.matches_one(v))
+    }
+
+    fn matches_one(&self, v: &[u8]) -> bool {
+        for &i in &self.short {
+            if let Some(p) = self.patterns.get(i)
+                && v.len() >= p.len()
+                && v.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
+            {
+                return true;
+            }
+        }
+        if self.long.is_empty() {
+            return false;
+        }
+        let mut w = 0u32;
+        for (end, &c) in v.iter().enumerate() {
+            w = (w << 8) | u32::from(c.to_ascii_lowercase());
+            if end < 3 {
+                continue;
+            }
+            let h = prefix_hash(w);
+            let hit = self
+                .filter
+                .get(h / 64)
+                .is_some_and(|word| word & (1 << (h % 64)) != 0);
+            if !hit {
+                continue;
+            }
+            let start = end - 3;
+            let rest = v.get(start..).unwrap_or_default();
+            for &(head, i) in &self.long {
+                if head == w
+                    && let Some(p) = self.patterns.get(i)
+                    && rest
+                        .get(..p.len())
+                        .is_some_and(|s| s.eq_ignore_ascii_case(p))
+                {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -827,5 +904,65 @@ mod tests {
         assert!(p.matches(&[b"VaxSIPUserAgent/3.1"]));
         assert!(!p.matches(&[b"baresip v3.0", b"<sip:alice@open.lab>"]));
         assert!(!ScannerPatterns::new(&["", "  "]).matches(&[b"anything"]));
+    }
+
+    /// The single-pass matcher against the plain definition (any window equal ignoring ASCII
+    /// case), over every position of a pattern in a longer value.
+    #[test]
+    fn scanner_matcher_agrees_with_a_plain_search_at_every_position() {
+        let pats = ScannerPatterns::new(&["SIPVicious", "iwar", "ab", "x"]);
+        let naive = |v: &[u8]| {
+            ["sipvicious", "iwar", "ab", "x"].iter().any(|p| {
+                v.len() >= p.len()
+                    && v.windows(p.len())
+                        .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+            })
+        };
+        for pat in ["sIpViCiOuS", "IWAR", "aB", "X"] {
+            for pre in 0..12 {
+                for post in 0..6 {
+                    let mut v = vec![b'-'; pre];
+                    v.extend_from_slice(pat.as_bytes());
+                    v.extend(std::iter::repeat_n(b'.', post));
+                    assert!(pats.matches(&[&v]), "{:?}", String::from_utf8_lossy(&v));
+                    assert!(naive(&v));
+                }
+            }
+        }
+        // Near misses: a pattern cut at its end, at the end of the value, or broken in the middle.
+        for v in [
+            &b"sipviciou"[..],
+            b"<sip:sipviciou>",
+            b"sipv icious",
+            b"iwa",
+            b"i-w-a-r",
+            b"",
+        ] {
+            assert!(!ScannerPatterns::new(&["sipvicious", "iwar"]).matches(&[v]));
+        }
+        assert!(!pats.matches(&[b"<sip:alice@open.net>;tag=1"]));
+        assert!(pats.matches(&[b"<sip:alice@open.net>;tag=1", b"Ab"]));
+    }
+
+    #[test]
+    fn scanner_patterns_match_anywhere_in_long_values() {
+        let p = ScannerPatterns::default();
+        let mut v = b"\"Display\" <sip:".to_vec();
+        v.extend(std::iter::repeat_n(b'a', 500));
+        v.extend_from_slice(b"@open.lab>;tag=");
+        assert!(!p.matches(&[&v]));
+        let mut at_end = v.clone();
+        at_end.extend_from_slice(b"SundayDDR");
+        assert!(p.matches(&[&at_end]));
+        let mut at_start = b"friendly-SCANNER".to_vec();
+        at_start.extend_from_slice(&v);
+        assert!(p.matches(&[b"", &at_start]));
+        // Every default pattern, upper-cased, in the middle of a From.
+        for pat in DEFAULT_SCANNER_PATTERNS {
+            let from = format!("<sip:{}@198.18.0.1>;tag=9", pat.to_ascii_uppercase());
+            assert!(p.matches(&[b"", from.as_bytes()]), "{from}");
+        }
+        // The old default SIPp user agent string "sipp" must not match "sippy".
+        assert!(!p.matches(&[b"SIPp/3.7", b"<sip:sipp@198.18.0.1>;tag=1"]));
     }
 }

@@ -249,6 +249,8 @@ pub struct Worker {
     hub: Option<CallHub>,
     /// Wakes this worker once per store commit that finished some of its REGISTERs.
     store_flush: crate::store::Flush,
+    /// This worker's handles on its per-request metric series.
+    counters: crate::metrics::WorkerCounters,
 }
 
 struct Probe {
@@ -288,6 +290,7 @@ impl Worker {
         Worker {
             hub,
             store_flush,
+            counters: crate::metrics::WorkerCounters::default(),
             index,
             shared,
             handle,
@@ -385,7 +388,9 @@ impl Worker {
         }
         if let Some((method, since)) = self.pending.get(&key) {
             let method_name = method_label(method);
-            self.shared.metrics.response_out(method_name, code);
+            self.shared
+                .metrics
+                .response_out_cached(&mut self.counters, method_name, code);
             if is_final {
                 self.shared.metrics.transaction_latency(
                     self.index,
@@ -583,9 +588,11 @@ impl Worker {
         }
     }
 
-    fn report(&self, report: &Report) {
+    fn report(&mut self, report: &Report) {
         let (domain, policy, result, auth_failure) = super::report_labels(report);
-        self.shared.metrics.registration(domain, policy, result);
+        self.shared
+            .metrics
+            .registration_cached(&mut self.counters, domain, policy, result);
         if let Some(reason) = auth_failure {
             self.shared.metrics.auth_failure(domain, reason);
         }

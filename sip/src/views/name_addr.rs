@@ -36,6 +36,15 @@ impl NameAddr {
         })
     }
 
+    /// The `tag` parameter of a value [`NameAddr::parse`] accepts (`None` when it does not
+    /// parse or has no tag), without building the URI: what `Request::from_tag` and friends
+    /// need on every request.
+    pub fn tag_of(value: &Bytes) -> Option<Bytes> {
+        let sp = scan(value).ok()?;
+        Uri::check(&value[sp.uri.clone()]).ok()?;
+        Params::new(value.slice(sp.params)).value("tag")
+    }
+
     /// Validate without building: the checks of [`NameAddr::parse`].
     pub fn check(value: &[u8]) -> Result<(), ViewError> {
         let sp = scan(value)?;
@@ -283,6 +292,32 @@ impl Contact {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_of_agrees_with_parse() {
+        for v in [
+            &b"<sip:a@b>;tag=1"[..],
+            b"\"A\" <sip:a@b;tag=uri-param>;tag=x;foo",
+            b"sip:a@b;tag=y",
+            b"<sip:a@b>",
+            b"<sip:a@b>;TAG=Up",
+            b"<sip:a@b>;tag",
+            b"<sip:a@[::1]:99999>;tag=bad-port",
+            b"<sip:>;tag=bad-uri",
+            b"<sip:a@b;tag=z",
+            b"",
+            b"tel:+1-555;tag=t",
+        ] {
+            let b = Bytes::copy_from_slice(v);
+            let want = NameAddr::parse(&b).ok().and_then(|n| n.tag());
+            assert_eq!(
+                NameAddr::tag_of(&b),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 
     fn na(s: &[u8]) -> Result<NameAddr, ViewError> {
         NameAddr::parse(&Bytes::copy_from_slice(s))
