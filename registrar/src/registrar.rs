@@ -914,21 +914,23 @@ impl Registrar {
         let fail = |f: AuthFailure| challenge(f == AuthFailure::Stale, ReportResult::AuthFailed(f));
         let malformed = || fail(AuthFailure::Malformed);
 
-        // Credentials for our realm (others are ignored).
+        // Credentials for our realm (others are ignored), their parameters read in one pass.
         let mut creds = None;
         for h in req.headers().get_all(&kind.credentials_header()) {
             if let Ok(a) = Auth::parse(h.value())
                 && a.is_digest()
-                && a.param("realm").is_some_and(|r| r[..] == *realm.as_bytes())
             {
-                creds = Some(a);
-                break;
+                let c = digest::Creds::gather(&a);
+                if c.realm.as_deref() == Some(realm.as_bytes()) {
+                    creds = Some(c);
+                    break;
+                }
             }
         }
         let Some(creds) = creds else {
             return Err(challenge(false, ReportResult::Challenged));
         };
-        let Some(username) = creds.param("username") else {
+        let Some(username) = creds.username else {
             return Err(malformed());
         };
         if !eq_ic(&username, name.as_bytes()) {
@@ -938,7 +940,7 @@ impl Registrar {
                 ReportResult::Forbidden,
             ));
         }
-        let alg = match creds.param("algorithm") {
+        let alg = match creds.algorithm {
             None => Alg::Md5,
             Some(a) if eq_ic(&a, b"MD5") => Alg::Md5,
             Some(a) if eq_ic(&a, b"SHA-256") => Alg::Sha256,
@@ -948,23 +950,16 @@ impl Registrar {
         if !d.offered_algorithms().contains(&alg) {
             return Err(malformed());
         }
-        let (
-            Some(nonce),
-            Some(uri),
-            Some(response),
-            Some(cnonce),
-            Some(nc),
-            Some(qop),
-            Some(opaque),
-        ) = (
-            creds.param("nonce"),
-            creds.param("uri"),
-            creds.param("response"),
-            creds.param("cnonce"),
-            creds.param("nc"),
-            creds.param("qop"),
-            creds.param("opaque"),
-        )
+        let digest::Creds {
+            nonce: Some(nonce),
+            uri: Some(uri),
+            response: Some(response),
+            cnonce: Some(cnonce),
+            nc: Some(nc),
+            qop: Some(qop),
+            opaque: Some(opaque),
+            ..
+        } = creds
         else {
             return Err(malformed());
         };
