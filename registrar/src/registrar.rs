@@ -660,6 +660,15 @@ impl Registrar {
         };
         let cseq = cseq.seq;
 
+        // Credentials before the contacts (RFC 3261 §10.3: authenticate, step 3, before the
+        // Contact processing of steps 6-7): a REGISTER without them gets its 401 without the
+        // contact and Expires work, and nothing unauthenticated reaches that parsing.
+        if d.policy == Policy::Authenticated
+            && let Err(a) = self.authenticate(now_ms, req, di, &name, AuthKind::Www)
+        {
+            return Decision::Answer(a);
+        }
+
         // 3. Contacts, Expires, `*`.
         let mut contacts: Vec<NameAddr> = Vec::new();
         let mut wildcards = 0usize;
@@ -701,13 +710,7 @@ impl Registrar {
             }
         }
 
-        // 4. Credentials.
-        if d.policy == Policy::Authenticated
-            && let Err(a) = self.authenticate(now_ms, req, di, &name, AuthKind::Www)
-        {
-            return Decision::Answer(a);
-        }
-        // Re-borrow after the &mut self call.
+        // Re-borrow after the &mut self call (credentials, checked before the contacts).
         let (Some(d), Some(ds)) = (self.cfg.domains.get(di), self.doms.get(di)) else {
             return forbidden("Domain Not Served", R::DomainNotServed);
         };
