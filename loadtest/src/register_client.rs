@@ -256,8 +256,8 @@ pub fn run_load(
         cpu_s: 0.0,
     };
     let cpu0 = thread_cpu_s();
-    // One ppoll over every socket per turn; only the sockets it reports readable are read.
-    let mut poller = Poller::new(socks);
+    // One epoll wait per turn; only the sockets it reports readable are read.
+    let mut poller = Poller::new(socks)?;
     let interval = if rate > 0.0 { 1.0 / rate } else { 1.0 };
     let start = Instant::now();
     let mut next = 0usize;
@@ -401,55 +401,74 @@ pub fn run_load(
     Ok((totals, hist))
 }
 
-/// `ppoll` over a fixed set of sockets, its pollfd array kept between turns.
+/// An epoll set over the client's sockets (registered once: a wait does not rescan every
+/// socket, which `ppoll` over 32 sockets did, at about a fifth of the client's CPU).
 struct Poller {
-    pfds: Vec<libc::pollfd>,
+    ep: std::os::fd::OwnedFd,
+    events: Vec<libc::epoll_event>,
     /// Indices of the sockets the last wait reported readable (or in error: a read reports it).
     ready: Vec<usize>,
 }
 
 impl Poller {
-    fn new(socks: &[UdpSocket]) -> Poller {
-        use std::os::fd::AsRawFd;
-        Poller {
-            pfds: socks
-                .iter()
-                .map(|s| libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect(),
-            ready: Vec::with_capacity(socks.len()),
+    fn new(socks: &[UdpSocket]) -> io::Result<Poller> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nobody else.
+        let ep = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (i, sock) in socks.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both fds are open; `ev` is a valid epoll_event for the call.
+            let rc = unsafe {
+                libc::epoll_ctl(
+                    ep.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    sock.as_raw_fd(),
+                    &raw mut ev,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Poller {
+            ep,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; socks.len().max(1)],
+            ready: Vec::with_capacity(socks.len()),
+        })
     }
 
     /// Wait up to `wait` (zero: just look) for readable sockets.
     fn wait(&mut self, wait: Duration) {
+        use std::os::fd::AsRawFd;
         let ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::c_long::try_from(wait.as_nanos().min(999_999_999)).unwrap_or(1_000_000),
         };
-        for p in &mut self.pfds {
-            p.revents = 0;
-        }
-        // SAFETY: `pfds` holds pfds.len() valid pollfds for the duration of the call, a valid
-        // timespec, no signal mask.
-        let rc = unsafe {
-            libc::ppoll(
-                self.pfds.as_mut_ptr(),
-                self.pfds.len() as libc::nfds_t,
+        let max = libc::c_int::try_from(self.events.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `events` has room for `max` entries for the duration of the call; a valid
+        // timespec; no signal mask.
+        let n = unsafe {
+            libc::epoll_pwait2(
+                self.ep.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                max,
                 &ts,
                 std::ptr::null(),
             )
         };
         self.ready.clear();
-        if rc > 0 {
-            for (i, p) in self.pfds.iter().enumerate() {
-                if p.revents != 0 {
-                    self.ready.push(i);
-                }
-            }
+        let n = usize::try_from(n).unwrap_or(0);
+        for ev in self.events.iter().take(n) {
+            let i = ev.u64;
+            self.ready.push(usize::try_from(i).unwrap_or(usize::MAX));
         }
     }
 
