@@ -6,9 +6,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use sipveil_sip::Auth;
 
 use crate::users::HEX;
 
@@ -109,16 +111,78 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(d) == 0
 }
 
-/// A WWW-Authenticate value.
+/// A WWW-Authenticate / Proxy-Authenticate value:
+/// `Digest realm="…", qop="auth", algorithm=…, nonce="…", opaque="…"[, stale=true]`.
+/// Written piece by piece into one exactly sized string (no formatting machinery: this runs
+/// for every challenge, once per offered algorithm).
 pub(crate) fn challenge(realm: &str, nonce: &str, opaque: &str, alg: Alg, stale: bool) -> String {
     let alg = match alg {
         Alg::Sha256 => "SHA-256",
         Alg::Md5 => "MD5",
     };
     let stale = if stale { ", stale=true" } else { "" };
-    format!(
-        "Digest realm=\"{realm}\", qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\", opaque=\"{opaque}\"{stale}"
-    )
+    let parts: [&str; 10] = [
+        "Digest realm=\"",
+        realm,
+        "\", qop=\"auth\", algorithm=",
+        alg,
+        ", nonce=\"",
+        nonce,
+        "\", opaque=\"",
+        opaque,
+        "\"",
+        stale,
+    ];
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
+/// The parameters of one set of digest credentials, gathered in one pass over the
+/// auth-params (the first occurrence of a name wins and a malformed element ends the list,
+/// exactly as [`Auth::param`] reads them, without scanning the list once per name).
+#[derive(Debug, Default)]
+pub(crate) struct Creds {
+    pub realm: Option<Bytes>,
+    pub username: Option<Bytes>,
+    pub algorithm: Option<Bytes>,
+    pub nonce: Option<Bytes>,
+    pub uri: Option<Bytes>,
+    pub response: Option<Bytes>,
+    pub cnonce: Option<Bytes>,
+    pub nc: Option<Bytes>,
+    pub qop: Option<Bytes>,
+    pub opaque: Option<Bytes>,
+}
+
+impl Creds {
+    pub(crate) fn gather(a: &Auth) -> Creds {
+        let mut c = Creds::default();
+        for p in a.params() {
+            let Ok((name, value)) = p else {
+                break;
+            };
+            let slot = match name.len() {
+                2 if name.eq_ignore_ascii_case(b"nc") => &mut c.nc,
+                3 if name.eq_ignore_ascii_case(b"uri") => &mut c.uri,
+                3 if name.eq_ignore_ascii_case(b"qop") => &mut c.qop,
+                5 if name.eq_ignore_ascii_case(b"realm") => &mut c.realm,
+                5 if name.eq_ignore_ascii_case(b"nonce") => &mut c.nonce,
+                6 if name.eq_ignore_ascii_case(b"cnonce") => &mut c.cnonce,
+                6 if name.eq_ignore_ascii_case(b"opaque") => &mut c.opaque,
+                8 if name.eq_ignore_ascii_case(b"username") => &mut c.username,
+                8 if name.eq_ignore_ascii_case(b"response") => &mut c.response,
+                9 if name.eq_ignore_ascii_case(b"algorithm") => &mut c.algorithm,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        c
+    }
 }
 
 fn hex_into(out: &mut Vec<u8>, b: &[u8]) {
@@ -221,6 +285,57 @@ mod tests {
         a.update(b"x");
         b.update(b"x");
         assert_eq!(a.finalize().into_bytes(), b.finalize().into_bytes());
+    }
+
+    /// The challenge text, byte for byte as the `format!` it replaced wrote it.
+    #[test]
+    fn challenge_text() {
+        assert_eq!(
+            challenge("auth.lab", "N0nce", "0paque", Alg::Sha256, false),
+            "Digest realm=\"auth.lab\", qop=\"auth\", algorithm=SHA-256, nonce=\"N0nce\", opaque=\"0paque\""
+        );
+        let c = challenge("r", "n", "o", Alg::Md5, true);
+        assert_eq!(
+            c,
+            "Digest realm=\"r\", qop=\"auth\", algorithm=MD5, nonce=\"n\", opaque=\"o\", stale=true"
+        );
+        assert_eq!(c.capacity(), c.len());
+    }
+
+    /// One pass gives what `Auth::param` gives per name: first occurrence, case-insensitive
+    /// names. (A malformed list never gets here: `Auth::parse` refuses it.)
+    #[test]
+    fn creds_gather_matches_param() {
+        let values = [
+            "Digest username=\"alice\", REALM=\"auth.lab\", nonce=\"abc\", uri=\"sip:auth.lab\", \
+             response=\"0123\", algorithm=MD5, cnonce=\"c1\", opaque=\"op\", qop=auth, nc=00000001",
+            "Digest username=\"bob\", username=\"mallory\", Nc=2, x=\"y\", QOP=auth",
+            "Digest",
+        ];
+        for v in values {
+            let a = Auth::parse(&Bytes::from(v)).expect("parses");
+            let c = Creds::gather(&a);
+            let pairs = [
+                ("realm", &c.realm),
+                ("username", &c.username),
+                ("algorithm", &c.algorithm),
+                ("nonce", &c.nonce),
+                ("uri", &c.uri),
+                ("response", &c.response),
+                ("cnonce", &c.cnonce),
+                ("nc", &c.nc),
+                ("qop", &c.qop),
+                ("opaque", &c.opaque),
+            ];
+            for (name, got) in pairs {
+                assert_eq!(got, &a.param(name), "{v}: {name}");
+            }
+        }
+        let a = Auth::parse(&Bytes::from_static(
+            b"Digest username=\"bob\", username=\"m\"",
+        ))
+        .expect("parses");
+        assert_eq!(Creds::gather(&a).username.as_deref(), Some(&b"bob"[..]));
     }
 
     #[test]

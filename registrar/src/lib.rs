@@ -83,6 +83,9 @@
 //! password give byte-identical answers (same status, reason, headers,
 //! fresh challenge) after the same work against a dummy HA1, with a
 //! constant-time comparison; only [`Report`] tells them apart, for metrics.
+//! Credentials are checked before the Contact values (RFC 3261 §10.3: step 3
+//! before steps 6-7): a REGISTER without them gets the challenge whatever its
+//! contacts say, and only an authenticated one has them judged.
 //!
 //! # Example
 //!

@@ -642,6 +642,15 @@ impl Registrar {
         };
         let cseq = cseq.seq;
 
+        // Credentials before the contacts (RFC 3261 §10.3: authenticate, step 3, before the
+        // Contact processing of steps 6-7): a REGISTER without them gets its 401 without the
+        // contact and Expires work, and nothing unauthenticated reaches that parsing.
+        if d.policy == Policy::Authenticated
+            && let Err(a) = self.authenticate(now_ms, req, di, &name, AuthKind::Www)
+        {
+            return Decision::Answer(a);
+        }
+
         // 3. Contacts, Expires, `*`.
         let mut contacts: Vec<NameAddr> = Vec::new();
         let mut wildcards = 0usize;
@@ -683,13 +692,7 @@ impl Registrar {
             }
         }
 
-        // 4. Credentials.
-        if d.policy == Policy::Authenticated
-            && let Err(a) = self.authenticate(now_ms, req, di, &name, AuthKind::Www)
-        {
-            return Decision::Answer(a);
-        }
-        // Re-borrow after the &mut self call.
+        // Re-borrow after the &mut self call (credentials, checked before the contacts).
         let (Some(d), Some(ds)) = (self.cfg.domains.get(di), self.doms.get(di)) else {
             return forbidden("Domain Not Served", R::DomainNotServed);
         };
@@ -899,21 +902,23 @@ impl Registrar {
         let fail = |f: AuthFailure| challenge(f == AuthFailure::Stale, ReportResult::AuthFailed(f));
         let malformed = || fail(AuthFailure::Malformed);
 
-        // Credentials for our realm (others are ignored).
+        // Credentials for our realm (others are ignored), their parameters read in one pass.
         let mut creds = None;
         for h in req.headers().get_all(&kind.credentials_header()) {
             if let Ok(a) = Auth::parse(h.value())
                 && a.is_digest()
-                && a.param("realm").is_some_and(|r| r[..] == *realm.as_bytes())
             {
-                creds = Some(a);
-                break;
+                let c = digest::Creds::gather(&a);
+                if c.realm.as_deref() == Some(realm.as_bytes()) {
+                    creds = Some(c);
+                    break;
+                }
             }
         }
         let Some(creds) = creds else {
             return Err(challenge(false, ReportResult::Challenged));
         };
-        let Some(username) = creds.param("username") else {
+        let Some(username) = creds.username else {
             return Err(malformed());
         };
         if !eq_ic(&username, name.as_bytes()) {
@@ -923,7 +928,7 @@ impl Registrar {
                 ReportResult::Forbidden,
             ));
         }
-        let alg = match creds.param("algorithm") {
+        let alg = match creds.algorithm {
             None => Alg::Md5,
             Some(a) if eq_ic(&a, b"MD5") => Alg::Md5,
             Some(a) if eq_ic(&a, b"SHA-256") => Alg::Sha256,
@@ -933,23 +938,16 @@ impl Registrar {
         if !d.offered_algorithms().contains(&alg) {
             return Err(malformed());
         }
-        let (
-            Some(nonce),
-            Some(uri),
-            Some(response),
-            Some(cnonce),
-            Some(nc),
-            Some(qop),
-            Some(opaque),
-        ) = (
-            creds.param("nonce"),
-            creds.param("uri"),
-            creds.param("response"),
-            creds.param("cnonce"),
-            creds.param("nc"),
-            creds.param("qop"),
-            creds.param("opaque"),
-        )
+        let digest::Creds {
+            nonce: Some(nonce),
+            uri: Some(uri),
+            response: Some(response),
+            cnonce: Some(cnonce),
+            nc: Some(nc),
+            qop: Some(qop),
+            opaque: Some(opaque),
+            ..
+        } = creds
         else {
             return Err(malformed());
         };

@@ -500,3 +500,45 @@ fn domain_algorithm_order_and_refusal() {
         "{ch:?}"
     );
 }
+
+/// Credentials are checked before the contacts (RFC 3261 §10.3, step 3 before steps 6-7): a
+/// REGISTER without credentials gets the challenge whatever its Contact says, and only an
+/// authenticated one has its contacts judged.
+#[test]
+fn challenge_comes_before_contact_checks() {
+    let mut r = reg();
+    let bad = Reg::new("alice", "auth.lab", "c9", 1).contacts(&["<sip:alice@198.18.1.3:5060", "*"]);
+    let o = r.register(T0, &bad.build(), &flow());
+    assert_eq!((status(&o), result(&o)), (401, ReportResult::Challenged));
+    let (nonce, opaque, _) = challenge(&o, "SHA-256");
+    let o = r.register(
+        T0 + 10,
+        &with_auth(
+            "alice",
+            "c9",
+            2,
+            "wonderland",
+            "SHA-256",
+            &nonce,
+            &opaque,
+            1,
+        )
+        .contacts(&["<sip:alice@198.18.1.3:5060", "*"])
+        .build(),
+        &flow(),
+    );
+    assert_eq!((status(&o), result(&o)), (400, ReportResult::BadRequest));
+    // A wrong password with the same bad contacts is still an auth failure, not a 400.
+    let o = r.register(
+        T0 + 20,
+        &with_auth("alice", "c9", 3, "nope", "SHA-256", &nonce, &opaque, 2)
+            .contacts(&["<sip:alice@198.18.1.3:5060", "*"])
+            .build(),
+        &flow(),
+    );
+    assert_eq!(
+        (status(&o), result(&o)),
+        (401, ReportResult::AuthFailed(AuthFailure::WrongPassword))
+    );
+    assert!(r.is_empty());
+}

@@ -921,7 +921,7 @@ impl Bench {
             totals,
         };
         eprintln!(
-            "  [{} {}] {rate:>7.0}/s x {secs} s (native): {} ok, {} failed, {} late, {:.2} s, cpu {:.0} ms -> {}",
+            "  [{} {}] {rate:>7.0}/s x {secs} s (native): {} ok, {} failed, {} late, {:.2} s, cpu {:.0} ms, client cpu {:.0} ms ({:.0} % of the wall time) -> {}",
             s.name(),
             d.name(),
             trial.totals.successful,
@@ -929,6 +929,12 @@ impl Bench {
             ct.late,
             ct.wall_s,
             trial.server_cpu_ticks_ns / 1e6,
+            ct.cpu_s * 1e3,
+            if ct.wall_s > 0.0 {
+                100.0 * ct.cpu_s / ct.wall_s
+            } else {
+                0.0
+            },
             if trial.passed { "pass" } else { "FAIL" },
         );
         if !trial.passed {
