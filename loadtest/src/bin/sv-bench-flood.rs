@@ -1456,7 +1456,10 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
         let ((ar, an, aok), (cr, cn, cok)) = (side(&a), side(&c));
         let compared = aok && cok && bb.flood_pps >= 0.95 * r as f64;
         let ratio_raw = (cr > 0.0).then(|| ar / cr);
-        let ratio_net = (cn > 0.0).then(|| an / cn);
+        // A net figure at or below zero means the background estimate (the no-flood step's
+        // softirq rate) exceeded what the step measured: noise larger than the flood's own
+        // cost, not a measurement. No net ratio then; the headline falls back to the raw one.
+        let ratio_net = (cn > 0.0 && an > 0.0).then(|| an / cn);
         let row = json!({
             "offered_pps": r,
             "compared": compared,
@@ -1495,10 +1498,23 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
     }
     let unsaturated = head.is_some();
     let head = head.or(lowest);
+    // The headline: the net ratio where there is one, else the raw one (which also charges
+    // sipveil with the background and the receive path every server pays).
+    let net = head
+        .as_ref()
+        .and_then(|h| h["ratio_baseline_subtracted"].as_f64());
+    let (ratio, ratio_kind) = match net {
+        Some(v) => (Some(v), "net"),
+        None => (
+            head.as_ref().and_then(|h| h["ratio_raw"].as_f64()),
+            "raw (no usable net figure)",
+        ),
+    };
     json!({
         "offered_pps": head.as_ref().map(|h| h["offered_pps"].clone()),
         "unsaturated": unsaturated,
-        "ratio": head.as_ref().map(|h| h["ratio_baseline_subtracted"].clone()),
+        "ratio": ratio,
+        "ratio_kind": ratio_kind,
         "ratio_raw": head.as_ref().map(|h| h["ratio_raw"].clone()),
         "worst_ratio_compared": worst_net,
         "worst_ratio_raw_compared": worst_raw,
@@ -1945,14 +1961,15 @@ fn main() -> Result<()> {
             };
             println!(
                 "  {sh:4} sources: receive-side CPU per drop (server processes + softirq), \
-                 sipveil ÷ Kamailio: raw {} / net {} at {} pps, unsaturated: {} (worst \
-                 compared {}; target <= 0.1)",
+                 sipveil ÷ Kamailio: raw {} / headline {} ({}) at {} pps, unsaturated: {} \
+                 (worst compared {}; target <= 0.1)",
                 rx["ratio_raw"]
                     .as_f64()
                     .map_or("-".to_owned(), |v| format!("{v:.3}")),
                 rx["ratio"]
                     .as_f64()
                     .map_or("-".to_owned(), |v| format!("{v:.3}")),
+                rx["ratio_kind"].as_str().unwrap_or("-"),
                 rx["offered_pps"],
                 rx["unsaturated"],
                 rx["worst_ratio_compared"]
@@ -2043,7 +2060,9 @@ fn main() -> Result<()> {
                    sv_sink, no listener: its background-subtracted softirq per packet x the \
                    server's packets on sv-x); `ratio` is the net one at the highest rate where \
                    both generators achieved >= 95 % and neither machine was busier than \
-                   saturated_busy_frac (else the lowest common rate, unsaturated: false). \
+                   saturated_busy_frac (else the lowest common rate, unsaturated: false); \
+                   where either net figure is <= 0 (background noise above the flood's own \
+                   cost) there is no net ratio and `ratio` is the raw one (`ratio_kind`). \
                    drop_cpu_ratio_system_minus_generator (the old headline) = (system busy CPU \
                    - the generator's rusage) / dropped at the highest offered rate both \
                    achieved within 5 %; server_drop_cpu_ratio = (CPU of the processes in \
@@ -2240,6 +2259,14 @@ mod tests {
         assert_eq!(v["unsaturated"], false);
         assert_eq!(v["by_rate"][0]["compared"], false);
         assert!(v["worst_ratio_compared"].is_null());
+        // A background estimate above what sipveil's step measured: no net ratio, and the
+        // headline is the raw one, never a negative figure.
+        let mut sv2 = sv.clone();
+        sv2.steps[0].softirq_s = 0.5;
+        let v = rx_drop_cpu(&b, &sv2, &k, 0.9);
+        assert!(v["by_rate"][0]["ratio_baseline_subtracted"].is_null());
+        assert_eq!(v["ratio_kind"], "raw (no usable net figure)");
+        assert!(close(&v["ratio"], 500.0 / 2100.0));
     }
 
     #[test]
