@@ -85,6 +85,8 @@ use bytes::Bytes;
 
 mod fsm;
 mod key;
+mod keymap;
+use keymap::KeyMap;
 pub mod time;
 mod wire;
 
@@ -368,8 +370,9 @@ pub struct TransactionLayer<P> {
     /// Boxed: a `Tx` holds the request and is several hundred bytes; growing the table then
     /// moves pointers, not transactions (a REGISTER load of new clients grows it for 32 s).
     txs: IdMap<Box<Tx<P>>>,
-    clients: HashMap<ClientKey, TransactionId>,
-    servers: HashMap<ServerKey, TransactionId>,
+    /// Keyed by data peers choose: hashed once per key (see [`keymap`]).
+    clients: KeyMap<ClientKey, TransactionId>,
+    servers: KeyMap<ServerKey, TransactionId>,
     timers: BTreeSet<(Instant, TransactionId, Timer)>,
     transmits: VecDeque<Transmit<P>>,
     events: VecDeque<Event>,
@@ -387,8 +390,8 @@ impl<P: Clone> TransactionLayer<P> {
             branches: BranchGenerator::new(branch_seed),
             next_id: 0,
             txs: IdMap::default(),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: KeyMap::default(),
+            servers: KeyMap::default(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
