@@ -1069,17 +1069,7 @@ fn supports_outbound(req: &Request) -> bool {
 /// Appends the decimal form of `n` (no formatting machinery).
 fn push_decimal(out: &mut String, n: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &buf[i..] {
+    for &d in sipveil_sip::decimal(n, &mut buf) {
         out.push(char::from(d));
     }
 }

@@ -155,5 +155,6 @@ pub use params::{Param, Params};
 pub use parse::parse_datagram;
 pub use status::StatusCode;
 pub use text::CommaValues;
+pub use text::decimal;
 pub use uri::{Host, Scheme, Uri};
 pub use views::{Auth, CSeq, Contact, MediaType, NameAddr, Privacy, Transport, Via};

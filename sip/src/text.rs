@@ -290,7 +290,7 @@ pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 }
 
 /// The decimal form of `n`, written into `buf` (no allocation).
-pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut v = n;
     loop {
