@@ -349,7 +349,9 @@ fn limit(cfg: &ShieldConfig, src: &Source) -> u32 {
     let global = cfg.global_per_cpu;
     let class_global = cfg.class_global_per_cpu[idx];
     // The class's ceiling first: it is the lower one under a flood of one kind (REGISTERs), so
-    // such a flood's drops refill one bucket, not two.
+    // such a flood's drops refill one bucket, not two. The two checks are written out, each map
+    // pointer taken right before its check: an arrangement sharing one pointer variable for both
+    // was rejected by the verifier ("R8 !read_ok").
     let class_ceiling = if allowed || class_global.rate == 0 {
         None
     } else {

@@ -240,11 +240,7 @@ impl ResponseBuilder {
 
     /// Assemble and validate.
     pub fn build(mut self) -> Result<Response, BuildError> {
-        if self
-            .reason
-            .iter()
-            .any(|&c| c == b'\r' || c == b'\n' || c == 0)
-        {
+        if crate::text::has_ctl_break(&self.reason) {
             return Err(BuildError::InvalidReason);
         }
         if let Some(tag) = self.to_tag.take() {
@@ -368,7 +364,7 @@ pub struct ResponseWriter {
 impl ResponseWriter {
     /// Starts `SIP/2.0 <status> <reason>` in a buffer of `capacity` bytes (it grows if needed).
     pub fn new(status: StatusCode, reason: &[u8], capacity: usize) -> Result<Self, BuildError> {
-        if reason.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+        if crate::text::has_ctl_break(reason) {
             return Err(BuildError::InvalidReason);
         }
         let mut buf = Vec::with_capacity(capacity.max(64));

@@ -407,15 +407,13 @@ mod tests {
         assert_eq!(h.wakeups(), 1, "one wake-up for five submissions");
     }
 
-    #[test]
-    fn a_held_group_ends_when_enough_wait_and_only_then_wakes() {
-        let h = Arc::new(H::new(100, 3));
-        assert!(h.push(0).is_ok());
+    /// A writer waiting in a hold far longer than the test (only `enough` can end it), started
+    /// and seen coalescing; it returns whether it got a batch, and the batch.
+    fn held_writer(h: &Arc<H>) -> std::thread::JoinHandle<(bool, Vec<u32>)> {
         let writer = {
             let h = h.clone();
             std::thread::spawn(move || {
                 let mut batch = Vec::new();
-                // A hold far longer than the test: only `enough` can end it.
                 let got = h.next(
                     plan(Some(Duration::from_secs(600)), None),
                     &mut batch,
@@ -427,6 +425,14 @@ mod tests {
         while h.waiting.load(Ordering::SeqCst) != COALESCING {
             std::thread::yield_now();
         }
+        writer
+    }
+
+    #[test]
+    fn a_held_group_ends_when_enough_wait_and_only_then_wakes() {
+        let h = Arc::new(H::new(100, 3));
+        assert!(h.push(0).is_ok());
+        let writer = held_writer(&h);
         assert!(h.push(1).is_ok());
         assert_eq!(h.wakeups(), 0, "below `enough`: no wake-up");
         assert!(h.push(2).is_ok());
@@ -439,21 +445,7 @@ mod tests {
     #[test]
     fn within_the_hold_an_empty_queue_is_not_woken_by_its_first_submission() {
         let h = Arc::new(H::new(100, 3));
-        let writer = {
-            let h = h.clone();
-            std::thread::spawn(move || {
-                let mut batch = Vec::new();
-                let got = h.next(
-                    plan(Some(Duration::from_secs(600)), None),
-                    &mut batch,
-                    |_| 1,
-                );
-                (matches!(got, Next::Batch), batch)
-            })
-        };
-        while h.waiting.load(Ordering::SeqCst) != COALESCING {
-            std::thread::yield_now();
-        }
+        let writer = held_writer(&h);
         assert!(h.push(0).is_ok());
         assert!(h.push(1).is_ok());
         assert_eq!(h.wakeups(), 0, "held: the first submissions only queue");
