@@ -293,6 +293,10 @@ struct Series {
     /// Where pooled goodput first falls below half the baseline's (see [`halving`]).
     halving: Option<Halving>,
     errors: Vec<String>,
+    /// Further no-flood steps (repeats 1.. of rate 0, `--repeat`), kept out of `steps` (the
+    /// goodput baseline is the first): with the first, they give the legitimate load's CPU and
+    /// the background softirq rate in `drop_cpu_ratio`, averaged over the repeats.
+    legit_only: Vec<Step>,
 }
 
 /// The crossing of half the baseline's goodput between two pooled rate points.
@@ -1415,30 +1419,39 @@ struct RxCpu {
     edge_x_rx: u64,
     busy_frac: f64,
     flood_pps: f64,
-    /// The series' background softirq (its no-flood step's softirq per second) × the steps'
+    /// The series' background softirq (its no-flood steps' softirq per second) × the steps'
     /// wall time, ns: other work on the machine (timers, RCU, other users' disk and network).
     background_ns: f64,
     /// The legitimate load's share of the server processes' CPU, ns: the series' no-flood
-    /// step's server-process CPU per legitimate REGISTER answered in time × those answered in
-    /// the steps at this rate. Not the flood's work; charged to it in `raw` and `net`.
+    /// steps' server-process CPU per legitimate REGISTER answered in time (pooled over the
+    /// repeats) × those answered in the steps at this rate. Not the flood's work; charged to it in `raw` and `net`.
     legit_ns: f64,
 }
 
 fn rx_cpu(series: &Series, rate: u64) -> Option<RxCpu> {
-    let no_flood = series
+    // Every no-flood step of the series (the goodput baseline and its repeats), pooled.
+    let no_flood: Vec<&Step> = series
         .steps
         .iter()
-        .find(|s| s.offered_pps == 0 && s.wall_s > 0.0);
-    let bg_per_s = no_flood.map_or(0.0, |s| s.softirq_s / s.wall_s);
+        .chain(&series.legit_only)
+        .filter(|s| s.offered_pps == 0 && s.wall_s > 0.0)
+        .collect();
+    let nf_wall: f64 = no_flood.iter().map(|s| s.wall_s).sum();
+    let bg_per_s = if nf_wall > 0.0 {
+        no_flood.iter().map(|s| s.softirq_s).sum::<f64>() / nf_wall
+    } else {
+        0.0
+    };
     // Answered in time, not offered: a request lost in a full socket buffer cost the server's
     // processes nothing (Kamailio's loss), so this charges each server only for what it
     // served. Requests answered late also cost CPU and are left in the flood's share, which
     // is conservative against the server that answers late (Kamailio).
-    let legit_per_ok_ns = no_flood
-        .filter(|s| s.legit_ok_in_time > 0)
-        .map_or(0.0, |s| {
-            s.server_proc_cpu_s * 1e9 / s.legit_ok_in_time as f64
-        });
+    let nf_ok: u64 = no_flood.iter().map(|s| s.legit_ok_in_time).sum();
+    let legit_per_ok_ns = if nf_ok > 0 {
+        no_flood.iter().map(|s| s.server_proc_cpu_s).sum::<f64>() * 1e9 / nf_ok as f64
+    } else {
+        0.0
+    };
     let at: Vec<&Step> = series
         .steps
         .iter()
@@ -1823,9 +1836,7 @@ fn main() -> Result<()> {
                 my_rates.dedup();
             }
             let (repeat, refine) = (bench.o.repeat.max(1), bench.o.refine);
-            let reps = |rate: u64| {
-                if rate == 0 || !s.answers() { 1 } else { repeat }
-            };
+            let reps = |_rate: u64| if s.answers() { repeat } else { 1 };
             let mut plan: Vec<(u64, u32)> = my_rates
                 .iter()
                 .flat_map(|&r| (0..reps(r)).map(move |i| (r, i)))
@@ -1862,6 +1873,10 @@ fn main() -> Result<()> {
                     );
                 }
                 match bench.step(s, many, rate, repeat) {
+                    Ok(st) if rate == 0 && repeat > 0 => {
+                        print_step(s, sh, &st);
+                        series.legit_only.push(st);
+                    }
                     Ok(st) => {
                         print_step(s, sh, &st);
                         series.steps.push(st);
@@ -2161,8 +2176,9 @@ fn main() -> Result<()> {
                    and minus the baseline series (the same flood into a trivial XDP drop, \
                    sv_sink, no listener: its background-subtracted softirq per packet x the \
                    server's packets on sv-x); flood only = net minus the legitimate load's \
-                   work (the series' no-flood step's server-process CPU per legitimate \
-                   REGISTER answered in time x those answered in the step; each server gets one \
+                   work (the series' no-flood steps' server-process CPU per legitimate \
+                   REGISTER answered in time, pooled over `repeat` no-flood steps, x those \
+                   answered in the step; the background softirq rate is pooled over them too; each server gets one \
                    unrecorded no-flood warm-up step after its start and is left to go quiet \
                    before each no-flood step, so its start-up costs are not in it); \
                    `ratio` is the flood-only one at the highest rate where both generators \
@@ -2360,6 +2376,13 @@ mod tests {
         assert!(close(&v["ratio"], 150.0 / 1700.0));
         assert!(close(&v["ratio_net"], 200.0 / 1800.0));
         assert!(close(&v["ratio_raw"], 500.0 / 2100.0));
+        // Repeats of the no-flood step are pooled: (0.05 + 0.15) s over 2 000 answered = 100 µs
+        // per REGISTER, so 0.1 s of the flood step is the legitimate load's: 200 − 100 ns.
+        let mut sv3 = sv.clone();
+        sv3.legit_only = vec![with_ok(cpu_step(0, 0.15, 0.1, 0, 0), 1_000)];
+        let v = rx_drop_cpu(&b, &sv3, &k, 0.9);
+        assert!(close(&v["by_rate"][0]["sipveil_legit_proc_s"], 0.1));
+        assert!(close(&v["by_rate"][0]["sipveil_ns_flood_only"], 100.0));
         // A legitimate load whose estimate exceeds what the flood step measured: no flood-only
         // ratio, the headline falls back to the net one.
         let mut sv2 = sv.clone();
