@@ -293,6 +293,10 @@ struct Series {
     /// Where pooled goodput first falls below half the baseline's (see [`halving`]).
     halving: Option<Halving>,
     errors: Vec<String>,
+    /// Further no-flood steps (repeats 1.. of rate 0, `--repeat`), kept out of `steps` (the
+    /// goodput baseline is the first): with the first, they give the legitimate load's CPU and
+    /// the background softirq rate in `drop_cpu_ratio`, averaged over the repeats.
+    legit_only: Vec<Step>,
 }
 
 /// The crossing of half the baseline's goodput between two pooled rate points.
@@ -896,6 +900,41 @@ struct Bench {
     step_no: u32,
 }
 
+/// How long [`settle`] waits at most for a server to go quiet.
+const SETTLE_MAX: Duration = Duration::from_secs(15);
+/// [`settle`]'s window, and the most the server processes may use in it to count as quiet
+/// (one tick of `CLK_TCK` = 10 ms: under 2 % of a CPU).
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+const SETTLE_QUIET_S: f64 = 0.0105;
+
+/// Waits (up to [`SETTLE_MAX`]) until the processes in the edge namespace used at most
+/// [`SETTLE_QUIET_S`] of CPU over a [`SETTLE_WINDOW`], so that a server's start-up tail (for
+/// sipveil: opening its store, the main thread's start-up work, measured at 0.2–0.3 s after it
+/// answered its first OPTIONS; and whatever the previous shape's flood left behind) is not
+/// charged to the no-flood step, whose CPU is the legitimate load's in `drop_cpu_ratio`. The
+/// same rule for every server. Returns the seconds waited and whether it went quiet.
+///
+/// The machine's softirq time must be as quiet (the no-flood step's softirq is the series'
+/// background in `drop_cpu_ratio`: work the previous shape's flood left behind must not be in it).
+fn settle() -> (f64, bool) {
+    let softirq_s = || {
+        proc_stat()
+            .map(|c| c.softirq as f64 * tick_ns() / 1e9)
+            .unwrap_or(0.0)
+    };
+    let t0 = Instant::now();
+    let (mut last, mut last_si) = (netns_cpu_s(lab::NS_EDGE), softirq_s());
+    while t0.elapsed() < SETTLE_MAX {
+        std::thread::sleep(SETTLE_WINDOW);
+        let (now, now_si) = (netns_cpu_s(lab::NS_EDGE), softirq_s());
+        if now - last <= SETTLE_QUIET_S && now_si - last_si <= SETTLE_QUIET_S {
+            return (t0.elapsed().as_secs_f64(), true);
+        }
+        (last, last_si) = (now, now_si);
+    }
+    (t0.elapsed().as_secs_f64(), false)
+}
+
 impl Bench {
     fn start(&self, s: Server, tmp: &Path) -> Result<Running> {
         match s {
@@ -1380,17 +1419,39 @@ struct RxCpu {
     edge_x_rx: u64,
     busy_frac: f64,
     flood_pps: f64,
-    /// The series' background softirq (its no-flood step's softirq per second) × the steps'
+    /// The series' background softirq (its no-flood steps' softirq per second) × the steps'
     /// wall time, ns: other work on the machine (timers, RCU, other users' disk and network).
     background_ns: f64,
+    /// The legitimate load's share of the server processes' CPU, ns: the series' no-flood
+    /// steps' server-process CPU per legitimate REGISTER answered in time (pooled over the
+    /// repeats) × those answered in the steps at this rate. Not the flood's work; charged to it in `raw` and `net`.
+    legit_ns: f64,
 }
 
 fn rx_cpu(series: &Series, rate: u64) -> Option<RxCpu> {
-    let bg_per_s = series
+    // Every no-flood step of the series (the goodput baseline and its repeats), pooled.
+    let no_flood: Vec<&Step> = series
         .steps
         .iter()
-        .find(|s| s.offered_pps == 0 && s.wall_s > 0.0)
-        .map_or(0.0, |s| s.softirq_s / s.wall_s);
+        .chain(&series.legit_only)
+        .filter(|s| s.offered_pps == 0 && s.wall_s > 0.0)
+        .collect();
+    let nf_wall: f64 = no_flood.iter().map(|s| s.wall_s).sum();
+    let bg_per_s = if nf_wall > 0.0 {
+        no_flood.iter().map(|s| s.softirq_s).sum::<f64>() / nf_wall
+    } else {
+        0.0
+    };
+    // Answered in time, not offered: a request lost in a full socket buffer cost the server's
+    // processes nothing (Kamailio's loss), so this charges each server only for what it
+    // served. Requests answered late also cost CPU and are left in the flood's share, which
+    // is conservative against the server that answers late (Kamailio).
+    let nf_ok: u64 = no_flood.iter().map(|s| s.legit_ok_in_time).sum();
+    let legit_per_ok_ns = if nf_ok > 0 {
+        no_flood.iter().map(|s| s.server_proc_cpu_s).sum::<f64>() * 1e9 / nf_ok as f64
+    } else {
+        0.0
+    };
     let at: Vec<&Step> = series
         .steps
         .iter()
@@ -1410,6 +1471,10 @@ fn rx_cpu(series: &Series, rate: u64) -> Option<RxCpu> {
         busy_frac: at.iter().map(|s| s.busy_frac).sum::<f64>() / n,
         flood_pps: at.iter().map(|s| s.flood_pps).sum::<f64>() / n,
         background_ns: at.iter().map(|s| s.wall_s * bg_per_s * 1e9).sum(),
+        legit_ns: at
+            .iter()
+            .map(|s| s.legit_ok_in_time as f64 * legit_per_ok_ns)
+            .sum(),
     })
 }
 
@@ -1434,7 +1499,8 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
     let mut rows = Vec::new();
     let mut head: Option<Value> = None;
     let mut lowest: Option<Value> = None;
-    let (mut worst_raw, mut worst_net): (Option<f64>, Option<f64>) = (None, None);
+    let (mut worst_raw, mut worst_net, mut worst_flood): (Option<f64>, Option<f64>, Option<f64>) =
+        (None, None, None);
     for r in rates {
         let (Some(bb), Some(a), Some(c)) = (rx_cpu(b, r), rx_cpu(sv, r), rx_cpu(k, r)) else {
             continue;
@@ -1450,16 +1516,18 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
             let raw = x.cpu_ns / x.edge_x_rx as f64;
             let net =
                 (x.cpu_ns - x.background_ns - base_ns * x.edge_x_rx as f64) / x.edge_x_rx as f64;
+            let flood_only = net - x.legit_ns / x.edge_x_rx as f64;
             let ok = x.flood_pps >= 0.95 * r as f64 && x.busy_frac < saturated;
-            (raw, net, ok)
+            (raw, net, flood_only, ok)
         };
-        let ((ar, an, aok), (cr, cn, cok)) = (side(&a), side(&c));
+        let ((ar, an, af, aok), (cr, cn, cf, cok)) = (side(&a), side(&c));
         let compared = aok && cok && bb.flood_pps >= 0.95 * r as f64;
         let ratio_raw = (cr > 0.0).then(|| ar / cr);
         // A net figure at or below zero means the background estimate (the no-flood step's
         // softirq rate) exceeded what the step measured: noise larger than the flood's own
         // cost, not a measurement. No net ratio then; the headline falls back to the raw one.
         let ratio_net = (cn > 0.0 && an > 0.0).then(|| an / cn);
+        let ratio_flood_only = (cf > 0.0 && af > 0.0).then(|| af / cf);
         let row = json!({
             "offered_pps": r,
             "compared": compared,
@@ -1481,6 +1549,11 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
             "kamailio_flood_pps": c.flood_pps,
             "ratio_raw": ratio_raw,
             "ratio_baseline_subtracted": ratio_net,
+            "sipveil_legit_proc_s": a.legit_ns / 1e9,
+            "kamailio_legit_proc_s": c.legit_ns / 1e9,
+            "sipveil_ns_flood_only": af,
+            "kamailio_ns_flood_only": cf,
+            "ratio_flood_only": ratio_flood_only,
         });
         if compared {
             if let Some(v) = ratio_raw {
@@ -1488,6 +1561,9 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
             }
             if let Some(v) = ratio_net {
                 worst_net = Some(worst_net.map_or(v, |w: f64| w.max(v)));
+            }
+            if let Some(v) = ratio_flood_only {
+                worst_flood = Some(worst_flood.map_or(v, |w: f64| w.max(v)));
             }
             head = Some(row.clone());
         }
@@ -1498,17 +1574,14 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
     }
     let unsaturated = head.is_some();
     let head = head.or(lowest);
-    // The headline: the net ratio where there is one, else the raw one (which also charges
-    // sipveil with the background and the receive path every server pays).
-    let net = head
-        .as_ref()
-        .and_then(|h| h["ratio_baseline_subtracted"].as_f64());
-    let (ratio, ratio_kind) = match net {
-        Some(v) => (Some(v), "net"),
-        None => (
-            head.as_ref().and_then(|h| h["ratio_raw"].as_f64()),
-            "raw (no usable net figure)",
-        ),
+    // The headline: the flood-only ratio where there is one (the flood's own cost: net of the
+    // background, the receive path every server pays and the legitimate load's work), else the
+    // net one, else the raw one (which also charges the flood with all of those).
+    let pick = |k: &str| head.as_ref().and_then(|h| h[k].as_f64());
+    let (ratio, ratio_kind) = match (pick("ratio_flood_only"), pick("ratio_baseline_subtracted")) {
+        (Some(v), _) => (Some(v), "flood only"),
+        (None, Some(v)) => (Some(v), "net (no usable flood-only figure)"),
+        (None, None) => (pick("ratio_raw"), "raw (no usable net figure)"),
     };
     json!({
         "offered_pps": head.as_ref().map(|h| h["offered_pps"].clone()),
@@ -1516,6 +1589,9 @@ fn rx_drop_cpu(b: &Series, sv: &Series, k: &Series, saturated: f64) -> Value {
         "ratio": ratio,
         "ratio_kind": ratio_kind,
         "ratio_raw": head.as_ref().map(|h| h["ratio_raw"].clone()),
+        "ratio_net": head.as_ref().map(|h| h["ratio_baseline_subtracted"].clone()),
+        "ratio_flood_only": head.as_ref().map(|h| h["ratio_flood_only"].clone()),
+        "worst_ratio_flood_only_compared": worst_flood,
         "worst_ratio_compared": worst_net,
         "worst_ratio_raw_compared": worst_raw,
         "saturated_busy_frac": saturated,
@@ -1727,6 +1803,7 @@ fn main() -> Result<()> {
     let mut extra_rates: std::collections::HashMap<String, Vec<u64>> =
         std::collections::HashMap::new();
     for &s in &servers {
+        let mut warmed = false;
         let running = match bench.start(s, &tmp) {
             Ok(r) => r,
             Err(e) => {
@@ -1759,9 +1836,7 @@ fn main() -> Result<()> {
                 my_rates.dedup();
             }
             let (repeat, refine) = (bench.o.repeat.max(1), bench.o.refine);
-            let reps = |rate: u64| {
-                if rate == 0 || !s.answers() { 1 } else { repeat }
-            };
+            let reps = |_rate: u64| if s.answers() { repeat } else { 1 };
             let mut plan: Vec<(u64, u32)> = my_rates
                 .iter()
                 .flat_map(|&r| (0..reps(r)).map(move |i| (r, i)))
@@ -1771,7 +1846,37 @@ fn main() -> Result<()> {
             while i < plan.len() {
                 let (rate, repeat) = plan[i];
                 i += 1;
+                if rate == 0 && s.answers() && !warmed {
+                    // The first legitimate load after a start costs a server 2-3x what later
+                    // ones do (measured for sipveil: its store's first writes — file growth,
+                    // 2 000+ block-device softirqs — and the workers' first allocations), and
+                    // the no-flood step stands for the legitimate load's cost in
+                    // `drop_cpu_ratio`: one unrecorded no-flood step first, for every server.
+                    warmed = true;
+                    match bench.step(s, many, 0, 0) {
+                        Ok(st) => println!(
+                            "{} {sh}: warm-up (not recorded): goodput {:.4}, server processes \
+                             {:.2} s",
+                            s.name(),
+                            st.goodput,
+                            st.server_proc_cpu_s
+                        ),
+                        Err(e) => eprintln!("{} {sh}: warm-up: {e:#}", s.name()),
+                    }
+                }
+                if rate == 0 && s.answers() {
+                    let (waited, quiet) = settle();
+                    println!(
+                        "{} {sh}: {} after {waited:.1} s before the no-flood step",
+                        s.name(),
+                        if quiet { "quiet" } else { "NOT quiet" }
+                    );
+                }
                 match bench.step(s, many, rate, repeat) {
+                    Ok(st) if rate == 0 && repeat > 0 => {
+                        print_step(s, sh, &st);
+                        series.legit_only.push(st);
+                    }
                     Ok(st) => {
                         print_step(s, sh, &st);
                         series.steps.push(st);
@@ -1961,9 +2066,12 @@ fn main() -> Result<()> {
             };
             println!(
                 "  {sh:4} sources: receive-side CPU per drop (server processes + softirq), \
-                 sipveil ÷ Kamailio: raw {} / headline {} ({}) at {} pps, unsaturated: {} \
-                 (worst compared {}; target <= 0.1)",
+                 sipveil ÷ Kamailio: raw {} / net {} / headline {} ({}) at {} pps, \
+                 unsaturated: {} (worst compared {}; target <= 0.1)",
                 rx["ratio_raw"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.3}")),
+                rx["ratio_net"]
                     .as_f64()
                     .map_or("-".to_owned(), |v| format!("{v:.3}")),
                 rx["ratio"]
@@ -1972,15 +2080,17 @@ fn main() -> Result<()> {
                 rx["ratio_kind"].as_str().unwrap_or("-"),
                 rx["offered_pps"],
                 rx["unsaturated"],
-                rx["worst_ratio_compared"]
+                rx["worst_ratio_flood_only_compared"]
                     .as_f64()
+                    .or(rx["worst_ratio_compared"].as_f64())
                     .map_or("-".to_owned(), |v| format!("{v:.3}")),
             );
             for row in rx["by_rate"].as_array().into_iter().flatten() {
                 println!(
                     "        {:>8} pps: sipveil {:.0} / {:.0} ns, kamailio {:.0} / {:.0} ns (raw / \
-                     baseline subtracted; baseline {:.0} ns per packet), busy {:.0} % / {:.0} %, \
-                     ratio {} / {}{}",
+                     baseline subtracted; baseline {:.0} ns per packet), flood only {:.0} / {:.0} \
+                     ns (legitimate load {:.2} / {:.2} s), busy {:.0} % / {:.0} %, ratio {} / {} / \
+                     {}{}",
                     row["offered_pps"],
                     row["sipveil_ns"].as_f64().unwrap_or(f64::NAN),
                     row["sipveil_ns_baseline_subtracted"]
@@ -1993,12 +2103,19 @@ fn main() -> Result<()> {
                     row["baseline_softirq_ns_per_packet"]
                         .as_f64()
                         .unwrap_or(f64::NAN),
+                    row["sipveil_ns_flood_only"].as_f64().unwrap_or(f64::NAN),
+                    row["kamailio_ns_flood_only"].as_f64().unwrap_or(f64::NAN),
+                    row["sipveil_legit_proc_s"].as_f64().unwrap_or(f64::NAN),
+                    row["kamailio_legit_proc_s"].as_f64().unwrap_or(f64::NAN),
                     row["sipveil_busy_frac"].as_f64().unwrap_or(f64::NAN) * 100.0,
                     row["kamailio_busy_frac"].as_f64().unwrap_or(f64::NAN) * 100.0,
                     row["ratio_raw"]
                         .as_f64()
                         .map_or("-".to_owned(), |v| format!("{v:.3}")),
                     row["ratio_baseline_subtracted"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |v| format!("{v:.3}")),
+                    row["ratio_flood_only"]
                         .as_f64()
                         .map_or("-".to_owned(), |v| format!("{v:.3}")),
                     if row["compared"].as_bool() == Some(true) {
@@ -2058,11 +2175,17 @@ fn main() -> Result<()> {
                    = minus each series' background softirq (its no-flood step's rate x wall) \
                    and minus the baseline series (the same flood into a trivial XDP drop, \
                    sv_sink, no listener: its background-subtracted softirq per packet x the \
-                   server's packets on sv-x); `ratio` is the net one at the highest rate where \
-                   both generators achieved >= 95 % and neither machine was busier than \
-                   saturated_busy_frac (else the lowest common rate, unsaturated: false); \
-                   where either net figure is <= 0 (background noise above the flood's own \
-                   cost) there is no net ratio and `ratio` is the raw one (`ratio_kind`). \
+                   server's packets on sv-x); flood only = net minus the legitimate load's \
+                   work (the series' no-flood steps' server-process CPU per legitimate \
+                   REGISTER answered in time, pooled over `repeat` no-flood steps, x those \
+                   answered in the step; the background softirq rate is pooled over them too; each server gets one \
+                   unrecorded no-flood warm-up step after its start and is left to go quiet \
+                   before each no-flood step, so its start-up costs are not in it); \
+                   `ratio` is the flood-only one at the highest rate where both generators \
+                   achieved >= 95 % and neither machine was busier than saturated_busy_frac \
+                   (else the lowest common rate, unsaturated: false); where a figure is <= 0 \
+                   (background noise above the flood's own cost) there is no such ratio and \
+                   `ratio` falls back to net, then raw (`ratio_kind`). \
                    drop_cpu_ratio_system_minus_generator (the old headline) = (system busy CPU \
                    - the generator's rusage) / dropped at the highest offered rate both \
                    achieved within 5 %; server_drop_cpu_ratio = (CPU of the processes in \
@@ -2212,6 +2335,62 @@ mod tests {
             wall_s: 1.0,
             ..Step::default()
         }
+    }
+
+    #[test]
+    fn flood_only_cpu_leaves_out_the_legitimate_load_each_server_served() {
+        let series = |steps: Vec<Step>| Series {
+            steps,
+            ..Series::default()
+        };
+        let with_ok = |mut st: Step, ok: u64| {
+            st.legit_ok_in_time = ok;
+            st
+        };
+        let b = series(vec![
+            cpu_step(0, 0.0, 0.1, 0, 0),
+            cpu_step(1_000_000, 0.0, 0.3, 1_000_000, 1_000_000),
+        ]);
+        // sipveil: 50 µs of process CPU per legitimate REGISTER without a flood; under the
+        // flood it answers all 1 000 again, so 0.05 s of its 0.1 s is the legitimate load's:
+        // flood only = net 200 ns − 50 ns.
+        let sv = series(vec![
+            with_ok(cpu_step(0, 0.05, 0.1, 0, 0), 1_000),
+            with_ok(cpu_step(1_000_000, 0.1, 0.4, 800_000, 1_000_000), 1_000),
+        ]);
+        // Kamailio: 200 µs per legitimate REGISTER; under the flood it answers 500 in time, so
+        // only 0.1 s is the legitimate load's: 1 800 − 100 ns.
+        let k = series(vec![
+            with_ok(cpu_step(0, 0.2, 0.1, 0, 0), 1_000),
+            with_ok(cpu_step(1_000_000, 1.0, 1.1, 1_000_000, 1_000_000), 500),
+        ]);
+        let v = rx_drop_cpu(&b, &sv, &k, 0.9);
+        let close = |x: &Value, want: f64| (x.as_f64().expect("a number") - want).abs() < 1e-6;
+        let row = &v["by_rate"][0];
+        assert!(close(&row["sipveil_legit_proc_s"], 0.05));
+        assert!(close(&row["kamailio_legit_proc_s"], 0.1));
+        assert!(close(&row["sipveil_ns_baseline_subtracted"], 200.0));
+        assert!(close(&row["sipveil_ns_flood_only"], 150.0));
+        assert!(close(&row["kamailio_ns_flood_only"], 1700.0));
+        assert_eq!(v["ratio_kind"], "flood only");
+        assert!(close(&v["ratio"], 150.0 / 1700.0));
+        assert!(close(&v["ratio_net"], 200.0 / 1800.0));
+        assert!(close(&v["ratio_raw"], 500.0 / 2100.0));
+        // Repeats of the no-flood step are pooled: (0.05 + 0.15) s over 2 000 answered = 100 µs
+        // per REGISTER, so 0.1 s of the flood step is the legitimate load's: 200 − 100 ns.
+        let mut sv3 = sv.clone();
+        sv3.legit_only = vec![with_ok(cpu_step(0, 0.15, 0.1, 0, 0), 1_000)];
+        let v = rx_drop_cpu(&b, &sv3, &k, 0.9);
+        assert!(close(&v["by_rate"][0]["sipveil_legit_proc_s"], 0.1));
+        assert!(close(&v["by_rate"][0]["sipveil_ns_flood_only"], 100.0));
+        // A legitimate load whose estimate exceeds what the flood step measured: no flood-only
+        // ratio, the headline falls back to the net one.
+        let mut sv2 = sv.clone();
+        sv2.steps[0].server_proc_cpu_s = 0.5;
+        let v = rx_drop_cpu(&b, &sv2, &k, 0.9);
+        assert!(v["by_rate"][0]["ratio_flood_only"].is_null());
+        assert_eq!(v["ratio_kind"], "net (no usable flood-only figure)");
+        assert!(close(&v["ratio"], 200.0 / 1800.0));
     }
 
     #[test]
