@@ -154,6 +154,7 @@ use std::net::SocketAddr;
 
 use sipveil_sip::Response;
 
+mod aormap;
 mod binding;
 mod digest;
 mod registrar;

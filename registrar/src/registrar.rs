@@ -6,6 +6,7 @@ use bytes::Bytes;
 use sipveil_sip::views::parse_token_list;
 use sipveil_sip::{Auth, HeaderName, NameAddr, Request, Response, ResponseWriter, StatusCode, Uri};
 
+use crate::aormap::{AorMap, MacHash};
 use crate::digest::{self, Alg, Inputs, Keys};
 use crate::users::{NameError, normalize_name};
 use crate::{
@@ -31,7 +32,8 @@ const NONCE_FUTURE_SLACK_MS: u64 = 5_000;
 /// eviction never re-opens a nonce for replay.
 #[derive(Debug)]
 struct NcTable {
-    map: HashMap<[u8; 32], u32>,
+    /// Keys are MACs: hashed by their first bytes, so a growth hashes nothing again.
+    map: HashMap<[u8; 32], u32, MacHash>,
     order: VecDeque<([u8; 32], u64)>,
     floor_ms: u64,
     cap: usize,
@@ -46,7 +48,7 @@ enum NcCheck {
 impl NcTable {
     fn new(cap: usize) -> NcTable {
         NcTable {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             floor_ms: 0,
             cap,
@@ -107,7 +109,8 @@ pub struct Registrar {
     cfg: RegistrarConfig,
     doms: Vec<DomainState>,
     keys: Keys,
-    aors: HashMap<String, Vec<Binding>>,
+    /// Keyed hashes stored with the AORs: a growth re-hashes nothing (see `aormap`).
+    aors: AorMap<Vec<Binding>>,
     by_expiry: BTreeSet<(u64, Vec<u8>)>,
     total: usize,
     nc: NcTable,
@@ -158,7 +161,7 @@ impl Registrar {
             },
             doms: Vec::new(),
             keys,
-            aors: HashMap::new(),
+            aors: AorMap::default(),
             by_expiry: BTreeSet::new(),
             total: 0,
             nc: NcTable::new(NC_CAPACITY),
@@ -287,7 +290,7 @@ impl Registrar {
         for d in &self.doms {
             m.entry(d.name_lc.as_str()).or_default();
         }
-        for (aor, bs) in &self.aors {
+        for (aor, bs) in self.aors.iter() {
             let dom = aor.rsplit_once('@').map_or("", |(_, d)| d);
             let e = m.entry(dom).or_default();
             e.0 += bs.len();
@@ -330,7 +333,7 @@ impl Registrar {
             self.stale_keys.push(k);
             return Ok(());
         }
-        let list = self.aors.entry(b.aor.clone()).or_default();
+        let list = self.aors.get_or_default(&b.aor);
         if let Some(old) = list.iter_mut().find(|o| o.key() == k) {
             self.by_expiry.remove(&(old.expires_at_ms, k.clone()));
             self.by_expiry.insert((b.expires_at_ms, k));

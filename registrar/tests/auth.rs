@@ -264,6 +264,59 @@ fn replayed_nonce_count_is_refused() {
     assert_eq!(status(&o), 200);
 }
 
+/// The edge answers 401 statelessly (no transaction kept for the challenge): a retransmitted
+/// REGISTER reaches the registrar again. It is challenged again and nothing changes; either
+/// challenge's nonce authenticates once, and a replay of an accepted nonce count is refused.
+#[test]
+fn retransmission_after_a_stateless_challenge_is_challenged_again_and_replays_stay_refused() {
+    let mut r = reg();
+    let (first, opaque) = first_challenge(&mut r, T0, "alice", "c1");
+    let retransmission = r.register(
+        T0 + 500,
+        &Reg::new("alice", "auth.lab", "c1", 1).build(),
+        &flow(),
+    );
+    assert_eq!(
+        (status(&retransmission), result(&retransmission)),
+        (401, ReportResult::Challenged)
+    );
+    assert!(ops(&retransmission).is_empty());
+    assert!(r.is_empty(), "a challenge registers nothing");
+    let (second, _, stale) = challenge(&retransmission, "SHA-256");
+    assert!(!stale);
+    assert_ne!(first, second, "nonces carry their issue time");
+
+    let answer = |nonce: &str, cseq: u32, nc: u32| {
+        with_auth(
+            "alice",
+            "c1",
+            cseq,
+            "wonderland",
+            "SHA-256",
+            nonce,
+            &opaque,
+            nc,
+        )
+        .build()
+    };
+    assert_eq!(
+        status(&r.register(T0 + 600, &answer(&first, 2, 1), &flow())),
+        200
+    );
+    assert_eq!(
+        status(&r.register(T0 + 700, &answer(&second, 3, 1), &flow())),
+        200
+    );
+    for (nonce, cseq) in [(&first, 4), (&second, 5)] {
+        let o = r.register(T0 + 800, &answer(nonce, cseq, 1), &flow());
+        assert_eq!(
+            (status(&o), result(&o)),
+            (401, ReportResult::AuthFailed(AuthFailure::Replayed))
+        );
+        assert!(ops(&o).is_empty());
+    }
+}
+
 #[test]
 fn stale_nonce_gets_stale_true_only_with_the_right_password() {
     let mut r = reg();

@@ -277,8 +277,9 @@ pub const DEFAULT_MAX_CONTACTS: usize = 8;
 pub const DEFAULT_NONCE_TTL_SECS: u64 = 300;
 pub const DEFAULT_MAX_BINDINGS: usize = 100_000;
 /// `[registrar] commit_interval_ms` and `commit_group`: why these values is in the example
-/// config and BENCHMARKS.md "Registrar" (at 2 000 REGISTER/s on the lab VM: ~11 bindings per
-/// commit and ~30 % less CPU per REGISTER than 0 ms, for ~2-3 ms more mean answer time).
+/// config and BENCHMARKS.md "Registrar" (lab VM, 2026-11-22: against 0 ms, ~10-15 % less CPU
+/// per REGISTER in the open domain and ~40 % less in the authenticated one at 2 000/s, and no
+/// longer a p99 at 7 000/s: the extra group writes cost more CPU than the hold costs time).
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 5;
 pub const DEFAULT_COMMIT_GROUP: usize = 20;
 

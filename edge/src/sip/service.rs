@@ -542,7 +542,11 @@ impl Worker {
             // answers leave as built, without a second serialisation.
             RegisterOutcome::Respond { response, report } => {
                 self.report(&report);
-                self.respond(io, key, response);
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    self.challenge_statelessly(io, key, response);
+                } else {
+                    self.respond(io, key, response);
+                }
             }
             RegisterOutcome::Commit {
                 ops,
@@ -585,6 +589,30 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// A REGISTER's 401 leaves without a transaction kept for it (RFC 3261 §26.3.2.4: challenge
+    /// statelessly, so unauthenticated requests cannot fill the edge with transactions; over UDP
+    /// each would otherwise live 32 s for Timer J). A retransmitted REGISTER is challenged again
+    /// — the registrar keeps no state for a challenge (nonces are stateless; a replayed nonce
+    /// count is refused by its table either way).
+    fn challenge_statelessly(&mut self, io: &mut Io<'_>, key: TransactionId, response: Response) {
+        let code = response.status().as_u16();
+        if let Err(e) = self.layer.respond_and_forget(key, response) {
+            tracing::debug!("stateless challenge on {key} refused: {e}");
+            return;
+        }
+        if let Some((method, since)) = self.pending.remove(&key) {
+            let method_name = method_label(&method);
+            self.shared
+                .metrics
+                .response_out_cached(&mut self.counters, method_name, code);
+            self.shared.metrics.transaction_latency(
+                self.index,
+                method_name,
+                io.now().saturating_duration_since(since),
+            );
         }
     }
 

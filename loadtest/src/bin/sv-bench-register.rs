@@ -178,6 +178,13 @@ struct Opts {
     /// database's file system at the store's group rate for the latency run); 0 skips it.
     #[arg(long, default_value_t = 5.0)]
     sync_floor_secs: f64,
+    /// Write `commit_interval_ms = N` into sipveil's `[registrar]` section (default: not written,
+    /// sipveil's default applies).
+    #[arg(long)]
+    sipveil_commit_interval_ms: Option<u64>,
+    /// Write `commit_group = N` into sipveil's `[registrar]` section (default: not written).
+    #[arg(long)]
+    sipveil_commit_group: Option<u64>,
 }
 
 /// sipveil's `[registrar] commit_interval_ms` and `commit_group` defaults (the bench's generated
@@ -1099,7 +1106,17 @@ fn run() -> Result<bool> {
             interfaces: &["ea0", "eb0"],
             digest: &o.sipveil_digest,
         }
-        .to_toml(),
+        .to_toml()
+        .replace(
+            "\n[registrar]\n",
+            &format!(
+                "\n[registrar]\n{}{}",
+                o.sipveil_commit_interval_ms
+                    .map_or_else(String::new, |n| format!("commit_interval_ms = {n}\n")),
+                o.sipveil_commit_group
+                    .map_or_else(String::new, |n| format!("commit_group = {n}\n")),
+            ),
+        ),
     )?;
     eprintln!(
         "{n_users} users with HA1s in {:.1} s ({})",
@@ -1185,7 +1202,17 @@ fn run() -> Result<bool> {
         if bench.o.sync_floor_secs <= 0.0 {
             break;
         }
-        let group_rate = store_group_rate(rate, COMMIT_INTERVAL_MS, COMMIT_GROUP);
+        let group_rate = store_group_rate(
+            rate,
+            bench
+                .o
+                .sipveil_commit_interval_ms
+                .map_or(COMMIT_INTERVAL_MS, |n| n as f64),
+            bench
+                .o
+                .sipveil_commit_group
+                .map_or(COMMIT_GROUP, |n| n as f64),
+        );
         let dir = bench
             .sipveil_db
             .parent()

@@ -548,6 +548,51 @@ impl<P: Clone> TransactionLayer<P> {
         Ok(())
     }
 
+    /// Sends the final `response` of non-INVITE server transaction `key` once and ends the
+    /// transaction at once, keeping nothing for Timer J: a stateless answer (RFC 3261 §8.2.7).
+    /// A retransmission of the request then arrives as a new request ([`Incoming::Request`]) and
+    /// is answered again, so use it only for answers that are safe to repeat and cheap to
+    /// recompute — e.g. a REGISTER's digest challenge, which §26.3.2.4 asks servers to send
+    /// statelessly so that unauthenticated requests cannot fill the server with transactions.
+    /// Queues [`Event::Terminated`]. Refused (nothing sent, nothing changed) for client and INVITE
+    /// transactions, provisional or invalid statuses, a response that answers another request,
+    /// and a transaction that already sent its final response.
+    pub fn respond_and_forget(
+        &mut self,
+        key: TransactionId,
+        response: Response,
+    ) -> Result<(), SendError> {
+        let tx = self
+            .txs
+            .get(&key)
+            .ok_or(SendError::UnknownTransaction(key))?;
+        if tx.fsm.kind() != Kind::ServerNonInvite {
+            return Err(SendError::NotAServerTransaction(key));
+        }
+        let status = wire::status_code(&response);
+        match Class::of(status) {
+            None => return Err(SendError::InvalidStatus(status)),
+            Some(Class::Provisional) => {
+                return Err(SendError::ResponseNotAllowed(tx.fsm.state()));
+            }
+            Some(_) => {}
+        }
+        // A non-INVITE server transaction drops its request with its final response.
+        let Some(request) = &tx.request else {
+            return Err(SendError::ResponseNotAllowed(tx.fsm.state()));
+        };
+        if !wire::response_answers(request, &response) {
+            return Err(SendError::ResponseMismatch);
+        }
+        self.transmits.push_back(Transmit {
+            peer: tx.peer.clone(),
+            payload: wire::encode_response(&response),
+            transaction: None,
+        });
+        self.remove(key);
+        Ok(())
+    }
+
     /// Queues `message` for `peer` outside any transaction: the ACK for a
     /// 2xx (§13.2.2.4), a stateless reply or a stateless forward.
     pub fn send_stateless(&mut self, peer: P, message: &Message) {
@@ -921,5 +966,93 @@ mod id_hash_tests {
         assert_eq!(m.len(), 10_000);
         assert_eq!(m.get(&TransactionId(7 * 1234)), Some(&1234));
         assert_eq!(m.get(&TransactionId(5)), None);
+    }
+}
+
+#[cfg(test)]
+mod stateless_answer_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{Limits, parse_datagram};
+
+    const REGISTER: &[u8] = b"REGISTER sip:open.lab SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 198.18.1.2:5060;branch=z9hG4bKst1\r\n\
+        From: <sip:neo@open.lab>;tag=a1\r\n\
+        To: <sip:neo@open.lab>\r\n\
+        Call-ID: st1@198.18.1.2\r\n\
+        CSeq: 1 REGISTER\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    fn incoming(layer: &mut TransactionLayer<u8>, at: Instant) -> Incoming {
+        let msg = parse_datagram(Bytes::from_static(REGISTER), &Limits::default())
+            .expect("the REGISTER parses");
+        layer.handle_incoming(at, Remote::unreliable(1), msg)
+    }
+
+    fn layer() -> TransactionLayer<u8> {
+        TransactionLayer::new(Config::default(), 1).expect("default config")
+    }
+
+    #[test]
+    fn a_stateless_answer_keeps_nothing_and_a_retransmission_is_a_new_request() {
+        let mut layer = layer();
+        let Incoming::Request { key, request, .. } = incoming(&mut layer, Instant::ZERO) else {
+            panic!("a new request");
+        };
+        let challenge = response_to(&request, 401, Some("t1")).expect("builds");
+        layer
+            .respond_and_forget(key, challenge)
+            .expect("a non-INVITE server transaction answers statelessly");
+        let sent = layer.poll_transmit().expect("the 401 is queued");
+        assert!(sent.payload.starts_with(b"SIP/2.0 401 "));
+        assert_eq!(sent.peer, 1);
+        assert!(sent.transaction.is_none());
+        assert!(layer.poll_transmit().is_none());
+        assert_eq!(layer.len(), 0, "no transaction kept for Timer J");
+        assert!(layer.poll_timeout().is_none(), "no timer armed");
+        assert!(matches!(
+            layer.poll_event(),
+            Some(Event::Terminated { key: k }) if k == key
+        ));
+        // The retransmission is not absorbed: the TU sees it again (and challenges it again).
+        let later = Instant::ZERO + std::time::Duration::from_millis(500);
+        let Incoming::Request { key: again, .. } = incoming(&mut layer, later) else {
+            panic!("a retransmission after a stateless answer reaches the TU again");
+        };
+        assert_ne!(again, key);
+        assert_eq!(
+            layer.respond_and_forget(key, response_to(&request, 401, None).expect("builds")),
+            Err(SendError::UnknownTransaction(key))
+        );
+    }
+
+    #[test]
+    fn a_stateless_answer_is_refused_where_it_would_break_the_state_machine() {
+        let mut layer = layer();
+        let Incoming::Request { key, request, .. } = incoming(&mut layer, Instant::ZERO) else {
+            panic!("a new request");
+        };
+        let trying = response_to(&request, 100, None).expect("builds");
+        assert!(matches!(
+            layer.respond_and_forget(key, trying),
+            Err(SendError::ResponseNotAllowed(_))
+        ));
+        assert_eq!(layer.len(), 1, "a refusal changes nothing");
+        assert!(layer.poll_transmit().is_none());
+        // After a stateful final answer the request is gone: no second (stateless) final.
+        layer
+            .send_response(
+                Instant::ZERO,
+                key,
+                response_to(&request, 200, Some("t")).expect("builds"),
+            )
+            .expect("answers");
+        assert!(layer.poll_transmit().is_some());
+        assert!(matches!(
+            layer.respond_and_forget(key, response_to(&request, 401, None).expect("builds")),
+            Err(SendError::ResponseNotAllowed(_))
+        ));
+        assert_eq!(layer.len(), 1, "the 200's transaction stays for Timer J");
     }
 }
