@@ -12,6 +12,16 @@ use sipveil_edge::control;
 use sipveil_edge::dataplane::{self, lab};
 use sipveil_edge::{daemon, sys};
 
+/// The daemon's allocator: mimalloc instead of glibc malloc.
+///
+/// Every REGISTER allocates and frees a few dozen small blocks on the SIP worker and store
+/// threads, and each transaction and binding lives for seconds to hours, so the threads' heaps
+/// grow all the time under a load of new clients. glibc grows a thread arena one `mprotect` per
+/// page and takes its arena lock on every call; mimalloc keeps thread-local free lists and
+/// reserves address space in large segments. Measured in BENCHMARKS.md ("regcpu").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sipveil",

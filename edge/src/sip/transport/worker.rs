@@ -31,6 +31,15 @@ const STREAM_BUF: usize = 16 * 1024;
 const STREAM_BUFS: u16 = 64;
 /// Concurrent UDP sends per worker.
 const UDP_SENDS: usize = 4096;
+/// How late [`Handler::on_timer`] may run: the worker sleeps until the deadline plus this, and
+/// runs the timer at the first loop iteration at or after the deadline.
+///
+/// Under load a worker wakes for datagrams every millisecond or so anyway; without slack, every
+/// transaction timer (one Timer J per REGISTER, 32 s after its answer) cost a wake-up of its own
+/// between two datagrams. With it, due timers ride along with the next datagram's wake-up, and
+/// an idle worker still runs them at most this late. SIP's timers are multiples of T1 (500 ms),
+/// so a few milliseconds late changes nothing on the wire.
+pub const TIMER_SLACK: Duration = Duration::from_millis(4);
 /// After an answer that ends a connection: how long to wait for the peer's EOF.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -329,8 +338,9 @@ impl Core {
         let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut next_sweep = self.now + tick;
         loop {
-            // Wait for completions, at most until the handler's deadline or the next sweep.
-            let mut wake_at = self.deadline;
+            // Wait for completions, at most until the handler's deadline (plus the slack) or the
+            // next sweep.
+            let mut wake_at = self.deadline.map(|d| d + TIMER_SLACK);
             if !self.conns.is_empty() {
                 wake_at = Some(wake_at.map_or(next_sweep, |d| d.min(next_sweep)));
             }
