@@ -12,6 +12,34 @@ use sipveil_edge::control;
 use sipveil_edge::dataplane::{self, lab};
 use sipveil_edge::{daemon, sys};
 
+/// The daemon's allocator: mimalloc instead of glibc malloc.
+///
+/// Every REGISTER allocates and frees a few dozen small blocks on the SIP worker and store
+/// threads, and each transaction and binding lives for seconds to hours, so the threads' heaps
+/// grow all the time under a load of new clients. glibc grows a thread arena one `mprotect` per
+/// page and takes its arena lock on every call; mimalloc keeps thread-local free lists and
+/// reserves address space in large segments. Measured in BENCHMARKS.md ("regcpu").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process.
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`): every first touch of a 2 MiB
+/// region then makes the kernel zero all of it. The daemon's heap grows in small steps (a
+/// binding, a transaction), so at 2 000 REGISTER/s that zeroing was ~17 % of the SIP workers'
+/// CPU and doubled the checkpoint thread's (BENCHMARKS.md, "regcpu"). The flag applies to the
+/// whole address space, present mappings included.
+fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map; no pointers.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r != 0 {
+        eprintln!(
+            "sipveil: could not turn transparent huge pages off: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "sipveil",
@@ -542,6 +570,7 @@ fn need_root() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     // Enter the namespace first thing, before the tracing subscriber or anything else could start
     // a thread: setns only moves the calling thread.

@@ -395,16 +395,29 @@ impl Store {
     /// Store `h`'s buffer and make its record. `fields` are re-pointed when
     /// the buffers have to be merged (after `u16::MAX` added fields).
     fn field_for(&mut self, h: Header, fields: &mut Fields) -> Field {
+        let id = h.name.id();
+        self.field_for_line(h.line, h.value_start, id, fields)
+    }
+
+    /// [`Store::field_for`] from a whole line (`Name: value`) whose value starts at
+    /// `value_start`.
+    fn field_for_line(
+        &mut self,
+        line: Bytes,
+        value_start: u32,
+        id: u8,
+        fields: &mut Fields,
+    ) -> Field {
         if self.extra.len() >= usize::from(u16::MAX) {
             self.merge_extra(fields);
         }
-        let len = u32::try_from(h.line.len()).unwrap_or(u32::MAX);
-        self.extra.push(h.line);
+        let len = u32::try_from(line.len()).unwrap_or(u32::MAX);
+        self.extra.push(line);
         Field {
             line: (0, len),
-            value_start: h.value_start.min(len),
+            value_start: value_start.min(len),
             src: u16::try_from(self.extra.len()).unwrap_or(u16::MAX),
-            id: h.name.id(),
+            id,
         }
     }
 
@@ -557,6 +570,19 @@ impl Headers {
     pub fn insert(&mut self, index: usize, h: Header) {
         let f = self.field_for(h);
         self.fields.insert(index, f);
+    }
+
+    /// Replaces the field at `index` (nothing happens beyond its end) with `line`, a whole
+    /// `Name: value` line the caller has built and checked as [`Header::new`] does, whose value
+    /// starts at `value_start`; `id` is the name's [`HeaderName::id`]. One buffer, no [`Header`].
+    pub(crate) fn replace_line(&mut self, index: usize, id: u8, line: Bytes, value_start: u32) {
+        if index >= self.len() {
+            return;
+        }
+        let f = self
+            .store
+            .field_for_line(line, value_start, id, &mut self.fields);
+        self.fields.set(index, f);
     }
 
     /// Remove the field at `index`.

@@ -14,7 +14,7 @@ use crate::header_name::HeaderName;
 use crate::headers::{Header, Headers};
 use crate::method::Method;
 use crate::status::StatusCode;
-use crate::uri::{Host, Uri};
+use crate::uri::Uri;
 use crate::views::{CSeq, Contact, NameAddr, Via, parse_call_id};
 
 /// Errors from the convenience accessors for the core header fields.
@@ -136,7 +136,11 @@ macro_rules! common {
             /// Content-Type. An error maps to its answer like a parse error
             /// (`400` for a request other than ACK, a drop for a response).
             pub fn validate(&self, limits: &crate::Limits) -> Result<(), crate::ParseError> {
-                crate::parse::validate_fields(&self.headers, limits)
+                // A request still holding the bytes it was parsed from is unmodified, and its
+                // parse checked the top Via (`check_addressable`): not checked twice.
+                let top_via_checked =
+                    self.raw.is_some() && !matches!(self.origin(), crate::Origin::Response);
+                crate::parse::validate_fields(&self.headers, limits, top_via_checked)
                     .map_err(|k| crate::ParseError::new(k, self.origin()))
             }
 
@@ -329,32 +333,43 @@ impl Request {
         let Some(top) = values.next() else {
             return Err(HeaderError::Missing(HeaderName::Via));
         };
-        let rest: Vec<Bytes> = values.collect();
-        let via = Via::parse(&top).map_err(|e| HeaderError::Invalid(HeaderName::Via, e))?;
-        let same_host = match (via.host(), source.ip()) {
-            (Host::Ipv4(a), IpAddr::V4(b)) => *a == b,
-            (Host::Ipv6(a), IpAddr::V6(b)) => *a == b,
+        let via = crate::views::scan_via(&top, true)
+            .map_err(|e| HeaderError::Invalid(HeaderName::Via, e))?;
+        let same_host = match (&via.host, source.ip()) {
+            (crate::uri::HostSpan::Ipv4(a), IpAddr::V4(b)) => *a == b,
+            (crate::uri::HostSpan::Ipv6(a), IpAddr::V6(b)) => *a == b,
             _ => false,
         };
-        let rport = via.has_rport();
+        // The parameters as written (the strict scan has checked their shape).
+        let params = top.get(via.params.clone()).unwrap_or_default();
+        let mut rport = false;
+        crate::params::check_each(params, |name, _| {
+            rport |= crate::text::eq_ic(name, b"rport");
+            true
+        });
         if same_host && !rport {
             return Ok(false);
         }
-        // Value without parameters: everything before the first ';'.
+        // The new field's whole line, written once: `Via: ` + the value without parameters
+        // (everything before the first ';') + the other parameters + received/rport + the
+        // other values of the field.
+        const NAME: &[u8] = b"Via: ";
         let head_end = top.iter().position(|&c| c == b';').unwrap_or(top.len());
-        let mut v = Vec::with_capacity(top.len() + 48);
-        v.extend_from_slice(crate::text::trimmed(&top.slice(..head_end)).as_ref());
-        for p in via.params().iter() {
-            if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
-                continue;
+        let (hs, he) = crate::text::trim_range(&top[..head_end]);
+        let mut v = Vec::with_capacity(NAME.len() + top.len() + 48);
+        v.extend_from_slice(NAME);
+        v.extend_from_slice(&top[hs..he]);
+        crate::params::check_each(params, |name, value| {
+            if !crate::text::eq_ic(name, b"received") && !crate::text::eq_ic(name, b"rport") {
+                v.push(b';');
+                v.extend_from_slice(name);
+                if let Some(val) = value {
+                    v.push(b'=');
+                    v.extend_from_slice(val);
+                }
             }
-            v.push(b';');
-            v.extend_from_slice(&p.name);
-            if let Some(val) = &p.value {
-                v.push(b'=');
-                v.extend_from_slice(val);
-            }
-        }
+            true
+        });
         v.extend_from_slice(b";received=");
         // Written straight into `v` (no intermediate String, no `Display` for IPv4).
         crate::text::push_ip(&mut v, source.ip());
@@ -362,15 +377,20 @@ impl Request {
             v.extend_from_slice(b";rport=");
             crate::text::push_u64(&mut v, u64::from(source.port()));
         }
-        for r in rest {
+        for r in values {
             v.extend_from_slice(b", ");
             v.extend_from_slice(&r);
         }
-        let h = Header::new(HeaderName::Via, &v)
-            .map_err(|_| HeaderError::Invalid(HeaderName::Via, ViewError::BadParam))?;
+        // The checks `Header::new` makes (the head may hold folding, never a bare CR or LF).
+        let value = v.get(NAME.len()..).unwrap_or_default();
+        if !crate::text::safe_header_value(value) {
+            return Err(HeaderError::Invalid(HeaderName::Via, ViewError::BadParam));
+        }
+        let (value_start, _) = crate::text::trim_range(value);
+        let value_start = u32::try_from(NAME.len() + value_start).unwrap_or(u32::MAX);
         self.raw = None;
-        self.headers.remove(i);
-        self.headers.insert(i, h);
+        self.headers
+            .replace_line(i, HeaderName::Via.id(), Bytes::from(v), value_start);
         Ok(true)
     }
 }
@@ -491,5 +511,109 @@ impl Message {
             Message::Request(r) => r.top_via(),
             Message::Response(r) => r.top_via(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limits, parse_datagram};
+
+    fn request(via: &str) -> Request {
+        let text = format!(
+            "REGISTER sip:open.lab SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@open.lab>;tag=1\r\n\
+             To: <sip:a@open.lab>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse_datagram(Bytes::from(text), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("test request does not parse: {other:?}"),
+        }
+    }
+
+    fn top_field(r: &Request) -> String {
+        let v = r.headers().get_value(&HeaderName::Via).unwrap_or_default();
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    #[test]
+    fn apply_received_rewrites_the_top_value_only() {
+        let src: SocketAddr = "198.18.1.2:5070".parse().expect("addr");
+        for (via, changed, expect) in [
+            // rport asked for: received and rport filled in, other parameters keep their order.
+            (
+                "SIP/2.0/UDP 198.18.1.2:5070;rport;branch=z9hG4bK-1",
+                true,
+                "SIP/2.0/UDP 198.18.1.2:5070;branch=z9hG4bK-1;received=198.18.1.2;rport=5070",
+            ),
+            // Existing received/rport (any case) replaced; quoted and valueless params kept.
+            (
+                "SIP/2.0/UDP h.example ; RPORT=1 ;x=\"a;b\";received=1.2.3.4;lr;branch=z9hG4bK2",
+                true,
+                "SIP/2.0/UDP h.example;x=\"a;b\";lr;branch=z9hG4bK2;received=198.18.1.2;rport=5070",
+            ),
+            // A name as sent-by, no rport: received only; later values kept after the top.
+            (
+                "SIP/2.0/UDP client.lab;branch=z9hG4bK3, SIP/2.0/TCP p.lab;branch=z9hG4bK4",
+                true,
+                "SIP/2.0/UDP client.lab;branch=z9hG4bK3;received=198.18.1.2, SIP/2.0/TCP p.lab;branch=z9hG4bK4",
+            ),
+            // Same address and no rport: untouched.
+            (
+                "SIP/2.0/UDP 198.18.1.2;branch=z9hG4bK5",
+                false,
+                "SIP/2.0/UDP 198.18.1.2;branch=z9hG4bK5",
+            ),
+            // No parameters at all.
+            (
+                "SIP/2.0/UDP [2001:db8::1]:5060",
+                true,
+                "SIP/2.0/UDP [2001:db8::1]:5060;received=198.18.1.2",
+            ),
+        ] {
+            let mut r = request(via);
+            assert_eq!(r.apply_received(src), Ok(changed), "{via}");
+            assert_eq!(top_field(&r), expect, "{via}");
+            assert_eq!(r.raw().is_some(), !changed, "{via}");
+            // The rewritten message still parses and validates, with the same Via.
+            let again = match parse_datagram(r.to_bytes(), &Limits::default()) {
+                Ok(Message::Request(a)) => a,
+                other => panic!("rewritten request does not parse: {other:?}"),
+            };
+            assert_eq!(top_field(&again), expect);
+            assert_eq!(r.validate(&Limits::default()), Ok(()));
+            let top = r.top_via().expect("top via");
+            if changed {
+                assert_eq!(top.received().as_deref(), Some(&b"198.18.1.2"[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn apply_received_refuses_a_bad_top_via() {
+        let mut r = request("SIP/2.0/UDP h.lab;branch=z9hG4bK1");
+        r.headers_mut().remove_all(&HeaderName::Via);
+        r.headers_mut()
+            .push(Header::new(HeaderName::Via, b"SIP/2.0/UDP h.lab;=x").expect("header"));
+        let src: SocketAddr = "198.18.1.2:5070".parse().expect("addr");
+        assert!(matches!(
+            r.apply_received(src),
+            Err(HeaderError::Invalid(HeaderName::Via, _))
+        ));
+    }
+
+    #[test]
+    fn validate_still_checks_a_top_via_changed_after_the_parse() {
+        let mut r = request("SIP/2.0/UDP h.lab;branch=z9hG4bK1");
+        assert_eq!(r.validate(&Limits::default()), Ok(()));
+        // Through `headers_mut` the parse's check no longer holds: validate checks it again.
+        r.headers_mut().remove_all(&HeaderName::Via);
+        r.headers_mut()
+            .push(Header::new(HeaderName::Via, b"SIP/2.0/UDP h.lab;branch").expect("header"));
+        assert!(r.raw().is_none());
+        assert!(r.validate(&Limits::default()).is_err());
+        // A later bad Via value is always checked.
+        let r = request("SIP/2.0/UDP h.lab;branch=z9hG4bK1, SIP/2.0/UDP ;x");
+        assert!(r.raw().is_some());
+        assert!(r.validate(&Limits::default()).is_err());
     }
 }

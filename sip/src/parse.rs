@@ -396,7 +396,16 @@ pub(crate) fn check_addressable(headers: &Headers, method: Option<&Method>) -> R
 /// (and their number),
 /// the From and To name-addrs, Max-Forwards, Route / Record-Route (and their
 /// number), Contact and Content-Type.
-pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), K> {
+///
+/// `top_via_checked`: the top Via value has passed [`check_addressable`] and no field changed
+/// since (a parsed request that was not modified), so its check is not repeated. The first
+/// element the Via loop meets is that value: blank fields yield no element, and the top value
+/// is the first element of the first non-blank field in both functions.
+pub(crate) fn validate_fields(
+    headers: &Headers,
+    limits: &Limits,
+    top_via_checked: bool,
+) -> Result<(), K> {
     // Records are matched by name id and read as borrowed slices (no `Bytes`
     // is taken); each category is one scan of the records, in the order the
     // checks have always been reported.
@@ -409,6 +418,9 @@ pub(crate) fn validate_fields(headers: &Headers, limits: &Limits) -> Result<(), 
                 return Err(K::TooManyVias {
                     limit: limits.max_vias,
                 });
+            }
+            if nvia == 1 && top_via_checked {
+                continue;
             }
             Via::check(v).map_err(|e| K::InvalidHeader(HeaderName::Via, e))?;
         }

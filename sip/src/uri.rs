@@ -97,8 +97,7 @@ pub(crate) fn scan_host(b: &[u8], start: usize) -> Result<(HostSpan, usize), Uri
         return Err(UriError::MissingHost);
     }
     if numeric {
-        let txt = core::str::from_utf8(&b[start..i]).map_err(|_| UriError::BadHost)?;
-        let ip: Ipv4Addr = txt.parse().map_err(|_| UriError::BadHost)?;
+        let ip = parse_ipv4(&b[start..i]).ok_or(UriError::BadHost)?;
         return Ok((HostSpan::Ipv4(ip), i));
     }
     // Domain: non-empty labels not starting/ending with '-'; a trailing dot is allowed.
@@ -106,6 +105,31 @@ pub(crate) fn scan_host(b: &[u8], start: usize) -> Result<(HostSpan, usize), Uri
         return Err(UriError::BadHost);
     }
     Ok((HostSpan::Domain, i))
+}
+
+/// A dotted-quad IPv4 address, with the acceptance of `Ipv4Addr::from_str`: four decimal octets
+/// of one to three digits, each at most 255, no leading zero (`01` is refused). Every host with
+/// a numeric first label goes through here (each Via and URI host of a REGISTER): a direct
+/// loop instead of the generic text parser.
+pub(crate) fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut k = 0usize;
+    for part in b.split(|&c| c == b'.') {
+        let slot = octets.get_mut(k)?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut v = 0u16;
+        for &c in part {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(c - b'0');
+        }
+        *slot = u8::try_from(v).ok()?;
+        k += 1;
+    }
+    (k == 4).then_some(Ipv4Addr::from(octets))
 }
 
 fn host_from_span(raw: &Bytes, h: HostSpan, start: usize, end: usize) -> Host {
@@ -654,6 +678,45 @@ mod tests {
 
     fn u(s: &str) -> Uri {
         Uri::parse_str(s).unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    #[test]
+    fn parse_ipv4_accepts_what_std_accepts() {
+        let mut cases: Vec<String> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "198.18.1.2",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "1.2.3.00",
+            "1..2.3",
+            ".1.2.3",
+            "1.2.3.4.",
+            "1234.1.1.1",
+            "",
+            ".",
+            "1.2.3.4a",
+            "999.999.999.999",
+            "0.00.0.0",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Every octet spelling from 0 to 999 with up to two zeros in front, in each position.
+        for n in 0..1000u32 {
+            for o in [format!("{n}"), format!("0{n}"), format!("00{n}")] {
+                cases.push(format!("{o}.1.2.3"));
+                cases.push(format!("10.{o}.2.3"));
+                cases.push(format!("10.1.2.{o}"));
+            }
+        }
+        for c in &cases {
+            let ours = parse_ipv4(c.as_bytes());
+            let std = c.parse::<Ipv4Addr>().ok();
+            assert_eq!(ours, std, "{c:?}");
+        }
     }
 
     #[test]

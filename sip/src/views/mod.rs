@@ -13,4 +13,5 @@ pub use misc::{
     parse_expires, parse_max_forwards, parse_products, parse_token_list,
 };
 pub use name_addr::{Contact, NameAddr, parse_delta_seconds, parse_qvalue};
+pub(crate) use via::scan as scan_via;
 pub use via::{Transport, Via};

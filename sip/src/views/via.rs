@@ -84,15 +84,16 @@ pub struct Via {
 type Span = core::ops::Range<usize>;
 
 /// Positions of the parts of one Via value (relative to the untrimmed value).
-struct Spans {
+pub(crate) struct Spans {
     name: Span,
     version: Span,
     transport: Span,
-    host: HostSpan,
+    pub(crate) host: HostSpan,
     host_range: Span,
     port: Option<u16>,
     sent_by: Span,
-    params: Span,
+    /// From the first `;` (or the value's end) to the trimmed end.
+    pub(crate) params: Span,
 }
 
 fn token_end(b: &[u8], i: usize) -> usize {
@@ -103,7 +104,9 @@ fn token_end(b: &[u8], i: usize) -> usize {
     j
 }
 
-fn scan(value: &[u8], strict: bool) -> Result<Spans, ViewError> {
+/// Scans one Via value: the checks of [`Via::parse`] (`strict`) or [`Via::parse_lenient`], and
+/// where its parts are, without building a [`Via`].
+pub(crate) fn scan(value: &[u8], strict: bool) -> Result<Spans, ViewError> {
     let (vs, ve) = trim_range(value);
     if vs == ve {
         return Err(ViewError::Empty);

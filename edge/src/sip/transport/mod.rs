@@ -46,7 +46,8 @@
 //! [`Io::send`] and [`PoolHandle::send`] accept any flow: a TCP/TLS flow owned by another worker
 //! is handed to that worker through a bounded queue and an eventfd (read through its ring).
 //! [`PoolHandle::wake`] makes a worker call [`Handler::on_wake`]; [`Io::set_deadline`] makes it
-//! call [`Handler::on_timer`] (the wait for completions is bounded by the deadline).
+//! call [`Handler::on_timer`] (the wait for completions is bounded by the deadline plus
+//! [`TIMER_SLACK`]).
 mod socket;
 mod stream;
 mod tls;
@@ -65,6 +66,7 @@ use bytes::Bytes;
 use crossbeam::queue::ArrayQueue;
 
 pub use tls::{TlsConfigError, load_tls_config};
+pub use worker::TIMER_SLACK;
 
 /// The SIP transport (the registrar crate's type, so flows convert without mapping).
 pub use sipveil_registrar::Proto;
@@ -244,8 +246,9 @@ impl Io<'_> {
         self.core.send(flow, payload)
     }
 
-    /// Calls [`Handler::on_timer`] once `at` has passed (`None`: no timer). Replaces the previous
-    /// deadline.
+    /// Calls [`Handler::on_timer`] once `at` has passed (`None`: no timer), at the first loop
+    /// iteration at or after `at` and at most [`TIMER_SLACK`] late (so that timers falling due
+    /// between two datagrams do not each cost a wake-up). Replaces the previous deadline.
     pub fn set_deadline(&mut self, at: Option<Instant>) {
         self.core.deadline = at;
     }

@@ -31,6 +31,15 @@ const STREAM_BUF: usize = 16 * 1024;
 const STREAM_BUFS: u16 = 64;
 /// Concurrent UDP sends per worker.
 const UDP_SENDS: usize = 4096;
+/// How late [`Handler::on_timer`] may run: the worker sleeps until the deadline plus this, and
+/// runs the timer at the first loop iteration at or after the deadline.
+///
+/// Under load a worker wakes for datagrams every millisecond or so anyway; without slack, every
+/// transaction timer (one Timer J per REGISTER, 32 s after its answer) cost a wake-up of its own
+/// between two datagrams. With it, due timers ride along with the next datagram's wake-up, and
+/// an idle worker still runs them at most this late. SIP's timers are multiples of T1 (500 ms),
+/// so a few milliseconds late changes nothing on the wire.
+pub const TIMER_SLACK: Duration = Duration::from_millis(4);
 /// After an answer that ends a connection: how long to wait for the peer's EOF.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -157,6 +166,24 @@ fn reserve_thread_heap(bytes: usize) {
         chunks.push(std::hint::black_box(Vec::with_capacity(CHUNK)));
     }
     drop(std::hint::black_box(chunks));
+}
+
+/// Until when a worker may sleep: the handler's deadline plus [`TIMER_SLACK`], the next idle
+/// sweep (when connections exist), the earliest accept retry; `None`: until a completion.
+fn wake_at(
+    deadline: Option<Instant>,
+    sweep: Option<Instant>,
+    retries: impl Iterator<Item = Instant>,
+) -> Option<Instant> {
+    let timer = deadline.map(|d| d + TIMER_SLACK);
+    [timer, sweep].into_iter().flatten().chain(retries).min()
+}
+
+/// Whether [`Handler::on_timer`] runs in this loop iteration: the deadline itself has passed
+/// (the slack only bounds how long the worker sleeps; a wake-up for anything else at or after
+/// the deadline runs the timer).
+fn timer_due(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|d| d <= now)
 }
 
 fn unix_ms() -> u64 {
@@ -329,14 +356,11 @@ impl Core {
         let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut next_sweep = self.now + tick;
         loop {
-            // Wait for completions, at most until the handler's deadline or the next sweep.
-            let mut wake_at = self.deadline;
-            if !self.conns.is_empty() {
-                wake_at = Some(wake_at.map_or(next_sweep, |d| d.min(next_sweep)));
-            }
-            for at in self.listeners.iter().filter_map(|l| l.retry_at) {
-                wake_at = Some(wake_at.map_or(at, |d| d.min(at)));
-            }
+            // Wait for completions, at most until the handler's deadline (plus the slack) or the
+            // next sweep.
+            let sweep = (!self.conns.is_empty()).then_some(next_sweep);
+            let retries = self.listeners.iter().filter_map(|l| l.retry_at);
+            let wake_at = wake_at(self.deadline, sweep, retries);
             let res = match wake_at {
                 Some(at) => {
                     let d = at.saturating_duration_since(Instant::now());
@@ -426,9 +450,7 @@ impl Core {
             self.wake_pending = false;
             handler.on_wake(&mut Io { core: self });
         }
-        if let Some(d) = self.deadline
-            && d <= self.now
-        {
+        if timer_due(self.deadline, self.now) {
             self.deadline = None;
             handler.on_timer(&mut Io { core: self });
         }
@@ -990,5 +1012,44 @@ impl Core {
                 .metrics
                 .connection_closed(super::proto_label(c.flow.proto));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_bounds_the_sleep_with_slack_and_runs_from_its_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Alone: the deadline plus the slack.
+        assert_eq!(
+            wake_at(Some(t0 + ms(10)), None, std::iter::empty()),
+            Some(t0 + ms(10) + TIMER_SLACK)
+        );
+        // An earlier sweep or accept retry wins; a later one does not.
+        assert_eq!(
+            wake_at(Some(t0 + ms(10)), Some(t0 + ms(5)), std::iter::empty()),
+            Some(t0 + ms(5))
+        );
+        assert_eq!(
+            wake_at(
+                Some(t0 + ms(10)),
+                Some(t0 + ms(500)),
+                [t0 + ms(7)].into_iter()
+            ),
+            Some(t0 + ms(7))
+        );
+        assert_eq!(
+            wake_at(None, Some(t0 + ms(500)), std::iter::empty()),
+            Some(t0 + ms(500))
+        );
+        assert_eq!(wake_at(None, None, std::iter::empty()), None);
+        // The timer runs at or after its deadline only, slack or not.
+        assert!(!timer_due(Some(t0 + ms(10)), t0 + ms(9)));
+        assert!(timer_due(Some(t0 + ms(10)), t0 + ms(10)));
+        assert!(timer_due(Some(t0 + ms(10)), t0 + ms(11)));
+        assert!(!timer_due(None, t0 + ms(11)));
     }
 }
