@@ -576,7 +576,11 @@ impl Bench {
             }
             Server::Sipveil => {
                 // A fresh database for every trial: every trial starts from an empty registrar.
-                for p in [&self.sipveil_db] {
+                // The binding log's files too: a new database must not start from another
+                // trial's log (the store would only drop its records, with a warning).
+                let logs =
+                    ["wal0", "wal1"].map(|x| self.sipveil_db.with_extension(format!("redb.{x}")));
+                for p in [&self.sipveil_db, &logs[0], &logs[1]] {
                     match fs::remove_file(p) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1110,7 +1114,11 @@ fn run() -> Result<bool> {
         .replace(
             "\n[registrar]\n",
             &format!(
-                "\n[registrar]\n{}{}",
+                // Every user of the run may hold a binding at once (Kamailio's usrloc has no
+                // cap): the default max_bindings (100 000) would refuse new bindings with 503
+                // in trials above 33 333/s.
+                "\n[registrar]\nmax_bindings = {}\n{}{}",
+                users.len().max(100_000),
                 o.sipveil_commit_interval_ms
                     .map_or_else(String::new, |n| format!("commit_interval_ms = {n}\n")),
                 o.sipveil_commit_group
