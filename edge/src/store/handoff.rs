@@ -491,10 +491,16 @@ mod tests {
             h.next(plan(None, None), &mut batch, |_| 1),
             Next::Checkpoint("done")
         ));
+        // The blocking wait on a queue of its own: the writer is whichever thread looked first
+        // (this test's thread above), and only the writer is unparked.
+        let h = Arc::new(H::new(10, 10));
         let waiter = {
             let h = h.clone();
             std::thread::spawn(move || matches!(h.checkpoint(true), Some(Next::CheckpointerGone)))
         };
+        while h.waiting.load(Ordering::SeqCst) != CHECKPOINT {
+            std::thread::yield_now();
+        }
         h.checkpointer_gone();
         assert!(waiter.join().expect("waiter"));
     }
