@@ -7,6 +7,8 @@
 //! `N passed, N failed, N skipped`. A test that skips prints a line starting with `SKIPPED:`
 //! (it passes in libtest's count; here it is counted as skipped), `#[ignore]` counts as skipped,
 //! and a step that fails without test results (fmt, clippy, a build error) counts as one failure.
+//! A step that runs longer than [`STEP_LIMIT`] (a hung test) is killed with all its processes and
+//! fails, so the run always ends.
 
 use crate::cmd::show;
 use crate::setup;
@@ -15,7 +17,11 @@ use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest a step may run (the longest, the serialized tests and the fuzz run, take ~5 min on
+/// the 2-core lab machine); `SIPVEIL_STEP_LIMIT_SECS` overrides it.
+const STEP_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// Crates whose tests create namespaces, attach XDP programs or pin maps: run one test at a time.
 const SERIAL_CRATES: [&str; 2] = ["sipveil-edge", "sipveil-tests"];
@@ -127,13 +133,77 @@ fn run_counted(cmd: &mut Command) -> Result<(bool, Counts)> {
     };
     let out = copy(Box::new(stdout), false);
     let err = copy(Box::new(stderr), true);
-    let status = child.wait().context("waiting for the step")?;
+    let limit = std::env::var("SIPVEIL_STEP_LIMIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(STEP_LIMIT, Duration::from_secs);
+    let ok = wait_bounded(&mut child, limit)?;
     let mut counts = Counts::default();
     for reader in [out, err] {
         counts.add(reader.join().unwrap_or_default());
     }
     counts.settle();
-    Ok((status.success(), counts))
+    Ok((ok, counts))
+}
+
+/// Waits for `child` at most `limit`; past it, kills the child and every process below it (a
+/// hung test binary, the daemons it started) and reports the step as failed.
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Result<bool> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the step")? {
+            return Ok(status.success());
+        }
+        if started.elapsed() >= limit {
+            eprintln!(
+                "TIMED OUT: the step ran longer than {} s; killing it and its processes",
+                limit.as_secs()
+            );
+            kill_tree(child.id());
+            let _ = child.wait();
+            return Ok(false);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILLs `root` and all its descendants (found through `/proc/*/stat`'s parent pids).
+fn kill_tree(root: u32) {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut doomed = vec![root];
+    let mut i = 0;
+    while let Some(&p) = doomed.get(i) {
+        doomed.extend(parents.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        i += 1;
+    }
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .args(doomed.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn step(steps: &mut Vec<Step>, name: &str, cmd: &mut Command) {
@@ -283,6 +353,36 @@ pub fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_past_its_limit_is_killed_with_its_children_and_fails() {
+        // A shell whose child would outlive it by far: both must be gone at once.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 300 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the sleep's pid");
+        let sleeper: u32 = line.trim().parse().expect("a pid");
+        let started = Instant::now();
+        assert!(!wait_bounded(&mut child, Duration::from_millis(300)).expect("waits"));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // The killed sleep is gone (or a zombie until init reaps it), never still sleeping.
+        thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim().to_owned()))
+            .and_then(|r| r.chars().next());
+        assert!(
+            matches!(state, None | Some('Z')),
+            "sleep still alive: {state:?}"
+        );
+        let mut quick = Command::new("true").spawn().expect("true starts");
+        assert!(wait_bounded(&mut quick, Duration::from_secs(30)).expect("waits"));
+    }
 
     #[test]
     fn libtest_summaries_and_skips_are_counted() {
