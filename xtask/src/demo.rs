@@ -119,6 +119,23 @@ pub fn run_demo(options: Options) -> Result<()> {
         EDGE_SIP_A
     };
 
+    // A fresh registrar for every run: a nickname claimed by the previous run's callee stays
+    // its owner's until the binding expires (the open domain's ownership rule), so a second demo
+    // within the expiry would be refused 403 Nickname In Use.
+    if let Some(db) = configured_database(&config, &config_text) {
+        for path in [
+            db.clone(),
+            with_suffix(&db, ".wal0"),
+            with_suffix(&db, ".wal1"),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("demo: removed the previous run's {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("removing {}: {e}", path.display()),
+            }
+        }
+    }
+
     println!("demo: bringing up the two-arm lab");
     let session = Lab::session(Shape::TwoArm, &binaries.sipveil)?;
     print!("{}", Lab::status()?);
@@ -396,6 +413,26 @@ fn lab_config(work: &Path) -> Result<PathBuf> {
     Ok(written)
 }
 
+/// The `[registrar] database` path of the config text (relative to the config file), if set.
+fn configured_database(config: &Path, text: &str) -> Option<PathBuf> {
+    let value = text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "database").then(|| value.trim().trim_matches('"').to_owned())
+    })?;
+    let path = PathBuf::from(value);
+    Some(if path.is_absolute() {
+        path
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(path)
+    })
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -432,4 +469,29 @@ fn print_direction(name: &str, from: &Value, to: &Value) -> bool {
         micros("max_ns"),
     );
     loss <= MAX_LOSS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_finds_the_configured_database() {
+        let config = Path::new("/repo/edge/lab.toml");
+        let text =
+            "[sip]\nworkers = 2\n\n[registrar]\ndatabase = \"/run/sipveil-lab/registrar.redb\"\n";
+        assert_eq!(
+            configured_database(config, text),
+            Some(PathBuf::from("/run/sipveil-lab/registrar.redb"))
+        );
+        assert_eq!(
+            configured_database(config, "database = \"lab/r.redb\"\n"),
+            Some(PathBuf::from("/repo/edge/lab/r.redb"))
+        );
+        assert_eq!(configured_database(config, "[registrar]\n"), None);
+        assert_eq!(
+            with_suffix(Path::new("/run/x.redb"), ".wal0"),
+            PathBuf::from("/run/x.redb.wal0")
+        );
+    }
 }
