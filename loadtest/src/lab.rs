@@ -890,6 +890,31 @@ impl Shape {
     }
 }
 
+/// Deletes a registrar database and its binding log (`<db>.wal0`, `<db>.wal1`: the names the
+/// daemon's store gives them, edge/src/store/log.rs), so that a daemon started next begins with
+/// an empty registrar. Returns the files that existed; a missing file is no error.
+pub fn remove_registrar_files(db: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let with = |suffix: &str| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let mut removed = Vec::new();
+    for path in [db.to_path_buf(), with(".wal0"), with(".wal1")] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("removing {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// A `sipveil run` process started in [`NS_EDGE`] (the daemon enters the namespace itself).
 ///
 /// Dropping it kills the process (SIGKILL): the XDP program and the flows stay, as after a crash.
@@ -1260,6 +1285,31 @@ pub fn profile_dir_of_current_exe() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrar_files_go_together_and_missing_ones_are_no_error() {
+        let dir = std::env::temp_dir().join(format!("sv-lab-regfiles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = dir.join("registrar.redb");
+        for name in [
+            "registrar.redb",
+            "registrar.redb.wal0",
+            "registrar.redb.wal1",
+            "other",
+        ] {
+            std::fs::write(dir.join(name), b"x").expect("file");
+        }
+        let removed = remove_registrar_files(&db).expect("removes");
+        assert_eq!(removed.len(), 3);
+        assert!(!db.exists() && !dir.join("registrar.redb.wal1").exists());
+        assert!(dir.join("other").exists(), "only the registrar's files");
+        assert!(
+            remove_registrar_files(&db)
+                .expect("nothing left")
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn shapes_match_the_contract() {

@@ -64,13 +64,23 @@ impl<V> AorMap<V> {
 
     /// Inserts or replaces; returns the value replaced.
     pub(crate) fn insert(&mut self, key: String, value: V) -> Option<V> {
-        if let Some(v) = self.get_mut(&key) {
-            return Some(std::mem::replace(v, value));
+        let h = self.hash(&key);
+        match self
+            .table
+            .entry(h, |s| s.hash == h && s.key == key, |s| s.hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(&mut e.get_mut().value, value))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(Slot {
+                    hash: h,
+                    key,
+                    value,
+                });
+                None
+            }
         }
-        let hash = self.hash(&key);
-        self.table
-            .insert_unique(hash, Slot { hash, key, value }, |s| s.hash);
-        None
     }
 
     /// The value of `key`, inserted as `V::default()` if absent.

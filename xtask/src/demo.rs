@@ -123,16 +123,8 @@ pub fn run_demo(options: Options) -> Result<()> {
     // its owner's until the binding expires (the open domain's ownership rule), so a second demo
     // within the expiry would be refused 403 Nickname In Use.
     if let Some(db) = configured_database(&config, &config_text) {
-        for path in [
-            db.clone(),
-            with_suffix(&db, ".wal0"),
-            with_suffix(&db, ".wal1"),
-        ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => println!("demo: removed the previous run's {}", path.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => bail!("removing {}: {e}", path.display()),
-            }
+        for path in crate::lab::remove_registrar_files(&db)? {
+            println!("demo: removed the previous run's {}", path.display());
         }
     }
 
@@ -427,12 +419,6 @@ fn configured_database(config: &Path, text: &str) -> Option<PathBuf> {
     })
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 fn read_json(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -489,9 +475,5 @@ mod tests {
             Some(PathBuf::from("/repo/edge/lab/r.redb"))
         );
         assert_eq!(configured_database(config, "[registrar]\n"), None);
-        assert_eq!(
-            with_suffix(Path::new("/run/x.redb"), ".wal0"),
-            PathBuf::from("/run/x.redb.wal0")
-        );
     }
 }

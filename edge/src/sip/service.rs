@@ -386,6 +386,12 @@ impl Worker {
             tracing::debug!("answer on {key} refused: {e}");
             return;
         }
+        self.answered(io, key, code, is_final);
+    }
+
+    /// Counts an answer sent on `key`; a final one also records the transaction's latency and
+    /// forgets the pending request.
+    fn answered(&mut self, io: &Io<'_>, key: TransactionId, code: u16, is_final: bool) {
         if let Some((method, since)) = self.pending.get(&key) {
             let method_name = method_label(method);
             self.shared
@@ -603,17 +609,7 @@ impl Worker {
             tracing::debug!("stateless challenge on {key} refused: {e}");
             return;
         }
-        if let Some((method, since)) = self.pending.remove(&key) {
-            let method_name = method_label(&method);
-            self.shared
-                .metrics
-                .response_out_cached(&mut self.counters, method_name, code);
-            self.shared.metrics.transaction_latency(
-                self.index,
-                method_name,
-                io.now().saturating_duration_since(since),
-            );
-        }
+        self.answered(io, key, code, true);
     }
 
     fn report(&mut self, report: &Report) {

@@ -578,17 +578,7 @@ impl Bench {
                 // A fresh database for every trial: every trial starts from an empty registrar.
                 // The binding log's files too: a new database must not start from another
                 // trial's log (the store would only drop its records, with a warning).
-                let logs =
-                    ["wal0", "wal1"].map(|x| self.sipveil_db.with_extension(format!("redb.{x}")));
-                for p in [&self.sipveil_db, &logs[0], &logs[1]] {
-                    match fs::remove_file(p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(e).with_context(|| format!("removing {}", p.display()));
-                        }
-                    }
-                }
+                lab::remove_registrar_files(&self.sipveil_db)?;
                 let log = self.tmp.join("sipveil.log");
                 let d = Daemon::start(
                     &self.sipveil,
