@@ -8,7 +8,8 @@
 //! - [`bencode`], [`rtpengine`]: rtpengine's ng control protocol (for the comparison runs).
 //! - [`register`], [`register_client`], [`register_pcap`], [`sipp`], [`kamailio`]: the registrar
 //!   benchmark (`sv-bench-register`): users and HA1s, a digest REGISTER client, SIPp's files,
-//!   REGISTER timing from a capture, Kamailio.
+//!   REGISTER timing from a capture, Kamailio; [`floor`]: the stateless responder whose figures
+//!   bound what any registrar can show in the lab.
 //! - [`lab`]: the lab namespaces of docs/contracts.md (std only; xtask includes it by path).
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod bencode;
 pub mod calls;
 pub mod clock;
 pub mod flood;
+pub mod floor;
 pub mod hlog;
 pub mod kamailio;
 pub mod lab;

@@ -7,6 +7,11 @@
 //! Every trial restarts the server with an empty registrar, so each REGISTER of a trial is the
 //! first binding of a distinct user. Writes `target/bench/register/summary.json` and `latency.svg`; BENCHMARKS.md
 //! ("Registrar") records the figures and the method's caveats.
+//!
+//! A third "server", `floor` (`sv-sip-floor`, see `sipveil_loadtest::floor`), answers in the
+//! server's place with canned responses and no work of its own. Its rate, response time and CPU
+//! per REGISTER are the lab's own limits, and bound the ratios any registrar can show here (the
+//! `bounds` of summary.json).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -90,8 +95,9 @@ struct Opts {
     /// Output directory.
     #[arg(long, default_value = "target/bench/register")]
     out: PathBuf,
-    /// Servers to measure, in order.
-    #[arg(long, value_delimiter = ',', default_value = "kamailio,sipveil")]
+    /// Servers to measure, in order: `kamailio`, `sipveil`, and `floor` (a stateless responder
+    /// with canned answers: the lab's own limits, which bound the ratios).
+    #[arg(long, value_delimiter = ',', default_value = "kamailio,sipveil,floor")]
     servers: Vec<String>,
     /// Domains to measure, in order.
     #[arg(long, value_delimiter = ',', default_value = "open,auth")]
@@ -425,6 +431,7 @@ fn probe_sip(ns: &str, from: Ipv4Addr, timeout: Duration) -> Result<()> {
 enum Server {
     Kamailio,
     Sipveil,
+    Floor,
 }
 
 impl Server {
@@ -432,6 +439,7 @@ impl Server {
         match self {
             Server::Kamailio => "kamailio",
             Server::Sipveil => "sipveil",
+            Server::Floor => "floor",
         }
     }
 }
@@ -461,12 +469,13 @@ impl Domain {
 enum Running {
     Kamailio(ChildGuard),
     Sipveil(Daemon),
+    Floor(ChildGuard),
 }
 
 impl Running {
     fn stop(self) {
         match self {
-            Running::Kamailio(mut g) => g.stop(),
+            Running::Kamailio(mut g) | Running::Floor(mut g) => g.stop(),
             Running::Sipveil(d) => {
                 let _ = d.terminate(Duration::from_secs(5));
             }
@@ -596,6 +605,30 @@ impl Bench {
                     );
                 }
                 Ok(Running::Sipveil(d))
+            }
+            Server::Floor => {
+                let floor = sibling("sv-sip-floor");
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", lab::NS_EDGE])
+                    .arg(&floor)
+                    .arg("--listen")
+                    .arg(SERVER.to_string())
+                    .arg("--threads")
+                    .arg(self.o.workers.to_string())
+                    .arg("--auth-domain")
+                    .arg(AUTH_DOMAIN)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null());
+                let mut g = ChildGuard::spawn("sv-sip-floor", &mut cmd)?;
+                if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
+                    let exited = g.try_wait().ok().flatten();
+                    g.stop();
+                    bail!(
+                        "{} did not answer ({e:#}; exited: {exited:?})",
+                        floor.display()
+                    );
+                }
+                Ok(Running::Floor(g))
             }
         }
     }
@@ -1040,9 +1073,10 @@ fn run() -> Result<bool> {
     let servers = parse_list(&o.servers, |s| match s {
         "kamailio" => Some(Server::Kamailio),
         "sipveil" => Some(Server::Sipveil),
+        "floor" => Some(Server::Floor),
         _ => None,
     })
-    .context("--servers (kamailio, sipveil)")?;
+    .context("--servers (kamailio, sipveil, floor)")?;
     let domains = parse_list(&o.domains, |s| match s {
         "open" => Some(Domain::Open),
         "auth" => Some(Domain::Auth),
@@ -1313,6 +1347,21 @@ fn run() -> Result<bool> {
             .and_then(|c| c.us_per_register)
     };
     let cpu_ratio = |d| ratio(cpu_of_r(d, Server::Sipveil), cpu_of_r(d, Server::Kamailio));
+    // What the lab allows any server: the floor's figures over Kamailio's.
+    let bound = |d, f: &dyn Fn(Domain, Server) -> Option<f64>| {
+        ratio(f(d, Server::Floor), f(d, Server::Kamailio))
+    };
+    let max_rate_of = |d, s| get(d, s).and_then(|r| r.max_rate);
+    let p99_of = |d, s| wire_p99(d, s).or_else(|| client_p99(d, s));
+    let bounds = json!({
+        "open_rate_ratio_max": bound(Domain::Open, &max_rate_of),
+        "auth_rate_ratio_max": bound(Domain::Auth, &max_rate_of),
+        "p99_ratio_at_half_load_min": bound(Domain::Open, &p99_of),
+        "auth_p99_ratio_at_half_load_min": bound(Domain::Auth, &p99_of),
+        "cpu_per_register_ratio_min": bound(Domain::Open, &cpu_of_r),
+        "auth_cpu_per_register_ratio_min": bound(Domain::Auth, &cpu_of_r),
+        "method": "the floor (sv-sip-floor: canned answers, no parsing, registrar, digest check or storage; blocking recvfrom/sendto on one SO_REUSEPORT socket per thread, as many threads as the servers' workers) measured like the servers; each figure is the floor's over Kamailio's: the highest rate ratio the load generators let any server show on this box, and the lowest p99 and CPU ratios a server that did no work at all would get",
+    });
     let cpu_sched_ratio = |d| {
         let f = |s| {
             get(d, s)
@@ -1376,6 +1425,7 @@ fn run() -> Result<bool> {
             "cpu_secs": bench.o.cpu_secs,
             "users": bench.users.len(),
         },
+        "bounds": bounds,
         "results": results.values().collect::<Vec<_>>(),
         "sync_floor": sync_floors,
         "sync_floor_method": "one 4 KiB pwrite into a preallocated file opened O_DIRECT|O_DSYNC (how sipveil's store writes a group), paced open-loop at the store's group rate for the domain's latency run (commit_interval 5 ms / commit_group 20), in the directory of sipveil's database, after that domain's latency runs with no server running; p99_target_us = 0.5 x Kamailio's p99 at that rate (capture, else client timing)",
@@ -1480,6 +1530,15 @@ fn run() -> Result<bool> {
     println!(
         "  auth_cpu_per_register_ratio  {}",
         show(cpu_ratio(Domain::Auth))
+    );
+    println!(
+        "  bounds from the floor (floor / Kamailio): rate open {} auth {}; p99 open {} auth {}; cpu open {} auth {}",
+        show(bound(Domain::Open, &max_rate_of)),
+        show(bound(Domain::Auth, &max_rate_of)),
+        show(bound(Domain::Open, &p99_of)),
+        show(bound(Domain::Auth, &p99_of)),
+        show(bound(Domain::Open, &cpu_of_r)),
+        show(bound(Domain::Auth, &cpu_of_r)),
     );
     for r in results.values() {
         if let Some(l) = &r.latency
