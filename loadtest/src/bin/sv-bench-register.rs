@@ -427,6 +427,17 @@ fn probe_sip(ns: &str, from: Ipv4Addr, timeout: Duration) -> Result<()> {
     .map_err(|_| anyhow!("probe thread panicked"))?
 }
 
+/// `g` once it answers SIP OPTIONS from sv-a; stopped, with an error naming `what`, if it does
+/// not within 20 s.
+fn answering(mut g: ChildGuard, what: &str) -> Result<ChildGuard> {
+    if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
+        let exited = g.try_wait().ok().flatten();
+        g.stop();
+        bail!("{what} did not answer ({e:#}; exited: {exited:?})");
+    }
+    Ok(g)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Server {
     Kamailio,
@@ -572,16 +583,8 @@ impl Bench {
                     .with_context(|| format!("opening {}", log.display()))?;
                 let mut cmd = run.command();
                 cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
-                let mut g = ChildGuard::spawn("kamailio", &mut cmd)?;
-                if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
-                    let exited = g.try_wait().ok().flatten();
-                    g.stop();
-                    bail!(
-                        "kamailio did not answer ({e:#}; exited: {exited:?}); log: {}",
-                        log.display()
-                    );
-                }
-                Ok(Running::Kamailio(g))
+                let g = ChildGuard::spawn("kamailio", &mut cmd)?;
+                answering(g, &format!("kamailio (log: {})", log.display())).map(Running::Kamailio)
             }
             Server::Sipveil => {
                 // A fresh database for every trial: every trial starts from an empty registrar.
@@ -619,16 +622,8 @@ impl Bench {
                     .arg(AUTH_DOMAIN)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null());
-                let mut g = ChildGuard::spawn("sv-sip-floor", &mut cmd)?;
-                if let Err(e) = probe_sip(lab::NS_A, lab::A_ADDR, Duration::from_secs(20)) {
-                    let exited = g.try_wait().ok().flatten();
-                    g.stop();
-                    bail!(
-                        "{} did not answer ({e:#}; exited: {exited:?})",
-                        floor.display()
-                    );
-                }
-                Ok(Running::Floor(g))
+                let g = ChildGuard::spawn("sv-sip-floor", &mut cmd)?;
+                answering(g, &floor.display().to_string()).map(Running::Floor)
             }
         }
     }
