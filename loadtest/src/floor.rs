@@ -14,24 +14,11 @@
 //! The authenticated domain gets a 401 with one MD5 challenge (`qop=auth`) for a REGISTER
 //! without credentials and a 200 for one with them; the credentials are not checked.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::FromRawFd;
 
-/// The values (trimmed) of the header lines among `lines` named `full` or `compact`
-/// (case-insensitive), in order.
-fn find<'a>(lines: &[&'a str], full: &str, compact: Option<&str>) -> Vec<&'a str> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            let name = name.trim();
-            (name.eq_ignore_ascii_case(full)
-                || compact.is_some_and(|c| name.eq_ignore_ascii_case(c)))
-            .then(|| value.trim())
-        })
-        .collect()
-}
+use crate::register_client::headers;
 
 /// The answer to one datagram, appended to `out`; `false` (nothing appended) for responses,
 /// ACKs and what does not look like a SIP request. `auth_domain`: requests whose Request-URI
@@ -41,11 +28,7 @@ pub fn answer(datagram: &[u8], auth_domain: &str, n: u64, out: &mut Vec<u8>) -> 
     let Ok(text) = std::str::from_utf8(datagram) else {
         return false;
     };
-    let head = text.split("\r\n\r\n").next().unwrap_or(text);
-    let mut lines = head.split("\r\n");
-    let Some(start) = lines.next() else {
-        return false;
-    };
+    let start = text.split("\r\n").next().unwrap_or(text);
     let mut parts = start.split(' ');
     let (Some(method), Some(uri), Some("SIP/2.0")) = (parts.next(), parts.next(), parts.next())
     else {
@@ -54,12 +37,11 @@ pub fn answer(datagram: &[u8], auth_domain: &str, n: u64, out: &mut Vec<u8>) -> 
     if method == "ACK" {
         return false;
     }
-    let lines: Vec<&str> = lines.collect();
     let (Some(from), Some(to), Some(call_id), Some(cseq)) = (
-        find(&lines, "From", Some("f")).first().copied(),
-        find(&lines, "To", Some("t")).first().copied(),
-        find(&lines, "Call-ID", Some("i")).first().copied(),
-        find(&lines, "CSeq", None).first().copied(),
+        headers(text, "From", Some("f")).first().copied(),
+        headers(text, "To", Some("t")).first().copied(),
+        headers(text, "Call-ID", Some("i")).first().copied(),
+        headers(text, "CSeq", None).first().copied(),
     ) else {
         return false;
     };
@@ -74,32 +56,31 @@ pub fn answer(datagram: &[u8], auth_domain: &str, n: u64, out: &mut Vec<u8>) -> 
         .unwrap_or("");
     let challenge = method == "REGISTER"
         && host.eq_ignore_ascii_case(auth_domain)
-        && find(&lines, "Authorization", None).is_empty();
+        && headers(text, "Authorization", None).is_empty();
     out.extend_from_slice(if challenge {
         b"SIP/2.0 401 Unauthorized\r\n"
     } else {
         b"SIP/2.0 200 OK\r\n"
     });
-    for via in find(&lines, "Via", Some("v")) {
-        out.extend_from_slice(format!("Via: {via}\r\n").as_bytes());
+    // Writing into a Vec cannot fail.
+    for via in headers(text, "Via", Some("v")) {
+        let _ = write!(out, "Via: {via}\r\n");
     }
-    out.extend_from_slice(format!("From: {from}\r\n").as_bytes());
+    let _ = write!(out, "From: {from}\r\n");
     if to.contains(";tag=") {
-        out.extend_from_slice(format!("To: {to}\r\n").as_bytes());
+        let _ = write!(out, "To: {to}\r\n");
     } else {
-        out.extend_from_slice(format!("To: {to};tag=f{n:x}\r\n").as_bytes());
+        let _ = write!(out, "To: {to};tag=f{n:x}\r\n");
     }
-    out.extend_from_slice(format!("Call-ID: {call_id}\r\nCSeq: {cseq}\r\n").as_bytes());
+    let _ = write!(out, "Call-ID: {call_id}\r\nCSeq: {cseq}\r\n");
     if challenge {
-        out.extend_from_slice(
-            format!(
-                "WWW-Authenticate: Digest realm=\"{auth_domain}\", nonce=\"{n:016x}\", qop=\"auth\", algorithm=MD5\r\n"
-            )
-            .as_bytes(),
+        let _ = write!(
+            out,
+            "WWW-Authenticate: Digest realm=\"{auth_domain}\", nonce=\"{n:016x}\", qop=\"auth\", algorithm=MD5\r\n"
         );
     } else if method == "REGISTER" {
-        for contact in find(&lines, "Contact", Some("m")) {
-            out.extend_from_slice(format!("Contact: {contact};expires=3600\r\n").as_bytes());
+        for contact in headers(text, "Contact", Some("m")) {
+            let _ = write!(out, "Contact: {contact};expires=3600\r\n");
         }
     }
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
