@@ -342,8 +342,9 @@ struct Tx<P> {
     /// Client: the request we sent. Server: the request that created it — dropped once a
     /// non-INVITE server transaction has sent its final response (nothing needs it any more:
     /// request copies are matched by key and answered with `last_response`), so the 32 s of
-    /// Timer J do not keep the parsed request alive.
-    request: Option<Request>,
+    /// Timer J do not keep the parsed request alive. Boxed: a parsed request is about 1 KiB
+    /// inline (its header index), and inline even `None` would keep that room for the 32 s.
+    request: Option<Box<Request>>,
     /// Client: the encoded request, retransmitted as is.
     request_bytes: Bytes,
     /// Client INVITE: the ACK for the non-2xx final, resent for copies of it.
@@ -367,8 +368,8 @@ pub struct TransactionLayer<P> {
     config: Config,
     branches: BranchGenerator,
     next_id: u64,
-    /// Boxed: a `Tx` holds the request and is several hundred bytes; growing the table then
-    /// moves pointers, not transactions (a REGISTER load of new clients grows it for 32 s).
+    /// Boxed: a `Tx` is a few hundred bytes; growing the table then moves pointers, not
+    /// transactions (a REGISTER load of new clients grows it for 32 s).
     txs: IdMap<Box<Tx<P>>>,
     /// Keyed by data peers choose: hashed once per key (see [`keymap`]).
     clients: KeyMap<ClientKey, TransactionId>,
@@ -427,7 +428,7 @@ impl<P: Clone> TransactionLayer<P> {
 
     /// The request of a live transaction (client: as sent; server: as received).
     pub fn request(&self, key: TransactionId) -> Option<&Request> {
-        self.txs.get(&key).and_then(|t| t.request.as_ref())
+        self.txs.get(&key).and_then(|t| t.request.as_deref())
     }
 
     /// Starts a client transaction for `request` (any method but ACK) towards
@@ -467,7 +468,7 @@ impl<P: Clone> TransactionLayer<P> {
             Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request: Some(request),
+                request: Some(Box::new(request)),
                 request_bytes,
                 ack: None,
                 last_response: None,
@@ -738,7 +739,7 @@ impl<P: Clone> TransactionLayer<P> {
             Box::new(Tx {
                 fsm: Fsm::new(kind, remote.reliable),
                 peer: remote.peer,
-                request: Some(request.clone()),
+                request: Some(Box::new(request.clone())),
                 request_bytes: Bytes::new(),
                 ack: None,
                 last_response: None,
@@ -843,7 +844,7 @@ impl<P: Clone> TransactionLayer<P> {
                 Action::SendAck => {
                     if tx.ack.is_none() {
                         tx.ack = response
-                            .zip(tx.request.as_ref())
+                            .zip(tx.request.as_deref())
                             .and_then(|(r, request)| build_ack(request, r).ok())
                             .map(|m| wire::encode_request(&m));
                     }
@@ -955,6 +956,20 @@ mod id_hash_tests {
         // hashbrown takes its 7-bit control byte from the top bits: all 128 values occur.
         let top7: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
         assert_eq!(top7.len(), 128);
+    }
+
+    #[test]
+    fn a_transaction_in_its_timer_j_wait_is_small() {
+        // Every UDP non-INVITE transaction stays 32 s after its answer: at 2 000 REGISTER/s
+        // that is 64 000 of them. The parsed request (about 1 KiB inline) must not be part of
+        // each; it is boxed and dropped with the final response.
+        let request = std::mem::size_of::<Request>();
+        let tx = std::mem::size_of::<Tx<std::net::SocketAddr>>();
+        assert!(
+            request > 512,
+            "Request is {request} bytes: revisit this bound"
+        );
+        assert!(tx < 320, "Tx is {tx} bytes");
     }
 
     #[test]
