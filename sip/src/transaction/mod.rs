@@ -521,7 +521,9 @@ impl<P: Clone> TransactionLayer<P> {
         if class != Class::Provisional && tx.fsm.kind() == Kind::ServerNonInvite {
             tx.request = None;
         }
-        if class != Class::Provisional {
+        // Only INVITE transactions gain keys with their final response (their ACK's); the To
+        // tag is not parsed for the others.
+        if class != Class::Provisional && tx.fsm.kind() == Kind::ServerInvite {
             let to_tag = wire::to_tag(&response);
             // RFC 2543 peers ACK with the To tag of our final response.
             let mut new_keys: Vec<ServerKey> = tx
@@ -531,7 +533,6 @@ impl<P: Clone> TransactionLayer<P> {
                 .collect();
             // The ACK for a 2xx has a new branch: match it on dialog fields.
             if class == Class::Success
-                && tx.fsm.kind() == Kind::ServerInvite
                 && let Some(request) = &tx.request
                 && let Ok(facts) = wire::request_facts(request, wire::Depth::Dialog)
             {
