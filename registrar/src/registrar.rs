@@ -758,8 +758,11 @@ impl Registrar {
         // 8. Contacts: expires, 423, q, RFC 5626 keys.
         let lim = d.expires;
         // Room for every contact up front: a new client's list is then allocated once, at the
-        // size `apply` keeps, instead of grown to four and shrunk again.
-        let mut new: Vec<Binding> = Vec::with_capacity(old.len() + contacts.len());
+        // size `apply` keeps, instead of grown to four and shrunk again. At most one past the
+        // domain's limit: a request listing thousands of contacts is refused below, and must not
+        // reserve room for all of them first.
+        let room = contacts.len().min(d.max_contacts.saturating_add(1));
+        let mut new: Vec<Binding> = Vec::with_capacity(old.len() + room);
         new.extend(old.iter().filter(|b| b.expires_at_ms > now_ms).cloned());
         let mut any_reg_id = false;
         let mut any_add = false;
